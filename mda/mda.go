@@ -1,0 +1,147 @@
+// Package mda is the local delivery agent: it resolves local recipients,
+// adds the trace headers a mailbox copy carries (Return-Path, Delivered-To),
+// normalises line endings to CRLF and appends one copy per recipient to the
+// store, all recipients in a single durable transaction.
+package mda
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"minimail/store"
+)
+
+// Mailboxes is what delivery needs from storage.
+type Mailboxes interface {
+	LookupUser(addr string) (string, error)
+	AppendMany(ds []store.Delivery) ([]uint64, error)
+}
+
+// Error is a delivery failure for one recipient. Temporary failures (storage
+// trouble) should be retried; permanent ones (no such user) bounced.
+type Error struct {
+	Rcpt      string
+	Err       error
+	temporary bool
+}
+
+func (e *Error) Error() string   { return fmt.Sprintf("deliver to %s: %v", e.Rcpt, e.Err) }
+func (e *Error) Unwrap() error   { return e.Err }
+func (e *Error) Temporary() bool { return e.temporary }
+
+// ErrUnknownUser is wrapped by the Error for a recipient with no mailbox.
+var ErrUnknownUser = errors.New("no such user here")
+
+// IsTemporary reports whether err says to try again later.
+func IsTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// Agent delivers to local mailboxes.
+type Agent struct {
+	Mailboxes Mailboxes
+}
+
+// Resolve returns the canonical address of a local recipient, or an *Error
+// wrapping ErrUnknownUser (permanent) or a storage error (temporary).
+func (a *Agent) Resolve(rcpt string) (string, error) {
+	addr, err := a.Mailboxes.LookupUser(rcpt)
+	switch {
+	case errors.Is(err, store.ErrNoUser):
+		return "", &Error{Rcpt: rcpt, Err: ErrUnknownUser}
+	case err != nil:
+		return "", &Error{Rcpt: rcpt, Err: err, temporary: true}
+	}
+	return addr, nil
+}
+
+// Deliver stores msg for each recipient. from is the envelope sender ("" for
+// the null sender). msg should already carry the caller's Received line.
+// The result has one entry per recipient, in order: nil for a durable copy,
+// else an *Error. Copies for all resolvable recipients are committed together.
+func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
+	results := make([]error, len(rcpts))
+	body := NormalizeCRLF(msg)
+	var ds []store.Delivery
+	var idx []int
+	for i, rcpt := range rcpts {
+		addr, err := a.Resolve(rcpt)
+		if err != nil {
+			results[i] = err
+			continue
+		}
+		ds = append(ds, store.Delivery{Address: addr, Message: withTrace(from, addr, body)})
+		idx = append(idx, i)
+	}
+	if len(ds) == 0 {
+		return results
+	}
+	if _, err := a.Mailboxes.AppendMany(ds); err != nil {
+		for _, i := range idx {
+			results[i] = &Error{Rcpt: rcpts[i], Err: err, temporary: !errors.Is(err, store.ErrNoUser)}
+		}
+	}
+	return results
+}
+
+// withTrace prepends Return-Path (RFC 5321 4.4) and Delivered-To.
+func withTrace(from, rcpt string, body []byte) []byte {
+	var b bytes.Buffer
+	b.Grow(len(body) + len(from) + len(rcpt) + 32)
+	b.WriteString("Return-Path: <")
+	b.WriteString(from)
+	b.WriteString(">\r\nDelivered-To: ")
+	b.WriteString(rcpt)
+	b.WriteString("\r\n")
+	b.Write(body)
+	return b.Bytes()
+}
+
+// NormalizeCRLF returns msg with every line ending (CRLF, bare LF, bare CR)
+// written as CRLF, and a final CRLF if the last line lacked one. It returns
+// msg itself when nothing needs changing.
+func NormalizeCRLF(msg []byte) []byte {
+	if isCRLF(msg) {
+		return msg
+	}
+	out := make([]byte, 0, len(msg)+len(msg)/32+2)
+	for i := 0; i < len(msg); i++ {
+		switch c := msg[i]; c {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(msg) && msg[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, c)
+		}
+	}
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\r', '\n')
+	}
+	return out
+}
+
+// isCRLF reports whether every CR and LF in msg is part of a CRLF pair and
+// msg is empty or ends in CRLF.
+func isCRLF(msg []byte) bool {
+	if len(msg) > 0 && !bytes.HasSuffix(msg, []byte("\r\n")) {
+		return false
+	}
+	for i := 0; i < len(msg); i++ {
+		switch msg[i] {
+		case '\r':
+			if i+1 >= len(msg) || msg[i+1] != '\n' {
+				return false
+			}
+			i++
+		case '\n':
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,152 @@
+// Package guard holds the per-connection defences shared by the SMTP and
+// POP3 listeners: a limit on concurrent connections (in total and per client
+// IP) and a throttle on failed logins (per IP and per subnet, never per user,
+// so an attacker cannot lock a real user out of their own mailbox).
+package guard
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// ConnLimiter bounds concurrent connections.
+type ConnLimiter struct {
+	Max      int // total; 0 = unlimited
+	MaxPerIP int // per client IP; 0 = unlimited
+
+	mu    sync.Mutex
+	total int
+	byIP  map[netip.Addr]int
+}
+
+// Acquire takes a slot for a connection from addr. It returns false when a
+// limit is reached; otherwise release must be called once when the
+// connection ends.
+func (l *ConnLimiter) Acquire(addr net.Addr) (release func(), ok bool) {
+	ip := IP(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byIP == nil {
+		l.byIP = map[netip.Addr]int{}
+	}
+	if (l.Max > 0 && l.total >= l.Max) || (l.MaxPerIP > 0 && l.byIP[ip] >= l.MaxPerIP) {
+		return nil, false
+	}
+	l.total++
+	l.byIP[ip]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.total--
+			if l.byIP[ip]--; l.byIP[ip] <= 0 {
+				delete(l.byIP, ip)
+			}
+		})
+	}, true
+}
+
+// IP returns the client IP of a connection address (unmapped), or the zero
+// Addr for non-IP addresses.
+func IP(addr net.Addr) netip.Addr {
+	if a, ok := addr.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// Subnet is the network a client is counted with: /24 for IPv4, /64 for
+// IPv6, the sizes one attacker typically controls.
+func Subnet(ip netip.Addr) netip.Prefix {
+	bits := 64
+	if ip.Is4() {
+		bits = 24
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// AuthThrottle counts failed logins in a sliding window. After MaxPerIP
+// failures from one IP, or MaxPerSubnet from its subnet, further attempts
+// from there are refused until Window has passed since the oldest counted
+// failure.
+type AuthThrottle struct {
+	MaxPerIP     int           // 0 = 5
+	MaxPerSubnet int           // 0 = 4 * MaxPerIP
+	Window       time.Duration // 0 = 15 minutes
+	Now          func() time.Time
+
+	mu       sync.Mutex
+	byIP     map[netip.Addr][]time.Time
+	bySubnet map[netip.Prefix][]time.Time
+}
+
+func (t *AuthThrottle) limits() (perIP, perSubnet int, window time.Duration) {
+	perIP, perSubnet, window = t.MaxPerIP, t.MaxPerSubnet, t.Window
+	if perIP <= 0 {
+		perIP = 5
+	}
+	if perSubnet <= 0 {
+		perSubnet = 4 * perIP
+	}
+	if window <= 0 {
+		window = 15 * time.Minute
+	}
+	return
+}
+
+func (t *AuthThrottle) now() time.Time {
+	if t.Now != nil {
+		return t.Now()
+	}
+	return time.Now()
+}
+
+// Blocked reports whether logins from ip are currently refused.
+func (t *AuthThrottle) Blocked(ip netip.Addr) bool {
+	perIP, perSubnet, window := t.limits()
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(prune(t.byIP, ip, now, window)) >= perIP ||
+		len(prune(t.bySubnet, Subnet(ip), now, window)) >= perSubnet
+}
+
+// Fail records a failed login from ip.
+func (t *AuthThrottle) Fail(ip netip.Addr) {
+	_, _, window := t.limits()
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byIP == nil {
+		t.byIP = map[netip.Addr][]time.Time{}
+		t.bySubnet = map[netip.Prefix][]time.Time{}
+	}
+	t.byIP[ip] = append(prune(t.byIP, ip, now, window), now)
+	sn := Subnet(ip)
+	t.bySubnet[sn] = append(prune(t.bySubnet, sn, now, window), now)
+}
+
+// prune drops failures older than window and forgets keys with none left, so
+// memory stays bounded by recent attackers.
+func prune[K comparable](m map[K][]time.Time, k K, now time.Time, window time.Duration) []time.Time {
+	ts := m[k]
+	i := 0
+	for i < len(ts) && now.Sub(ts[i]) >= window {
+		i++
+	}
+	ts = ts[i:]
+	if len(ts) == 0 {
+		delete(m, k)
+		return nil
+	}
+	m[k] = ts
+	return ts
+}

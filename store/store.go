@@ -1,0 +1,285 @@
+// Package store keeps all of minimail's persistent state in one bbolt file:
+// users, their mailboxes and the outbound queue. It is the only package that
+// imports bbolt.
+//
+// On-disk layout (schema version 1):
+//
+//	meta       "schema" -> "1"
+//	users      lower-cased address -> JSON userRecord
+//	mailboxes  sequence = last message id handed out (global, never reused)
+//	  <addr>   one bucket per user
+//	    index  8-byte big-endian id -> JSON MessageInfo (no body)
+//	    body   8-byte big-endian id -> raw message bytes (CRLF)
+//	queue      8-byte big-endian id -> JSON QueueEntry (no body)
+//	queuebody  8-byte big-endian id -> raw message bytes
+//
+// Every write is committed and fsync'd before the call returns. Writes from
+// concurrent callers are grouped into one bbolt transaction (group commit), so
+// many concurrent deliveries share one pair of fsyncs.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// SchemaVersion is the on-disk layout this code reads and writes.
+const SchemaVersion = "1"
+
+// FileName is the database file inside data_dir.
+const FileName = "minimail.db"
+
+var (
+	bucketMeta      = []byte("meta")
+	bucketUsers     = []byte("users")
+	bucketMailboxes = []byte("mailboxes")
+	bucketIndex     = []byte("index")
+	bucketBody      = []byte("body")
+	bucketQueue     = []byte("queue")
+	bucketQueueBody = []byte("queuebody")
+	keySchema       = []byte("schema")
+)
+
+// ErrLocked means another process holds the database open.
+var ErrLocked = errors.New("database is in use by another process")
+
+// Options tune a Store. The zero value is ready for production.
+type Options struct {
+	// LockTimeout bounds the wait for the file lock; 0 means 1 second.
+	LockTimeout time.Duration
+	// BcryptCost is the password hash cost; 0 means bcrypt.DefaultCost.
+	// Tests lower it to keep suites fast.
+	BcryptCost int
+}
+
+// Store is an open database. It is safe for concurrent use.
+type Store struct {
+	db   *bolt.DB
+	opts Options
+
+	writes chan *writeReq
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
+
+	commits atomic.Int64 // committed write transactions, for benchmarks
+}
+
+type writeReq struct {
+	fn  func(*bolt.Tx) error
+	res chan error
+}
+
+// Open opens (creating if needed) DIR/minimail.db. A file that is not a
+// bbolt database, is corrupt, or carries an unknown schema version gives an
+// error and is left untouched.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = time.Second
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("data_dir %s: %w", dir, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("data_dir %s: not a directory", dir)
+	}
+	path := filepath.Join(dir, FileName)
+	existed := true
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		existed = false
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if err != nil {
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+			return nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := checkSchema(db, existed); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{
+		db:     db,
+		opts:   opts,
+		writes: make(chan *writeReq, 256),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go s.committer()
+	return s, nil
+}
+
+// checkSchema creates the buckets in a new file and refuses a file written by
+// anything else. A pre-existing bbolt file without our meta bucket is foreign:
+// it is not modified.
+func checkSchema(db *bolt.DB, existed bool) error {
+	var version []byte
+	empty := true
+	err := db.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(bucketMeta); m != nil {
+			version = append([]byte(nil), m.Get(keySchema)...)
+		}
+		return tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case version == nil && existed && !empty:
+		return errors.New("not a minimail database (no schema version)")
+	case version != nil && string(version) != SchemaVersion:
+		return fmt.Errorf("unknown schema version %q (this minimail reads %q)", version, SchemaVersion)
+	}
+	return db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketQueue, bucketQueueBody} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte(SchemaVersion))
+	})
+}
+
+// Close waits for pending writes and closes the file.
+func (s *Store) Close() error {
+	s.once.Do(func() { close(s.stop) })
+	<-s.done
+	return s.db.Close()
+}
+
+// Commits reports how many write transactions (each one fsync'd commit) the
+// store has made; benchmarks divide it by the messages written.
+func (s *Store) Commits() int64 { return s.commits.Load() }
+
+// errClosed is returned for writes attempted after Close.
+var errClosed = errors.New("store is closed")
+
+// update runs fn in a write transaction that may be shared with other
+// concurrent callers, and returns once that transaction is committed to disk.
+// fn may run more than once (if a sibling in the group fails, each is retried
+// alone), so it must not have side effects outside tx.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	req := &writeReq{fn: fn, res: make(chan error, 1)}
+	select {
+	case s.writes <- req:
+	case <-s.stop:
+		return errClosed
+	}
+	return <-req.res
+}
+
+// maxGroup bounds a group commit so one transaction stays short.
+const maxGroup = 128
+
+// committer is the single writer. It takes whatever requests are waiting,
+// runs them in one transaction and commits once: with one caller there is no
+// added delay, with many the fsync cost is shared (group commit).
+func (s *Store) committer() {
+	defer close(s.done)
+	group := make([]*writeReq, 0, maxGroup)
+	for {
+		group = group[:0]
+		select {
+		case req := <-s.writes:
+			group = append(group, req)
+		case <-s.stop:
+			s.drain()
+			return
+		}
+	fill:
+		for len(group) < maxGroup {
+			select {
+			case req := <-s.writes:
+				group = append(group, req)
+			default:
+				break fill
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+// drain serves writes that raced with Close so no caller blocks forever.
+func (s *Store) drain() {
+	for {
+		select {
+		case req := <-s.writes:
+			s.commitGroup([]*writeReq{req})
+		default:
+			return
+		}
+	}
+}
+
+func (s *Store) commitGroup(group []*writeReq) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, req := range group {
+			if err := req.fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		s.commits.Add(1)
+		for _, req := range group {
+			req.res <- nil
+		}
+		return
+	}
+	if len(group) == 1 {
+		group[0].res <- err
+		return
+	}
+	// One request failed and rolled back the whole group: retry each alone so
+	// only the failing one sees its error.
+	for _, req := range group {
+		s.commitGroup([]*writeReq{req})
+	}
+}
+
+// Backup writes a consistent copy of the whole database to path, while the
+// store stays in use. The copy is fsync'd before Backup returns.
+func (s *Store) Backup(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(f)
+		return err
+	})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("backup %s: %w", path, err)
+	}
+	return nil
+}
+
+func idKey(id uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, id)
+	return k
+}
+
+func keyID(k []byte) uint64 { return binary.BigEndian.Uint64(k) }

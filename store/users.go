@@ -1,0 +1,201 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/crypto/bcrypt"
+)
+
+var (
+	// ErrNoUser means the address has no mailbox here.
+	ErrNoUser = errors.New("no such user")
+	// ErrUserExists means the address already has a mailbox.
+	ErrUserExists = errors.New("user already exists")
+	// ErrBadPassword means the password did not match.
+	ErrBadPassword = errors.New("wrong password")
+	// ErrEmptyPassword refuses empty passwords at creation.
+	ErrEmptyPassword = errors.New("empty password")
+)
+
+// User is a mailbox owner as listed by Users.
+type User struct {
+	Address string    `json:"address"`
+	Created time.Time `json:"created"`
+}
+
+type userRecord struct {
+	Address string    `json:"address"`
+	Hash    []byte    `json:"hash"`
+	Created time.Time `json:"created"`
+}
+
+// Key returns the lookup key for addr: the whole address lower-cased, so the
+// local part matches case-insensitively as users expect (RFC 5321 allows
+// case-sensitive local parts, but no self-hoster wants Alice and alice to be
+// two people).
+func Key(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
+
+// CanonicalAddress validates addr as local@domain and lower-cases the domain.
+func CanonicalAddress(addr string) (string, error) {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		return "", fmt.Errorf("address %q: want local@domain", addr)
+	}
+	if strings.ContainsAny(addr, " \t\r\n<>\"") {
+		return "", fmt.Errorf("address %q: contains spaces, quotes or brackets", addr)
+	}
+	return addr[:at] + "@" + strings.ToLower(addr[at+1:]), nil
+}
+
+func (s *Store) hash(password string) ([]byte, error) {
+	if password == "" {
+		return nil, ErrEmptyPassword
+	}
+	cost := s.opts.BcryptCost
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	if err != nil {
+		return nil, fmt.Errorf("hash password: %w", err)
+	}
+	return h, nil
+}
+
+// AddUser creates a user and an empty mailbox.
+func (s *Store) AddUser(addr, password string) error {
+	addr, err := CanonicalAddress(addr)
+	if err != nil {
+		return err
+	}
+	h, err := s.hash(password)
+	if err != nil {
+		return err
+	}
+	rec, _ := json.Marshal(userRecord{Address: addr, Hash: h, Created: time.Now().UTC()})
+	key := []byte(Key(addr))
+	return s.update(func(tx *bolt.Tx) error {
+		users := tx.Bucket(bucketUsers)
+		if users.Get(key) != nil {
+			return fmt.Errorf("%s: %w", addr, ErrUserExists)
+		}
+		if err := users.Put(key, rec); err != nil {
+			return err
+		}
+		mb, err := tx.Bucket(bucketMailboxes).CreateBucketIfNotExists(key)
+		if err != nil {
+			return err
+		}
+		if _, err := mb.CreateBucketIfNotExists(bucketIndex); err != nil {
+			return err
+		}
+		_, err = mb.CreateBucketIfNotExists(bucketBody)
+		return err
+	})
+}
+
+// SetPassword replaces a user's password.
+func (s *Store) SetPassword(addr, password string) error {
+	h, err := s.hash(password)
+	if err != nil {
+		return err
+	}
+	key := []byte(Key(addr))
+	return s.update(func(tx *bolt.Tx) error {
+		users := tx.Bucket(bucketUsers)
+		var rec userRecord
+		v := users.Get(key)
+		if v == nil {
+			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		}
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("user %s: %w", addr, err)
+		}
+		rec.Hash = h
+		b, _ := json.Marshal(rec)
+		return users.Put(key, b)
+	})
+}
+
+// DeleteUser removes a user and their mailbox with all its messages.
+func (s *Store) DeleteUser(addr string) error {
+	key := []byte(Key(addr))
+	return s.update(func(tx *bolt.Tx) error {
+		users := tx.Bucket(bucketUsers)
+		if users.Get(key) == nil {
+			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		}
+		if err := users.Delete(key); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMailboxes).DeleteBucket(key); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+			return err
+		}
+		return nil
+	})
+}
+
+// Users lists every user, sorted by address.
+func (s *Store) Users() ([]User, error) {
+	var out []User
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
+			var rec userRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("user %s: %w", k, err)
+			}
+			out = append(out, User{Address: rec.Address, Created: rec.Created})
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out, err
+}
+
+// LookupUser returns the canonical address of an existing user, or ErrNoUser.
+func (s *Store) LookupUser(addr string) (string, error) {
+	rec, err := s.userRecord(addr)
+	if err != nil {
+		return "", err
+	}
+	return rec.Address, nil
+}
+
+func (s *Store) userRecord(addr string) (userRecord, error) {
+	var rec userRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketUsers).Get([]byte(Key(addr)))
+		if v == nil {
+			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		}
+		return json.Unmarshal(v, &rec)
+	})
+	return rec, err
+}
+
+// dummyHash makes a login for an unknown user cost as much as a real one, so
+// response timing does not reveal which addresses exist.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("minimail-dummy"), bcrypt.MinCost)
+
+// Authenticate checks a password and returns the user's canonical address.
+// An unknown user and a wrong password both give ErrBadPassword.
+func (s *Store) Authenticate(addr, password string) (string, error) {
+	rec, err := s.userRecord(addr)
+	if errors.Is(err, ErrNoUser) {
+		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		return "", ErrBadPassword
+	}
+	if err != nil {
+		return "", err
+	}
+	if bcrypt.CompareHashAndPassword(rec.Hash, []byte(password)) != nil {
+		return "", ErrBadPassword
+	}
+	return rec.Address, nil
+}
