@@ -1,0 +1,167 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrNoQueueEntry means the queue id is not (or no longer) queued.
+var ErrNoQueueEntry = errors.New("no such queue entry")
+
+// RcptState is where one recipient of a queued message stands.
+type RcptState string
+
+const (
+	// RcptPending recipients are still to be (re)tried.
+	RcptPending RcptState = "pending"
+	// RcptSent recipients were accepted by the next hop (or a local
+	// mailbox). They are never sent again.
+	RcptSent RcptState = "sent"
+	// RcptFailed recipients failed for good; Notified says whether the
+	// sender has been told.
+	RcptFailed RcptState = "failed"
+)
+
+// QueueRcpt is one recipient of a queued message and the outcome of its
+// last attempt.
+type QueueRcpt struct {
+	Addr     string    `json:"addr"`
+	State    RcptState `json:"state"`
+	Attempts int       `json:"attempts,omitempty"`
+	// LastError is the human-readable result of the last failed attempt.
+	LastError string `json:"last_error,omitempty"`
+	// Status is the RFC 3463 enhanced status code of the last failure.
+	Status string `json:"status,omitempty"`
+	// Diagnostic is the RFC 3464 Diagnostic-Code ("smtp; 550 5.1.1 ...").
+	Diagnostic string `json:"diagnostic,omitempty"`
+	// RemoteMTA is the host that gave the last answer, if any.
+	RemoteMTA string `json:"remote_mta,omitempty"`
+	// Notified records that the failure notice for this recipient was
+	// handed on (or is not owed, for a null sender).
+	Notified bool `json:"notified,omitempty"`
+}
+
+// QueueEntry is one queued message without its body.
+type QueueEntry struct {
+	ID uint64 `json:"id"`
+	// From is the envelope sender; "" is the null sender of a bounce.
+	From          string      `json:"from"`
+	Rcpts         []QueueRcpt `json:"rcpts"`
+	Created       time.Time   `json:"created"`
+	NextAttempt   time.Time   `json:"next_attempt"`
+	Attempts      int         `json:"attempts,omitempty"`
+	LastError     string      `json:"last_error,omitempty"`
+	DelayNotified bool        `json:"delay_notified,omitempty"`
+}
+
+// EnqueueMessage stores a new entry and its body in one transaction and
+// returns the id it was given (e.ID is ignored). Both are on disk when it
+// returns.
+func (s *Store) EnqueueMessage(e QueueEntry, body []byte) (uint64, error) {
+	var id uint64
+	err := s.update(func(tx *bolt.Tx) error {
+		q := tx.Bucket(bucketQueue)
+		n, err := q.NextSequence()
+		if err != nil {
+			return err
+		}
+		id = n
+		e.ID = n
+		v, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		if err := q.Put(idKey(n), v); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketQueueBody).Put(idKey(n), body)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("enqueue: %w", err)
+	}
+	return id, nil
+}
+
+// QueueEntries returns every queued entry in id order, without bodies.
+func (s *Store) QueueEntries() ([]QueueEntry, error) {
+	var out []QueueEntry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketQueue).ForEach(func(k, v []byte) error {
+			var e QueueEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("queue entry %d: %w", keyID(k), err)
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue entries: %w", err)
+	}
+	return out, nil
+}
+
+// QueueEntry returns one entry, or an error wrapping ErrNoQueueEntry.
+func (s *Store) QueueEntry(id uint64) (QueueEntry, error) {
+	var e QueueEntry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketQueue).Get(idKey(id))
+		if v == nil {
+			return fmt.Errorf("queue entry %d: %w", id, ErrNoQueueEntry)
+		}
+		return json.Unmarshal(v, &e)
+	})
+	return e, err
+}
+
+// QueueBody returns a copy of a queued message's bytes.
+func (s *Store) QueueBody(id uint64) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketQueueBody).Get(idKey(id))
+		if v == nil {
+			return fmt.Errorf("queue body %d: %w", id, ErrNoQueueEntry)
+		}
+		// bbolt's slice dies with the transaction: copy it out.
+		out = append(make([]byte, 0, len(v)), v...)
+		return nil
+	})
+	return out, err
+}
+
+// UpdateQueueEntry replaces an existing entry (matched by e.ID) and returns
+// once the change is on disk. An entry dropped in the meantime is not
+// recreated: the error wraps ErrNoQueueEntry.
+func (s *Store) UpdateQueueEntry(e QueueEntry) error {
+	// Marshal outside the transaction: update may run fn more than once.
+	v, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("queue entry %d: %w", e.ID, err)
+	}
+	return s.update(func(tx *bolt.Tx) error {
+		q := tx.Bucket(bucketQueue)
+		if q.Get(idKey(e.ID)) == nil {
+			return fmt.Errorf("queue entry %d: %w", e.ID, ErrNoQueueEntry)
+		}
+		return q.Put(idKey(e.ID), v)
+	})
+}
+
+// DeleteQueueEntry removes an entry and its body. A missing entry gives an
+// error wrapping ErrNoQueueEntry.
+func (s *Store) DeleteQueueEntry(id uint64) error {
+	return s.update(func(tx *bolt.Tx) error {
+		q := tx.Bucket(bucketQueue)
+		if q.Get(idKey(id)) == nil {
+			return fmt.Errorf("queue entry %d: %w", id, ErrNoQueueEntry)
+		}
+		if err := q.Delete(idKey(id)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketQueueBody).Delete(idKey(id))
+	})
+}
