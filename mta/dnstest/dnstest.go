@@ -1,8 +1,9 @@
 // Package dnstest runs a small authoritative DNS server on 127.0.0.1 for
-// tests, so that no test ever asks the system resolver.
+// tests and `minimail demo`, so that neither ever asks the system resolver.
 package dnstest
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -29,19 +30,30 @@ type Server struct {
 // "b.test. 60 IN MX 10 mx.b.test.". It stops when the test ends.
 func Start(t testing.TB, records ...string) *Server {
 	t.Helper()
-	s := &Server{records: map[string][]dns.RR{}, fail: map[string]bool{}, hang: map[string]bool{}}
-	for _, r := range records {
-		s.Add(t, r)
-	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	s, err := New(records...)
 	if err != nil {
 		t.Fatalf("dnstest: %v", err)
 	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
+	t.Cleanup(s.Close)
+	return s
+}
+
+// New starts a server on a free loopback port; Close stops it.
+func New(records ...string) (*Server, error) {
+	s := &Server{records: map[string][]dns.RR{}, fail: map[string]bool{}, hang: map[string]bool{}}
+	for _, r := range records {
+		if err := s.AddRecord(r); err != nil {
+			return nil, err
+		}
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
 	l, err := net.Listen("tcp", pc.LocalAddr().String())
 	if err != nil {
 		pc.Close()
-		t.Fatalf("dnstest: tcp on port %d: %v", port, err)
+		return nil, fmt.Errorf("tcp on %s: %w", pc.LocalAddr(), err)
 	}
 	s.Addr = pc.LocalAddr().String()
 	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: l, Handler: s}} {
@@ -51,25 +63,35 @@ func Start(t testing.TB, records ...string) *Server {
 		go srv.ActivateAndServe()
 		<-started
 	}
-	t.Cleanup(func() {
-		for _, srv := range s.servers {
-			srv.Shutdown()
-		}
-	})
-	return s
+	return s, nil
 }
 
-// Add adds one record in zone-file syntax.
+// Close stops the server.
+func (s *Server) Close() {
+	for _, srv := range s.servers {
+		srv.Shutdown()
+	}
+}
+
+// Add adds one record in zone-file syntax, failing the test if it is bad.
 func (s *Server) Add(t testing.TB, record string) {
 	t.Helper()
+	if err := s.AddRecord(record); err != nil {
+		t.Fatalf("dnstest: %v", err)
+	}
+}
+
+// AddRecord adds one record in zone-file syntax.
+func (s *Server) AddRecord(record string) error {
 	rr, err := dns.NewRR(record)
 	if err != nil {
-		t.Fatalf("dnstest: record %q: %v", record, err)
+		return fmt.Errorf("record %q: %w", record, err)
 	}
 	name := strings.ToLower(rr.Header().Name)
 	s.mu.Lock()
 	s.records[name] = append(s.records[name], rr)
 	s.mu.Unlock()
+	return nil
 }
 
 // Fail makes every query for name answer SERVFAIL.
