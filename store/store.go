@@ -66,10 +66,15 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 
-	writes chan *writeReq
-	stop   chan struct{}
-	done   chan struct{}
-	once   sync.Once
+	// closeMu orders writers against Close: a writer holds it shared while
+	// handing its request to the committer, Close holds it exclusively while
+	// marking the store closed, so no request is queued after the committer
+	// has drained and left (it would wait forever).
+	closeMu sync.RWMutex
+	closed  bool
+	writes  chan *writeReq
+	stop    chan struct{}
+	done    chan struct{}
 
 	commits atomic.Int64 // committed write transactions, for benchmarks
 }
@@ -94,21 +99,21 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("data_dir %s: not a directory", dir)
 	}
 	path := filepath.Join(dir, FileName)
-	existed := true
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		existed = false
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
-	if err != nil {
-		switch {
-		case errors.Is(err, berrors.ErrTimeout):
-			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
-		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
-			return nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
+	// An empty file is what an interrupted first Open leaves: bbolt
+	// initialises it like a missing one.
+	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+		// Look before touching: opening read-write lets bbolt write to the
+		// file (it rewrites the freelist of files written without one), so
+		// a file that may not be ours is first checked read-only.
+		if err := checkExisting(path, opts.LockTimeout); err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := checkSchema(db, existed); err != nil {
+	db, err := openBolt(path, opts.LockTimeout, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := errCorrupt(func() error { return initSchema(db) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -123,27 +128,86 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// checkSchema creates the buckets in a new file and refuses a file written by
-// anything else. A pre-existing bbolt file without our meta bucket is foreign:
-// it is not modified.
-func checkSchema(db *bolt.DB, existed bool) error {
-	var version []byte
-	empty := true
-	err := db.View(func(tx *bolt.Tx) error {
-		if m := tx.Bucket(bucketMeta); m != nil {
-			version = append([]byte(nil), m.Get(keySchema)...)
+// openBolt opens path and turns bbolt's errors into ones an operator can act
+// on.
+func openBolt(path string, lockTimeout time.Duration, readOnly bool) (db *bolt.DB, err error) {
+	var file *os.File
+	defer func() {
+		// bbolt panics, rather than failing, on some corrupt pages (a bad
+		// freelist is read while opening). Closing the file releases its
+		// lock; the half-opened DB is abandoned.
+		if r := recover(); r != nil {
+			if file != nil {
+				file.Close()
+			}
+			db, err = nil, fmt.Errorf("open %s: not a minimail database or corrupt: %v", path, r)
 		}
-		return tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:  lockTimeout,
+		ReadOnly: readOnly,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			file = f
+			return f, err
+		},
 	})
+	if err == nil {
+		return db, nil
+	}
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
+	}
+	return nil, fmt.Errorf("open %s: %w", path, err)
+}
+
+// errCorrupt reports a bbolt panic on a damaged page as an error.
+func errCorrupt(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("not a minimail database or corrupt: %v", r)
+		}
+	}()
+	return fn()
+}
+
+// checkExisting opens an existing file read-only and refuses it unless it
+// carries our schema version. A bbolt file without our meta bucket belongs to
+// some other program.
+func checkExisting(path string, lockTimeout time.Duration) error {
+	db, err := openBolt(path, lockTimeout, true)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
+	var version []byte
+	empty := true
+	err = errCorrupt(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			if m := tx.Bucket(bucketMeta); m != nil {
+				version = append([]byte(nil), m.Get(keySchema)...)
+			}
+			return tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+		})
+	})
 	switch {
-	case version == nil && existed && !empty:
-		return errors.New("not a minimail database (no schema version)")
+	case err != nil:
+		return fmt.Errorf("open %s: %w", path, err)
+	case version == nil && !empty:
+		return fmt.Errorf("open %s: not a minimail database (no schema version)", path)
 	case version != nil && string(version) != SchemaVersion:
-		return fmt.Errorf("unknown schema version %q (this minimail reads %q)", version, SchemaVersion)
+		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q)", path, version, SchemaVersion)
 	}
+	return nil
+}
+
+// initSchema creates the buckets a new file needs; on an existing file
+// (already checked by checkExisting) it changes nothing but the version key,
+// which it rewrites with the same value.
+func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketQueue, bucketQueueBody} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -156,7 +220,12 @@ func checkSchema(db *bolt.DB, existed bool) error {
 
 // Close waits for pending writes and closes the file.
 func (s *Store) Close() error {
-	s.once.Do(func() { close(s.stop) })
+	s.closeMu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.stop)
+	}
+	s.closeMu.Unlock()
 	<-s.done
 	return s.db.Close()
 }
@@ -174,11 +243,15 @@ var errClosed = errors.New("store is closed")
 // alone), so it must not have side effects outside tx.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
 	req := &writeReq{fn: fn, res: make(chan error, 1)}
-	select {
-	case s.writes <- req:
-	case <-s.stop:
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
 		return errClosed
 	}
+	// The committer runs until stop is closed, which cannot happen while we
+	// hold closeMu, so this send always completes.
+	s.writes <- req
+	s.closeMu.RUnlock()
 	return <-req.res
 }
 
@@ -213,7 +286,7 @@ func (s *Store) committer() {
 	}
 }
 
-// drain serves writes that raced with Close so no caller blocks forever.
+// drain serves the writes queued before Close so no caller blocks forever.
 func (s *Store) drain() {
 	for {
 		select {
