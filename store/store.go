@@ -77,6 +77,9 @@ type Store struct {
 	done    chan struct{}
 
 	commits atomic.Int64 // committed write transactions, for benchmarks
+
+	dummyOnce sync.Once
+	dummy     []byte // see dummyHash
 }
 
 type writeReq struct {

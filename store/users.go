@@ -44,7 +44,9 @@ func Key(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
 // CanonicalAddress validates addr as local@domain and lower-cases the domain.
 func CanonicalAddress(addr string) (string, error) {
 	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 {
+	// A second @ is only valid inside a quoted local part (RFC 5321 4.1.2),
+	// and quotes are refused below.
+	if at <= 0 || at == len(addr)-1 || strings.IndexByte(addr, '@') != at {
 		return "", fmt.Errorf("address %q: want local@domain", addr)
 	}
 	if strings.ContainsAny(addr, " \t\r\n<>\"") {
@@ -179,16 +181,28 @@ func (s *Store) userRecord(addr string) (userRecord, error) {
 	return rec, err
 }
 
-// dummyHash makes a login for an unknown user cost as much as a real one, so
+// dummyHash returns a hash at the store's own cost: checking a password
+// against it makes a login for an unknown user cost as much as a real one, so
 // response timing does not reveal which addresses exist.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("minimail-dummy"), bcrypt.MinCost)
+func (s *Store) dummyHash() []byte {
+	s.dummyOnce.Do(func() {
+		h, err := s.hash("minimail-dummy")
+		if err != nil {
+			// Cannot happen for this password; fall back to the cheapest
+			// hash rather than none.
+			h, _ = bcrypt.GenerateFromPassword([]byte("minimail-dummy"), bcrypt.MinCost)
+		}
+		s.dummy = h
+	})
+	return s.dummy
+}
 
 // Authenticate checks a password and returns the user's canonical address.
 // An unknown user and a wrong password both give ErrBadPassword.
 func (s *Store) Authenticate(addr, password string) (string, error) {
 	rec, err := s.userRecord(addr)
 	if errors.Is(err, ErrNoUser) {
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		bcrypt.CompareHashAndPassword(s.dummyHash(), []byte(password))
 		return "", ErrBadPassword
 	}
 	if err != nil {
