@@ -1,0 +1,277 @@
+package pop3
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"minimail/mta/guard"
+	"minimail/store"
+)
+
+// Maildrop is what the server needs from storage; *store.Store satisfies it.
+type Maildrop interface {
+	// Authenticate checks a login and returns the canonical address. It
+	// returns store.ErrBadPassword for an unknown user or a wrong password.
+	Authenticate(user, password string) (addr string, err error)
+	// List returns ids and sizes in arrival order, without bodies.
+	List(addr string) ([]store.MessageInfo, error)
+	// Read returns one message with CRLF line endings; its length is the
+	// Size List reported.
+	Read(addr string, id uint64) ([]byte, error)
+	// Delete removes the ids in one transaction.
+	Delete(addr string, ids []uint64) error
+}
+
+// Options configure a Server. The zero value works, with no TLS.
+type Options struct {
+	// Hostname is named in the greeting and the sign-off.
+	Hostname string
+	// TLSConfig enables STLS; nil means no STLS. For POP3S the caller wraps
+	// the listener with tls.NewListener: a *tls.Conn counts as TLS active.
+	TLSConfig *tls.Config
+	// AllowInsecureAuth permits USER/PASS and AUTH without TLS.
+	AllowInsecureAuth bool
+	// IdleTimeout is the autologout timer; 0 means 10 minutes, the minimum
+	// RFC 1939 section 3 allows.
+	IdleTimeout time.Duration
+	// MaxLineLength bounds a command line without its CRLF; 0 means 512.
+	// RFC 2449 section 4 allows 255 octets: we accept more, but not without
+	// bound.
+	MaxLineLength int
+	// MaxConnections and MaxConnectionsPerIP bound concurrent sessions;
+	// 0 means unlimited.
+	MaxConnections, MaxConnectionsPerIP int
+	// AuthThrottle counts failed logins; share it with SMTP AUTH. Nil means
+	// a private one.
+	AuthThrottle *guard.AuthThrottle
+	// AuthFailDelay is waited before answering a wrong password; 0 means
+	// 1 second, negative means no delay.
+	AuthFailDelay time.Duration
+	// Logger gets one line per session; nil discards.
+	Logger *slog.Logger
+}
+
+// maxBadCommands is how many -ERR replies a session may collect before it
+// is dropped: a real client needs a handful at most, a scanner many.
+const maxBadCommands = 20
+
+// Server is a POP3 server over a Maildrop. It is safe for concurrent use;
+// one Server may Serve several listeners (POP3 and POP3S) at once.
+type Server struct {
+	md       Maildrop
+	opts     Options
+	log      *slog.Logger
+	throttle *guard.AuthThrottle
+	limiter  *guard.ConnLimiter
+
+	// closing is closed when Shutdown starts.
+	closing chan struct{}
+
+	mu        sync.Mutex
+	shutdown  bool
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	locks     map[string]struct{} // maildrops in use, by lower-cased address
+	active    sync.WaitGroup      // connection goroutines
+
+	// afterSession, when set (by tests), runs after a session has ended and
+	// released its lock.
+	afterSession func()
+}
+
+// NewServer returns a Server over md.
+func NewServer(md Maildrop, opts Options) *Server {
+	if opts.Hostname == "" {
+		opts.Hostname = "localhost"
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 10 * time.Minute
+	}
+	if opts.MaxLineLength <= 0 {
+		opts.MaxLineLength = 512
+	}
+	if opts.AuthFailDelay == 0 {
+		opts.AuthFailDelay = time.Second
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	throttle := opts.AuthThrottle
+	if throttle == nil {
+		throttle = &guard.AuthThrottle{}
+	}
+	return &Server{
+		md:        md,
+		opts:      opts,
+		log:       logger,
+		throttle:  throttle,
+		limiter:   &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
+		closing:   make(chan struct{}),
+		listeners: map[net.Listener]struct{}{},
+		sessions:  map[*session]struct{}{},
+		locks:     map[string]struct{}{},
+	}
+}
+
+// Serve accepts connections on l until Shutdown, then returns nil. Any other
+// accept failure that persists is returned.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if s.isShutdown() {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("pop3: accept: %w", err)
+			}
+			// Out of file descriptors and the like: wait and retry, as
+			// net/http does, instead of spinning or giving up.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("pop3 accept failed", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.closing:
+				return nil
+			}
+			continue
+		}
+		backoff = 0
+		if !s.track() {
+			conn.Close()
+			return nil
+		}
+		go s.handle(conn)
+	}
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// track counts a new connection goroutine, unless shutdown has begun.
+func (s *Server) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.active.Add(1)
+	return true
+}
+
+// Shutdown stops accepting, waits for sessions to end until ctx is done, then
+// closes the rest. A session cut off this way deletes nothing (RFC 1939
+// section 6: only QUIT enters the UPDATE state).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.closing)
+	}
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.cutOff()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// handle runs one connection from accept to close.
+func (s *Server) handle(conn net.Conn) {
+	defer s.active.Done()
+	defer conn.Close()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("pop3 session panic", "remote_ip", guard.IP(conn.RemoteAddr()), "panic", p)
+		}
+	}()
+
+	release, ok := s.limiter.Acquire(conn.RemoteAddr())
+	if !ok {
+		// RFC 2449 section 8.1.2: [SYS/TEMP] tells the client to retry later.
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "-ERR [SYS/TEMP] too many connections\r\n")
+		s.log.Info("pop3 rejected", "remote_ip", guard.IP(conn.RemoteAddr()), "reason", "too many connections")
+		return
+	}
+	defer release() // also on panic; release is idempotent
+
+	sess := newSession(s, conn)
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+
+	sess.run()
+
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+	conn.Close()
+	release()
+	if s.afterSession != nil {
+		s.afterSession()
+	}
+}
+
+// lock takes the maildrop lock for addr (RFC 1939 section 8: a maildrop is
+// opened by one session at a time). The lock lives only in memory, so it
+// goes with the session and with the process: no stale locks.
+func (s *Server) lock(addr string) (unlock func(), ok bool) {
+	key := strings.ToLower(addr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, held := s.locks[key]; held {
+		return nil, false
+	}
+	s.locks[key] = struct{}{}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			delete(s.locks, key)
+			s.mu.Unlock()
+		})
+	}, true
+}
