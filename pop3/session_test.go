@@ -1,0 +1,461 @@
+package pop3
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"minimail/mta/guard"
+	"minimail/store"
+)
+
+func countMessages(t *testing.T, st *store.Store, addr string) int {
+	t.Helper()
+	infos, err := st.List(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(infos)
+}
+
+func TestLock_SecondSessionGetsInUse(t *testing.T) {
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true})
+	first := greeted(t, h.addr)
+	first.login(alice, alicePW)
+
+	second := greeted(t, h.addr)
+	second.cmd("USER "+alice, "+OK")
+	second.cmd("PASS "+alicePW, "-ERR [IN-USE] maildrop is in use by another session")
+	second.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGFsaWNlLXB3", "-ERR [IN-USE]")
+	// Still in AUTHORIZATION: another mailbox opens fine.
+	second.login(bob, bobPW)
+
+	// The lock goes with the first session's connection.
+	first.conn.Close()
+	h.waitEnded(t, 1)
+	third := greeted(t, h.addr)
+	third.login(alice, alicePW)
+	third.cmd("STAT", "+OK 3 219")
+}
+
+func TestLock_IsPerAddressCaseInsensitive(t *testing.T) {
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true})
+	greeted(t, h.addr).login(alice, alicePW)
+	c := greeted(t, h.addr)
+	c.cmd("USER ALICE@EXAMPLE.ORG", "+OK")
+	c.cmd("PASS "+alicePW, "-ERR [IN-USE]")
+}
+
+func TestLock_ReleasedAfterQuit(t *testing.T) {
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("QUIT", "+OK")
+	c.expectEOF()
+	h.waitEnded(t, 1)
+	greeted(t, h.addr).login(alice, alicePW)
+}
+
+// TestLock_NoStaleLockAcrossRestart: the lock lives in memory only, so a
+// new server on the same store opens a maildrop whose session was cut off.
+func TestLock_NoStaleLockAcrossRestart(t *testing.T) {
+	st := fixtureStore(t)
+	h := startServer(t, st, Options{AllowInsecureAuth: true})
+	greeted(t, h.addr).login(alice, alicePW)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.srv.Shutdown(ctx)
+
+	h2 := startServer(t, st, Options{AllowInsecureAuth: true})
+	greeted(t, h2.addr).login(alice, alicePW)
+}
+
+func TestCrash_DroppedConnectionAfterDELEKeepsMessages(t *testing.T) {
+	st := fixtureStore(t)
+	h := startServer(t, st, Options{AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("DELE 1", "+OK")
+	c.cmd("DELE 2", "+OK")
+	c.conn.Close()
+	h.waitEnded(t, 1)
+	if n := countMessages(t, st, alice); n != 3 {
+		t.Fatalf("after a dropped session alice has %d messages, want 3", n)
+	}
+}
+
+// TestCrash_AutologoutDeletesNothing: RFC 1939 section 3 — on timeout the
+// server closes without a response and without entering UPDATE.
+func TestCrash_AutologoutDeletesNothing(t *testing.T) {
+	st := fixtureStore(t)
+	var logs bytes.Buffer
+	h := startServer(t, st, Options{
+		AllowInsecureAuth: true,
+		IdleTimeout:       200 * time.Millisecond,
+		Logger:            slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("DELE 1", "+OK")
+	c.expectEOF()
+	h.waitEnded(t, 1)
+	if n := countMessages(t, st, alice); n != 3 {
+		t.Fatalf("after autologout alice has %d messages, want 3", n)
+	}
+	if !strings.Contains(logs.String(), `"result":"timeout"`) {
+		t.Errorf("log does not record the timeout: %s", logs.String())
+	}
+	// No stale lock either.
+	greeted(t, h.addr).login(alice, alicePW)
+}
+
+func TestAutologout_InAuthorizationState(t *testing.T) {
+	h := startServer(t, fixtureStore(t), Options{IdleTimeout: 100 * time.Millisecond})
+	c := greeted(t, h.addr)
+	c.expectEOF()
+}
+
+func TestQuit_DeletesInOneCall(t *testing.T) {
+	md := newFakeMaildrop()
+	md.users[alice] = alicePW
+	md.add(alice, msg1, msg2, msg3)
+	h := startServer(t, md, Options{AllowInsecureAuth: true})
+
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("QUIT", "+OK pop.test POP3 server signing off (3 messages left)")
+	h.waitEnded(t, 1)
+	if len(md.deletes) != 0 {
+		t.Fatalf("QUIT without DELE called Delete: %v", md.deletes)
+	}
+
+	c = greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("DELE 3", "+OK")
+	c.cmd("DELE 1", "+OK")
+	c.cmd("QUIT", "+OK pop.test POP3 server signing off (1 messages left)")
+	h.waitEnded(t, 1)
+	if want := [][]uint64{{1, 3}}; !slices.EqualFunc(md.deletes, want, slices.Equal) {
+		t.Fatalf("Delete calls %v, want %v", md.deletes, want)
+	}
+}
+
+func TestQuit_FailedDeleteAnswersErr(t *testing.T) {
+	md := newFakeMaildrop()
+	md.users[alice] = alicePW
+	md.add(alice, msg1, msg2)
+	md.deleteErr = errInjected
+	h := startServer(t, md, Options{AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("DELE 2", "+OK")
+	c.cmd("QUIT", "-ERR [SYS/TEMP] deleted messages not removed, try again later")
+	c.expectEOF()
+	h.waitEnded(t, 1)
+	if len(md.boxes[alice]) != 2 {
+		t.Fatalf("failed Delete left %d messages, want 2", len(md.boxes[alice]))
+	}
+}
+
+func TestStorageFailures(t *testing.T) {
+	tests := []struct {
+		name   string
+		inject func(*fakeMaildrop)
+		cmds   [][2]string // command, reply prefix
+	}{
+		{"authenticate", func(f *fakeMaildrop) { f.authErr = errInjected }, [][2]string{
+			{"USER " + alice, "+OK"},
+			{"PASS " + alicePW, "-ERR [SYS/TEMP] cannot check credentials now"},
+		}},
+		{"list", func(f *fakeMaildrop) { f.listErr = errInjected }, [][2]string{
+			{"USER " + alice, "+OK"},
+			{"PASS " + alicePW, "-ERR [SYS/TEMP] cannot open maildrop"},
+			{"STAT", "-ERR not logged in"},
+		}},
+		{"read", func(f *fakeMaildrop) { f.readErr = errInjected }, [][2]string{
+			{"USER " + alice, "+OK"},
+			{"PASS " + alicePW, "+OK"},
+			{"RETR 1", "-ERR [SYS/TEMP] cannot read message"},
+			{"TOP 1 0", "-ERR [SYS/TEMP] cannot read message"},
+			{"STAT", "+OK 2"},
+		}},
+		{"message vanished", func(f *fakeMaildrop) { delete(f.bodies, 1) }, [][2]string{
+			{"USER " + alice, "+OK"},
+			{"PASS " + alicePW, "+OK"},
+			{"RETR 1", "-ERR message is no longer in the maildrop"},
+			{"RETR 2", "+OK 87 octets"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			md := newFakeMaildrop()
+			md.users[alice] = alicePW
+			md.add(alice, msg1, msg2)
+			tt.inject(md)
+			h := startServer(t, md, Options{AllowInsecureAuth: true})
+			c := greeted(t, h.addr)
+			for _, cmd := range tt.cmds {
+				c.cmd(cmd[0], cmd[1])
+			}
+		})
+	}
+}
+
+// TestFailedListReleasesLock: a maildrop that could not be opened is not
+// left locked.
+func TestFailedListReleasesLock(t *testing.T) {
+	md := newFakeMaildrop()
+	md.users[alice] = alicePW
+	md.listErr = errInjected
+	h := startServer(t, md, Options{AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.cmd("USER "+alice, "+OK")
+	c.cmd("PASS "+alicePW, "-ERR [SYS/TEMP]")
+	md.mu.Lock()
+	md.listErr = nil
+	md.mu.Unlock()
+	c.login(alice, alicePW)
+}
+
+func TestNewMailDuringSessionAppearsInNextSession(t *testing.T) {
+	st := fixtureStore(t)
+	h := startServer(t, st, Options{AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	if _, err := st.Append(alice, []byte(msg3)); err != nil {
+		t.Fatal(err)
+	}
+	c.cmd("STAT", "+OK 3 219")
+	c.cmd("LIST 4", "-ERR no such message")
+	c.cmd("QUIT", "+OK")
+	h.waitEnded(t, 1)
+	c = greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("STAT", "+OK 4 244")
+	c.cmd("UIDL 4", "+OK 4 5")
+}
+
+// TestUIDL_StableAcrossBackupRestore: UIDLs are store ids, so a restored
+// backup served by a new server lists the same ones, and ids of deleted
+// messages are never handed out again.
+func TestUIDL_StableAcrossBackupRestore(t *testing.T) {
+	st := fixtureStore(t)
+	h := startServer(t, st, Options{AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.login(alice, alicePW)
+	c.cmd("DELE 2", "+OK")
+	c.cmd("QUIT", "+OK")
+	h.waitEnded(t, 1)
+	if _, err := st.Append(alice, []byte(msg1)); err != nil {
+		t.Fatal(err)
+	}
+	uidls := func(addr string) []string {
+		c := greeted(t, addr)
+		c.login(alice, alicePW)
+		c.cmd("UIDL", "+OK")
+		var out []string
+		for l := c.line(); l != "."; l = c.line() {
+			out = append(out, l)
+		}
+		c.cmd("QUIT", "+OK")
+		return out
+	}
+	before := uidls(h.addr)
+	if want := []string{"1 1", "2 3", "3 5"}; !slices.Equal(before, want) {
+		t.Fatalf("UIDL = %q, want %q", before, want)
+	}
+	h.waitEnded(t, 1)
+
+	dir := t.TempDir()
+	if err := st.Backup(filepath.Join(dir, store.FileName)); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := store.Open(dir, store.Options{BcryptCost: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restored.Close()
+	if _, err := os.Stat(filepath.Join(dir, store.FileName)); err != nil {
+		t.Fatal(err)
+	}
+	h2 := startServer(t, restored, Options{AllowInsecureAuth: true})
+	if after := uidls(h2.addr); !slices.Equal(after, before) {
+		t.Fatalf("UIDL after restore = %q, want %q", after, before)
+	}
+}
+
+func TestAuthThrottle_SharedAndPerIP(t *testing.T) {
+	throttle := &guard.AuthThrottle{MaxPerIP: 2}
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true, AuthThrottle: throttle})
+	c := greeted(t, h.addr)
+	c.cmd("USER "+alice, "+OK")
+	c.cmd("PASS wrong", "-ERR [AUTH] invalid user name or password")
+	// A failure recorded elsewhere (SMTP AUTH) counts too.
+	throttle.Fail(guard.IP(c.conn.LocalAddr()))
+	c.cmd("USER "+alice, "+OK")
+	c.cmd("PASS "+alicePW, "-ERR [SYS/TEMP] too many failed logins from your address, try again later")
+	c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGFsaWNlLXB3", "-ERR [SYS/TEMP] too many failed logins")
+}
+
+func TestAuthFailDelay(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true, AuthFailDelay: delay})
+	c := greeted(t, h.addr)
+	c.cmd("USER "+alice, "+OK")
+	start := time.Now()
+	c.cmd("PASS wrong", "-ERR [AUTH]")
+	if d := time.Since(start); d < delay {
+		t.Fatalf("wrong password answered after %v, want at least %v", d, delay)
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	t.Run("total", func(t *testing.T) {
+		h := startServer(t, fixtureStore(t), Options{MaxConnections: 1})
+		first := greeted(t, h.addr)
+		second := dial(t, h.addr)
+		second.expect("-ERR [SYS/TEMP] too many connections")
+		second.expectEOF()
+		first.cmd("QUIT", "+OK")
+		h.waitEnded(t, 1)
+		greeted(t, h.addr)
+	})
+	t.Run("per IP", func(t *testing.T) {
+		h := startServer(t, fixtureStore(t), Options{MaxConnectionsPerIP: 1})
+		greeted(t, h.addr)
+		dial(t, h.addr).expect("-ERR [SYS/TEMP] too many connections")
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		conn, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Skipf("cannot dial from 127.0.0.2: %v", err)
+		}
+		defer conn.Close()
+		newClient(t, conn).expect("+OK pop.test POP3 server ready")
+	})
+}
+
+func TestLineLimits(t *testing.T) {
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true, MaxLineLength: 40})
+	c := greeted(t, h.addr)
+	c.cmd("NOOP "+strings.Repeat("x", 36), "-ERR line too long")
+	c.cmd("USER "+strings.Repeat("x", 35), "+OK") // exactly 40: accepted
+	c.send("CAPA\nQUIT") // bare LF from a sloppy client, then CRLF
+	c.expect("+OK capability list follows")
+	for c.line() != "." {
+	}
+	c.expect("+OK pop.test POP3 server signing off")
+
+	// A line that never ends is not read forever.
+	c = greeted(t, h.addr)
+	if _, err := c.conn.Write(bytes.Repeat([]byte("x"), maxDiscard+4096)); err != nil {
+		t.Fatal(err)
+	}
+	c.expectEOF()
+}
+
+func TestSessionLogLine(t *testing.T) {
+	var logs bytes.Buffer
+	h := startServer(t, fixtureStore(t), Options{
+		AllowInsecureAuth: true,
+		Logger:            slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	c := greeted(t, h.addr)
+	c.cmd("USER "+alice, "+OK")
+	c.cmd("PASS secret-typo", "-ERR")
+	c.login(alice, alicePW)
+	c.cmd("RETR 1", "+OK")
+	c.body()
+	c.cmd("TOP 2 0", "+OK")
+	c.body()
+	c.cmd("DELE 1", "+OK")
+	c.cmd("QUIT", "+OK")
+	h.waitEnded(t, 1)
+
+	if strings.Contains(logs.String(), alicePW) || strings.Contains(logs.String(), "secret-typo") {
+		t.Fatalf("log contains a password: %s", logs.String())
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("want one log line per session, got %d: %s", len(lines), logs.String())
+	}
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &rec); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"msg": "pop3 session", "user": alice, "remote_ip": "127.0.0.1", "tls": false,
+		"auth_failures": 1.0, "retrieved": 1.0, "deleted": 1.0, "result": "quit",
+	}
+	for k, v := range want {
+		if rec[k] != v {
+			t.Errorf("log %s = %v, want %v", k, rec[k], v)
+		}
+	}
+	if _, ok := rec["duration"]; !ok {
+		t.Error("log has no duration")
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	t.Run("waits for sessions that finish", func(t *testing.T) {
+		st := fixtureStore(t)
+		h := startServer(t, st, Options{AllowInsecureAuth: true})
+		c := greeted(t, h.addr)
+		c.login(alice, alicePW)
+		c.cmd("DELE 1", "+OK")
+		done := make(chan error, 1)
+		go func() { done <- h.srv.Shutdown(context.Background()) }()
+		<-h.srv.closing
+		select {
+		case err := <-done:
+			t.Fatalf("Shutdown returned %v while a session was open", err)
+		default:
+		}
+		// The open session still finishes normally and its deletions count.
+		c.cmd("QUIT", "+OK")
+		if err := <-done; err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if n := countMessages(t, st, alice); n != 2 {
+			t.Fatalf("alice has %d messages after QUIT, want 2", n)
+		}
+		if _, err := net.Dial("tcp", h.addr); err == nil {
+			t.Fatal("listener still accepting after Shutdown")
+		}
+	})
+	t.Run("cuts off idle sessions without deleting", func(t *testing.T) {
+		st := fixtureStore(t)
+		h := startServer(t, st, Options{AllowInsecureAuth: true})
+		c := greeted(t, h.addr)
+		c.login(alice, alicePW)
+		c.cmd("DELE 1", "+OK")
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		if err := h.srv.Shutdown(ctx); err != context.DeadlineExceeded {
+			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+		}
+		c.expectEOF()
+		if n := countMessages(t, st, alice); n != 3 {
+			t.Fatalf("alice has %d messages after cut-off, want 3", n)
+		}
+	})
+	t.Run("Serve after Shutdown returns nil", func(t *testing.T) {
+		srv := NewServer(newFakeMaildrop(), Options{})
+		srv.Shutdown(context.Background())
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Serve(l); err != nil {
+			t.Fatalf("Serve = %v", err)
+		}
+	})
+}

@@ -1,0 +1,132 @@
+package pop3
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"testing"
+)
+
+// capaAfterTLS is the capability list once TLS is active: logins offered,
+// STLS gone (RFC 2595 section 4).
+var capaAfterTLS = []string{
+	"+OK capability list follows",
+	"TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
+	"USER", "SASL PLAIN", "IMPLEMENTATION minimail", ".",
+}
+
+func (c *client) expectLines(want []string) {
+	c.t.Helper()
+	for _, w := range want {
+		c.expect(w)
+	}
+}
+
+// startTLS sends STLS and upgrades the client side.
+func (c *client) startTLS(cfg *tls.Config) {
+	c.t.Helper()
+	c.cmd("STLS", "+OK begin TLS negotiation")
+	tc := tls.Client(c.conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatalf("TLS handshake: %v", err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+}
+
+func TestSTLS_ThenAuthPlain(t *testing.T) {
+	serverTLS, clientTLS := tlsPair(t)
+	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
+	c := greeted(t, h.addr)
+	c.cmd("USER "+alice, "-ERR [AUTH] authentication requires TLS: use STLS first")
+	c.startTLS(clientTLS)
+
+	c.send("CAPA")
+	c.expectLines(capaAfterTLS)
+	c.cmd("STLS", "-ERR TLS already active")
+	c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGFsaWNlLXB3", "+OK alice@example.org has 3 messages (219 octets)")
+	c.cmd("RETR 1", "+OK 107 octets")
+	if got := string(c.body()); got != msg1 {
+		t.Fatalf("RETR 1 over TLS: got %q", got)
+	}
+	c.cmd("QUIT", "+OK pop.test POP3 server signing off")
+}
+
+func TestSTLS_ThenUserPass(t *testing.T) {
+	serverTLS, clientTLS := tlsPair(t)
+	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
+	c := greeted(t, h.addr)
+	c.startTLS(clientTLS)
+	c.login(alice, alicePW)
+	c.cmd("STAT", "+OK 3 219")
+}
+
+// TestSTLS_PipelinedPlaintextIsDropped guards against command injection
+// (CVE-2011-0411): a QUIT sent in plaintext right behind STLS must not be
+// executed as if it had come over TLS.
+func TestSTLS_PipelinedPlaintextIsDropped(t *testing.T) {
+	serverTLS, clientTLS := tlsPair(t)
+	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
+	c := greeted(t, h.addr)
+	c.send("STLS", "QUIT")
+	c.expect("+OK begin TLS negotiation")
+	tc := tls.Client(c.conn, clientTLS)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.cmd("NOOP", "-ERR not logged in")
+}
+
+// TestSTLS_USERBeforeTLSIsForgotten: a name given in plaintext (here with
+// insecure auth allowed) does not carry over into the TLS session.
+func TestSTLS_USERBeforeTLSIsForgotten(t *testing.T) {
+	serverTLS, clientTLS := tlsPair(t)
+	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS, AllowInsecureAuth: true})
+	c := greeted(t, h.addr)
+	c.cmd("USER "+alice, "+OK")
+	c.startTLS(clientTLS)
+	c.cmd("PASS "+alicePW, "-ERR send USER first")
+}
+
+func TestSTLS_FailedHandshakeEndsSession(t *testing.T) {
+	serverTLS, _ := tlsPair(t)
+	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
+	c := greeted(t, h.addr)
+	c.cmd("STLS", "+OK begin TLS negotiation")
+	c.send("this is not a TLS client hello")
+	c.r.Reset(c.conn) // whatever alert the server sends, then EOF
+	h.waitEnded(t, 1)
+}
+
+func TestPOP3S_ImplicitTLS(t *testing.T) {
+	serverTLS, clientTLS := tlsPair(t)
+	st := fixtureStore(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The caller wraps the listener; the server sees *tls.Conn and counts
+	// TLS as active. TLSConfig stays nil: no STLS on POP3S.
+	srv := NewServer(st, Options{Hostname: "pop.test", AuthFailDelay: -1})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(tls.NewListener(l, serverTLS)) }()
+	t.Cleanup(func() {
+		srv.Shutdown(t.Context())
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+
+	conn, err := tls.Dial("tcp", l.Addr().String(), clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := newClient(t, conn)
+	c.expect("+OK pop.test POP3 server ready")
+	c.send("CAPA")
+	c.expectLines(capaAfterTLS)
+	c.login(alice, alicePW)
+	c.cmd("UIDL 3", "+OK 3 3")
+	c.cmd("QUIT", "+OK")
+}
