@@ -347,7 +347,7 @@ func TestLineLimits(t *testing.T) {
 	c := greeted(t, h.addr)
 	c.cmd("NOOP "+strings.Repeat("x", 36), "-ERR line too long")
 	c.cmd("USER "+strings.Repeat("x", 35), "+OK") // exactly 40: accepted
-	c.send("CAPA\nQUIT") // bare LF from a sloppy client, then CRLF
+	c.send("CAPA\nQUIT")                          // bare LF from a sloppy client, then CRLF
 	c.expect("+OK capability list follows")
 	for c.line() != "." {
 	}
