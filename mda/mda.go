@@ -78,12 +78,38 @@ func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 	if len(ds) == 0 {
 		return results
 	}
-	if _, err := a.Mailboxes.AppendMany(ds); err != nil {
+	_, err := a.Mailboxes.AppendMany(ds)
+	if errors.Is(err, store.ErrNoUser) && len(ds) > 1 {
+		// A user was deleted since Resolve, and the batch is all or
+		// nothing: store each copy alone so only that recipient fails.
+		for j, d := range ds {
+			results[idx[j]] = a.appendOne(rcpts[idx[j]], d)
+		}
+		return results
+	}
+	if err != nil {
 		for _, i := range idx {
-			results[i] = &Error{Rcpt: rcpts[i], Err: err, temporary: !errors.Is(err, store.ErrNoUser)}
+			results[i] = appendError(rcpts[i], err)
 		}
 	}
 	return results
+}
+
+func (a *Agent) appendOne(rcpt string, d store.Delivery) error {
+	if _, err := a.Mailboxes.AppendMany([]store.Delivery{d}); err != nil {
+		return appendError(rcpt, err)
+	}
+	return nil
+}
+
+// appendError classifies a storage failure: a mailbox that has gone is the
+// same permanent "no such user" Resolve reports; anything else is storage
+// trouble, worth a retry.
+func appendError(rcpt string, err error) error {
+	if errors.Is(err, store.ErrNoUser) {
+		return &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %w", ErrUnknownUser, err)}
+	}
+	return &Error{Rcpt: rcpt, Err: err, temporary: true}
 }
 
 // withTrace prepends Return-Path (RFC 5321 4.4) and Delivered-To.

@@ -1,0 +1,102 @@
+package mda_test
+
+import (
+	"bytes"
+	"testing"
+
+	"minimail/mda"
+)
+
+func TestNormalizeCRLF(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"empty", "", ""},
+		{"CRLF already", "a\r\nb\r\n", "a\r\nb\r\n"},
+		{"bare LF", "a\nb\n", "a\r\nb\r\n"},
+		{"bare CR", "a\rb\r", "a\r\nb\r\n"},
+		{"mixed", "a\r\nb\nc\rd\r\n", "a\r\nb\r\nc\r\nd\r\n"},
+		{"no final newline", "a\r\nb", "a\r\nb\r\n"},
+		{"no newline at all", "abc", "abc\r\n"},
+		{"LF CR is two line ends", "a\n\rb", "a\r\n\r\nb\r\n"},
+		{"CR CR LF", "a\r\r\nb", "a\r\n\r\nb\r\n"},
+		{"blank lines kept", "h: v\n\n\nbody\n", "h: v\r\n\r\n\r\nbody\r\n"},
+		{"lone LF", "\n", "\r\n"},
+		{"lone CR", "\r", "\r\n"},
+		{"dots untouched", ".\n..\n", ".\r\n..\r\n"},
+		{"NUL and 8-bit untouched", "\x00\xff\n", "\x00\xff\r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mda.NormalizeCRLF([]byte(tt.in)); string(got) != tt.want {
+				t.Errorf("NormalizeCRLF(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestNormalizeCRLF_CleanInputNotCopied: a clean message (the usual case from
+// SMTP DATA) is passed through without a copy.
+func TestNormalizeCRLF_CleanInputNotCopied(t *testing.T) {
+	in := []byte("Subject: x\r\n\r\nbody\r\n")
+	if out := mda.NormalizeCRLF(in); &out[0] != &in[0] {
+		t.Error("clean input was copied")
+	}
+}
+
+func FuzzNormalizeCRLF(f *testing.F) {
+	for _, s := range []string{"", "a\r\nb\r\n", "a\nb", "a\rb\r", "\r\n\n\r\r", "x", "\n\r", "\r\r\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		orig := bytes.Clone(in)
+		out := mda.NormalizeCRLF(in)
+		if !bytes.Equal(in, orig) {
+			t.Fatalf("input modified: %q -> %q", orig, in)
+		}
+		if bare(out) {
+			t.Fatalf("NormalizeCRLF(%q) = %q has a bare CR or LF", in, out)
+		}
+		if len(out) > 0 && !bytes.HasSuffix(out, []byte("\r\n")) {
+			t.Fatalf("NormalizeCRLF(%q) = %q does not end in CRLF", in, out)
+		}
+		if again := mda.NormalizeCRLF(out); !bytes.Equal(again, out) {
+			t.Fatalf("not idempotent: %q -> %q -> %q", in, out, again)
+		}
+		if !bare(in) && (len(in) == 0 || bytes.HasSuffix(in, []byte("\r\n"))) && !bytes.Equal(out, in) {
+			t.Fatalf("clean input changed: %q -> %q", in, out)
+		}
+		// Only line endings change: the text between them is kept.
+		strip := func(b []byte) []byte {
+			return bytes.ReplaceAll(bytes.ReplaceAll(b, []byte("\r"), nil), []byte("\n"), nil)
+		}
+		if !bytes.Equal(strip(in), strip(out)) {
+			t.Fatalf("text changed: %q -> %q", in, out)
+		}
+		// Every line end in the input is one CRLF in the output: count
+		// CRLF pairs plus bare CRs and LFs.
+		ends := bytes.Count(in, []byte("\r\n"))
+		rest := bytes.ReplaceAll(in, []byte("\r\n"), nil)
+		ends += bytes.Count(rest, []byte("\r")) + bytes.Count(rest, []byte("\n"))
+		if len(in) > 0 && !bytes.HasSuffix(in, []byte("\n")) && !bytes.HasSuffix(in, []byte("\r")) {
+			ends++ // the added final line end
+		}
+		if got := bytes.Count(out, []byte("\r\n")); got != ends {
+			t.Fatalf("%q has %d line ends, output %q has %d", in, ends, out, got)
+		}
+	})
+}
+
+// bare reports whether b holds a CR not followed by LF or an LF not
+// preceded by CR.
+func bare(b []byte) bool {
+	for i, c := range b {
+		if c == '\r' && (i+1 == len(b) || b[i+1] != '\n') {
+			return true
+		}
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			return true
+		}
+	}
+	return false
+}
