@@ -1,0 +1,265 @@
+// Package remote delivers mail to other servers over SMTP. One call to
+// Client.Deliver carries all recipients of one destination domain over one
+// connection and returns one result per recipient, so the queue can record
+// each acceptance and retry or bounce each refusal on its own.
+//
+// The next hop is chosen in this order:
+//
+//  1. Routes: a fixed host:port per domain, like Postfix transport maps.
+//  2. Smarthost: every remote domain goes there, authenticated with AUTH
+//     PLAIN when credentials are set (only ever over verified TLS).
+//  3. DNS: MX hosts in preference order; with no MX, the domain's own
+//     address records (RFC 5321 5.1); a null MX (RFC 7505) fails at once.
+//
+// Every host name is resolved through Client.Resolver and every address
+// dialled through Client.Dialer, so tests steer all traffic to loopback.
+//
+// STARTTLS is opportunistic (RFC 3207): used whenever offered, with the
+// certificate checked and the result logged, but an unverifiable certificate
+// does not stop delivery, since most MX hosts have no certificate a client
+// could verify (RFC 7435). The exception is a smarthost with credentials:
+// there TLS must be offered and verified, or the credentials are not sent.
+package remote
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Dialer opens connections; *net.Dialer satisfies it.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Client delivers to remote servers. The zero value (plus Hostname) is
+// usable: system resolver, plain dialer, system roots. Its fields must not
+// change once Deliver is in use.
+type Client struct {
+	// Hostname is our name in EHLO (RFC 5321 4.1.1.1).
+	Hostname string
+	// Routes maps a lower-case recipient domain to host:port.
+	Routes map[string]string
+	// Smarthost, as host:port, takes all mail not covered by Routes.
+	Smarthost string
+	// SmarthostUsername and SmarthostPassword, when set, are sent with AUTH
+	// PLAIN, and only over STARTTLS with a verified certificate.
+	SmarthostUsername string
+	SmarthostPassword string
+	// Resolver answers MX and address lookups; nil is the system resolver.
+	Resolver *net.Resolver
+	// Dialer opens TCP connections; nil is a net.Dialer with Timeout.
+	Dialer Dialer
+	// TLSConfig is the base for STARTTLS (RootCAs, for instance); nil
+	// means system roots.
+	TLSConfig *tls.Config
+	// Timeout bounds the connection set-up and each SMTP command; the end
+	// of DATA gets twice as long. 0 means 5 minutes (RFC 5321 4.5.3.2).
+	Timeout time.Duration
+	// Logger gets one line per SMTP session; nil discards.
+	Logger *slog.Logger
+}
+
+// smtpPort is where MX hosts listen (RFC 5321 4.5.4, port 25).
+const smtpPort = "25"
+
+// hop is one candidate next-hop host.
+type hop struct {
+	name string // host name or IP literal, for TLS and logs
+	port string
+	// auth says to authenticate with the smarthost credentials, which
+	// also makes verified TLS mandatory.
+	auth bool
+	// fqdn says name came from DNS and is looked up as an absolute name,
+	// so no search domain is ever appended.
+	fqdn bool
+	// implicit marks the domain itself standing in for a missing MX: if
+	// it has no address, the domain does not exist for mail.
+	implicit bool
+}
+
+// Deliver sends msg from the envelope sender from ("" for the null sender)
+// to rcpts, which must share one domain. It returns one entry per recipient,
+// in order: nil when the next hop accepted it with a 2xx after DATA, else an
+// *Error that says whether to retry.
+func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error {
+	results := make([]error, len(rcpts))
+	if len(rcpts) == 0 {
+		return results
+	}
+	fail := func(err error) []error {
+		for i := range results {
+			results[i] = err
+		}
+		return results
+	}
+	// go-smtp refuses CR and LF in addresses as a local error; say plainly
+	// that such an address can never work.
+	if strings.ContainsAny(from, "\r\n") {
+		return fail(errPermanent("", "5.1.7", "bad sender address"))
+	}
+	for _, r := range rcpts {
+		if strings.ContainsAny(r, "\r\n") {
+			return fail(errPermanent("", "5.1.3", "bad recipient address"))
+		}
+	}
+	domain := domainOf(rcpts[0])
+	for _, r := range rcpts[1:] {
+		if domainOf(r) != domain {
+			return fail(errPermanent("", "5.1.3", "recipients of one delivery must share a domain"))
+		}
+	}
+	hops, err := c.route(ctx, domain)
+	if err != nil {
+		return fail(err)
+	}
+	var last error = errNoAnswer("", errors.New("no host to try"))
+	for _, h := range hops {
+		addrs, err := c.addresses(ctx, h)
+		if err != nil {
+			last = err
+			continue
+		}
+		for _, addr := range addrs {
+			res, err := c.session(ctx, h, addr, from, rcpts, msg)
+			if res != nil {
+				return res
+			}
+			last = err
+			if ctx.Err() != nil {
+				return fail(last)
+			}
+		}
+	}
+	return fail(last)
+}
+
+// route returns the hosts to try for domain, best first.
+func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
+	if hp, ok := c.Routes[domain]; ok {
+		h, err := splitHop(hp)
+		return []hop{h}, err
+	}
+	if c.Smarthost != "" {
+		h, err := splitHop(c.Smarthost)
+		h.auth = c.SmarthostUsername != ""
+		return []hop{h}, err
+	}
+	// RFC 5321 4.1.3: an address literal names the host itself.
+	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
+		lit := strings.TrimPrefix(domain[1:len(domain)-1], "ipv6:")
+		if ip, err := netip.ParseAddr(lit); err == nil {
+			return []hop{{name: ip.String(), port: smtpPort}}, nil
+		}
+		return nil, errPermanent("", "5.1.2", "bad address literal "+domain)
+	}
+	if domain == "" {
+		return nil, errPermanent("", "5.1.3", "recipient without a domain")
+	}
+	mxs, err := c.resolver().LookupMX(ctx, domain+".")
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		// RFC 5321 5.1: no MX records, so the domain is its own implicit
+		// MX. If it has no address either, addresses reports it.
+		return []hop{{name: domain, port: smtpPort, fqdn: true, implicit: true}}, nil
+	case err != nil && len(mxs) == 0:
+		return nil, errDNS(domain, err)
+	}
+	// RFC 7505 3: a single MX of "." says the domain takes no mail.
+	if len(mxs) == 1 && mxs[0].Host == "." {
+		return nil, errPermanent("", "5.1.10", "domain "+domain+" accepts no mail (null MX, RFC 7505)")
+	}
+	// The resolver has sorted by preference and shuffled equal ones
+	// (RFC 5321 5.1).
+	var hops []hop
+	for _, mx := range mxs {
+		if mx.Host == "." {
+			continue
+		}
+		hops = append(hops, hop{name: strings.TrimSuffix(mx.Host, "."), port: smtpPort, fqdn: true})
+	}
+	if len(hops) == 0 {
+		return nil, errDNS(domain, errors.New("no usable MX host"))
+	}
+	return hops, nil
+}
+
+// addresses resolves a hop to dialable host:port strings.
+func (c *Client) addresses(ctx context.Context, h hop) ([]string, error) {
+	if ip, err := netip.ParseAddr(h.name); err == nil {
+		return []string{net.JoinHostPort(ip.String(), h.port)}, nil
+	}
+	name := h.name
+	if h.fqdn {
+		name += "."
+	}
+	ips, err := c.resolver().LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		var dnsErr *net.DNSError
+		if h.implicit && errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+			return nil, errPermanent("", "5.1.2", "domain "+h.name+" has no MX and no address")
+		}
+		// An MX or route naming a missing host is a DNS mistake someone
+		// may fix: keep retrying.
+		return nil, errDNS(h.name, err)
+	}
+	out := make([]string, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, net.JoinHostPort(ip.Unmap().String(), h.port))
+	}
+	return out, nil
+}
+
+func (c *Client) resolver() *net.Resolver {
+	if c.Resolver != nil {
+		return c.Resolver
+	}
+	return net.DefaultResolver
+}
+
+func (c *Client) dialer() Dialer {
+	if c.Dialer != nil {
+		return c.Dialer
+	}
+	return &net.Dialer{Timeout: c.timeout()}
+}
+
+func (c *Client) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return 5 * time.Minute
+}
+
+func (c *Client) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// splitHop parses a configured host:port.
+func splitHop(hp string) (hop, error) {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil || host == "" || port == "" {
+		// A configuration mistake: keep the mail and say why.
+		return hop{}, &Error{Enhanced: "4.3.5", Message: "bad next hop " + hp, Err: err}
+	}
+	return hop{name: host, port: port}, nil
+}
+
+// domainOf returns the lower-cased domain of an address, without a
+// trailing dot.
+func domainOf(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return ""
+	}
+	return strings.TrimSuffix(strings.ToLower(addr[at+1:]), ".")
+}

@@ -1,0 +1,259 @@
+// Package smtptest runs SMTP servers on 127.0.0.1 for tests. A server
+// records every message it accepts and answers RCPT and DATA as the test
+// tells it, so a test can play a remote MX that is down, slow to accept
+// (451 then 250), or refusing (550).
+package smtptest
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Message is one accepted transaction.
+type Message struct {
+	Helo     string
+	From     string
+	Rcpts    []string
+	Data     []byte
+	TLS      bool
+	AuthUser string // "" when the client did not authenticate
+}
+
+// Options shape a server's behaviour.
+type Options struct {
+	// Addr to listen on; "" picks a free port on 127.0.0.1.
+	Addr string
+	// TLSConfig, when set, makes the server offer STARTTLS.
+	TLSConfig *tls.Config
+	// MaxMessageBytes is advertised with SIZE and enforced.
+	MaxMessageBytes int64
+	// SMTPUTF8 advertises RFC 6531 support.
+	SMTPUTF8 bool
+	// Username and Password, when set, offer AUTH PLAIN.
+	Username, Password string
+	// Rcpt answers each RCPT TO; nil accepts everyone.
+	Rcpt func(rcpt string) error
+	// Data answers the end of DATA; nil accepts. A message is recorded
+	// only when accepted.
+	Data func(m Message) error
+}
+
+// Server is a running test server.
+type Server struct {
+	Addr string
+
+	opts    Options
+	srv     *smtp.Server
+	arrived chan Message
+
+	mu       sync.Mutex
+	msgs     []Message
+	sessions int
+	mails    int
+}
+
+// Start runs a server until the test ends (or Close).
+func Start(t testing.TB, opts Options) *Server {
+	t.Helper()
+	addr := opts.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("smtptest: listen %s: %v", addr, err)
+	}
+	s := &Server{Addr: l.Addr().String(), opts: opts, arrived: make(chan Message, 1000)}
+	s.srv = smtp.NewServer(smtp.BackendFunc(s.newSession))
+	s.srv.Domain = "smtptest.invalid"
+	s.srv.TLSConfig = opts.TLSConfig
+	s.srv.MaxMessageBytes = opts.MaxMessageBytes
+	s.srv.EnableSMTPUTF8 = opts.SMTPUTF8
+	s.srv.AllowInsecureAuth = opts.TLSConfig == nil
+	s.srv.ReadTimeout = 10 * time.Second
+	s.srv.WriteTimeout = 10 * time.Second
+	s.srv.ErrorLog = log.New(io.Discard, "", 0)
+	go s.srv.Serve(l)
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Close stops the server: new connections are refused.
+func (s *Server) Close() { s.srv.Close() }
+
+// Messages returns what the server accepted so far.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.msgs...)
+}
+
+// Sessions counts connections that got as far as EHLO.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions
+}
+
+// Mails counts MAIL FROM commands: transactions begun.
+func (s *Server) Mails() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mails
+}
+
+// Wait returns the next accepted message, failing the test after 10 s.
+func (s *Server) Wait(t testing.TB) Message {
+	t.Helper()
+	select {
+	case m := <-s.arrived:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("smtptest: no message arrived")
+		return Message{}
+	}
+}
+
+// DownAddr returns a loopback address where nothing listens, so dialling
+// it is refused; Start with Options.Addr set to it brings a server "up".
+func DownAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// Reply builds the error a Rcpt or Data hook returns, e.g.
+// Reply(550, 5, 1, 1, "no such user").
+func Reply(code, class, subject, detail int, text string) error {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: text}
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	s.mu.Lock()
+	s.sessions++
+	s.mu.Unlock()
+	return &session{s: s, conn: c}, nil
+}
+
+type session struct {
+	s    *Server
+	conn *smtp.Conn
+	user string
+	m    Message
+}
+
+func (se *session) AuthMechanisms() []string {
+	if se.s.opts.Username == "" {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (se *session) Auth(mech string) (sasl.Server, error) {
+	if mech != sasl.Plain || se.s.opts.Username == "" {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		if user != se.s.opts.Username || pass != se.s.opts.Password {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad credentials"}
+		}
+		se.user = user
+		return nil
+	}), nil
+}
+
+func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	se.s.mu.Lock()
+	se.s.mails++
+	se.s.mu.Unlock()
+	se.m = Message{Helo: se.conn.Hostname(), From: from}
+	return nil
+}
+
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if se.s.opts.Rcpt != nil {
+		if err := se.s.opts.Rcpt(to); err != nil {
+			return err
+		}
+	}
+	se.m.Rcpts = append(se.m.Rcpts, to)
+	return nil
+}
+
+func (se *session) Data(r io.Reader) error {
+	var b bytes.Buffer
+	if _, err := io.Copy(&b, r); err != nil {
+		return err
+	}
+	m := se.m
+	m.Data = b.Bytes()
+	_, m.TLS = se.conn.TLSConnectionState()
+	m.AuthUser = se.user
+	if se.s.opts.Data != nil {
+		if err := se.s.opts.Data(m); err != nil {
+			return err
+		}
+	}
+	se.s.mu.Lock()
+	se.s.msgs = append(se.s.msgs, m)
+	se.s.mu.Unlock()
+	se.s.arrived <- m
+	return nil
+}
+
+func (se *session) Reset()        { se.m = Message{} }
+func (se *session) Logout() error { return nil }
+
+// SelfSigned makes a certificate for 127.0.0.1 and names, and returns a
+// server config using it and a pool that trusts it.
+func SelfSigned(t testing.TB, names ...string) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "smtptest"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		DNSNames:              names,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
+	return cfg, pool
+}
