@@ -65,6 +65,9 @@ func IP(addr net.Addr) netip.Addr {
 // Subnet is the network a client is counted with: /24 for IPv4, /64 for
 // IPv6, the sizes one attacker typically controls.
 func Subnet(ip netip.Addr) netip.Prefix {
+	// An IPv4-mapped address would otherwise fall in ::ffff:0:0/64 with
+	// every other IPv4 client.
+	ip = ip.Unmap()
 	bits := 64
 	if ip.Is4() {
 		bits = 24
@@ -83,9 +86,10 @@ type AuthThrottle struct {
 	Window       time.Duration // 0 = 15 minutes
 	Now          func() time.Time
 
-	mu       sync.Mutex
-	byIP     map[netip.Addr][]time.Time
-	bySubnet map[netip.Prefix][]time.Time
+	mu        sync.Mutex
+	byIP      map[netip.Addr][]time.Time
+	bySubnet  map[netip.Prefix][]time.Time
+	lastSweep time.Time
 }
 
 func (t *AuthThrottle) limits() (perIP, perSubnet int, window time.Duration) {
@@ -111,6 +115,7 @@ func (t *AuthThrottle) now() time.Time {
 
 // Blocked reports whether logins from ip are currently refused.
 func (t *AuthThrottle) Blocked(ip netip.Addr) bool {
+	ip = ip.Unmap()
 	perIP, perSubnet, window := t.limits()
 	now := t.now()
 	t.mu.Lock()
@@ -121,6 +126,7 @@ func (t *AuthThrottle) Blocked(ip netip.Addr) bool {
 
 // Fail records a failed login from ip.
 func (t *AuthThrottle) Fail(ip netip.Addr) {
+	ip = ip.Unmap()
 	_, _, window := t.limits()
 	now := t.now()
 	t.mu.Lock()
@@ -128,6 +134,17 @@ func (t *AuthThrottle) Fail(ip netip.Addr) {
 	if t.byIP == nil {
 		t.byIP = map[netip.Addr][]time.Time{}
 		t.bySubnet = map[netip.Prefix][]time.Time{}
+	}
+	// Clients that never come back are only pruned here: sweep everything
+	// once per window so the maps hold no more than a window's failures.
+	if now.Sub(t.lastSweep) >= window {
+		for k := range t.byIP {
+			prune(t.byIP, k, now, window)
+		}
+		for k := range t.bySubnet {
+			prune(t.bySubnet, k, now, window)
+		}
+		t.lastSweep = now
 	}
 	t.byIP[ip] = append(prune(t.byIP, ip, now, window), now)
 	sn := Subnet(ip)
