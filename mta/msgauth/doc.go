@@ -1,0 +1,18 @@
+// Package msgauth authenticates mail: it DKIM-signs what we send for our
+// own domains (Signer), checks SPF, DKIM and DMARC on what we receive and
+// records the outcome in one Authentication-Results field (Verifier), and
+// says which DNS records a domain must publish for others to check us
+// (Records, GenerateKey, LoadKey).
+//
+// Every DNS lookup goes through the injected *net.Resolver, so tests and
+// `[relay] dns` point all of them at one server. DNS trouble never becomes a
+// pass: it is temperror in the results and, where it leaves a p=reject
+// verdict open, a 451 reply so that the sender retries.
+//
+// The organizational domain (RFC 7489 section 3.2) comes from the Public
+// Suffix List in golang.org/x/net/publicsuffix; names under suffixes the list
+// does not know fall back to their last two labels.
+//
+// Messages are plain byte slices: they are bounded by max_message_bytes, and
+// both signing and checking need the whole message anyway.
+package msgauth

@@ -1,0 +1,312 @@
+package msgauth
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"blitiri.com.ar/go/spf"
+	"github.com/emersion/go-msgauth/authres"
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
+)
+
+// DefaultTimeout bounds all the DNS work of one Verify call when
+// Verifier.Timeout is zero.
+const DefaultTimeout = 30 * time.Second
+
+// maxSignatures caps the DKIM signatures verified per message: each costs a
+// DNS lookup and a public-key operation, and a sender could add hundreds.
+const maxSignatures = 10
+
+// Verifier checks SPF, DKIM and DMARC on inbound messages and records the
+// results in an Authentication-Results field (RFC 8601).
+type Verifier struct {
+	Resolver    *net.Resolver // every lookup goes through it; nil means net.DefaultResolver
+	AuthServID  string        // our host name, the authserv-id of the field we add
+	RejectDMARC bool          // refuse DMARC failures of p=reject domains instead of only recording them
+	Timeout     time.Duration // for all lookups of one message; zero means DefaultTimeout
+	Logger      *slog.Logger  // one line per message; nil discards
+}
+
+// Verify authenticates msg, received from ip after HELO helo and MAIL FROM
+// mailFrom ("" for the null sender), and returns it with every
+// Authentication-Results field claiming AuthServID removed and one new field
+// prepended, e.g.
+//
+//	Authentication-Results: mx.example.org;
+//		spf=pass smtp.mailfrom=bob@example.com;
+//		dkim=pass header.d=example.com header.s=mail;
+//		dmarc=pass header.from=example.com
+//
+// The errors are *smtp.SMTPError replies for the DATA command:
+//   - 550 5.7.1 when the message has no single usable From domain (RFC 7489
+//     section 6.6.1: such messages cannot be evaluated and are "typically
+//     rejected"; RFC 5322 section 3.6 requires exactly one From field). This
+//     does not depend on RejectDMARC: it is a malformed message, not a policy.
+//   - 550 5.7.1 when DMARC fails and the From domain's policy is reject, if
+//     RejectDMARC is set (RFC 7489 section 6.6.4, 10.3: reject during SMTP).
+//   - 451 4.7.0 when RejectDMARC is set and DNS trouble leaves the DMARC
+//     verdict open while it could be a reject: deferring is the only way
+//     that is neither a silent pass nor a wrong rejection (RFC 7489 section
+//     6.6.2, temperror).
+//
+// Everything else is delivered, with the results recorded; a DMARC failure
+// under p=quarantine is recorded as dmarc=fail with reason "policy
+// quarantine", for the mailbox owner's filters.
+func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) ([]byte, error) {
+	log := v.logger().With("ip", ip.String(), "helo", helo, "mail_from", mailFrom)
+	if v.AuthServID == "" {
+		return nil, errors.New("msgauth: Verifier.AuthServID is not set")
+	}
+	fields, rest := splitHeader(msg)
+	from, err := fromDomain(fields)
+	if err != nil {
+		log.Info("rejected", "reason", err.Error())
+		return nil, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: capitalize(err.Error())}
+	}
+	timeout := v.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	res := resolver{v.Resolver}
+	if res.r == nil {
+		res.r = net.DefaultResolver
+	}
+
+	// The SPF check and the DMARC record lookup run beside the DKIM check,
+	// so that a server hanging on one lookup does not eat the others' time.
+	spfDone := make(chan spfOutcome, 1)
+	go func() { spfDone <- checkSPF(ctx, res, ip, helo, mailFrom) }()
+	recDone := make(chan dmarcRecord, 1)
+	go func() { recDone <- lookupPolicy(ctx, res, from) }()
+	dk := checkDKIM(ctx, res, fields, rest, msg)
+	sp, dr := <-spfDone, <-recDone
+	dm := checkDMARC(from, dr, sp, dk)
+
+	results := []authres.Result{sp.result()}
+	dkimSummary := make([]string, 0, len(dk))
+	if len(dk) == 0 {
+		results = append(results, &authres.DKIMResult{Value: authres.ResultNone})
+		dkimSummary = append(dkimSummary, string(authres.ResultNone))
+	}
+	for _, o := range dk {
+		results = append(results, o.result())
+		dkimSummary = append(dkimSummary, string(o.value)+":"+o.domain)
+	}
+	results = append(results, dm.result(from))
+	log = log.With("from_domain", from, "spf", string(sp.value), "dkim", strings.Join(dkimSummary, ","),
+		"dmarc", string(dm.value), "policy", string(dm.policy))
+
+	switch {
+	case dm.value == authres.ResultFail && dm.policy == policyReject && v.RejectDMARC:
+		log.Info("rejected", "reason", "dmarc")
+		return nil, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "Rejected by the DMARC policy of " + from}
+	case dm.value == authres.ResultTempError && dm.mayReject && v.RejectDMARC:
+		log.Info("deferred", "reason", "dmarc temperror")
+		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: "DMARC check of " + from + " failed temporarily, try again later"}
+	}
+	log.Info("authenticated")
+
+	stripped := stripAuthResults(msg, v.AuthServID)
+	h := formatAuthResults(v.AuthServID, results, lineEnding(msg))
+	out := make([]byte, 0, len(h)+len(stripped))
+	return append(append(out, h...), stripped...), nil
+}
+
+func (v *Verifier) logger() *slog.Logger {
+	if v.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return v.Logger
+}
+
+// formatAuthResults writes the field with one result per line, so that it
+// stays readable and far below the 998-octet line limit (RFC 5322 section
+// 2.1.1) with several signatures.
+func formatAuthResults(id string, results []authres.Result, eol string) string {
+	var b strings.Builder
+	b.WriteString("Authentication-Results: " + id)
+	for _, r := range results {
+		// Formatting each result alone keeps folding out of quoted reasons.
+		s := strings.TrimPrefix(authres.Format("", []authres.Result{r}), "; ")
+		b.WriteString(";" + eol + "\t" + strings.TrimSpace(s))
+	}
+	b.WriteString(eol)
+	return b.String()
+}
+
+type spfOutcome struct {
+	value      spf.Result
+	mailFrom   string // "" for the null sender
+	helo       string
+	domain     string // the domain checked: MAIL FROM's, or HELO's for the null sender
+	dnsTrouble bool
+}
+
+// checkSPF checks the MAIL FROM identity, or the HELO identity for the null
+// sender (RFC 7208 section 2.4: the sender is then postmaster@helo).
+func checkSPF(ctx context.Context, res resolver, ip net.IP, helo, mailFrom string) spfOutcome {
+	o := spfOutcome{mailFrom: mailFrom, helo: helo}
+	sender := mailFrom
+	if at := strings.LastIndexByte(mailFrom, '@'); at >= 0 && at < len(mailFrom)-1 {
+		o.domain = mailFrom[at+1:]
+	} else {
+		o.domain, sender, o.mailFrom = helo, "postmaster@"+helo, ""
+	}
+	o.domain = strings.ToLower(strings.TrimSuffix(o.domain, "."))
+	if _, ok := dns.IsDomainName(o.domain); !ok || !strings.Contains(o.domain, ".") {
+		// An address literal or a bare name: nothing to look up (RFC 7208
+		// section 2.3 checks HELO only when it is a fully qualified domain).
+		o.value = spf.None
+		return o
+	}
+	o.value, _ = spf.CheckHostWithSender(ip, helo, sender, spf.WithResolver(res), spf.WithContext(ctx))
+	return o
+}
+
+func (o spfOutcome) result() authres.Result {
+	r := &authres.SPFResult{Value: authres.ResultValue(o.value)}
+	if o.mailFrom != "" {
+		r.From = o.mailFrom
+	} else {
+		r.Helo = o.helo
+	}
+	if o.value == spf.TempError {
+		r.Reason = "DNS lookup failed"
+	}
+	return r
+}
+
+type dkimOutcome struct {
+	value    authres.ResultValue
+	domain   string // d=
+	selector string // s=
+	reason   string
+}
+
+// checkDKIM verifies the first maxSignatures signatures (RFC 6376 section
+// 6.1). It returns no outcome for a message without signatures.
+func checkDKIM(ctx context.Context, res resolver, fields []field, rest, msg []byte) []dkimOutcome {
+	var sigs []field
+	for _, f := range fields {
+		if strings.EqualFold(f.name, "DKIM-Signature") {
+			sigs = append(sigs, f)
+		}
+	}
+	if len(sigs) == 0 {
+		return nil
+	}
+	m := toCRLF(msg)
+	if len(rest) == 0 {
+		// A message of header fields only: the verifier wants the empty line.
+		if !bytes.HasSuffix(m, []byte("\r\n")) {
+			m = append(m[:len(m):len(m)], "\r\n"...)
+		}
+		m = append(m[:len(m):len(m)], "\r\n"...)
+	}
+	verifs, err := dkim.VerifyWithOptions(bytes.NewReader(m), &dkim.VerifyOptions{
+		LookupTXT:        func(name string) ([]string, error) { return res.LookupTXT(ctx, name) },
+		MaxVerifications: maxSignatures,
+	})
+	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
+		return []dkimOutcome{{value: authres.ResultPermError, reason: "unparsable message"}}
+	}
+	out := make([]dkimOutcome, 0, len(verifs))
+	for i, vf := range verifs {
+		o := dkimOutcome{domain: strings.ToLower(vf.Domain)}
+		if i < len(sigs) {
+			o.selector = tagValue(sigs[i].value(), "s")
+		}
+		switch {
+		case vf.Err == nil:
+			o.value = authres.ResultPass
+		case dkim.IsTempFail(vf.Err):
+			o.value, o.reason = authres.ResultTempError, "key unavailable"
+		case dkim.IsPermFail(vf.Err):
+			o.value, o.reason = authres.ResultPermError, strings.TrimPrefix(vf.Err.Error(), "dkim: ")
+		default:
+			o.value, o.reason = authres.ResultFail, strings.TrimPrefix(vf.Err.Error(), "dkim: ")
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+func (o dkimOutcome) result() authres.Result {
+	return &authres.GenericResult{Method: "dkim", Value: o.value, Params: map[string]string{
+		"reason": o.reason, "header.d": o.domain, "header.s": o.selector,
+	}}
+}
+
+// resolver adapts *net.Resolver for the spf, dkim and dmarc packages. Names
+// are made absolute, so that the search list of resolv.conf never turns a
+// SERVFAIL into the NXDOMAIN of some suffixed name, and every DNS error
+// other than "not found" is marked temporary, so that all three packages
+// report DNS trouble as temperror rather than as a missing record.
+type resolver struct{ r *net.Resolver }
+
+func (r resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	txts, err := r.r.LookupTXT(ctx, absolute(name))
+	return txts, dnsError(err)
+}
+
+func (r resolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
+	mxs, err := r.r.LookupMX(ctx, absolute(name))
+	return mxs, dnsError(err)
+}
+
+func (r resolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	if net.ParseIP(host) == nil {
+		host = absolute(host)
+	}
+	addrs, err := r.r.LookupIPAddr(ctx, host)
+	return addrs, dnsError(err)
+}
+
+func (r resolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
+	names, err := r.r.LookupAddr(ctx, addr)
+	return names, dnsError(err)
+}
+
+func absolute(name string) string {
+	if name == "" || strings.HasSuffix(name, ".") {
+		return name
+	}
+	return name + "."
+}
+
+// dnsError returns err as a *net.DNSError (the libraries use type
+// assertions, not errors.As), temporary unless it says "not found".
+func dnsError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		if de.IsNotFound || de.IsTemporary || de.IsTimeout {
+			return de
+		}
+		return &net.DNSError{Err: de.Err, Name: de.Name, Server: de.Server, IsTemporary: true}
+	}
+	return &net.DNSError{Err: err.Error(), IsTemporary: true}
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// Ensure resolver satisfies what spf needs.
+var _ spf.DNSResolver = resolver{}

@@ -1,0 +1,338 @@
+package msgauth
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"minimail/mta/dnstest"
+)
+
+const ourID = "mx.b.test"
+
+// world starts a DNS server for the domains the tests send from:
+//
+//	a.test        what Records publishes for it: MX mx.a.test (127.0.0.1),
+//	              "v=spf1 mx -all", the DKIM key, p=quarantine
+//	bank.test     signs with the same key; SPF only 192.0.2.1; p=reject
+//	evil.test     SPF +all, no DMARC record: the forger's own domain
+//	strict.test   p=reject with strict alignment; mail.strict.test SPF-passes 127.0.0.1
+//	relaxed.test  p=reject, relaxed; mail.relaxed.test SPF-passes 127.0.0.1
+//	lists.test    p=reject sp=none
+//	pct.test      p=reject pct=0
+//	nodmarc.test  no DMARC record
+//	broken.test   an invalid DMARC record
+func world(t *testing.T) *dnstest.Server {
+	t.Helper()
+	pub := key(t).Public()
+	a, err := Records("a.test", "mx.a.test", "mail", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bank, err := Records("bank.test", "mx.bank.test", "mail", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dnstest.Start(t, append(a,
+		"mx.a.test. 60 IN A 127.0.0.1",
+		`mx.a.test. 60 IN TXT "v=spf1 a -all"`,
+		bank[2], // the DKIM key record
+		`bank.test. 60 IN TXT "v=spf1 ip4:192.0.2.1 -all"`,
+		`_dmarc.bank.test. 60 IN TXT "v=DMARC1; p=reject"`,
+		`evil.test. 60 IN TXT "v=spf1 +all"`,
+		`_dmarc.strict.test. 60 IN TXT "v=DMARC1; p=reject; adkim=s; aspf=s"`,
+		`mail.strict.test. 60 IN TXT "v=spf1 ip4:127.0.0.1 -all"`,
+		`_dmarc.relaxed.test. 60 IN TXT "v=DMARC1; p=reject"`,
+		`mail.relaxed.test. 60 IN TXT "v=spf1 ip4:127.0.0.1 -all"`,
+		`_dmarc.lists.test. 60 IN TXT "v=DMARC1; p=reject; sp=none"`,
+		`_dmarc.pct.test. 60 IN TXT "v=DMARC1; p=reject; pct=0"`,
+		`_dmarc.broken.test. 60 IN TXT "v=DMARC1; p=bogus"`,
+	)...)
+}
+
+func signed(t *testing.T, domain string, msg []byte) []byte {
+	t.Helper()
+	s := &Signer{Selector: "mail", Key: key(t), Domains: []string{"a.test", "bank.test"}}
+	out, err := s.Sign(domain, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// authResults returns the first field of out, which must be our
+// Authentication-Results and the only one claiming our authserv-id,
+// unfolded and with white space runs collapsed.
+func authResults(t *testing.T, out []byte) string {
+	t.Helper()
+	fields, _ := splitHeader(out)
+	if len(fields) == 0 || !strings.EqualFold(fields[0].name, "Authentication-Results") {
+		t.Fatalf("first field is not Authentication-Results:\n%s", out)
+	}
+	n := 0
+	for _, f := range fields {
+		if claimsAuthServID(f, ourID) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d Authentication-Results fields claim %s, want 1:\n%s", n, ourID, out)
+	}
+	return strings.Join(strings.Fields(fields[0].value()), " ")
+}
+
+func TestVerify(t *testing.T) {
+	changeBody := func(m []byte) []byte { return bytes.Replace(m, []byte("tomorrow"), []byte("never"), 1) }
+	tests := []struct {
+		name     string
+		ip       string // default 127.0.0.1
+		helo     string // default mx.a.test
+		mailFrom string
+		msg      func(t *testing.T) []byte
+		dns      func(*dnstest.Server)
+		lenient  bool // RejectDMARC false
+		hang     bool // a lookup hangs: Verify's timeout is short
+		want     []string
+		code     int // a refusal; then enh is its enhanced code
+		enh      smtp.EnhancedCode
+	}{{
+		name: "signed message from the MX passes all three", mailFrom: "alice@a.test",
+		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("alice@a.test")) },
+		want: []string{"mx.b.test; spf=pass smtp.mailfrom=alice@a.test; dkim=pass header.d=a.test header.s=mail; dmarc=pass header.from=a.test"},
+	}, {
+		name: "body changed after signing fails DKIM", mailFrom: "alice@a.test",
+		msg:  func(t *testing.T) []byte { return changeBody(signed(t, "a.test", plainMessage("alice@a.test"))) },
+		want: []string{"spf=pass", `dkim=fail reason="body hash did not verify" header.d=a.test`, "dmarc=pass"},
+	}, {
+		name: "body changed and foreign IP fails DMARC, p=quarantine delivers", ip: "192.0.2.9", mailFrom: "alice@a.test",
+		msg:  func(t *testing.T) []byte { return changeBody(signed(t, "a.test", plainMessage("alice@a.test"))) },
+		want: []string{"spf=fail", "dkim=fail", `dmarc=fail reason="policy quarantine" header.from=a.test`},
+	}, {
+		name: "forged From of a p=reject domain is refused", mailFrom: "x@evil.test",
+		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+	}, {
+		name: "forged From of a p=reject domain is delivered marked when not rejecting", mailFrom: "x@evil.test", lenient: true,
+		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		want: []string{"spf=pass smtp.mailfrom=x@evil.test; dkim=none; dmarc=fail", "header.from=bank.test"},
+	}, {
+		name: "forged From with a valid but unaligned signature is refused", mailFrom: "x@evil.test",
+		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("ceo@bank.test")) },
+		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+	}, {
+		name: "aligned DKIM alone passes DMARC", mailFrom: "x@evil.test",
+		msg:  func(t *testing.T) []byte { return signed(t, "bank.test", plainMessage("ceo@bank.test")) },
+		want: []string{"dkim=pass header.d=bank.test header.s=mail", "dmarc=pass header.from=bank.test"},
+	}, {
+		name: "null sender is checked with HELO", mailFrom: "",
+		msg:  func(*testing.T) []byte { return plainMessage("mailer-daemon@a.test") },
+		want: []string{"spf=pass smtp.helo=mx.a.test;", "dmarc=pass"},
+	}, {
+		name: "null sender with HELO from an unlisted IP fails", mailFrom: "", ip: "192.0.2.9",
+		msg:  func(*testing.T) []byte { return plainMessage("mailer-daemon@a.test") },
+		want: []string{"spf=fail smtp.helo=mx.a.test;"},
+	}, {
+		name: "SPF SERVFAIL for a p=reject domain defers", mailFrom: "x@bank.test",
+		dns:  func(s *dnstest.Server) { s.Fail("bank.test") },
+		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		code: 451, enh: smtp.EnhancedCode{4, 7, 0},
+	}, {
+		name: "SPF SERVFAIL is temperror, never pass", mailFrom: "x@bank.test", lenient: true,
+		dns:  func(s *dnstest.Server) { s.Fail("bank.test") },
+		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		want: []string{`spf=temperror reason="DNS lookup failed"`, "dmarc=temperror"},
+	}, {
+		name: "SPF timeout is temperror while DKIM still passes", mailFrom: "alice@a.test", hang: true,
+		dns:  func(s *dnstest.Server) { s.Hang("a.test") },
+		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("alice@a.test")) },
+		want: []string{"spf=temperror", "dkim=pass", "dmarc=pass"},
+	}, {
+		name: "DMARC record timeout defers", mailFrom: "x@evil.test", hang: true,
+		dns:  func(s *dnstest.Server) { s.Hang("_dmarc.bank.test") },
+		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		code: 451, enh: smtp.EnhancedCode{4, 7, 0},
+	}, {
+		name: "DMARC record timeout is temperror when not rejecting", mailFrom: "x@evil.test", lenient: true, hang: true,
+		dns:  func(s *dnstest.Server) { s.Hang("_dmarc.bank.test") },
+		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		want: []string{"spf=pass", `dmarc=temperror reason="DMARC record unavailable"`},
+	}, {
+		name: "DMARC record SERVFAIL with an exactly aligned pass delivers", mailFrom: "x@evil.test",
+		dns:  func(s *dnstest.Server) { s.Fail("_dmarc.bank.test") },
+		msg:  func(t *testing.T) []byte { return signed(t, "bank.test", plainMessage("ceo@bank.test")) },
+		want: []string{"dkim=pass", "dmarc=temperror"},
+	}, {
+		name: "DKIM key SERVFAIL for a p=reject domain defers", mailFrom: "x@evil.test",
+		dns:  func(s *dnstest.Server) { s.Fail("mail._domainkey.bank.test") },
+		msg:  func(t *testing.T) []byte { return signed(t, "bank.test", plainMessage("ceo@bank.test")) },
+		code: 451, enh: smtp.EnhancedCode{4, 7, 0},
+	}, {
+		name: "DKIM key SERVFAIL under p=quarantine delivers temperror", mailFrom: "alice@a.test", ip: "192.0.2.9",
+		dns:  func(s *dnstest.Server) { s.Fail("mail._domainkey.a.test") },
+		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("alice@a.test")) },
+		want: []string{"spf=fail", `dkim=temperror reason="key unavailable" header.d=a.test`, "dmarc=temperror"},
+	}, {
+		name: "subdomain without a record inherits p=reject", mailFrom: "x@evil.test",
+		msg:  func(*testing.T) []byte { return plainMessage("news@news.bank.test") },
+		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+	}, {
+		name: "sp=none spares subdomains", mailFrom: "x@evil.test",
+		msg:  func(*testing.T) []byte { return plainMessage("x@sub.lists.test") },
+		want: []string{`dmarc=fail reason="policy none" header.from=sub.lists.test`},
+	}, {
+		name: "strict alignment refuses a subdomain's SPF pass", mailFrom: "x@mail.strict.test",
+		msg:  func(*testing.T) []byte { return plainMessage("x@strict.test") },
+		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+	}, {
+		name: "relaxed alignment accepts a subdomain's SPF pass", mailFrom: "x@mail.relaxed.test",
+		msg:  func(*testing.T) []byte { return plainMessage("x@relaxed.test") },
+		want: []string{"spf=pass smtp.mailfrom=x@mail.relaxed.test", "dmarc=pass header.from=relaxed.test"},
+	}, {
+		name: "pct=0 downgrades reject to quarantine", mailFrom: "x@evil.test",
+		msg:  func(*testing.T) []byte { return plainMessage("x@pct.test") },
+		want: []string{`dmarc=fail reason="policy quarantine"`},
+	}, {
+		name: "no DMARC record is none", mailFrom: "x@evil.test",
+		msg:  func(*testing.T) []byte { return plainMessage("x@nodmarc.test") },
+		want: []string{"dmarc=none header.from=nodmarc.test"},
+	}, {
+		name: "invalid DMARC record is permerror", mailFrom: "x@evil.test",
+		msg:  func(*testing.T) []byte { return plainMessage("x@broken.test") },
+		want: []string{"dmarc=permerror"},
+	}, {
+		name: "bare LF message signs and verifies", mailFrom: "alice@a.test",
+		msg: func(t *testing.T) []byte {
+			return signed(t, "a.test", bytes.ReplaceAll(plainMessage("alice@a.test"), []byte("\r\n"), []byte("\n")))
+		},
+		want: []string{"spf=pass", "dkim=pass", "dmarc=pass"},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := world(t)
+			if tc.dns != nil {
+				tc.dns(srv)
+			}
+			ip, helo := tc.ip, tc.helo
+			if ip == "" {
+				ip = "127.0.0.1"
+			}
+			if helo == "" {
+				helo = "mx.a.test"
+			}
+			// The timeout bounds the hanging cases; the others get room for
+			// a loaded machine.
+			timeout := 10 * time.Second
+			if tc.hang {
+				timeout = 1500 * time.Millisecond
+			}
+			v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: !tc.lenient, Timeout: timeout}
+			msg := tc.msg(t)
+			out, err := v.Verify(context.Background(), net.ParseIP(ip), helo, tc.mailFrom, msg)
+			if tc.code != 0 {
+				var se *smtp.SMTPError
+				if !errors.As(err, &se) || se.Code != tc.code || se.EnhancedCode != tc.enh {
+					t.Fatalf("Verify = %v, want %d %v", err, tc.code, tc.enh)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			ar := authResults(t, out)
+			for _, w := range tc.want {
+				if !strings.Contains(ar, w) {
+					t.Errorf("Authentication-Results %q lacks %q", ar, w)
+				}
+			}
+			if !bytes.HasSuffix(out, msg) {
+				t.Errorf("the message after the new field changed")
+			}
+			if lineEnding(msg) == "\n" && bytes.Contains(out, []byte("\r\n")) {
+				t.Errorf("CRLF added to a bare LF message:\n%q", out)
+			}
+		})
+	}
+}
+
+// RFC 7489 section 6.6.1: without exactly one From domain there is nothing
+// to evaluate DMARC against; such messages are refused whatever RejectDMARC.
+func TestVerifyFromMustNameOneDomain(t *testing.T) {
+	srv := world(t)
+	tests := []struct {
+		name   string
+		header []string
+		ok     bool
+	}{
+		{"no From", []string{"To: bob@b.test"}, false},
+		{"two From fields", []string{"From: alice@a.test", "From: ceo@bank.test"}, false},
+		{"unparsable", []string{"From: <<alice@a.test"}, false},
+		{"two domains", []string{"From: alice@a.test, ceo@bank.test"}, false},
+		{"empty group", []string{"From: undisclosed-recipients:;"}, false},
+		{"address literal", []string{"From: x@[127.0.0.1]"}, false},
+		{"two addresses of one domain", []string{"From: alice@a.test, Carol <carol@A.TEST>"}, true},
+		{"encoded display name in an unknown charset", []string{"From: =?koi8-r?B?4czJ08E=?= <alice@a.test>"}, true},
+		{"folded", []string{"From: Alice\r\n <alice@a.test>"}, true},
+	}
+	for _, tc := range tests {
+		for _, reject := range []bool{true, false} {
+			v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: reject, Timeout: 10 * time.Second}
+			msg := message("hi\r\n", append(tc.header, "Subject: hi")...)
+			_, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", msg)
+			var se *smtp.SMTPError
+			refused := errors.As(err, &se) && se.Code == 550 && se.EnhancedCode == smtp.EnhancedCode{5, 7, 1}
+			if tc.ok && err != nil || !tc.ok && !refused {
+				t.Errorf("%s (RejectDMARC %v): Verify = %v, want ok %v", tc.name, reject, err, tc.ok)
+			}
+		}
+	}
+}
+
+func TestVerifyStripsOurAuthResults(t *testing.T) {
+	srv := world(t)
+	msg := message("Hello.\r\n",
+		"Authentication-Results: mx.b.test; dkim=pass header.d=bank.test",
+		"authentication-results: MX.B.TEST; spf=pass",
+		"Authentication-Results:\r\n  mx.b.test;\r\n\tdmarc=pass header.from=bank.test",
+		`Authentication-Results: (forged) "mx.b.test."; dmarc=pass`,
+		"Authentication-Results : mx.b.test; dmarc=pass",
+		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example",
+		"Authentication-Results: mx.b.test.example; dkim=pass",
+		"From: ceo@bank.test",
+		"Subject: urgent",
+	)
+	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: false, Timeout: 10 * time.Second}
+	out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := authResults(t, out) // fails unless exactly one claims our id
+	if !strings.Contains(ar, "dmarc=fail") {
+		t.Errorf("our results %q: want dmarc=fail, the forged passes must not count", ar)
+	}
+	for _, kept := range []string{
+		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example\r\n",
+		"Authentication-Results: mx.b.test.example; dkim=pass\r\n",
+		"From: ceo@bank.test\r\nSubject: urgent\r\n\r\nHello.\r\n",
+	} {
+		if !bytes.Contains(out, []byte(kept)) {
+			t.Errorf("lost %q:\n%s", kept, out)
+		}
+	}
+	if n := bytes.Count(bytes.ToLower(out), []byte("authentication-results")); n != 3 {
+		t.Errorf("%d Authentication-Results fields, want ours and the two foreign ones:\n%s", n, out)
+	}
+}
+
+func TestVerifyNeedsAuthServID(t *testing.T) {
+	v := &Verifier{}
+	if _, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "h.test", "", plainMessage("a@a.test")); err == nil {
+		t.Fatal("Verify without AuthServID succeeded")
+	}
+}
