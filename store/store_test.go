@@ -353,7 +353,7 @@ func TestClose_Twice(t *testing.T) {
 // TestWriteAfterClose_ReturnsError: a write that comes after (or races with)
 // Close gets an error; it never blocks forever.
 func TestWriteAfterClose_ReturnsError(t *testing.T) {
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 20; i++ {
 		s, err := store.Open(t.TempDir(), testOptions)
 		if err != nil {
 			t.Fatal(err)
