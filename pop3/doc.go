@@ -21,7 +21,8 @@
 //	UPDATE         QUIT from TRANSACTION: commit the deletions, sign off
 //
 // Commands of the wrong state, unknown commands and bad arguments get -ERR
-// and the session goes on; after 20 such replies it is dropped.
+// and the session goes on; a session that has collected 20 -ERR replies is
+// dropped.
 //
 // The maildrop lock is an in-memory set of addresses held by sessions, so it
 // vanishes with the session or the process and can never go stale. A second
