@@ -36,7 +36,8 @@
 // advertised and USER, PASS and AUTH answer "-ERR [AUTH] ... use STLS".
 // Input pipelined behind STLS is discarded. A wrong password is answered
 // after Options.AuthFailDelay and counted in a guard.AuthThrottle (per IP and
-// subnet, shared with SMTP AUTH); a throttled address gets "-ERR [SYS/TEMP]".
+// subnet, shared with SMTP AUTH); a throttled address gets -ERR with the
+// SYS/TEMP response code.
 // Idle sessions are logged out after Options.IdleTimeout (10 minutes by
 // default, the RFC 1939 minimum), command lines are bounded, and
 // guard.ConnLimiter caps concurrent connections.
