@@ -1,0 +1,298 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"minimail/mda"
+	"minimail/store"
+)
+
+// entryState is one entry during a pass. Its groups finish concurrently,
+// so every change and every store write of the entry happens under mu:
+// the last write always holds every result known so far.
+type entryState struct {
+	mu        sync.Mutex
+	e         store.QueueEntry
+	log       *slog.Logger
+	attempted bool // some recipient was tried this pass
+	dropped   bool // the entry left the store meanwhile (queue drop)
+}
+
+// group is the pending recipients of one entry bound for one place.
+type group struct {
+	domain string // "" for local delivery
+	idx    []int  // into e.Rcpts
+}
+
+// process makes one attempt for every pending recipient of e, records the
+// results, sends the notices they call for, and schedules or removes e.
+func (q *Queue) process(ctx context.Context, e store.QueueEntry) {
+	id := FormatID(e.ID)
+	body, err := q.st.QueueBody(e.ID)
+	if err != nil {
+		if !errors.Is(err, store.ErrNoQueueEntry) {
+			q.log.Error("queue read failed", "id", id, "err", err)
+		}
+		return
+	}
+	es := &entryState{e: e, log: q.log.With("id", id)}
+	var wg sync.WaitGroup
+	for _, g := range q.groups(e) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q.deliverGroup(ctx, es, g, body)
+		}()
+	}
+	wg.Wait()
+	q.finish(es, body)
+}
+
+// groups splits e's pending recipients by destination: all local domains
+// together (one store transaction), each remote domain on its own (one
+// connection, RFC 5321 does not let one transaction span two domains' MXs).
+func (q *Queue) groups(e store.QueueEntry) []group {
+	by := map[string][]int{}
+	for i, r := range e.Rcpts {
+		if r.State != store.RcptPending {
+			continue
+		}
+		d := domainOf(r.Addr)
+		if q.local[d] {
+			d = ""
+		}
+		by[d] = append(by[d], i)
+	}
+	out := make([]group, 0, len(by))
+	for _, d := range sortedKeys(by) {
+		out = append(out, group{domain: d, idx: by[d]})
+	}
+	return out
+}
+
+func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group, body []byte) {
+	release, ok := q.acquire(ctx, g.domain)
+	if !ok {
+		return // shutting down: the recipients stay pending as they were
+	}
+	defer release()
+	rcpts := make([]string, len(g.idx))
+	for i, j := range g.idx {
+		rcpts[i] = es.e.Rcpts[j].Addr // Addr never changes: no lock needed
+	}
+	from := es.e.From
+	var res []error
+	switch {
+	case g.domain == "" && q.opts.Local != nil:
+		res = q.opts.Local.Deliver(from, rcpts, body)
+	case g.domain != "" && q.opts.Remote != nil:
+		res = q.opts.Remote.Deliver(ctx, from, rcpts, body)
+	default:
+		res = make([]error, len(rcpts))
+		for i := range res {
+			res[i] = errNotConfigured
+		}
+	}
+	if len(res) != len(rcpts) {
+		res = make([]error, len(rcpts))
+		for i := range res {
+			res[i] = fmt.Errorf("deliverer returned a wrong number of results")
+		}
+	}
+	q.record(ctx, es, g, res)
+}
+
+// errNotConfigured keeps mail queued when a deliverer is missing.
+var errNotConfigured = errors.New("no deliverer configured for this destination")
+
+// record applies one group's results and commits them before returning.
+func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error) {
+	via := "remote"
+	if g.domain == "" {
+		via = "local"
+	}
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	shutdown := ctx.Err() != nil
+	changed := false
+	for i, j := range g.idx {
+		r := &es.e.Rcpts[j]
+		err := res[i]
+		temporary := err != nil && isTemporary(err)
+		if temporary && shutdown {
+			// Cut short by shutdown, not the remote's verdict: leave the
+			// recipient as it was, to be retried after the restart.
+			continue
+		}
+		r.Attempts++
+		changed = true
+		es.attempted = true
+		switch {
+		case err == nil:
+			r.State = store.RcptSent
+			r.LastError, r.Status, r.Diagnostic, r.RemoteMTA = "", "", "", ""
+			es.log.Info("delivered", "rcpt", r.Addr, "via", via, "attempt", r.Attempts)
+		case temporary:
+			setFailure(r, err)
+			es.e.LastError = r.LastError
+			es.log.Info("deferred", "rcpt", r.Addr, "via", via, "attempt", r.Attempts, "status", r.Status, "err", r.LastError)
+		default:
+			r.State = store.RcptFailed
+			setFailure(r, err)
+			es.log.Info("bounced", "rcpt", r.Addr, "via", via, "attempt", r.Attempts, "status", r.Status, "err", r.LastError)
+		}
+	}
+	if changed {
+		q.save(es)
+	}
+}
+
+// save writes es.e; the caller holds es.mu.
+func (q *Queue) save(es *entryState) {
+	if es.dropped {
+		return
+	}
+	if err := q.st.UpdateQueueEntry(es.e); err != nil {
+		if errors.Is(err, store.ErrNoQueueEntry) {
+			es.dropped = true
+			es.log.Info("dropped during delivery")
+			return
+		}
+		es.log.Error("queue update failed", "err", err)
+	}
+}
+
+// finish schedules the next attempt or expires what waited too long, sends
+// the notices owed, and removes the entry once nothing is left to do.
+func (q *Queue) finish(es *entryState, body []byte) {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	if es.dropped {
+		return
+	}
+	e := &es.e
+	now := q.opts.Now().UTC()
+	if es.attempted {
+		e.Attempts++
+	}
+	age := now.Sub(e.Created)
+	pending := 0
+	for i := range e.Rcpts {
+		r := &e.Rcpts[i]
+		if r.State != store.RcptPending {
+			continue
+		}
+		if age >= q.opts.MaxAge {
+			// RFC 3463 4.4.7: delivery time expired.
+			r.State = store.RcptFailed
+			r.LastError = fmt.Sprintf("gave up after %s: %s", age.Round(time.Minute), r.LastError)
+			r.Status = "4.4.7"
+			es.log.Info("bounced", "rcpt", r.Addr, "attempt", r.Attempts, "status", r.Status, "err", r.LastError)
+			continue
+		}
+		pending++
+	}
+	switch {
+	case pending > 0 && !es.attempted:
+		// Cut short by shutdown: stay due, to be tried after the restart.
+	case pending > 0:
+		e.NextAttempt = now.Add(q.backoff(e.Attempts))
+		if expiry := e.Created.Add(q.opts.MaxAge); e.NextAttempt.After(expiry) {
+			e.NextAttempt = expiry // one last try when the time is up
+		}
+	default:
+		// Only notices are left; if they fail, try them again later.
+		e.NextAttempt = now.Add(q.opts.RetryMin)
+	}
+	q.save(es)
+	if es.dropped {
+		return
+	}
+
+	q.notify(es, body, now)
+	if done(e) {
+		if err := q.st.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
+			es.log.Error("queue delete failed", "err", err)
+			return
+		}
+		sent := 0
+		for _, r := range e.Rcpts {
+			if r.State == store.RcptSent {
+				sent++
+			}
+		}
+		es.log.Info("finished", "sent", sent, "failed", len(e.Rcpts)-sent, "attempts", e.Attempts)
+		return
+	}
+	q.save(es)
+}
+
+// done reports whether every recipient is delivered or failed and told.
+func done(e *store.QueueEntry) bool {
+	for _, r := range e.Rcpts {
+		if r.State == store.RcptPending || (r.State == store.RcptFailed && !r.Notified) {
+			return false
+		}
+	}
+	return true
+}
+
+// backoff is the wait after the nth attempt: RetryMin doubled each time,
+// capped at RetryMax.
+func (q *Queue) backoff(n int) time.Duration {
+	d := q.opts.RetryMin
+	for i := 1; i < n && d < q.opts.RetryMax; i++ {
+		d *= 2
+	}
+	return min(d, q.opts.RetryMax)
+}
+
+// setFailure records err's text and DSN fields on r.
+func setFailure(r *store.QueueRcpt, err error) {
+	r.LastError = err.Error()
+	r.Status, r.Diagnostic, r.RemoteMTA = describe(err)
+}
+
+// describe extracts what a DSN reports from a delivery error: the RFC 3463
+// status, the Diagnostic-Code and the remote MTA, where the error knows them
+// (remote.Error does); local failures get a status from their kind.
+func describe(err error) (status, diagnostic, remoteMTA string) {
+	var st interface{ Status() string }
+	if errors.As(err, &st) {
+		status = st.Status()
+	}
+	var dg interface{ Diagnostic() string }
+	if errors.As(err, &dg) {
+		diagnostic = dg.Diagnostic()
+	}
+	var rm interface{ RemoteMTA() string }
+	if errors.As(err, &rm) {
+		remoteMTA = rm.RemoteMTA()
+	}
+	if status == "" {
+		switch {
+		case errors.Is(err, mda.ErrUnknownUser):
+			status = "5.1.1" // bad destination mailbox address
+		case isTemporary(err):
+			status = "4.0.0"
+		default:
+			status = "5.0.0"
+		}
+	}
+	return status, diagnostic, remoteMTA
+}
+
+// isTemporary reads the verdict inside err. An error that carries none is
+// taken as temporary: retrying is safer than bouncing.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	if errors.As(err, &t) {
+		return t.Temporary()
+	}
+	return true
+}

@@ -1,0 +1,304 @@
+package queue
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"minimail/mda"
+	"minimail/store"
+)
+
+// notify sends the failure notice for recipients that failed and were not
+// reported yet, and the one delay notice once the entry has waited long
+// enough. A notice counts as sent once it is in the sender's mailbox or in
+// the queue; until then the entry stays, and the next pass tries again (so
+// a crash in between may repeat a notice, never lose one). The caller holds
+// es.mu.
+func (q *Queue) notify(es *entryState, body []byte, now time.Time) {
+	e := &es.e
+	var failed, pending []int
+	for i, r := range e.Rcpts {
+		switch {
+		case r.State == store.RcptFailed && !r.Notified:
+			failed = append(failed, i)
+		case r.State == store.RcptPending:
+			pending = append(pending, i)
+		}
+	}
+	if len(failed) > 0 {
+		// RFC 5321 6.1 / RFC 3464 2: never report to the null sender,
+		// or two servers could bounce a bounce back and forth forever.
+		if e.From == "" || q.sendDSN(es, dsnFailed, failed, body, now) {
+			for _, i := range failed {
+				e.Rcpts[i].Notified = true
+			}
+		}
+	}
+	delayDue := q.opts.DelayNotice > 0 && now.Sub(e.Created) >= q.opts.DelayNotice
+	if len(pending) > 0 && delayDue && !e.DelayNotified {
+		if e.From == "" || q.sendDSN(es, dsnDelayed, pending, body, now) {
+			e.DelayNotified = true
+		}
+	}
+}
+
+// sendDSN builds a notice about e.Rcpts[idx] and hands it on: into the
+// sender's mailbox when the sender is local, else into this queue. It
+// reports whether the notice is safely on its way.
+func (q *Queue) sendDSN(es *entryState, action string, idx []int, body []byte, now time.Time) bool {
+	e := &es.e
+	rcpts := make([]store.QueueRcpt, len(idx))
+	for i, j := range idx {
+		rcpts[i] = e.Rcpts[j]
+	}
+	msg := buildDSN(dsnParams{
+		Hostname:   q.opts.Hostname,
+		QueueID:    FormatID(e.ID),
+		Sender:     e.From,
+		Action:     action,
+		Rcpts:      rcpts,
+		Arrival:    e.Created,
+		RetryUntil: e.Created.Add(q.opts.MaxAge),
+		Now:        now,
+		Original:   body,
+	})
+	log := es.log.With("kind", action, "to", e.From)
+	if q.isLocal(e.From) && q.opts.Local != nil {
+		err := q.opts.Local.Deliver("", []string{e.From}, msg)[0]
+		switch {
+		case err == nil:
+			log.Info("dsn", "via", "local", "rcpts", len(rcpts))
+			return true
+		case !isTemporary(err):
+			// The sender's mailbox is gone: there is no one left to
+			// tell, and a notice about a notice is never sent.
+			log.Info("dsn", "via", "local", "rcpts", len(rcpts), "err", err.Error(), "result", "discarded")
+			return true
+		}
+		// A passing storage problem: let the queue retry the notice.
+	}
+	id, err := q.Enqueue("", []string{e.From}, msg)
+	if err != nil {
+		log.Error("dsn", "err", err.Error(), "result", "retry later")
+		return false
+	}
+	log.Info("dsn", "via", "queue", "dsn_id", id, "rcpts", len(rcpts))
+	return true
+}
+
+// Actions of RFC 3464 2.3.3 that minimail reports.
+const (
+	dsnFailed  = "failed"
+	dsnDelayed = "delayed"
+)
+
+// dsnParams is everything a notice says; buildDSN is a pure function of it.
+type dsnParams struct {
+	Hostname   string
+	QueueID    string
+	Sender     string
+	Action     string // dsnFailed or dsnDelayed
+	Rcpts      []store.QueueRcpt
+	Arrival    time.Time
+	RetryUntil time.Time
+	Now        time.Time
+	Original   []byte // the queued message; only its header is returned
+}
+
+// maxFieldText bounds remote text copied into one header line, well under
+// the 998-octet limit of RFC 5322 2.1.1.
+const maxFieldText = 800
+
+// maxHeaderCopy bounds the original header returned with a notice.
+const maxHeaderCopy = 64 * 1024
+
+// buildDSN writes an RFC 3464 delivery status notification: a
+// multipart/report (RFC 6522) with a human explanation, the
+// message/delivery-status fields, and the original message's header
+// (RFC 3462 text/rfc822-headers). It comes from MAILER-DAEMON, goes to the
+// null sender's envelope, and says Auto-Submitted (RFC 3834 5).
+func buildDSN(p dsnParams) []byte {
+	host := clean(p.Hostname)
+	headers := originalHeader(p.Original)
+
+	var text, status bytes.Buffer
+	if p.Action == dsnDelayed {
+		fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\n", host)
+		fmt.Fprintf(&text, "Your message has not been delivered yet to the recipients below.\r\n")
+		fmt.Fprintf(&text, "It will be retried until %s; you do not need to send it again.\r\n\r\n", p.RetryUntil.Format(time.RFC1123Z))
+	} else {
+		fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\n", host)
+		fmt.Fprintf(&text, "Your message could not be delivered to the recipients below.\r\n")
+		fmt.Fprintf(&text, "This is a permanent failure; the technical details follow.\r\n\r\n")
+	}
+
+	// RFC 3464 2.2: per-message fields.
+	fmt.Fprintf(&status, "Reporting-MTA: dns; %s\r\n", host)
+	fmt.Fprintf(&status, "X-Minimail-Queue-ID: %s\r\n", clean(p.QueueID))
+	if !p.Arrival.IsZero() {
+		fmt.Fprintf(&status, "Arrival-Date: %s\r\n", p.Arrival.Format(time.RFC1123Z))
+	}
+	utf8Addrs := false
+	for _, r := range p.Rcpts {
+		addr := clean(r.Addr)
+		// RFC 6533 3: a non-ASCII address is reported as type utf-8.
+		addrType := "rfc822"
+		if !isASCII(addr) {
+			addrType, utf8Addrs = "utf-8", true
+		}
+		reason := clean(r.LastError)
+		if reason == "" {
+			reason = "no reason given"
+		}
+		fmt.Fprintf(&text, "<%s>: %s\r\n", addr, reason)
+
+		// RFC 3464 2.3: per-recipient fields, one block each.
+		fmt.Fprintf(&status, "\r\nFinal-Recipient: %s; %s\r\n", addrType, addr)
+		fmt.Fprintf(&status, "Action: %s\r\n", p.Action)
+		fmt.Fprintf(&status, "Status: %s\r\n", statusCode(r.Status, p.Action))
+		if m := clean(r.RemoteMTA); m != "" {
+			fmt.Fprintf(&status, "Remote-MTA: dns; %s\r\n", m)
+		}
+		if d := clean(r.Diagnostic); d != "" {
+			fmt.Fprintf(&status, "Diagnostic-Code: %s\r\n", d)
+		}
+		fmt.Fprintf(&status, "Last-Attempt-Date: %s\r\n", p.Now.Format(time.RFC1123Z))
+		if p.Action == dsnDelayed && !p.RetryUntil.IsZero() {
+			fmt.Fprintf(&status, "Will-Retry-Until: %s\r\n", p.RetryUntil.Format(time.RFC1123Z))
+		}
+	}
+	text.WriteString("\r\nThe header of your message is attached.\r\n")
+
+	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
+	if utf8Addrs {
+		statusType = "message/global-delivery-status" // RFC 6533 6.1
+	}
+	if !isASCII(string(headers)) {
+		headersType = "message/global-headers" // RFC 6533 6.3
+	}
+
+	boundary := pickBoundary(p.QueueID, p.Now, text.Bytes(), status.Bytes(), headers)
+	subject := "Undelivered Mail Returned to Sender"
+	if p.Action == dsnDelayed {
+		subject = "Delayed Mail (still being retried)"
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", host)
+	fmt.Fprintf(&b, "To: <%s>\r\n", clean(p.Sender))
+	fmt.Fprintf(&b, "Subject: %s\r\n", subject)
+	fmt.Fprintf(&b, "Date: %s\r\n", p.Now.Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Message-ID: <dsn.%s.%d@%s>\r\n", clean(p.QueueID), p.Now.UnixNano(), host)
+	b.WriteString("Auto-Submitted: auto-replied\r\n")
+	b.WriteString("MIME-Version: 1.0\r\n")
+	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n", boundary)
+	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification.\r\n")
+
+	part := func(contentType string, body []byte) {
+		fmt.Fprintf(&b, "\r\n--%s\r\n", boundary)
+		fmt.Fprintf(&b, "Content-Type: %s\r\n", contentType)
+		if !isASCII(string(body)) {
+			b.WriteString("Content-Transfer-Encoding: 8bit\r\n")
+		}
+		b.WriteString("\r\n")
+		b.Write(body)
+	}
+	part("text/plain; charset=utf-8", text.Bytes())
+	part(statusType, status.Bytes())
+	part(headersType, headers)
+	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
+	return b.Bytes()
+}
+
+// statusCode returns a well-formed RFC 3463 code for the action, whatever
+// was recorded.
+func statusCode(s, action string) string {
+	if validStatus(s) {
+		return s
+	}
+	if action == dsnDelayed {
+		return "4.0.0"
+	}
+	return "5.0.0"
+}
+
+func validStatus(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 || (parts[0] != "2" && parts[0] != "4" && parts[0] != "5") {
+		return false
+	}
+	for _, p := range parts[1:] {
+		if len(p) == 0 || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// originalHeader returns the header section of msg, up to and including
+// the empty line, with CRLF line endings; at most maxHeaderCopy octets,
+// cut at a line end.
+func originalHeader(msg []byte) []byte {
+	msg = mda.NormalizeCRLF(msg)
+	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
+		msg = msg[:i+2]
+	} else if bytes.HasPrefix(msg, []byte("\r\n")) {
+		msg = nil
+	}
+	if len(msg) > maxHeaderCopy {
+		msg = msg[:bytes.LastIndex(msg[:maxHeaderCopy], []byte("\r\n"))+2]
+	}
+	return msg
+}
+
+// clean makes text safe for one header line: no control characters, valid
+// UTF-8, bounded length.
+func clean(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > maxFieldText {
+		cut := maxFieldText
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return s
+}
+
+// pickBoundary returns a multipart boundary (RFC 2046 5.1.1) that occurs
+// in none of the parts.
+func pickBoundary(id string, now time.Time, parts ...[]byte) string {
+	base := fmt.Sprintf("=_dsn_%x_%x", now.UnixNano(), len(id))
+	b := base
+	for n := 0; ; n++ {
+		found := false
+		for _, p := range parts {
+			if bytes.Contains(p, []byte(b)) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return b
+		}
+		b = fmt.Sprintf("%s_%d", base, n)
+	}
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

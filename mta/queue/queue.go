@@ -1,0 +1,356 @@
+// Package queue is minimail's outbound mail queue: it keeps every accepted
+// message on disk until each recipient has been delivered or bounced, and
+// survives crashes and restarts without losing or repeating a recipient.
+//
+// Each message is one store entry (see store.QueueEntry) with a state per
+// recipient: pending, sent or failed. A delivery pass takes the entries that
+// are due, groups their pending recipients by destination domain (one group
+// for all local domains, which never leave the machine) and hands each group
+// to Local or Remote. The result for every recipient is committed to the
+// store as soon as it is known, before anything else happens, so a recipient
+// the next hop accepted is never sent again; a crash between the remote 250
+// and that commit is the one window where RFC 5321 6.1 allows a duplicate.
+//
+// A 5xx fails a recipient at once; a 4xx or an unreachable host leaves it
+// pending, retried with exponential backoff from RetryMin up to RetryMax
+// until MaxAge, when it fails as expired. Failed recipients are reported to
+// the sender in one RFC 3464 delivery status notification per pass, and a
+// single delay notice goes out once an entry has waited DelayNotice. Nothing
+// is ever reported to the null sender, so a bounce never bounces.
+//
+// Log lines carry a stable event name and the queue id: queued, delivered,
+// deferred, bounced (one per recipient and attempt), dsn (a notice sent),
+// finished (the entry left the queue), dropped.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"minimail/mda"
+	"minimail/store"
+)
+
+// Deliverer sends to remote servers: one call per destination domain,
+// returning one error per recipient (nil = accepted). Errors say whether to
+// retry with a Temporary() bool method; *remote.Client satisfies it.
+type Deliverer interface {
+	Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error
+}
+
+// LocalDeliverer stores mail in local mailboxes; *mda.Agent satisfies it.
+type LocalDeliverer interface {
+	Deliver(from string, rcpts []string, msg []byte) []error
+}
+
+// Options configure a Queue. Zero durations and limits take the defaults
+// named on each field.
+type Options struct {
+	// Hostname names this MTA in DSNs (Reporting-MTA, MAILER-DAEMON@).
+	Hostname string
+	// LocalDomains are delivered through Local, never to the network.
+	LocalDomains []string
+	Remote       Deliverer
+	Local        LocalDeliverer
+	// Now is the clock; nil is time.Now. Tests step it by hand.
+	Now func() time.Time
+	// RetryMin is the first retry delay (5 minutes); each further one
+	// doubles, up to RetryMax (1 hour, like Postfix's maximal backoff).
+	RetryMin time.Duration
+	RetryMax time.Duration
+	// MaxAge is how long a recipient is retried before it bounces
+	// (5 days, RFC 5321 4.5.4.1 suggests 4-5 days).
+	MaxAge time.Duration
+	// DelayNotice is when the sender hears that mail is still waiting
+	// (4 hours); negative sends no delay notice.
+	DelayNotice time.Duration
+	// MaxConcurrent bounds deliveries in progress (20); MaxPerDomain
+	// bounds them per destination domain (4).
+	MaxConcurrent int
+	MaxPerDomain  int
+	// Logger gets the queue's events; nil discards.
+	Logger *slog.Logger
+}
+
+// Queue is the outbound queue over one store. It is safe for concurrent
+// use; Run (or RunOnce) does the deliveries.
+type Queue struct {
+	st    *store.Store
+	opts  Options
+	log   *slog.Logger
+	local map[string]bool
+	wake  chan struct{}
+	sem   chan struct{} // MaxConcurrent slots
+
+	mu       sync.Mutex
+	inflight map[uint64]bool
+	domains  map[string]*domainSlots
+	flush    bool
+	running  sync.WaitGroup // entries being processed
+}
+
+type domainSlots struct {
+	ch    chan struct{}
+	users int
+}
+
+// New returns a queue over st. Entries already in st (from before a crash
+// or restart) are picked up by the first pass.
+func New(st *store.Store, opts Options) *Queue {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	opts.RetryMin = orDefault(opts.RetryMin, 5*time.Minute)
+	opts.RetryMax = max(orDefault(opts.RetryMax, time.Hour), opts.RetryMin)
+	opts.MaxAge = orDefault(opts.MaxAge, 5*24*time.Hour)
+	opts.DelayNotice = orDefault(opts.DelayNotice, 4*time.Hour)
+	if opts.MaxConcurrent <= 0 {
+		opts.MaxConcurrent = 20
+	}
+	if opts.MaxPerDomain <= 0 {
+		opts.MaxPerDomain = 4
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	q := &Queue{
+		st:       st,
+		opts:     opts,
+		log:      log,
+		local:    map[string]bool{},
+		wake:     make(chan struct{}, 1),
+		sem:      make(chan struct{}, opts.MaxConcurrent),
+		inflight: map[uint64]bool{},
+		domains:  map[string]*domainSlots{},
+	}
+	for _, d := range opts.LocalDomains {
+		q.local[normDomain(d)] = true
+	}
+	return q
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// FormatID is how queue ids are shown to people; ParseID reads them back.
+func FormatID(id uint64) string { return strconv.FormatUint(id, 10) }
+
+// ParseID reads an id printed by FormatID.
+func ParseID(s string) (uint64, error) {
+	id, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("queue id %q: not a queue id", s)
+	}
+	return id, nil
+}
+
+// Enqueue stores a message for from ("" for the null sender) to rcpts and
+// returns its id once it is on disk, then wakes the runner.
+func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error) {
+	if len(rcpts) == 0 {
+		return "", errors.New("enqueue: no recipients")
+	}
+	now := q.opts.Now().UTC()
+	e := store.QueueEntry{From: from, Created: now, NextAttempt: now}
+	for _, r := range rcpts {
+		e.Rcpts = append(e.Rcpts, store.QueueRcpt{Addr: r, State: store.RcptPending})
+	}
+	body := mda.NormalizeCRLF(msg)
+	n, err := q.st.EnqueueMessage(e, body)
+	if err != nil {
+		return "", err
+	}
+	id := FormatID(n)
+	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(body))
+	q.poke()
+	return id, nil
+}
+
+// List returns every queued entry, without bodies.
+func (q *Queue) List() ([]store.QueueEntry, error) { return q.st.QueueEntries() }
+
+// Drop removes an entry. A delivery already under way for it may still
+// complete, but nothing about it is recorded or retried afterwards.
+func (q *Queue) Drop(id string) error {
+	n, err := ParseID(id)
+	if err != nil {
+		return err
+	}
+	if err := q.st.DeleteQueueEntry(n); err != nil {
+		return fmt.Errorf("drop %s: %w", id, err)
+	}
+	q.log.Info("dropped", "id", id)
+	return nil
+}
+
+// Flush makes every entry due now and wakes the runner.
+func (q *Queue) Flush() {
+	q.mu.Lock()
+	q.flush = true
+	q.mu.Unlock()
+	q.poke()
+}
+
+func (q *Queue) poke() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// maxSleep bounds the runner's sleep, so an entry changed behind its back
+// (by another process while serve was stopped, say) is seen soon.
+const maxSleep = time.Minute
+
+// Run delivers until ctx is done, then waits for deliveries in flight
+// (which see ctx cancelled and stop early) and returns nil.
+func (q *Queue) Run(ctx context.Context) error {
+	defer q.running.Wait()
+	for {
+		next, err := q.pass(ctx, nil)
+		if err != nil {
+			q.log.Error("queue pass failed", "err", err)
+		}
+		wait := maxSleep
+		if !next.IsZero() {
+			wait = min(max(next.Sub(q.opts.Now()), 0), maxSleep)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-q.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// RunOnce makes one delivery attempt for every due entry, using the
+// queue's clock, and returns when they are all recorded.
+func (q *Queue) RunOnce(ctx context.Context) error {
+	var wg sync.WaitGroup
+	_, err := q.pass(ctx, &wg)
+	wg.Wait()
+	return err
+}
+
+// pass starts processing every due entry not already in flight and
+// returns the earliest next attempt among the others (zero if none).
+func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) (time.Time, error) {
+	entries, err := q.st.QueueEntries()
+	if err != nil {
+		return time.Time{}, err
+	}
+	now := q.opts.Now()
+	var next time.Time
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	flush := q.flush
+	q.flush = false
+	for _, e := range entries {
+		if q.inflight[e.ID] {
+			continue
+		}
+		if !flush && e.NextAttempt.After(now) {
+			if next.IsZero() || e.NextAttempt.Before(next) {
+				next = e.NextAttempt
+			}
+			continue
+		}
+		q.inflight[e.ID] = true
+		q.running.Add(1)
+		if wg != nil {
+			wg.Add(1)
+		}
+		go func() {
+			defer func() {
+				q.mu.Lock()
+				delete(q.inflight, e.ID)
+				q.mu.Unlock()
+				q.running.Done()
+				if wg != nil {
+					wg.Done()
+				}
+				q.poke() // its next attempt may be the earliest now
+			}()
+			q.process(ctx, e)
+		}()
+	}
+	return next, nil
+}
+
+// acquire waits for a delivery slot, in total and for domain.
+func (q *Queue) acquire(ctx context.Context, domain string) (release func(), ok bool) {
+	q.mu.Lock()
+	ds := q.domains[domain]
+	if ds == nil {
+		ds = &domainSlots{ch: make(chan struct{}, q.opts.MaxPerDomain)}
+		q.domains[domain] = ds
+	}
+	ds.users++
+	q.mu.Unlock()
+	done := func() {
+		q.mu.Lock()
+		if ds.users--; ds.users == 0 {
+			delete(q.domains, domain)
+		}
+		q.mu.Unlock()
+	}
+	select {
+	case ds.ch <- struct{}{}:
+	case <-ctx.Done():
+		done()
+		return nil, false
+	}
+	select {
+	case q.sem <- struct{}{}:
+	case <-ctx.Done():
+		<-ds.ch
+		done()
+		return nil, false
+	}
+	return func() {
+		<-q.sem
+		<-ds.ch
+		done()
+	}, true
+}
+
+// domainOf returns the lower-cased domain of an address.
+func domainOf(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return ""
+	}
+	return normDomain(addr[at+1:])
+}
+
+func normDomain(d string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+}
+
+func (q *Queue) isLocal(addr string) bool { return q.local[domainOf(addr)] }
+
+// sortedKeys keeps delivery order stable, for logs and tests.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
