@@ -21,6 +21,17 @@ type entryState struct {
 	log       *slog.Logger
 	attempted bool // some recipient was tried this pass
 	dropped   bool // the entry left the store meanwhile (queue drop)
+
+	bodyOnce sync.Once
+	body     []byte
+	bodyErr  error
+}
+
+// loadBody reads the message once, when a delivery slot is free: a long
+// queue waiting for slots does not hold every body in memory.
+func (es *entryState) loadBody(st *store.Store) ([]byte, error) {
+	es.bodyOnce.Do(func() { es.body, es.bodyErr = st.QueueBody(es.e.ID) })
+	return es.body, es.bodyErr
 }
 
 // group is the pending recipients of one entry bound for one place.
@@ -29,28 +40,34 @@ type group struct {
 	idx    []int  // into e.Rcpts
 }
 
-// process makes one attempt for every pending recipient of e, records the
-// results, sends the notices they call for, and schedules or removes e.
-func (q *Queue) process(ctx context.Context, e store.QueueEntry) {
-	id := FormatID(e.ID)
-	body, err := q.st.QueueBody(e.ID)
+// process makes one attempt for every pending recipient of entry id,
+// records the results, sends the notices they call for, and schedules or
+// removes the entry. It reads the entry afresh: the caller's view may be
+// older than the last attempt's results. Unless force is set (Flush), an
+// entry that is not due is left alone.
+func (q *Queue) process(ctx context.Context, id uint64, force bool) {
+	e, err := q.st.QueueEntry(id)
 	if err != nil {
 		if !errors.Is(err, store.ErrNoQueueEntry) {
-			q.log.Error("queue read failed", "id", id, "err", err)
+			q.log.Error("queue read failed", "id", FormatID(id), "err", err)
 		}
 		return
 	}
-	es := &entryState{e: e, log: q.log.With("id", id)}
+	if !force && e.NextAttempt.After(q.opts.Now()) {
+		q.noteNext(e.NextAttempt)
+		return
+	}
+	es := &entryState{e: e, log: q.log.With("id", FormatID(id))}
 	var wg sync.WaitGroup
 	for _, g := range q.groups(e) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			q.deliverGroup(ctx, es, g, body)
+			q.deliverGroup(ctx, es, g)
 		}()
 	}
 	wg.Wait()
-	q.finish(es, body)
+	q.finish(es)
 }
 
 // groups splits e's pending recipients by destination: all local domains
@@ -75,7 +92,7 @@ func (q *Queue) groups(e store.QueueEntry) []group {
 	return out
 }
 
-func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group, body []byte) {
+func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 	release, ok := q.acquire(ctx, g.domain)
 	if !ok {
 		return // shutting down: the recipients stay pending as they were
@@ -86,8 +103,14 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group, body 
 		rcpts[i] = es.e.Rcpts[j].Addr // Addr never changes: no lock needed
 	}
 	from := es.e.From
+	body, err := es.loadBody(q.st)
 	var res []error
 	switch {
+	case err != nil:
+		res = make([]error, len(rcpts))
+		for i := range res {
+			res[i] = fmt.Errorf("read queued message: %w", err)
+		}
 	case g.domain == "" && q.opts.Local != nil:
 		res = q.opts.Local.Deliver(from, rcpts, body)
 	case g.domain != "" && q.opts.Remote != nil:
@@ -110,7 +133,8 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group, body 
 // errNotConfigured keeps mail queued when a deliverer is missing.
 var errNotConfigured = errors.New("no deliverer configured for this destination")
 
-// record applies one group's results and commits them before returning.
+// record applies one group's results and commits them before anything
+// else happens, logging included.
 func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error) {
 	via := "remote"
 	if g.domain == "" {
@@ -119,7 +143,11 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 	es.mu.Lock()
 	defer es.mu.Unlock()
 	shutdown := ctx.Err() != nil
-	changed := false
+	type event struct {
+		name  string
+		attrs []any
+	}
+	var events []event
 	for i, j := range g.idx {
 		r := &es.e.Rcpts[j]
 		err := res[i]
@@ -130,25 +158,33 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 			continue
 		}
 		r.Attempts++
-		changed = true
 		es.attempted = true
+		name := "delivered"
 		switch {
 		case err == nil:
 			r.State = store.RcptSent
 			r.LastError, r.Status, r.Diagnostic, r.RemoteMTA = "", "", "", ""
-			es.log.Info("delivered", "rcpt", r.Addr, "via", via, "attempt", r.Attempts)
 		case temporary:
+			name = "deferred"
 			setFailure(r, err)
 			es.e.LastError = r.LastError
-			es.log.Info("deferred", "rcpt", r.Addr, "via", via, "attempt", r.Attempts, "status", r.Status, "err", r.LastError)
 		default:
+			name = "bounced"
 			r.State = store.RcptFailed
 			setFailure(r, err)
-			es.log.Info("bounced", "rcpt", r.Addr, "via", via, "attempt", r.Attempts, "status", r.Status, "err", r.LastError)
 		}
+		attrs := []any{"rcpt", r.Addr, "via", via, "attempt", r.Attempts}
+		if err != nil {
+			attrs = append(attrs, "status", r.Status, "err", r.LastError)
+		}
+		events = append(events, event{name, attrs})
 	}
-	if changed {
-		q.save(es)
+	if len(events) == 0 {
+		return
+	}
+	q.save(es)
+	for _, ev := range events {
+		es.log.Info(ev.name, ev.attrs...)
 	}
 }
 
@@ -169,7 +205,7 @@ func (q *Queue) save(es *entryState) {
 
 // finish schedules the next attempt or expires what waited too long, sends
 // the notices owed, and removes the entry once nothing is left to do.
-func (q *Queue) finish(es *entryState, body []byte) {
+func (q *Queue) finish(es *entryState) {
 	es.mu.Lock()
 	defer es.mu.Unlock()
 	if es.dropped {
@@ -214,7 +250,7 @@ func (q *Queue) finish(es *entryState, body []byte) {
 		return
 	}
 
-	q.notify(es, body, now)
+	q.notify(es, now)
 	if done(e) {
 		if err := q.st.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
 			es.log.Error("queue delete failed", "err", err)
@@ -230,6 +266,7 @@ func (q *Queue) finish(es *entryState, body []byte) {
 		return
 	}
 	q.save(es)
+	q.noteNext(e.NextAttempt)
 }
 
 // done reports whether every recipient is delivered or failed and told.

@@ -17,7 +17,7 @@ import (
 // the queue; until then the entry stays, and the next pass tries again (so
 // a crash in between may repeat a notice, never lose one). The caller holds
 // es.mu.
-func (q *Queue) notify(es *entryState, body []byte, now time.Time) {
+func (q *Queue) notify(es *entryState, now time.Time) {
 	e := &es.e
 	var failed, pending []int
 	for i, r := range e.Rcpts {
@@ -31,7 +31,7 @@ func (q *Queue) notify(es *entryState, body []byte, now time.Time) {
 	if len(failed) > 0 {
 		// RFC 5321 6.1 / RFC 3464 2: never report to the null sender,
 		// or two servers could bounce a bounce back and forth forever.
-		if e.From == "" || q.sendDSN(es, dsnFailed, failed, body, now) {
+		if e.From == "" || q.sendDSN(es, dsnFailed, failed, now) {
 			for _, i := range failed {
 				e.Rcpts[i].Notified = true
 			}
@@ -39,7 +39,7 @@ func (q *Queue) notify(es *entryState, body []byte, now time.Time) {
 	}
 	delayDue := q.opts.DelayNotice > 0 && now.Sub(e.Created) >= q.opts.DelayNotice
 	if len(pending) > 0 && delayDue && !e.DelayNotified {
-		if e.From == "" || q.sendDSN(es, dsnDelayed, pending, body, now) {
+		if e.From == "" || q.sendDSN(es, dsnDelayed, pending, now) {
 			e.DelayNotified = true
 		}
 	}
@@ -48,8 +48,11 @@ func (q *Queue) notify(es *entryState, body []byte, now time.Time) {
 // sendDSN builds a notice about e.Rcpts[idx] and hands it on: into the
 // sender's mailbox when the sender is local, else into this queue. It
 // reports whether the notice is safely on its way.
-func (q *Queue) sendDSN(es *entryState, action string, idx []int, body []byte, now time.Time) bool {
+func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time) bool {
 	e := &es.e
+	// Without the body the notice still names the recipients and why;
+	// only the returned header is missing.
+	body, _ := es.loadBody(q.st)
 	rcpts := make([]store.QueueRcpt, len(idx))
 	for i, j := range idx {
 		rcpts[i] = e.Rcpts[j]

@@ -92,8 +92,12 @@ type Queue struct {
 	mu       sync.Mutex
 	inflight map[uint64]bool
 	domains  map[string]*domainSlots
-	flush    bool
-	running  sync.WaitGroup // entries being processed
+	fresh    []uint64  // enqueued since the last scan
+	flush    bool      // Flush was called: the next scan takes everything
+	needScan bool      // fresh overflowed
+	earliest time.Time // the earliest known next attempt; zero if none
+	notes    time.Time // next attempts noted since the last scan began
+	running  sync.WaitGroup
 }
 
 type domainSlots struct {
@@ -174,6 +178,13 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 	}
 	id := FormatID(n)
 	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(body))
+	q.mu.Lock()
+	if len(q.fresh) < maxFresh {
+		q.fresh = append(q.fresh, n)
+	} else {
+		q.needScan = true
+	}
+	q.mu.Unlock()
 	q.poke()
 	return id, nil
 }
@@ -214,26 +225,38 @@ func (q *Queue) poke() {
 // (by another process while serve was stopped, say) is seen soon.
 const maxSleep = time.Minute
 
+// maxFresh bounds the list of new entries kept for the runner; beyond it
+// the runner rescans the store instead.
+const maxFresh = 10000
+
 // Run delivers until ctx is done, then waits for deliveries in flight
 // (which see ctx cancelled and stop early) and returns nil.
+//
+// It scans the whole queue when an attempt falls due, on Flush, and at
+// least every maxSleep; a new message from Enqueue is started directly,
+// without a scan, so a long deferred queue costs nothing per message.
 func (q *Queue) Run(ctx context.Context) error {
 	defer q.running.Wait()
+	scan := true
 	for {
-		next, err := q.pass(ctx, nil)
-		if err != nil {
-			q.log.Error("queue pass failed", "err", err)
+		if scan {
+			if err := q.pass(ctx, nil); err != nil {
+				q.log.Error("queue scan failed", "err", err)
+			}
+		} else {
+			q.startFresh(ctx)
 		}
-		wait := maxSleep
-		if !next.IsZero() {
-			wait = min(max(next.Sub(q.opts.Now()), 0), maxSleep)
-		}
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(q.sleep())
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
 		case <-q.wake:
+			q.mu.Lock()
+			scan = q.flush || q.needScan
+			q.mu.Unlock()
 		case <-timer.C:
+			scan = true
 		}
 		timer.Stop()
 	}
@@ -243,54 +266,108 @@ func (q *Queue) Run(ctx context.Context) error {
 // queue's clock, and returns when they are all recorded.
 func (q *Queue) RunOnce(ctx context.Context) error {
 	var wg sync.WaitGroup
-	_, err := q.pass(ctx, &wg)
+	err := q.pass(ctx, &wg)
 	wg.Wait()
 	return err
 }
 
-// pass starts processing every due entry not already in flight and
-// returns the earliest next attempt among the others (zero if none).
-func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) (time.Time, error) {
-	entries, err := q.st.QueueEntries()
-	if err != nil {
-		return time.Time{}, err
-	}
-	now := q.opts.Now()
-	var next time.Time
+// sleep is how long the runner may wait for the earliest known attempt.
+func (q *Queue) sleep() time.Duration {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.earliest.IsZero() {
+		return maxSleep
+	}
+	return min(max(q.earliest.Sub(q.opts.Now()), 0), maxSleep)
+}
+
+// pass starts every due entry not already in flight and notes when the
+// others fall due.
+func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) error {
+	q.mu.Lock()
 	flush := q.flush
-	q.flush = false
+	q.flush, q.needScan = false, false
+	// Entries enqueued from here on may miss the scan: they stay fresh.
+	q.fresh = nil
+	q.notes = time.Time{}
+	q.mu.Unlock()
+
+	entries, err := q.st.QueueEntries()
+	if err != nil {
+		q.mu.Lock()
+		q.flush = q.flush || flush
+		q.mu.Unlock()
+		return err
+	}
+	now := q.opts.Now()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var next time.Time
 	for _, e := range entries {
 		if q.inflight[e.ID] {
-			continue
+			continue // it notes its next attempt when done
 		}
 		if !flush && e.NextAttempt.After(now) {
-			if next.IsZero() || e.NextAttempt.Before(next) {
-				next = e.NextAttempt
-			}
+			next = earlier(next, e.NextAttempt)
 			continue
 		}
-		q.inflight[e.ID] = true
-		q.running.Add(1)
-		if wg != nil {
-			wg.Add(1)
-		}
-		go func() {
-			defer func() {
-				q.mu.Lock()
-				delete(q.inflight, e.ID)
-				q.mu.Unlock()
-				q.running.Done()
-				if wg != nil {
-					wg.Done()
-				}
-				q.poke() // its next attempt may be the earliest now
-			}()
-			q.process(ctx, e)
-		}()
+		q.start(ctx, e.ID, flush, wg)
 	}
-	return next, nil
+	// Attempts scheduled while the scan ran are not in its snapshot.
+	q.earliest = earlier(next, q.notes)
+	return nil
+}
+
+// startFresh starts the entries enqueued since the last scan.
+func (q *Queue) startFresh(ctx context.Context) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, id := range q.fresh {
+		if !q.inflight[id] {
+			q.start(ctx, id, false, nil)
+		}
+	}
+	q.fresh = nil
+}
+
+// start processes one entry in its own goroutine; the caller holds q.mu.
+// An entry is in flight at most once: process reads it afresh from the
+// store, so a stale snapshot can never resend a recipient already sent.
+func (q *Queue) start(ctx context.Context, id uint64, force bool, wg *sync.WaitGroup) {
+	q.inflight[id] = true
+	q.running.Add(1)
+	if wg != nil {
+		wg.Add(1)
+	}
+	go func() {
+		defer func() {
+			q.mu.Lock()
+			delete(q.inflight, id)
+			q.mu.Unlock()
+			q.running.Done()
+			if wg != nil {
+				wg.Done()
+			}
+			q.poke() // the runner recomputes its sleep
+		}()
+		q.process(ctx, id, force)
+	}()
+}
+
+// noteNext records an entry's next attempt for the runner's timer.
+func (q *Queue) noteNext(t time.Time) {
+	q.mu.Lock()
+	q.earliest = earlier(q.earliest, t)
+	q.notes = earlier(q.notes, t)
+	q.mu.Unlock()
+}
+
+// earlier returns the earlier of two times, a zero time meaning none.
+func earlier(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // acquire waits for a delivery slot, in total and for domain.

@@ -195,6 +195,26 @@ func TestQueueShutdownLeavesInterruptedMailDue(t *testing.T) {
 	}
 }
 
+func TestQueueRunDeliversNewMailAtOnce(t *testing.T) {
+	b := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, map[string]string{"b.test": b.Addr}, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- e.q.Run(ctx) }()
+	for i := range 3 {
+		e.enqueue("bob@a.test", fmt.Sprintf("u%d@b.test", i))
+		b.Wait(t)
+		e.waitFinished()
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Messages()) != 3 || len(e.entries()) != 0 {
+		t.Fatalf("delivered %d, queue %+v", len(b.Messages()), e.entries())
+	}
+}
+
 func TestQueueFlushMakesEntriesDue(t *testing.T) {
 	b := smtptest.Start(t, smtptest.Options{Rcpt: tempFail(1)})
 	e := newEnv(t, map[string]string{"b.test": b.Addr}, nil)

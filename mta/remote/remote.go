@@ -17,8 +17,13 @@
 // STARTTLS is opportunistic (RFC 3207): used whenever offered, with the
 // certificate checked and the result logged, but an unverifiable certificate
 // does not stop delivery, since most MX hosts have no certificate a client
-// could verify (RFC 7435). The exception is a smarthost with credentials:
-// there TLS must be offered and verified, or the credentials are not sent.
+// could verify (RFC 7435), and a failed handshake is followed by a
+// plain-text attempt. The exception is a smarthost with credentials: there
+// TLS must be offered and verified, or the credentials are not sent.
+//
+// A message with 8-bit content goes out even to a server that does not
+// offer 8BITMIME (see session); a message over the server's SIZE, or with
+// a non-ASCII address for a server without SMTPUTF8, fails permanently.
 package remote
 
 import (
@@ -126,7 +131,12 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			continue
 		}
 		for _, addr := range addrs {
-			res, err := c.session(ctx, h, addr, from, rcpts, msg)
+			res, err := c.session(ctx, h, addr, from, rcpts, msg, false)
+			if res == nil && !h.auth && errors.Is(err, errHandshake) && ctx.Err() == nil {
+				// RFC 7435: opportunistic TLS must not leave mail less
+				// deliverable than plain text would. Try again without.
+				res, err = c.session(ctx, h, addr, from, rcpts, msg, true)
+			}
 			if res != nil {
 				return res
 			}

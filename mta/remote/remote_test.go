@@ -280,6 +280,31 @@ func TestDeliverOpportunisticSTARTTLS(t *testing.T) {
 	}
 }
 
+func TestDeliverFailedHandshakeFallsBackToPlainText(t *testing.T) {
+	serverTLS, pool := smtptest.SelfSigned(t)
+	serverTLS.MinVersion = tls.VersionTLS13
+	clientTLS := &tls.Config{MaxVersion: tls.VersionTLS12, RootCAs: pool}
+	t.Run("opportunistic", func(t *testing.T) {
+		srv := smtptest.Start(t, smtptest.Options{TLSConfig: serverTLS})
+		c := routed(srv)
+		c.TLSConfig = clientTLS
+		res := c.Deliver(context.Background(), "bob@a.test", []string{"x@b.test"}, []byte(testMsg))
+		wantErr(t, 0, res[0], "", false)
+		if m := srv.Wait(t); m.TLS || srv.Sessions() != 2 {
+			t.Errorf("TLS %v after %d sessions, want a second, plain-text session", m.TLS, srv.Sessions())
+		}
+	})
+	t.Run("smarthost with credentials never falls back", func(t *testing.T) {
+		srv := smtptest.Start(t, smtptest.Options{TLSConfig: serverTLS, Username: "relay", Password: "pw"})
+		c := &Client{Hostname: "mx.a.test", Smarthost: srv.Addr, SmarthostUsername: "relay", SmarthostPassword: "pw", TLSConfig: clientTLS, Timeout: 5 * time.Second}
+		res := c.Deliver(context.Background(), "bob@a.test", []string{"x@far.test"}, []byte(testMsg))
+		wantErr(t, 0, res[0], "4.7.0", true)
+		if srv.Mails() != 0 {
+			t.Error("mail sent without TLS")
+		}
+	})
+}
+
 func TestDeliverSmarthostCredentials(t *testing.T) {
 	serverTLS, pool := smtptest.SelfSigned(t)
 	auth := smtptest.Options{TLSConfig: serverTLS, Username: "relay", Password: "s3cret"}

@@ -17,6 +17,9 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// errHandshake marks a failed STARTTLS handshake.
+var errHandshake = errors.New("TLS handshake")
+
 // quitTimeout bounds the courtesy QUIT sent after a transaction.
 const quitTimeout = 10 * time.Second
 
@@ -24,7 +27,10 @@ const quitTimeout = 10 * time.Second
 // means this server gave no verdict on the recipients (no connection, a
 // refused session, TLS or AUTH trouble): err says why and the caller tries
 // the next address. Otherwise the result has one entry per recipient.
-func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []string, msg []byte) ([]error, error) {
+//
+// With plain set, STARTTLS is not attempted even when offered: the retry
+// after a failed handshake.
+func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []string, msg []byte, plain bool) ([]error, error) {
 	start := time.Now()
 	tlsState := "none"
 	accepted := 0
@@ -56,7 +62,7 @@ func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []
 		sessErr = replyError(h.name, err)
 		return nil, sessErr
 	}
-	if ok, _ := sc.Extension("STARTTLS"); ok {
+	if ok, _ := sc.Extension("STARTTLS"); ok && !plain {
 		tconn, verified, err := c.startTLS(ctx, conn, h)
 		if err != nil {
 			sessErr = err
@@ -239,7 +245,7 @@ func (c *Client) startTLS(ctx context.Context, conn net.Conn, h hop) (*tls.Conn,
 	hctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
 	if err := tconn.HandshakeContext(hctx); err != nil {
-		return nil, false, errSecurity(h.name, "TLS handshake failed", err)
+		return nil, false, errSecurity(h.name, "TLS handshake failed", fmt.Errorf("%w: %w", errHandshake, err))
 	}
 	return tconn, verified || h.auth, nil
 }
