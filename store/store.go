@@ -8,7 +8,7 @@
 //	users      lower-cased address -> JSON userRecord
 //	mailboxes  sequence = last message id handed out (global, never reused)
 //	  <addr>   one bucket per user
-//	    index  8-byte big-endian id -> JSON MessageInfo (no body)
+//	    index  8-byte big-endian id -> size and arrival time (16 bytes; no body)
 //	    body   8-byte big-endian id -> raw message bytes (CRLF)
 //	queue      8-byte big-endian id -> JSON QueueEntry (no body)
 //	queuebody  8-byte big-endian id -> raw message bytes

@@ -30,6 +30,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -68,6 +69,10 @@ type Client struct {
 	Timeout time.Duration
 	// Logger gets one line per SMTP session; nil discards.
 	Logger *slog.Logger
+	// Transcript, when set, gives a writer for each session's conversation
+	// with host (both directions, as go-smtp's DebugWriter writes them).
+	// `minimail demo` prints it; servers leave it nil.
+	Transcript func(host string) io.Writer
 }
 
 // smtpPort is where MX hosts listen (RFC 5321 4.5.4, port 25).

@@ -57,7 +57,7 @@ func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []
 		}
 	}()
 
-	sc := c.newSMTP(conn)
+	sc := c.newSMTP(conn, h.name)
 	if err := sc.Hello(c.Hostname); err != nil {
 		sessErr = replyError(h.name, err)
 		return nil, sessErr
@@ -74,7 +74,7 @@ func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []
 			tlsState = "verified"
 		}
 		// RFC 3207 4.2: forget what was learnt before TLS and greet again.
-		sc = c.newSMTP(&greetedConn{Conn: tconn, r: io.MultiReader(strings.NewReader(fakeGreeting), tconn)})
+		sc = c.newSMTP(&greetedConn{Conn: tconn, r: io.MultiReader(strings.NewReader(fakeGreeting), tconn)}, h.name)
 		if err := sc.Hello(c.Hostname); err != nil {
 			sessErr = replyError(h.name, err)
 			return nil, sessErr
@@ -178,8 +178,11 @@ func fillPending(results []error, err *Error, sessErr *error) []error {
 	return results
 }
 
-func (c *Client) newSMTP(conn net.Conn) *smtp.Client {
+func (c *Client) newSMTP(conn net.Conn, host string) *smtp.Client {
 	sc := smtp.NewClient(conn)
+	if c.Transcript != nil {
+		sc.DebugWriter = &skipFakeGreeting{w: c.Transcript(host)}
+	}
 	sc.CommandTimeout = c.timeout()
 	sc.SubmissionTimeout = 2 * c.timeout() // RFC 5321 4.5.3.2.6: 10 minutes
 	return sc
@@ -202,6 +205,22 @@ func (c *Client) hangUp(sc *smtp.Client, handedOff *bool) {
 // session is ours and the TLS part is handed to go-smtp as a fresh session.
 const fakeGreeting = "220 TLS established\r\n"
 
+// skipFakeGreeting keeps the stand-in greeting out of a transcript: the
+// server never sent it.
+type skipFakeGreeting struct {
+	w       io.Writer
+	started bool
+}
+
+func (s *skipFakeGreeting) Write(b []byte) (int, error) {
+	first := !s.started
+	s.started = true
+	if first && string(b) == fakeGreeting {
+		return len(b), nil
+	}
+	return s.w.Write(b)
+}
+
 // greetedConn replays a greeting in front of a connection.
 type greetedConn struct {
 	net.Conn
@@ -219,7 +238,12 @@ func (c *Client) startTLS(ctx context.Context, conn net.Conn, h hop) (*tls.Conn,
 	if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
 		return nil, false, errConnection(h.name, err)
 	}
-	if _, _, err := textproto.NewReader(bufio.NewReaderSize(conn, 512)).ReadResponse(220); err != nil {
+	code, msg, err := textproto.NewReader(bufio.NewReaderSize(conn, 512)).ReadResponse(220)
+	if c.Transcript != nil {
+		// This exchange bypasses go-smtp, so its DebugWriter misses it.
+		fmt.Fprintf(c.Transcript(h.name), "STARTTLS\r\n%d %s\r\n", code, msg)
+	}
+	if err != nil {
 		var pe *textproto.Error
 		if errors.As(err, &pe) {
 			return nil, false, replyError(h.name, &smtp.SMTPError{Code: pe.Code, Message: pe.Msg})
