@@ -1,0 +1,132 @@
+package mta
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+)
+
+// RFC 5321 4.5.3.1 size limits.
+const (
+	maxLocalPart   = 64
+	maxDomain      = 255
+	maxPath        = 256 // including the angle brackets
+	maxCommandLine = 512 // including CRLF
+)
+
+// address is an envelope address split at its last '@', the domain lower
+// cased. go-smtp has already removed any source route (RFC 5321 C: "@a:"
+// is ignored) and the quotes around a quoted local part, so Local may
+// contain characters that need quoting again, even '@'.
+type address struct {
+	Local, Domain string
+}
+
+func (a address) String() string { return a.Local + "@" + a.Domain }
+
+var (
+	errAddrSyntax  = errors.New("address is not local-part@domain")
+	errAddrTooLong = errors.New("address too long")
+	errAddrControl = errors.New("address contains control characters")
+	errAddrDomain  = errors.New("malformed domain")
+)
+
+// parseAddress checks an envelope address as go-smtp hands it over.
+func parseAddress(s string) (address, error) {
+	if len(s)+2 > maxPath {
+		return address{}, errAddrTooLong
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at <= 0 || at == len(s)-1 {
+		return address{}, errAddrSyntax
+	}
+	a := address{Local: s[:at], Domain: strings.ToLower(s[at+1:])}
+	if len(a.Local) > maxLocalPart {
+		return address{}, errAddrTooLong
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return address{}, errAddrControl
+		}
+	}
+	if !validDomain(a.Domain) {
+		return address{}, errAddrDomain
+	}
+	return a, nil
+}
+
+// validDomain accepts a dot-separated name of letters, digits, hyphens,
+// underscores (seen in the wild) and UTF-8 (RFC 6531 U-labels), or an
+// address literal (RFC 5321 4.1.3).
+func validDomain(d string) bool {
+	if d == "" || len(d) > maxDomain {
+		return false
+	}
+	if d[0] == '[' {
+		if d[len(d)-1] != ']' {
+			return false
+		}
+		lit := d[1 : len(d)-1]
+		if v6, ok := strings.CutPrefix(lit, "ipv6:"); ok {
+			ip, err := netip.ParseAddr(v6)
+			return err == nil && ip.Is6() && ip.Zone() == ""
+		}
+		ip, err := netip.ParseAddr(lit)
+		return err == nil && ip.Is4()
+	}
+	for label := range strings.SplitSeq(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c >= 0x80) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// relayTrick reports whether a local part addressed to one of our domains
+// tries to route elsewhere: the percent hack (user%other@local), a bang path
+// (other!user@local) or a quoted local part holding an '@'
+// ("user@other"@local). Such mail is refused as relaying (550 5.7.1) rather
+// than risk a later hop interpreting it.
+func relayTrick(local string) bool {
+	return strings.ContainsAny(local, "@%!")
+}
+
+// isDotAtom reports whether local can be written without quotes
+// (RFC 5321 4.1.2 Dot-string; UTF-8 allowed per RFC 6531). Submission only
+// relays such addresses: go-smtp drops the quotes, and re-quoting every
+// oddity correctly is not worth the risk for addresses nobody uses.
+func isDotAtom(local string) bool {
+	if local == "" || local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") {
+		return false
+	}
+	for i := 0; i < len(local); i++ {
+		c := local[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c >= 0x80:
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// sameAddress compares addresses the way the store keys users: case
+// insensitively, local part included.
+func sameAddress(a, b string) bool { return strings.ToLower(a) == strings.ToLower(b) }
+
+// hasNonASCII reports whether s needs SMTPUTF8 (RFC 6531 3.4).
+func hasNonASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return true
+		}
+	}
+	return false
+}

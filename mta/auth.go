@@ -1,0 +1,163 @@
+package mta
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"minimail/store"
+)
+
+// authAllowed: AUTH only over TLS (RFC 8314 and RFC 4954 4) unless the
+// operator allowed otherwise for testing.
+func (ss *session) authAllowed() bool {
+	_, isTLS := ss.tlsState()
+	return isTLS || ss.srv.opts.AllowInsecureAuth
+}
+
+// AuthMechanisms is what EHLO advertises: PLAIN and LOGIN on submission
+// once TLS is up; nothing on the MX, nothing before TLS.
+func (ss *session) AuthMechanisms() []string {
+	_, user := ss.current()
+	if ss.srv.kind != kindSubmission || !ss.authAllowed() || user != "" {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// Auth starts a SASL exchange (RFC 4954).
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	tx, _ := ss.current()
+	switch {
+	case ss.srv.kind != kindSubmission:
+		return nil, ss.reject(502, smtp.EnhancedCode{5, 5, 1}, "AUTH not available on this port")
+	case !ss.authAllowed():
+		return nil, ss.reject(538, smtp.EnhancedCode{5, 7, 11}, "encryption required for authentication")
+	case tx != nil:
+		return nil, ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "AUTH not permitted during a mail transaction")
+	case ss.srv.opts.AuthThrottle.Blocked(ss.ip):
+		return nil, ss.throttled()
+	}
+	switch strings.ToUpper(mech) {
+	case sasl.Plain:
+		return &plainServer{auth: ss.authenticate}, nil
+	case sasl.Login:
+		return &loginServer{auth: ss.authenticate}, nil
+	}
+	return nil, ss.reject(504, smtp.EnhancedCode{5, 5, 4}, "unrecognized authentication type")
+}
+
+func (ss *session) throttled() error {
+	ss.srv.log.Warn("auth throttled", "client", ss.ip.String())
+	return ss.reject(454, smtp.EnhancedCode{4, 7, 0}, "too many failed logins, try again later")
+}
+
+var errAuthFailed = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "authentication credentials invalid")
+
+// authenticate checks one set of credentials. The password is never logged.
+func (ss *session) authenticate(authz, user, password string) error {
+	// An authorization identity other than the login would let one user act
+	// as another if anything ever honoured it (CVE-2023-27582); refuse it.
+	if authz != "" && !sameAddress(authz, user) {
+		ss.srv.log.Warn("auth refused", "client", ss.ip.String(), "user", logSafe(user), "reason", "authorization identity differs")
+		return ss.reject(535, smtp.EnhancedCode{5, 7, 8}, "authorization identity must be empty or the login name")
+	}
+	throttle := ss.srv.opts.AuthThrottle
+	if throttle.Blocked(ss.ip) {
+		return ss.throttled()
+	}
+	addr, err := ss.srv.users.Authenticate(user, password)
+	switch {
+	case errors.Is(err, store.ErrBadPassword):
+		throttle.Fail(ss.ip)
+		ss.srv.log.Warn("auth failed", "client", ss.ip.String(), "user", logSafe(user))
+		// The delay slows guessing within the throttle's allowance.
+		if d := ss.srv.opts.AuthFailDelay; d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ss.srv.ctx.Done():
+				t.Stop()
+			}
+		}
+		if ss.tc.countError() {
+			return ss.drop(421, smtp.EnhancedCode{4, 7, 0}, "too many errors, closing connection")
+		}
+		return errAuthFailed
+	case err != nil:
+		ss.srv.log.Error("auth lookup failed", "client", ss.ip.String(), "user", logSafe(user), "err", err)
+		return smtpErr(454, smtp.EnhancedCode{4, 7, 0}, "temporary authentication failure")
+	}
+	ss.mu.Lock()
+	ss.user = addr
+	ss.mu.Unlock()
+	ss.srv.log.Info("authenticated", "client", ss.ip.String(), "user", addr)
+	return nil
+}
+
+// logSafe bounds a client-supplied login name for the log.
+func logSafe(s string) string {
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+var errMalformed = smtpErr(501, smtp.EnhancedCode{5, 5, 2}, "malformed authentication response")
+
+// plainServer is the server side of SASL PLAIN (RFC 4616): one message,
+// authzid NUL authcid NUL password.
+type plainServer struct {
+	auth func(authz, user, password string) error
+	done bool
+}
+
+func (p *plainServer) Next(response []byte) ([]byte, bool, error) {
+	if p.done {
+		return nil, true, sasl.ErrUnexpectedClientResponse
+	}
+	if response == nil {
+		return []byte{}, false, nil // no initial response: empty challenge
+	}
+	p.done = true
+	parts := bytes.Split(response, []byte{0})
+	if len(parts) != 3 || len(parts[1]) == 0 {
+		return nil, true, errMalformed
+	}
+	return nil, true, p.auth(string(parts[0]), string(parts[1]), string(parts[2]))
+}
+
+// loginServer is the server side of the obsolete but widespread LOGIN
+// mechanism (draft-murchison-sasl-login): Outlook, ssmtp and many devices
+// still need it, and go-sasl ships only the client.
+type loginServer struct {
+	auth  func(authz, user, password string) error
+	state int // 0 start, 1 username asked, 2 password asked, 3 done
+	user  string
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch l.state {
+	case 0:
+		if len(response) == 0 {
+			l.state = 1
+			return []byte("Username:"), false, nil
+		}
+		l.user, l.state = string(response), 2
+		return []byte("Password:"), false, nil
+	case 1:
+		if len(response) == 0 {
+			return nil, true, errMalformed
+		}
+		l.user, l.state = string(response), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.state = 3
+		return nil, true, l.auth("", l.user, string(response))
+	}
+	return nil, true, sasl.ErrUnexpectedClientResponse
+}

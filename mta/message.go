@@ -1,0 +1,209 @@
+package mta
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/mail"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// headerField is one field of a message header: its name and its value
+// with folding removed (RFC 5322 2.2.3).
+type headerField struct {
+	Name  string
+	Value string
+}
+
+var errHeaderSyntax = errors.New("malformed header section")
+
+// parseHeader returns the fields of a CRLF message's header section, which
+// ends at the first empty line (or with the message). A line that is
+// neither a field nor a continuation is an error: a client that sends it
+// has not produced an RFC 5322 message.
+func parseHeader(msg []byte) ([]headerField, error) {
+	var fields []headerField
+	for len(msg) > 0 {
+		line := msg
+		if i := bytes.Index(msg, []byte("\r\n")); i >= 0 {
+			line, msg = msg[:i], msg[i+2:]
+		} else {
+			msg = nil
+		}
+		if len(line) == 0 {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if len(fields) == 0 {
+				return nil, errHeaderSyntax
+			}
+			fields[len(fields)-1].Value += string(line)
+			continue
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !isFieldName(line[:colon]) {
+			return nil, errHeaderSyntax
+		}
+		fields = append(fields, headerField{
+			Name:  string(line[:colon]),
+			Value: strings.TrimSpace(string(line[colon+1:])),
+		})
+	}
+	return fields, nil
+}
+
+// isFieldName checks RFC 5322 3.6.8 ftext: printable ASCII except ':'.
+func isFieldName(b []byte) bool {
+	for _, c := range b {
+		if c < 33 || c > 126 {
+			return false
+		}
+	}
+	return true
+}
+
+func fieldsNamed(fields []headerField, name string) []headerField {
+	var out []headerField
+	for _, f := range fields {
+		if strings.EqualFold(f.Name, name) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// addrParser reads From: values. Encoded display names in any charset are
+// passed through undecoded: only the addresses matter here, and net/mail
+// would otherwise reject names in charsets it does not know.
+var addrParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
+
+// checkFrom enforces the submission rule against sender spoofing: the
+// message has at most one From: field (RFC 5322 3.6) and every mailbox in
+// it is the authenticated user's address. It reports whether From: is
+// missing, in which case the caller adds one.
+func checkFrom(fields []headerField, user string) (missing bool, err error) {
+	from := fieldsNamed(fields, "From")
+	switch len(from) {
+	case 0:
+		return true, nil
+	case 1:
+	default:
+		return false, errors.New("more than one From: field")
+	}
+	list, err := addrParser.ParseList(from[0].Value)
+	if err != nil {
+		return false, fmt.Errorf("unreadable From: field: %w", err)
+	}
+	if len(list) == 0 {
+		return false, errors.New("no address in From: field")
+	}
+	for _, a := range list {
+		if !sameAddress(a.Address, user) {
+			return false, fmt.Errorf("From: <%s> is not the authenticated user", a.Address)
+		}
+	}
+	return false, nil
+}
+
+// submissionHeaders returns the fields RFC 6409 8.2 and 8.3 have the MSA
+// add when missing (Date, Message-ID), plus From: when absent.
+func submissionHeaders(fields []headerField, addFrom bool, user, hostname string, now time.Time) []byte {
+	var b bytes.Buffer
+	if addFrom {
+		fmt.Fprintf(&b, "From: <%s>\r\n", user)
+	}
+	if len(fieldsNamed(fields, "Date")) == 0 {
+		fmt.Fprintf(&b, "Date: %s\r\n", now.Format(time.RFC1123Z))
+	}
+	if len(fieldsNamed(fields, "Message-ID")) == 0 {
+		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", randomID(), hostname)
+	}
+	return b.Bytes()
+}
+
+// randomID returns 16 random hex digits, for transaction and message ids.
+func randomID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// trace is what a Received field records about one transaction.
+type trace struct {
+	Helo     string
+	IP       netip.Addr
+	Hostname string
+	TLS      string // e.g. "TLS1.3 TLS_AES_128_GCM_SHA256"; "" without TLS
+	User     string // authenticated user; "" for none
+	ID       string
+	Rcpts    []string
+	Time     time.Time
+}
+
+// received formats the Received field RFC 5321 4.4 asks every SMTP server
+// to prepend:
+//
+//	Received: from HELO ([IP]) by HOSTNAME with ESMTP[S][A] id ID
+//		for <RCPT>; DATE
+//
+// The protocol name follows RFC 3848. The "for" clause names the recipient
+// only when there is exactly one: listing several would reveal Bcc
+// recipients to each other.
+func received(t trace) []byte {
+	proto := "ESMTP"
+	if t.TLS != "" {
+		proto += "S"
+	}
+	if t.User != "" {
+		proto += "A"
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "Received: from %s (%s)\r\n", traceToken(t.Helo), addressLiteral(t.IP))
+	if t.User != "" {
+		fmt.Fprintf(&b, "\t(authenticated as %s)\r\n", traceToken(t.User))
+	}
+	fmt.Fprintf(&b, "\tby %s with %s", traceToken(t.Hostname), proto)
+	if t.TLS != "" {
+		fmt.Fprintf(&b, " (%s)", t.TLS)
+	}
+	fmt.Fprintf(&b, " id %s", t.ID)
+	if len(t.Rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", traceToken(t.Rcpts[0]))
+	}
+	fmt.Fprintf(&b, "; %s\r\n", t.Time.Format(time.RFC1123Z))
+	return b.Bytes()
+}
+
+// addressLiteral formats ip as RFC 5321 4.1.3 does.
+func addressLiteral(ip netip.Addr) string {
+	switch {
+	case !ip.IsValid():
+		return "[unknown]"
+	case ip.Is4():
+		return "[" + ip.String() + "]"
+	}
+	return "[IPv6:" + ip.String() + "]"
+}
+
+// traceToken keeps client-chosen text (the HELO name above all) from
+// breaking the Received syntax: characters that would end a comment, the
+// clause or the line become '_'.
+func traceToken(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return strings.Map(func(r rune) rune {
+		if r <= ' ' || r == 0x7f || strings.ContainsRune(`()<>;\"`, r) {
+			return '_'
+		}
+		return r
+	}, s)
+}

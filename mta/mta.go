@@ -1,0 +1,488 @@
+// Package mta is minimail's SMTP server: the MX listener that takes mail for
+// the local domains from other servers (port 25, RFC 5321), and the
+// submission listeners where authenticated users hand in mail for anyone
+// (587 with STARTTLS and 465 with implicit TLS; RFC 6409, RFC 8314).
+//
+// The protocol engine is github.com/emersion/go-smtp; this package supplies
+// the policy around it and its promise: a 250 after DATA means every copy of
+// the message is on disk, in a local mailbox (through Local, one store commit
+// for all local recipients) or in the outbound queue (through Queue).
+// Anything short of that is a 4xx, never a permanent 5xx, so a failed disk
+// write is retried by the sender instead of bounced.
+//
+// Flow of one message:
+//
+//	MX:         RCPT  -> Local.Resolve (550 5.1.1 unknown, 550 5.7.1 not ours)
+//	            DATA  -> CRLF normalised -> Verify (SPF/DKIM/DMARC)
+//	                  -> Received prepended -> Local.Deliver
+//	Submission: AUTH PLAIN/LOGIN (after TLS) -> MAIL must be the user's address
+//	            DATA  -> CRLF normalised -> From: checked, Date/Message-ID added
+//	                  -> Sign -> Received prepended
+//	                  -> Local.Deliver for local recipients, then Queue.Enqueue
+//
+// Local recipients are stored before anything is queued: when local delivery
+// fails temporarily the client gets 451 and nothing has been queued, so its
+// retry cannot send the remote copies twice. The opposite failure (local copies
+// stored, queue write fails) also gets 451; the retry then duplicates the local
+// copies, which RFC 5321 6.1 prefers to losing the remote ones.
+package mta
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"minimail/mta/guard"
+)
+
+// Local delivers to local mailboxes; *mda.Agent satisfies it. Resolve
+// returns an error wrapping mda.ErrUnknownUser for an unknown recipient;
+// any other error is taken as temporary.
+type Local interface {
+	Resolve(rcpt string) (string, error)
+	Deliver(from string, rcpts []string, msg []byte) []error
+}
+
+// Queue is the durable outbound queue. Enqueue returns only once the message
+// is on disk.
+type Queue interface {
+	Enqueue(from string, rcpts []string, msg []byte) (id string, err error)
+}
+
+// Users checks login credentials; *store.Store satisfies it. A wrong user or
+// password is store.ErrBadPassword; any other error is temporary.
+type Users interface {
+	Authenticate(user, password string) (addr string, err error)
+}
+
+// Defaults for zero Options fields.
+const (
+	DefaultMaxMessageBytes = 25 << 20
+	DefaultMaxRecipients   = 100
+	// DefaultMaxLineLength bounds every line go-smtp reads, commands and
+	// message text alike (it has one limit for both). RFC 5322 2.1.1 allows
+	// 998 octets, but real senders emit unwrapped HTML lines far longer than
+	// go-smtp's 2000; refusing those bounces legitimate mail. Message text is
+	// streamed, not buffered per line, and command lines that matter are
+	// checked against 512 octets separately, so a generous bound costs only
+	// a transient buffer for an abusive command line.
+	DefaultMaxLineLength = 64 << 10
+	// DefaultCommandTimeout is RFC 5321 4.5.3.2.7's server timeout: how long
+	// the server waits for the next command (and for a reply to be taken).
+	DefaultCommandTimeout = 5 * time.Minute
+	// DefaultDataTimeout is RFC 5321 4.5.3.2.6's data block timeout: the
+	// longest wait for more message text during DATA.
+	DefaultDataTimeout         = 3 * time.Minute
+	DefaultMaxConnections      = 500
+	DefaultMaxConnectionsPerIP = 20
+	// DefaultMaxErrors is like Postfix's smtpd_hard_error_limit.
+	DefaultMaxErrors     = 20
+	DefaultAuthFailDelay = 2 * time.Second
+)
+
+// Options configure a Server. Zero values take the defaults above.
+type Options struct {
+	Hostname string   // greeting, Received "by", Message-ID right side
+	Domains  []string // local domains: mail for them is delivered here
+
+	// TLSConfig enables STARTTLS; nil means no STARTTLS. The server uses a
+	// copy with TLS 1.2 minimum and session tickets off (see ServerTLSConfig).
+	TLSConfig *tls.Config
+	// AllowInsecureAuth offers AUTH without TLS; for local testing only.
+	AllowInsecureAuth bool
+
+	MaxMessageBytes int64
+	MaxRecipients   int
+	MaxLineLength   int
+
+	CommandTimeout time.Duration
+	DataTimeout    time.Duration
+
+	MaxConnections      int // per Server, total; negative = unlimited
+	MaxConnectionsPerIP int // negative = unlimited
+	// MaxErrors is how many rejected commands a connection may collect
+	// before it is dropped with 421; negative = unlimited.
+	MaxErrors int
+
+	// AuthThrottle refuses logins from an IP or subnet with too many recent
+	// failures; nil gives the server a private one with guard's defaults.
+	AuthThrottle *guard.AuthThrottle
+	// AuthFailDelay is waited before answering a wrong password; negative
+	// means no delay.
+	AuthFailDelay time.Duration
+
+	// Sign DKIM-signs mail relayed for a local sender (submission only; the
+	// domain is the sender's). nil = no signing.
+	Sign func(domain string, msg []byte) ([]byte, error)
+	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and returns the
+	// message with an Authentication-Results field. A *smtp.SMTPError is sent
+	// to the client as is; any other error is a 451 4.3.0. nil = no checks.
+	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) ([]byte, error)
+
+	Now    func() time.Time
+	Logger *slog.Logger // nil discards
+}
+
+func (o *Options) setDefaults() {
+	if o.Hostname == "" {
+		o.Hostname = "localhost"
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.MaxRecipients <= 0 {
+		o.MaxRecipients = DefaultMaxRecipients
+	}
+	if o.MaxLineLength <= 0 {
+		o.MaxLineLength = DefaultMaxLineLength
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = DefaultCommandTimeout
+	}
+	if o.DataTimeout <= 0 {
+		o.DataTimeout = DefaultDataTimeout
+	}
+	o.MaxConnections = orDefault(o.MaxConnections, DefaultMaxConnections)
+	o.MaxConnectionsPerIP = orDefault(o.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
+	o.MaxErrors = orDefault(o.MaxErrors, DefaultMaxErrors)
+	switch {
+	case o.AuthFailDelay == 0:
+		o.AuthFailDelay = DefaultAuthFailDelay
+	case o.AuthFailDelay < 0:
+		o.AuthFailDelay = 0
+	}
+	if o.AuthThrottle == nil {
+		o.AuthThrottle = &guard.AuthThrottle{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// orDefault maps 0 to def and a negative value to 0 (guard's "unlimited").
+func orDefault(v, def int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
+}
+
+// ServerTLSConfig returns a copy of c fit for a mail server: TLS 1.2 or
+// newer (RFC 8314 4.1), and no session tickets, because Outlook.com and
+// other Microsoft senders fail STARTTLS against Go servers that issue them.
+// Use it for the tls.NewListener of an implicit-TLS listener too.
+func ServerTLSConfig(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	if c.MinVersion < tls.VersionTLS12 {
+		c.MinVersion = tls.VersionTLS12
+	}
+	c.SessionTicketsDisabled = true
+	return c
+}
+
+type kind int
+
+const (
+	kindMX kind = iota
+	kindSubmission
+)
+
+func (k kind) String() string {
+	if k == kindSubmission {
+		return "submission"
+	}
+	return "mx"
+}
+
+// Server is one SMTP service (MX or submission) over any number of
+// listeners.
+type Server struct {
+	kind    kind
+	opts    Options
+	local   Local
+	queue   Queue
+	users   Users
+	domains map[string]bool
+	limiter *guard.ConnLimiter
+	log     *slog.Logger
+
+	// Two go-smtp servers: one for plain connections, which may offer
+	// STARTTLS, and one for connections that arrived over implicit TLS,
+	// which must not. Both take connections from Serve through channels,
+	// so every connection is wrapped in a trackedConn first.
+	plain, implicit   *smtp.Server
+	plainL, implicitL *chanListener
+
+	ctx    context.Context // cancelled when Shutdown gives up waiting
+	cancel context.CancelFunc
+
+	draining atomic.Bool // set once by Shutdown; read without mu
+
+	mu        sync.Mutex
+	started   bool
+	listeners map[net.Listener]struct{}
+	conns     map[*trackedConn]struct{}
+	inData    int           // Data handlers running
+	dataDone  chan struct{} // closed when inData drops to 0, if waited for
+	engines   sync.WaitGroup
+}
+
+// NewMX returns the server for port 25: local recipients only, no AUTH,
+// never relays; the null sender is accepted so bounces arrive.
+func NewMX(local Local, opts Options) *Server {
+	return newServer(kindMX, local, nil, nil, opts)
+}
+
+// NewSubmission returns the server for ports 587 and 465 (RFC 6409): AUTH
+// is required before MAIL, the sender must be the authenticated user, and
+// mail for other domains is relayed through queue.
+func NewSubmission(local Local, queue Queue, users Users, opts Options) *Server {
+	return newServer(kindSubmission, local, queue, users, opts)
+}
+
+func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Server {
+	opts.setDefaults()
+	s := &Server{
+		kind:      k,
+		opts:      opts,
+		local:     local,
+		queue:     queue,
+		users:     users,
+		domains:   map[string]bool{},
+		limiter:   &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
+		log:       opts.Logger.With("server", k.String()),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*trackedConn]struct{}{},
+	}
+	for _, d := range opts.Domains {
+		s.domains[strings.ToLower(strings.TrimSuffix(d, "."))] = true
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	var starttls *tls.Config
+	if opts.TLSConfig != nil {
+		starttls = ServerTLSConfig(opts.TLSConfig)
+	}
+	s.plain, s.plainL = s.engine(starttls), newChanListener()
+	s.implicit, s.implicitL = s.engine(nil), newChanListener()
+	return s
+}
+
+// engine configures one go-smtp server. Every limit go-smtp leaves
+// unlimited by default is set here.
+func (s *Server) engine(tlsConfig *tls.Config) *smtp.Server {
+	e := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	e.Domain = s.opts.Hostname
+	e.TLSConfig = tlsConfig
+	// TLS is required for AUTH unless AllowInsecureAuth, but the session
+	// enforces that itself: go-smtp cannot see implicit TLS under our
+	// connection wrapper.
+	e.AllowInsecureAuth = true
+	e.MaxMessageBytes = s.opts.MaxMessageBytes
+	e.MaxRecipients = s.opts.MaxRecipients
+	e.MaxLineLength = s.opts.MaxLineLength
+	// ReadTimeout is renewed before every command line; during DATA the
+	// session renews the deadline itself with DataTimeout.
+	e.ReadTimeout = s.opts.CommandTimeout
+	e.WriteTimeout = s.opts.CommandTimeout
+	e.EnableSMTPUTF8 = true
+	e.ErrorLog = errorLog{s.log}
+	return e
+}
+
+// Serve accepts connections on l until Shutdown, then returns nil. For
+// implicit TLS (port 465) wrap l with tls.NewListener (using
+// ServerTLSConfig); a *tls.Conn counts as TLS active.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	if !s.started {
+		s.started = true
+		s.engines.Add(2)
+		go func() { defer s.engines.Done(); s.plain.Serve(s.plainL) }()
+		go func() { defer s.engines.Done(); s.implicit.Serve(s.implicitL) }()
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isDraining() {
+				return nil
+			}
+			// Out of file descriptors and the like: back off and retry.
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed", "addr", l.Addr().String(), "err", err, "retry", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("mta: accept on %s: %w", l.Addr(), err)
+		}
+		delay = 0
+		go s.handoff(c)
+	}
+}
+
+// handoff applies the connection limits, finishes an implicit TLS handshake
+// and passes the connection to the matching go-smtp engine.
+func (s *Server) handoff(c net.Conn) {
+	release, ok := s.limiter.Acquire(c.RemoteAddr())
+	tc := &trackedConn{Conn: c, srv: s, release: release}
+	if t, isTLS := c.(*tls.Conn); isTLS {
+		t.SetDeadline(time.Now().Add(s.opts.CommandTimeout))
+		if err := t.HandshakeContext(s.ctx); err != nil {
+			s.log.Debug("tls handshake failed", "client", c.RemoteAddr().String(), "err", err)
+			tc.Close()
+			return
+		}
+		t.SetDeadline(time.Time{})
+		tc.tls = t
+	}
+	if !ok {
+		s.log.Warn("rejected", "client", c.RemoteAddr().String(), "reason", "too many connections")
+		tc.reply(421, "4.7.0", s.opts.Hostname+" too many connections, try again later")
+		tc.Close()
+		return
+	}
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		tc.reply(421, "4.3.2", s.opts.Hostname+" shutting down")
+		tc.Close()
+		return
+	}
+	s.conns[tc] = struct{}{}
+	s.mu.Unlock()
+	target := s.plainL
+	if tc.tls != nil {
+		target = s.implicitL
+	}
+	select {
+	case target.ch <- tc:
+	case <-target.done:
+		tc.Close()
+	}
+}
+
+func (s *Server) isDraining() bool { return s.draining.Load() }
+
+// Shutdown stops accepting and closes idle connections (with 421). A
+// transaction in progress may finish, and its connection is closed after
+// the reply, until ctx is done; then every connection is closed. Shutdown
+// returns once no message is being stored, with ctx.Err() if it had to cut
+// connections short.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	for l := range s.listeners {
+		l.Close()
+	}
+	for tc := range s.conns {
+		tc.poke()
+	}
+	s.mu.Unlock()
+	s.plainL.Close()
+	s.implicitL.Close()
+
+	errc := make(chan error, 2)
+	for _, e := range []*smtp.Server{s.plain, s.implicit} {
+		go func() {
+			err := e.Shutdown(ctx)
+			if errors.Is(err, smtp.ErrServerClosed) { // a second Shutdown
+				err = nil
+			}
+			errc <- err
+		}()
+	}
+	err := errors.Join(<-errc, <-errc)
+	if ctx.Err() != nil {
+		// go-smtp's Close is a no-op after Shutdown: close what is left here.
+		s.cancel()
+		s.mu.Lock()
+		for tc := range s.conns {
+			tc.Conn.Close()
+		}
+		s.mu.Unlock()
+		err = ctx.Err()
+	}
+	s.waitData()
+	s.engines.Wait()
+	s.cancel()
+	return err
+}
+
+// enterData and leaveData bracket a Data handler, so that Shutdown never
+// returns (and the caller never closes the store) while a message is being
+// written.
+func (s *Server) enterData() {
+	s.mu.Lock()
+	s.inData++
+	s.mu.Unlock()
+}
+
+func (s *Server) leaveData() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inData--; s.inData == 0 && s.dataDone != nil {
+		close(s.dataDone)
+		s.dataDone = nil
+	}
+}
+
+func (s *Server) waitData() {
+	s.mu.Lock()
+	if s.inData == 0 {
+		s.mu.Unlock()
+		return
+	}
+	if s.dataDone == nil {
+		s.dataDone = make(chan struct{})
+	}
+	done := s.dataDone
+	s.mu.Unlock()
+	<-done
+}
+
+// isLocal reports whether domain (lower case) is one of ours.
+func (s *Server) isLocal(domain string) bool { return s.domains[domain] }
+
+// errorLog routes go-smtp's internal log lines to slog: panics it recovered
+// as errors, the rest (client connection errors) as debug.
+type errorLog struct{ l *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.print(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (e errorLog) print(msg string) {
+	if strings.Contains(msg, "panic") {
+		e.l.Error("smtp engine", "msg", msg)
+		return
+	}
+	e.l.Debug("smtp engine", "msg", msg)
+}

@@ -1,0 +1,471 @@
+package mta
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"minimail/mda"
+	"minimail/mta/guard"
+	"minimail/store"
+)
+
+// session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, after
+// which go-smtp starts a new one on the same trackedConn.
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+	tc   *trackedConn
+	ip   netip.Addr
+
+	// mu guards user and tx: with CHUNKING, go-smtp runs Data in its own
+	// goroutine, and RSET can arrive meanwhile.
+	mu   sync.Mutex
+	user string // authenticated address; "" before AUTH
+	tx   *transaction
+}
+
+// transaction is one MAIL ... DATA exchange.
+type transaction struct {
+	id       string
+	start    time.Time
+	from     string
+	utf8     bool
+	sizeHint int64
+	local    []string // canonical addresses of accepted local recipients
+	remote   []string // accepted remote recipients (submission only)
+	refused  []string // "rcpt code" of refused recipients, for the log
+	logged   bool
+}
+
+func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: msg}
+}
+
+var (
+	codeOK        = smtp.EnhancedCode{2, 0, 0}
+	codeTransient = smtp.EnhancedCode{4, 3, 0} // RFC 3463: mail system trouble
+)
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	tc := trackedOf(c.Conn())
+	if tc == nil {
+		return nil, smtpErr(421, smtp.EnhancedCode{4, 3, 0}, "internal error")
+	}
+	ss := &session{srv: s, conn: c, tc: tc, ip: guard.IP(c.Conn().RemoteAddr())}
+	if h := c.Hostname(); len(h) > maxDomain || hasControl(h) {
+		return nil, ss.reject(501, smtp.EnhancedCode{5, 5, 2}, "invalid HELO/EHLO argument")
+	}
+	return ss, nil
+}
+
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// reject answers a command with an error caused by the client, counting it
+// against MaxErrors; over the limit the connection is dropped with 421.
+func (ss *session) reject(code int, ec smtp.EnhancedCode, msg string) error {
+	if ss.tc.countError() {
+		return ss.drop(421, smtp.EnhancedCode{4, 7, 0}, "too many errors, closing connection")
+	}
+	return smtpErr(code, ec, msg)
+}
+
+// drop sends a last reply and closes the connection. The error it returns
+// is for go-smtp, whose own attempt to write it then fails silently.
+func (ss *session) drop(code int, ec smtp.EnhancedCode, msg string) error {
+	c := ss.conn.Conn()
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "%d %d.%d.%d %s %s\r\n", code, ec[0], ec[1], ec[2], ss.srv.opts.Hostname, msg)
+	ss.srv.log.Warn("dropped", "client", ss.ip.String(), "reply", fmt.Sprintf("%d %d.%d.%d %s", code, ec[0], ec[1], ec[2], msg))
+	ss.conn.Close()
+	return smtpErr(code, ec, msg)
+}
+
+func (ss *session) current() (*transaction, string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.tx, ss.user
+}
+
+// Mail opens a transaction (RFC 5321 4.1.1.2).
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.srv.isDraining() {
+		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
+	}
+	tx, user := ss.current()
+	switch {
+	case tx != nil:
+		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "nested MAIL command")
+	case mailLineLen(from, opts) > maxCommandLine:
+		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
+	case !opts.UTF8 && hasNonASCII(from):
+		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
+	}
+	if ss.srv.kind == kindSubmission {
+		// RFC 4954 6 and RFC 6409 6.1: who may send, and as whom.
+		if user == "" {
+			return ss.reject(530, smtp.EnhancedCode{5, 7, 0}, "authentication required")
+		}
+		if !sameAddress(from, user) {
+			return ss.reject(553, smtp.EnhancedCode{5, 7, 1}, "sender address not owned by "+user)
+		}
+	} else if from != "" {
+		if _, err := parseAddress(from); err != nil {
+			return ss.reject(553, smtp.EnhancedCode{5, 1, 7}, "bad sender address: "+err.Error())
+		}
+	}
+	if !ss.tc.begin() {
+		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
+	}
+	tx = &transaction{id: randomID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size}
+	ss.mu.Lock()
+	ss.tx = tx
+	ss.mu.Unlock()
+	return nil
+}
+
+// mailLineLen is the length of the MAIL command line as far as it can be
+// rebuilt from what go-smtp passes on (it does not expose the raw line).
+// Only the address and the AUTH= mailbox are unbounded, so this catches
+// every line over RFC 5321 4.5.3.1.4's 512 octets that matters.
+func mailLineLen(from string, opts *smtp.MailOptions) int {
+	n := len("MAIL FROM:<>\r\n") + len(from)
+	if opts.Size > 0 {
+		n += len(" SIZE=") + len(strconv.FormatInt(opts.Size, 10))
+	}
+	if opts.Body != "" {
+		n += len(" BODY=") + len(opts.Body)
+	}
+	if opts.UTF8 {
+		n += len(" SMTPUTF8")
+	}
+	if opts.Auth != nil {
+		n += len(" AUTH=<>") + len(*opts.Auth)
+	}
+	return n
+}
+
+// Rcpt accepts or refuses one recipient (RFC 5321 4.1.1.3).
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	tx, _ := ss.current()
+	if tx == nil {
+		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "need MAIL first")
+	}
+	err := ss.rcpt(tx, to)
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		tx.refused = append(tx.refused, fmt.Sprintf("%s %d", to, se.Code))
+	}
+	return err
+}
+
+func (ss *session) rcpt(tx *transaction, to string) error {
+	if len("RCPT TO:<>\r\n")+len(to) > maxCommandLine {
+		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
+	}
+	if !tx.utf8 && hasNonASCII(to) {
+		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
+	}
+	a, err := parseAddress(to)
+	if err != nil {
+		return ss.reject(553, smtp.EnhancedCode{5, 1, 3}, "bad recipient address: "+err.Error())
+	}
+	if ss.srv.isLocal(a.Domain) {
+		if ss.srv.kind == kindMX && relayTrick(a.Local) {
+			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
+		}
+		addr, err := ss.srv.local.Resolve(a.String())
+		switch {
+		case permanent(err):
+			return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
+		case err != nil:
+			ss.srv.log.Error("recipient lookup failed", "id", tx.id, "rcpt", to, "err", err)
+			return smtpErr(451, codeTransient, "temporary failure looking up recipient, try again later")
+		}
+		tx.local = appendNew(tx.local, addr)
+		return nil
+	}
+	if ss.srv.kind == kindMX {
+		return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
+	}
+	if !isDotAtom(a.Local) {
+		return ss.reject(553, smtp.EnhancedCode{5, 1, 3}, "local part needs quoting, which is not supported")
+	}
+	tx.remote = appendNew(tx.remote, a.String())
+	return nil
+}
+
+// permanent reports whether a delivery or lookup error says the mailbox
+// does not exist. Anything else is treated as temporary: a 4xx costs the
+// sender a retry, a wrong 5xx loses the message.
+func permanent(err error) bool {
+	return err != nil && (errors.Is(err, mda.ErrUnknownUser) || errors.Is(err, store.ErrNoUser))
+}
+
+func appendNew(list []string, addr string) []string {
+	for _, a := range list {
+		if sameAddress(a, addr) {
+			return list
+		}
+	}
+	return append(list, addr)
+}
+
+// Data receives, completes and stores the message. Its reply is returned as
+// an *smtp.SMTPError in every case, 250 included, so that go-smtp sends our
+// text (with the transaction id) and never its own 554 for a plain error.
+func (ss *session) Data(r io.Reader) error {
+	ss.srv.enterData()
+	defer ss.srv.leaveData()
+	tx, user := ss.current()
+	if tx == nil {
+		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "need MAIL first")
+	}
+	raw, err := ss.readData(r, tx)
+	if err != nil {
+		return ss.finish(tx, user, len(raw), "", err)
+	}
+	// Store and relay only CRLF: a bare CR or LF never ends DATA in go-smtp,
+	// and normalising here means no later hop can be made to see an end of
+	// data (SMTP smuggling) that we did not.
+	msg := mda.NormalizeCRLF(raw)
+	msg, err = ss.complete(tx, user, msg)
+	if err != nil {
+		return ss.finish(tx, user, len(raw), "", err)
+	}
+	qid, err := ss.store(tx, msg)
+	return ss.finish(tx, user, len(msg), qid, err)
+}
+
+// readData reads the message, renewing the read deadline as data arrives
+// (RFC 5321 4.5.3.2.6) and mapping go-smtp's errors to replies.
+func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
+	size := min(max(tx.sizeHint, 4096), ss.srv.opts.MaxMessageBytes) + 1024
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	_, err := buf.ReadFrom(&deadlineReader{r: r, conn: ss.conn.Conn(), timeout: ss.srv.opts.DataTimeout})
+	var ne net.Error
+	switch {
+	case err == nil:
+		return buf.Bytes(), nil
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		// go-smtp discards the rest of the message; nothing is stored.
+		return nil, ss.reject(552, smtp.EnhancedCode{5, 3, 4},
+			fmt.Sprintf("message exceeds %d bytes", ss.srv.opts.MaxMessageBytes))
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// The stream cannot be resynchronised: answer once and close.
+		return nil, ss.drop(500, smtp.EnhancedCode{5, 5, 2},
+			fmt.Sprintf("line longer than %d octets", ss.srv.opts.MaxLineLength))
+	case errors.As(err, &ne) && ne.Timeout():
+		return nil, ss.drop(421, smtp.EnhancedCode{4, 4, 2}, "timeout waiting for message data")
+	}
+	return nil, smtpErr(451, codeTransient, "message transfer aborted")
+}
+
+// deadlineReader renews the connection's read deadline before each read.
+// Reads are capped so that a slow but steady client never outlives one
+// deadline within a single big read.
+type deadlineReader struct {
+	r       io.Reader
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if len(p) > 32<<10 {
+		p = p[:32<<10]
+	}
+	d.conn.SetReadDeadline(time.Now().Add(d.timeout))
+	return d.r.Read(p)
+}
+
+// complete runs the per-listener checks and additions and prepends the
+// Received field.
+func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, error) {
+	o := &ss.srv.opts
+	now := o.Now()
+	if ss.srv.kind == kindMX {
+		if o.Verify != nil {
+			out, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, msg)
+			var se *smtp.SMTPError
+			switch {
+			case errors.As(err, &se):
+				if se.Code >= 500 {
+					return nil, ss.reject(se.Code, se.EnhancedCode, se.Message)
+				}
+				return nil, se
+			case err != nil:
+				ss.srv.log.Error("verify failed", "id", tx.id, "err", err)
+				return nil, smtpErr(451, codeTransient, "temporary failure checking message, try again later")
+			}
+			msg = mda.NormalizeCRLF(out)
+		}
+	} else {
+		fields, err := parseHeader(msg)
+		if err != nil {
+			return nil, ss.reject(550, smtp.EnhancedCode{5, 6, 0}, "malformed message header")
+		}
+		addFrom, err := checkFrom(fields, user)
+		if err != nil {
+			return nil, ss.reject(550, smtp.EnhancedCode{5, 7, 1}, err.Error())
+		}
+		msg = append(submissionHeaders(fields, addFrom, user, o.Hostname, now), msg...)
+		if len(tx.remote) > 0 && o.Sign != nil {
+			a, _ := parseAddress(user)
+			signed, err := o.Sign(a.Domain, msg)
+			if err != nil {
+				ss.srv.log.Error("dkim signing failed", "id", tx.id, "err", err)
+				return nil, smtpErr(451, codeTransient, "temporary failure signing message, try again later")
+			}
+			msg = mda.NormalizeCRLF(signed)
+		}
+	}
+	rcv := received(trace{
+		Helo:     ss.conn.Hostname(),
+		IP:       ss.ip,
+		Hostname: o.Hostname,
+		TLS:      ss.tlsInfo(),
+		User:     user,
+		ID:       tx.id,
+		Rcpts:    append(append([]string(nil), tx.local...), tx.remote...),
+		Time:     now,
+	})
+	out := make([]byte, 0, len(rcv)+len(msg))
+	return append(append(out, rcv...), msg...), nil
+}
+
+// store makes the message durable: local recipients first, in one commit,
+// then the queue for the rest (see the package comment for why this order).
+func (ss *session) store(tx *transaction, msg []byte) (queueID string, err error) {
+	stored := 0
+	if len(tx.local) > 0 {
+		for i, err := range ss.srv.local.Deliver(tx.from, tx.local, msg) {
+			switch {
+			case err == nil:
+				stored++
+			case permanent(err):
+				// The mailbox vanished since RCPT; nothing to retry.
+				tx.refused = append(tx.refused, tx.local[i]+" 550")
+			default:
+				ss.srv.log.Error("local delivery failed", "id", tx.id, "rcpt", tx.local[i], "err", err)
+				return "", smtpErr(451, codeTransient, "temporary local delivery failure, try again later")
+			}
+		}
+	}
+	if len(tx.remote) > 0 {
+		id, err := ss.srv.queue.Enqueue(tx.from, tx.remote, msg)
+		if err != nil {
+			ss.srv.log.Error("enqueue failed", "id", tx.id, "local_stored", stored, "err", err)
+			return "", smtpErr(451, codeTransient, "temporary queue failure, try again later")
+		}
+		queueID = id
+		stored += len(tx.remote)
+	}
+	if stored == 0 {
+		return "", ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
+	}
+	return queueID, smtpErr(250, codeOK, "OK id="+tx.id)
+}
+
+// finish writes the transaction's one log line and returns its reply.
+func (ss *session) finish(tx *transaction, user string, size int, queueID string, reply error) error {
+	var se *smtp.SMTPError
+	if !errors.As(reply, &se) {
+		se = smtpErr(451, codeTransient, "message transfer aborted")
+	}
+	event := "delivered"
+	switch {
+	case se.Code >= 500:
+		event = "rejected"
+	case se.Code >= 400:
+		event = "deferred"
+	case len(tx.remote) > 0:
+		event = "queued"
+	}
+	ss.logTx(tx, user, event, slog.Int("size", size), slog.String("queue_id", queueID),
+		slog.String("result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)))
+	return se
+}
+
+func (ss *session) logTx(tx *transaction, user, event string, attrs ...slog.Attr) {
+	ss.mu.Lock()
+	if tx.logged {
+		ss.mu.Unlock()
+		return
+	}
+	tx.logged = true
+	ss.mu.Unlock()
+	attrs = append([]slog.Attr{
+		slog.String("id", tx.id),
+		slog.String("client", ss.ip.String()),
+		slog.String("helo", ss.conn.Hostname()),
+		slog.String("user", user),
+		slog.String("from", tx.from),
+		slog.Any("rcpts", append(append([]string(nil), tx.local...), tx.remote...)),
+		slog.Any("refused", tx.refused),
+	}, attrs...)
+	attrs = append(attrs, slog.Duration("duration", time.Since(tx.start)))
+	level := slog.LevelInfo
+	if event == "deferred" {
+		level = slog.LevelWarn
+	}
+	ss.srv.log.LogAttrs(ss.srv.ctx, level, event, attrs...)
+}
+
+// Reset ends the transaction (RSET, EHLO, after DATA, STARTTLS). One that
+// never reached DATA is logged here.
+func (ss *session) Reset() {
+	ss.mu.Lock()
+	tx, user := ss.tx, ss.user
+	ss.tx = nil
+	ss.mu.Unlock()
+	ss.tc.end()
+	if tx != nil {
+		event := "aborted"
+		if len(tx.refused) > 0 && len(tx.local)+len(tx.remote) == 0 {
+			event = "rejected"
+		}
+		ss.logTx(tx, user, event)
+	}
+}
+
+func (ss *session) Logout() error {
+	ss.Reset()
+	return nil
+}
+
+// tlsState reports whether the session runs over TLS, from STARTTLS
+// (go-smtp sees it) or implicit TLS (only the trackedConn knows).
+func (ss *session) tlsState() (state tls.ConnectionState, ok bool) {
+	if st, ok := ss.conn.TLSConnectionState(); ok {
+		return st, true
+	}
+	if ss.tc.tls != nil {
+		return ss.tc.tls.ConnectionState(), true
+	}
+	return state, false
+}
+
+func (ss *session) tlsInfo() string {
+	st, ok := ss.tlsState()
+	if !ok {
+		return ""
+	}
+	return tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+}
