@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"minimail/mta/queue"
+	"minimail/store"
+)
+
+// The admin commands (user, queue, backup) must work whether or not `serve`
+// is running on the same data_dir, and bbolt allows one opener. So `serve`
+// listens on a unix socket, DATA_DIR/control.sock (mode 0600: only the
+// account that runs the server may use it), and the commands send their
+// request there when it answers, or open the store themselves when it does
+// not. Either way the same adminOps code runs against an open store.
+
+const controlSocket = "control.sock"
+
+// QueueLister and friends are what admin needs from the outbound queue.
+type adminQueue interface {
+	Flush()
+	Drop(id string) error
+}
+
+// adminOps runs admin requests against an open store (and the live queue
+// when the server runs them).
+type adminOps struct {
+	st    *store.Store
+	queue adminQueue // nil when the server is not running
+}
+
+// request is one admin command sent over the control socket.
+type request struct {
+	Op       string `json:"op"`
+	Addr     string `json:"addr,omitempty"`
+	Password string `json:"password,omitempty"`
+	ID       string `json:"id,omitempty"`
+	Path     string `json:"path,omitempty"`
+}
+
+type response struct {
+	Error  string             `json:"error,omitempty"`
+	Users  []store.User       `json:"users,omitempty"`
+	Queue  []store.QueueEntry `json:"queue,omitempty"`
+	NotFnd bool               `json:"not_found,omitempty"`
+}
+
+func (a *adminOps) do(req request) response {
+	var resp response
+	var err error
+	switch req.Op {
+	case "user.add":
+		err = a.st.AddUser(req.Addr, req.Password)
+	case "user.passwd":
+		err = a.st.SetPassword(req.Addr, req.Password)
+	case "user.del":
+		err = a.st.DeleteUser(req.Addr)
+	case "user.list":
+		resp.Users, err = a.st.Users()
+	case "queue.list":
+		resp.Queue, err = a.st.QueueEntries()
+	case "queue.flush":
+		if a.queue != nil {
+			a.queue.Flush()
+		} else {
+			err = flushStored(a.st)
+		}
+	case "queue.drop":
+		if a.queue != nil {
+			err = a.queue.Drop(req.ID)
+		} else {
+			err = dropStored(a.st, req.ID)
+		}
+	case "backup":
+		err = a.st.Backup(req.Path)
+	default:
+		err = fmt.Errorf("unknown admin operation %q", req.Op)
+	}
+	if err != nil {
+		resp.Error = err.Error()
+	}
+	return resp
+}
+
+// serveControl answers admin requests on DATA_DIR/control.sock until ctx ends.
+func serveControl(dataDir string, ops *adminOps, log *slog.Logger) (stop func(), err error) {
+	path := filepath.Join(dataDir, controlSocket)
+	// A socket left by a killed server would make Listen fail; nobody else
+	// can be serving on it, since we hold the database lock.
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Minute))
+				var req request
+				if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+					return
+				}
+				resp := ops.do(req)
+				log.Info("admin", "op", req.Op, "addr", req.Addr, "id", req.ID, "error", resp.Error)
+				json.NewEncoder(c).Encode(resp)
+			}()
+		}
+	}()
+	return func() {
+		l.Close()
+		<-done
+		os.Remove(path)
+	}, nil
+}
+
+// errNoServer means no server answered on the control socket.
+var errNoServer = errors.New("no server on the control socket")
+
+// callServer sends req to a running server. It returns errNoServer when
+// none is listening.
+func callServer(dataDir string, req request) (response, error) {
+	path := filepath.Join(dataDir, controlSocket)
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return response{}, errNoServer
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return response{}, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	var resp response
+	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+		return response{}, fmt.Errorf("control socket %s: no answer: %w", path, err)
+	}
+	return resp, nil
+}
+
+// adminDo runs req on the running server if there is one, else on the store
+// opened directly.
+func adminDo(cfg *Config, req request) (response, error) {
+	resp, err := callServer(cfg.DataDir, req)
+	if err == nil {
+		if resp.Error != "" {
+			return resp, errors.New(resp.Error)
+		}
+		return resp, nil
+	}
+	if !errors.Is(err, errNoServer) {
+		return resp, err
+	}
+	st, err := store.Open(cfg.DataDir, store.Options{})
+	if err != nil {
+		if errors.Is(err, store.ErrLocked) {
+			return resp, fmt.Errorf("%w, and %s does not answer: is the server starting or stopping? try again", err, filepath.Join(cfg.DataDir, controlSocket))
+		}
+		return resp, err
+	}
+	defer st.Close()
+	ops := &adminOps{st: st}
+	resp = ops.do(req)
+	if resp.Error != "" {
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}
+
+// flushStored makes every queued message due now, for the next `serve`, when
+// no server is running to flush its live queue.
+func flushStored(st *store.Store) error {
+	entries, err := st.QueueEntries()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, e := range entries {
+		e.NextAttempt = now
+		if err := st.UpdateQueueEntry(e); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropStored deletes a queued message when no server is running.
+func dropStored(st *store.Store, id string) error {
+	n, err := queue.ParseID(id)
+	if err != nil {
+		return err
+	}
+	if _, err := st.QueueEntry(n); err != nil {
+		return fmt.Errorf("queue id %s: %w", id, err)
+	}
+	return st.DeleteQueueEntry(n)
+}

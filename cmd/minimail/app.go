@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"minimail/mta/queue"
+	"minimail/store"
+)
+
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	onUsage := func(_ *cli.Context, err error, _ bool) error { return usagef("%v", err) }
+	app := &cli.App{
+		Name:      "minimail",
+		Usage:     "a small mail server: SMTP in and out, a durable queue, POP3",
+		Reader:    stdin,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "config",
+				Usage:   "config file",
+				EnvVars: []string{"MINIMAIL_CONFIG"},
+				Value:   "minimail.toml",
+			},
+		},
+		OnUsageError:    onUsage,
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors and picks exit codes
+		Commands: []*cli.Command{
+			initCommand(),
+			serveCommand(),
+			userCommand(),
+			queueCommand(),
+			dnsCommand(),
+			backupCommand(),
+			demoCommand(),
+		},
+	}
+	for _, c := range app.Commands {
+		setUsageHandler(c, onUsage)
+	}
+	return app
+}
+
+func setUsageHandler(c *cli.Command, h cli.OnUsageErrorFunc) {
+	c.OnUsageError = h
+	for _, sub := range c.Subcommands {
+		setUsageHandler(sub, h)
+	}
+}
+
+// config loads the file named by --config.
+func config(c *cli.Context) (*Config, error) {
+	return loadConfig(c.String("config"))
+}
+
+// args checks the positional argument count.
+func args(c *cli.Context, names ...string) ([]string, error) {
+	if c.NArg() != len(names) {
+		return nil, usagef("%s: want %d argument(s): %s (flags go before arguments)", c.Command.FullName(), len(names), strings.Join(names, " "))
+	}
+	return c.Args().Slice(), nil
+}
+
+func userCommand() *cli.Command {
+	password := &cli.StringFlag{Name: "password", Usage: "the password (default: one line read from stdin)"}
+	return &cli.Command{
+		Name:  "user",
+		Usage: "manage mailboxes",
+		Subcommands: []*cli.Command{
+			{
+				Name: "add", Usage: "create a mailbox", ArgsUsage: "ADDR",
+				Flags: []cli.Flag{password},
+				Action: func(c *cli.Context) error {
+					return userWithPassword(c, "user.add")
+				},
+			},
+			{
+				Name: "passwd", Usage: "set a mailbox's password", ArgsUsage: "ADDR",
+				Flags: []cli.Flag{password},
+				Action: func(c *cli.Context) error {
+					return userWithPassword(c, "user.passwd")
+				},
+			},
+			{
+				Name: "del", Usage: "delete a mailbox and all its mail", ArgsUsage: "ADDR",
+				Action: func(c *cli.Context) error {
+					a, err := args(c, "ADDR")
+					if err != nil {
+						return err
+					}
+					cfg, err := config(c)
+					if err != nil {
+						return err
+					}
+					if _, err := adminDo(cfg, request{Op: "user.del", Addr: a[0]}); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "deleted %s\n", a[0])
+					return nil
+				},
+			},
+			{
+				Name: "list", Usage: "list mailboxes",
+				Action: func(c *cli.Context) error {
+					if _, err := args(c); err != nil {
+						return err
+					}
+					cfg, err := config(c)
+					if err != nil {
+						return err
+					}
+					resp, err := adminDo(cfg, request{Op: "user.list"})
+					if err != nil {
+						return err
+					}
+					for _, u := range resp.Users {
+						fmt.Fprintf(c.App.Writer, "%s\t%s\n", u.Address, u.Created.Format(time.RFC3339))
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// userWithPassword runs user add / user passwd after checking the address
+// and password here, so bad input is a usage error (exit 2) that changes
+// nothing.
+func userWithPassword(c *cli.Context, op string) error {
+	a, err := args(c, "ADDR")
+	if err != nil {
+		return err
+	}
+	cfg, err := config(c)
+	if err != nil {
+		return err
+	}
+	addr, err := store.CanonicalAddress(a[0])
+	if err != nil {
+		return usagef("%v", err)
+	}
+	if domain := addr[strings.LastIndexByte(addr, '@')+1:]; !cfg.isLocalDomain(domain) {
+		return usagef("address %s: domain %s is not in domains (%s) of %s", addr, domain, strings.Join(cfg.Domains, ", "), cfg.path)
+	}
+	pw := c.String("password")
+	if !c.IsSet("password") {
+		line, err := bufio.NewReader(c.App.Reader).ReadString('\n')
+		if err != nil && line == "" {
+			return usagef("no password: pass --password or one line on stdin")
+		}
+		pw = strings.TrimRight(line, "\r\n")
+	}
+	if pw == "" {
+		return usagef("empty password refused")
+	}
+	if _, err := adminDo(cfg, request{Op: op, Addr: addr, Password: pw}); err != nil {
+		return err
+	}
+	verb := "created"
+	if op == "user.passwd" {
+		verb = "password changed for"
+	}
+	fmt.Fprintf(c.App.Writer, "%s %s\n", verb, addr)
+	return nil
+}
+
+func queueCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "queue",
+		Usage: "inspect and act on the outbound queue",
+		Subcommands: []*cli.Command{
+			{
+				Name: "list", Usage: "one line per queued message: id, sender, recipients, attempts, next attempt, last error",
+				Action: func(c *cli.Context) error {
+					if _, err := args(c); err != nil {
+						return err
+					}
+					cfg, err := config(c)
+					if err != nil {
+						return err
+					}
+					resp, err := adminDo(cfg, request{Op: "queue.list"})
+					if err != nil {
+						return err
+					}
+					printQueue(c.App.Writer, resp.Queue)
+					return nil
+				},
+			},
+			{
+				Name: "flush", Usage: "retry every queued message now",
+				Action: func(c *cli.Context) error {
+					if _, err := args(c); err != nil {
+						return err
+					}
+					cfg, err := config(c)
+					if err != nil {
+						return err
+					}
+					_, err = adminDo(cfg, request{Op: "queue.flush"})
+					return err
+				},
+			},
+			{
+				Name: "drop", Usage: "delete a queued message without bouncing it", ArgsUsage: "ID",
+				Action: func(c *cli.Context) error {
+					a, err := args(c, "ID")
+					if err != nil {
+						return err
+					}
+					cfg, err := config(c)
+					if err != nil {
+						return err
+					}
+					if _, err := adminDo(cfg, request{Op: "queue.drop", ID: a[0]}); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "dropped %s\n", a[0])
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func printQueue(w io.Writer, entries []store.QueueEntry) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, e := range entries {
+		var rcpts []string
+		for _, r := range e.Rcpts {
+			if r.State == store.RcptPending {
+				rcpts = append(rcpts, r.Addr)
+			}
+		}
+		from := e.From
+		if from == "" {
+			from = "<>"
+		}
+		lastErr := e.LastError
+		if lastErr == "" {
+			lastErr = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", queue.FormatID(e.ID), from, strings.Join(rcpts, ","),
+			e.Attempts, e.NextAttempt.Local().Format(time.RFC3339), lastErr)
+	}
+	tw.Flush()
+}
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name: "backup", Usage: "write a consistent copy of the database to FILE, also while serve runs", ArgsUsage: "FILE",
+		Action: func(c *cli.Context) error {
+			a, err := args(c, "FILE")
+			if err != nil {
+				return err
+			}
+			cfg, err := config(c)
+			if err != nil {
+				return err
+			}
+			// The server may run in another directory: send it an absolute path.
+			path, err := filepath.Abs(a[0])
+			if err != nil {
+				return usagef("backup file %s: %v", a[0], err)
+			}
+			if _, err := adminDo(cfg, request{Op: "backup", Path: path}); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "backup written to %s\n", path)
+			return nil
+		},
+	}
+}

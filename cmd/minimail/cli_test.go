@@ -1,0 +1,356 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// binary is the minimail command built once for the CLI tests, so they
+// exercise exactly what users run.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "minimail-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "minimail")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building minimail:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// minimail runs the binary with stdin and returns its exit code and output.
+func minimail(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG=")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run minimail: %v", err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+// initSite runs `minimail init` in a fresh directory and returns the config
+// path.
+func initSite(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	r := minimail(t, "", "init", "--domain", "example.test", "--hostname", "mx.example.test", "--dir", dir)
+	if r.code != 0 {
+		t.Fatalf("init: exit %d: %s", r.code, r.stderr)
+	}
+	return filepath.Join(dir, "minimail.toml")
+}
+
+func TestInitWritesAWorkingSetupAndPrintsDNSRecords(t *testing.T) {
+	dir := t.TempDir()
+	r := minimail(t, "", "init", "--domain", "example.test", "--hostname", "mx.example.test", "--dir", dir)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"IN MX", "v=spf1", "mail._domainkey.example.test.", "_dmarc.example.test."} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("init output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	for _, f := range []string{"minimail.toml", "tls/cert.pem", "tls/key.pem", "dkim/mail.key"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("init did not write %s: %v", f, err)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(dir, "tls/key.pem")); err == nil && st.Mode().Perm() != 0o600 {
+		t.Errorf("tls key mode = %v, want 0600", st.Mode().Perm())
+	}
+	// The config it wrote loads, and `dns` prints the same records.
+	cfg := filepath.Join(dir, "minimail.toml")
+	d := minimail(t, "", "--config", cfg, "dns")
+	if d.code != 0 || !strings.Contains(d.stdout, "mail._domainkey.example.test.") {
+		t.Fatalf("dns: exit %d: %s%s", d.code, d.stdout, d.stderr)
+	}
+
+	// A second init never overwrites.
+	before, _ := os.ReadFile(cfg)
+	again := minimail(t, "", "init", "--domain", "other.test", "--hostname", "mx.other.test", "--dir", dir)
+	if again.code != 1 || !strings.Contains(again.stderr, "already exists") {
+		t.Fatalf("second init: exit %d, %s", again.code, again.stderr)
+	}
+	after, _ := os.ReadFile(cfg)
+	if !bytes.Equal(before, after) {
+		t.Fatal("second init changed the config")
+	}
+}
+
+func TestUserCommands(t *testing.T) {
+	cfg := initSite(t)
+	steps := []struct {
+		name, stdin string
+		args        []string
+		code        int
+		out         string // expected in stdout (code 0) or stderr
+	}{
+		{"add with flag", "", []string{"user", "add", "--password", "s3cret", "Alice@Example.TEST"}, 0, "created Alice@example.test"},
+		{"add from stdin", "pw2\n", []string{"user", "add", "bob@example.test"}, 0, "created bob@example.test"},
+		{"duplicate, other case", "", []string{"user", "add", "--password", "x", "alice@example.test"}, 1, "already exists"},
+		{"no @", "", []string{"user", "add", "--password", "x", "alice"}, 2, "local@domain"},
+		{"foreign domain", "", []string{"user", "add", "--password", "x", "eve@other.test"}, 2, "not in domains"},
+		{"empty password", "\n", []string{"user", "add", "carol@example.test"}, 2, "empty password"},
+		{"missing argument", "", []string{"user", "add"}, 2, "ADDR"},
+		{"unknown flag", "", []string{"user", "add", "--pw", "x", "dan@example.test"}, 2, "pw"},
+		{"passwd", "", []string{"user", "passwd", "--password", "new", "alice@example.test"}, 0, "password changed"},
+		{"passwd unknown", "", []string{"user", "passwd", "--password", "new", "zed@example.test"}, 1, "no such user"},
+		{"list", "", []string{"user", "list"}, 0, "Alice@example.test"},
+		{"del", "", []string{"user", "del", "bob@example.test"}, 0, "deleted"},
+		{"del again", "", []string{"user", "del", "bob@example.test"}, 1, "no such user"},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			r := minimail(t, s.stdin, append([]string{"--config", cfg}, s.args...)...)
+			if r.code != s.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, s.code, r.stdout, r.stderr)
+			}
+			got := r.stdout
+			if s.code != 0 {
+				got = r.stderr
+			}
+			if !strings.Contains(got, s.out) {
+				t.Errorf("output %q lacks %q", got, s.out)
+			}
+		})
+	}
+	r := minimail(t, "", "--config", cfg, "user", "list")
+	if strings.Contains(r.stdout, "bob@") || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("after del, list = %q", r.stdout)
+	}
+}
+
+func TestBadConfigAndDataDir(t *testing.T) {
+	t.Run("unknown key names file and key, exit 2", func(t *testing.T) {
+		p := writeConfig(t, minimalConfig+"[limits]\nmax_mesage_bytes = 5\n")
+		r := minimail(t, "", "--config", p, "user", "list")
+		if r.code != 2 || !strings.Contains(r.stderr, p) || !strings.Contains(r.stderr, "limits.max_mesage_bytes") {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
+	t.Run("config from MINIMAIL_CONFIG", func(t *testing.T) {
+		cfg := initSite(t)
+		cmd := exec.Command(binary, "user", "list")
+		cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG="+cfg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	})
+	t.Run("missing data_dir, exit 1", func(t *testing.T) {
+		p := writeConfig(t, strings.Replace(minimalConfig, `"data"`, `"nowhere"`, 1))
+		r := minimail(t, "", "--config", p, "user", "list")
+		if r.code != 1 || !strings.Contains(r.stderr, "nowhere") {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
+	t.Run("foreign database file left untouched, exit 1", func(t *testing.T) {
+		p := writeConfig(t, minimalConfig)
+		data := filepath.Join(filepath.Dir(p), "data")
+		os.Mkdir(data, 0o700)
+		junk := bytes.Repeat([]byte("not a database "), 1000)
+		db := filepath.Join(data, "minimail.db")
+		os.WriteFile(db, junk, 0o600)
+		r := minimail(t, "", "--config", p, "user", "add", "--password", "x", "a@example.org")
+		if r.code != 1 || !strings.Contains(r.stderr, "minimail.db") {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		if got, _ := os.ReadFile(db); !bytes.Equal(got, junk) {
+			t.Fatal("the foreign file was modified")
+		}
+	})
+	t.Run("unknown subcommand, exit 2", func(t *testing.T) {
+		if r := minimail(t, "", "user", "frobnicate"); r.code != 2 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
+	t.Run("unknown command, exit 2", func(t *testing.T) {
+		r := minimail(t, "", "frobnicate")
+		if r.code != 2 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
+}
+
+// freePort returns a loopback address nobody listens on right now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// setListen rewrites the [listen] section of an init config.
+func setListen(t *testing.T, cfg string, listen map[string]string) {
+	t.Helper()
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, key := range []string{"smtp", "submission", "submissions", "pop3", "pop3s"} {
+		re := regexp.MustCompile(`(?m)^` + key + ` +=.*$`)
+		s = re.ReplaceAllString(s, fmt.Sprintf("%s = %q", key, listen[key]))
+	}
+	if err := os.WriteFile(cfg, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startServe runs `minimail serve` and waits until it logs every listener.
+func startServe(t *testing.T, cfg string, listeners int) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(binary, "--config", cfg, "serve")
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(logs.String(), "msg=listening") < listeners {
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not start: %s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return cmd, logs
+}
+
+// syncBuffer collects a child's output while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestServeAdminCommandsWhileRunningAndCleanStop(t *testing.T) {
+	cfg := initSite(t)
+	setListen(t, cfg, map[string]string{"smtp": freePort(t), "pop3": freePort(t)})
+	cmd, _ := startServe(t, cfg, 2)
+
+	// The server holds the database; admin commands go through the control
+	// socket and must neither hang nor fail.
+	for _, args := range [][]string{
+		{"user", "add", "--password", "pw", "alice@example.test"},
+		{"user", "list"},
+		{"queue", "list"},
+		{"backup", filepath.Join(t.TempDir(), "copy.db")},
+	} {
+		r := minimail(t, "", append([]string{"--config", cfg}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("%v while serving: exit %d: %s", args, r.code, r.stderr)
+		}
+	}
+	if r := minimail(t, "", "--config", cfg, "user", "list"); !strings.Contains(r.stdout, "alice@example.test") {
+		t.Fatalf("user list while serving: %q", r.stdout)
+	}
+
+	cmd.Process.Signal(os.Interrupt)
+	errc := make(chan error, 1)
+	go func() { errc <- cmd.Wait() }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("serve exited with %v after SIGINT, want 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop after SIGINT")
+	}
+	// Stopped: the commands open the store directly again.
+	if r := minimail(t, "", "--config", cfg, "user", "list"); r.code != 0 || !strings.Contains(r.stdout, "alice@") {
+		t.Fatalf("user list after stop: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestServeListenerInUseNamesKeyAndStopsEverything(t *testing.T) {
+	cfg := initSite(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	setListen(t, cfg, map[string]string{"smtp": freePort(t), "pop3": busy.Addr().String()})
+	done := make(chan result, 1)
+	go func() { done <- minimail(t, "", "--config", cfg, "serve") }()
+	select {
+	case r := <-done:
+		if r.code != 1 || !strings.Contains(r.stderr, "listen.pop3") || !strings.Contains(r.stderr, busy.Addr().String()) {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve kept running with a listener that could not bind")
+	}
+	// Nothing stayed open: the store opens directly.
+	if r := minimail(t, "", "--config", cfg, "user", "list"); r.code != 0 {
+		t.Fatalf("store still locked: %s", r.stderr)
+	}
+}
+
+func TestDemo(t *testing.T) {
+	r := minimail(t, "", "demo")
+	if r.code != 0 {
+		t.Fatalf("demo: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{
+		"== 1.", "== 2.", "== 3.", "== 4.", "== 5.",
+		"C: STARTTLS", "S: 220", "AUTH PLAIN **** (secret masked)", "C: MAIL FROM:<bob@gmail.test>",
+		"S: 250", "C: STLS", "PASS **** (secret masked)", "C: RETR 1", "C: DELE 1",
+		"byte-exact", "dkim=pass",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("demo transcript lacks %q", want)
+		}
+	}
+	if strings.Contains(r.stdout, demoPassword) {
+		t.Error("demo transcript shows the password")
+	}
+	if t.Failed() {
+		t.Log(r.stdout)
+	}
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the TOML file, as in SPEC.md plus the keys README's reference
+// adds. Durations are Go duration strings ("30s", "5m").
+type Config struct {
+	Hostname string   `toml:"hostname"`
+	Domains  []string `toml:"domains"`
+	DataDir  string   `toml:"data_dir"`
+
+	Listen struct {
+		SMTP        string `toml:"smtp"`
+		Submission  string `toml:"submission"`
+		Submissions string `toml:"submissions"`
+		POP3        string `toml:"pop3"`
+		POP3S       string `toml:"pop3s"`
+	} `toml:"listen"`
+
+	TLS struct {
+		Cert string `toml:"cert"`
+		Key  string `toml:"key"`
+		// ReloadInterval is how often cert/key modification times are
+		// checked; SIGHUP reloads at once.
+		ReloadInterval duration `toml:"reload_interval"`
+	} `toml:"tls"`
+
+	Auth struct {
+		AllowInsecureAuth bool     `toml:"allow_insecure_auth"`
+		MaxFailures       int      `toml:"max_failures"`
+		FailureWindow     duration `toml:"failure_window"`
+		FailureDelay      duration `toml:"failure_delay"`
+	} `toml:"auth"`
+
+	Limits struct {
+		MaxMessageBytes     int64    `toml:"max_message_bytes"`
+		MaxRecipients       int      `toml:"max_recipients"`
+		MaxLineLength       int      `toml:"max_line_length"`
+		MaxConnections      int      `toml:"max_connections"`
+		MaxConnectionsPerIP int      `toml:"max_connections_per_ip"`
+		MaxErrors           int      `toml:"max_errors"`
+		CommandTimeout      duration `toml:"command_timeout"`
+		DataTimeout         duration `toml:"data_timeout"`
+		POP3IdleTimeout     duration `toml:"pop3_idle_timeout"`
+		ShutdownTimeout     duration `toml:"shutdown_timeout"`
+	} `toml:"limits"`
+
+	Relay struct {
+		Routes            map[string]string `toml:"routes"`
+		Smarthost         string            `toml:"smarthost"`
+		SmarthostUsername string            `toml:"smarthost_username"`
+		SmarthostPassword string            `toml:"smarthost_password"`
+		DNS               string            `toml:"dns"`
+		RetryMin          duration          `toml:"retry_min"`
+		RetryMax          duration          `toml:"retry_max"`
+		MaxAge            duration          `toml:"max_age"`
+		DelayNotice       duration          `toml:"delay_notice"`
+		MaxConcurrent     int               `toml:"max_concurrent"`
+		MaxPerDomain      int               `toml:"max_per_domain"`
+	} `toml:"relay"`
+
+	DKIM struct {
+		Selector string `toml:"selector"`
+		Key      string `toml:"key"`
+	} `toml:"dkim"`
+
+	DMARC struct {
+		// Reject refuses mail failing a p=reject DMARC policy with 550;
+		// false delivers it with the verdict in Authentication-Results.
+		Reject *bool `toml:"reject"`
+	} `toml:"dmarc"`
+
+	path string // the file this was read from, for error messages
+}
+
+// duration reads a TOML string such as "30s" into a time.Duration.
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("want a duration such as \"30s\" or \"5m\": %w", err)
+	}
+	if v < 0 {
+		return errors.New("duration must not be negative")
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d duration) or(def time.Duration) time.Duration {
+	if d.Duration == 0 {
+		return def
+	}
+	return d.Duration
+}
+
+// configError is a bad config file: exit code 2, message names file and key.
+type configError struct {
+	path, key, msg string
+}
+
+func (e *configError) Error() string {
+	if e.key == "" {
+		return fmt.Sprintf("%s: %s", e.path, e.msg)
+	}
+	return fmt.Sprintf("%s: key %s: %s", e.path, e.key, e.msg)
+}
+
+// loadConfig reads and validates path. Relative paths inside the file are
+// made relative to the file's directory.
+func loadConfig(path string) (*Config, error) {
+	c := &Config{path: path}
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return nil, &configError{path: path, msg: perr.ErrorWithPosition()}
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, &configError{path: path, msg: "no such file (run `minimail init` to write one, or pass --config)"}
+		}
+		return nil, &configError{path: path, msg: err.Error()}
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		// Routes are a free-form table: its entries are decoded, but keys
+		// under it are reported as undecoded by some toml versions.
+		sort.Strings(keys)
+		return nil, &configError{path: path, key: keys[0], msg: "unknown key"}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) fail(key, format string, args ...any) error {
+	return &configError{path: c.path, key: key, msg: fmt.Sprintf(format, args...)}
+}
+
+func (c *Config) validate() error {
+	if c.Hostname == "" {
+		return c.fail("hostname", "required")
+	}
+	if !validDomain(c.Hostname) {
+		return c.fail("hostname", "%q is not a domain name", c.Hostname)
+	}
+	if len(c.Domains) == 0 {
+		return c.fail("domains", "at least one local domain is required")
+	}
+	for i, d := range c.Domains {
+		if !validDomain(d) {
+			return c.fail("domains", "%q is not a domain name", d)
+		}
+		c.Domains[i] = strings.ToLower(strings.TrimSuffix(d, "."))
+	}
+	if c.DataDir == "" {
+		return c.fail("data_dir", "required")
+	}
+	c.DataDir = c.rel(c.DataDir)
+
+	listeners := c.listeners()
+	tlsNeeded := false
+	for _, l := range listeners {
+		if l.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			return c.fail(l.key, "%q: want host:port (\":25\" for all addresses)", l.addr)
+		}
+		if l.key != "listen.smtp" && l.key != "listen.pop3" {
+			tlsNeeded = true
+		}
+	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		if c.TLS.Cert == "" {
+			return c.fail("tls.cert", "required when tls.key is set")
+		}
+		return c.fail("tls.key", "required when tls.cert is set")
+	}
+	if tlsNeeded && c.TLS.Cert == "" {
+		return c.fail("tls.cert", "required: listen.submission, listen.submissions and listen.pop3s need a certificate")
+	}
+	if c.TLS.Cert != "" {
+		c.TLS.Cert, c.TLS.Key = c.rel(c.TLS.Cert), c.rel(c.TLS.Key)
+	}
+	if c.Limits.MaxMessageBytes == 0 {
+		c.Limits.MaxMessageBytes = 25 << 20
+	}
+	if c.Limits.MaxRecipients == 0 {
+		c.Limits.MaxRecipients = 100
+	}
+	for key, v := range map[string]int64{
+		"limits.max_message_bytes":      c.Limits.MaxMessageBytes,
+		"limits.max_recipients":         int64(c.Limits.MaxRecipients),
+		"limits.max_line_length":        int64(c.Limits.MaxLineLength),
+		"limits.max_connections":        int64(c.Limits.MaxConnections),
+		"limits.max_connections_per_ip": int64(c.Limits.MaxConnectionsPerIP),
+		"limits.max_errors":             int64(c.Limits.MaxErrors),
+		"auth.max_failures":             int64(c.Auth.MaxFailures),
+		"relay.max_concurrent":          int64(c.Relay.MaxConcurrent),
+		"relay.max_per_domain":          int64(c.Relay.MaxPerDomain),
+	} {
+		if v < 0 {
+			return c.fail(key, "must not be negative")
+		}
+	}
+	if n := c.Limits.MaxLineLength; n != 0 && n < 1000 {
+		return c.fail("limits.max_line_length", "%d is below the 1000 octets RFC 5321 4.5.3.1.6 requires", n)
+	}
+	if t := c.Limits.POP3IdleTimeout.Duration; t != 0 && t < 10*time.Minute {
+		return c.fail("limits.pop3_idle_timeout", "%s is below the 10 minutes RFC 1939 3 requires", t)
+	}
+
+	for dom, hostport := range c.Relay.Routes {
+		if !validDomain(dom) {
+			return c.fail("relay.routes", "%q is not a domain name", dom)
+		}
+		if _, _, err := net.SplitHostPort(hostport); err != nil {
+			return c.fail("relay.routes", "%s = %q: want host:port", dom, hostport)
+		}
+	}
+	for key, hp := range map[string]string{"relay.smarthost": c.Relay.Smarthost, "relay.dns": c.Relay.DNS} {
+		if hp == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(hp); err != nil {
+			return c.fail(key, "%q: want host:port", hp)
+		}
+	}
+	if (c.Relay.SmarthostUsername == "") != (c.Relay.SmarthostPassword == "") {
+		return c.fail("relay.smarthost_password", "smarthost_username and smarthost_password go together")
+	}
+	if c.Relay.SmarthostUsername != "" && c.Relay.Smarthost == "" {
+		return c.fail("relay.smarthost_username", "set without relay.smarthost")
+	}
+
+	if (c.DKIM.Selector == "") != (c.DKIM.Key == "") {
+		return c.fail("dkim.key", "dkim.selector and dkim.key go together")
+	}
+	if c.DKIM.Key != "" {
+		c.DKIM.Key = c.rel(c.DKIM.Key)
+	}
+	return nil
+}
+
+type listenerConf struct{ key, addr string }
+
+// listeners returns the [listen] keys in a fixed order.
+func (c *Config) listeners() []listenerConf {
+	return []listenerConf{
+		{"listen.smtp", c.Listen.SMTP},
+		{"listen.submission", c.Listen.Submission},
+		{"listen.submissions", c.Listen.Submissions},
+		{"listen.pop3", c.Listen.POP3},
+		{"listen.pop3s", c.Listen.POP3S},
+	}
+}
+
+// rel resolves p against the config file's directory.
+func (c *Config) rel(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.path), p)
+}
+
+func (c *Config) dmarcReject() bool { return c.DMARC.Reject == nil || *c.DMARC.Reject }
+
+// isLocalDomain reports whether domain is one of ours.
+func (c *Config) isLocalDomain(domain string) bool {
+	domain = strings.ToLower(domain)
+	for _, d := range c.Domains {
+		if d == domain {
+			return true
+		}
+	}
+	return false
+}
+
+func validDomain(d string) bool {
+	d = strings.TrimSuffix(d, ".")
+	if d == "" || len(d) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= 0x80) {
+				return false
+			}
+		}
+	}
+	return true
+}

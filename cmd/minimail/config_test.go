@@ -1,0 +1,114 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimalConfig = `
+hostname = "mx.example.org"
+domains = ["Example.org"]
+data_dir = "data"
+`
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "minimail.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigAppliesDefaultsAndResolvesPaths(t *testing.T) {
+	p := writeConfig(t, minimalConfig+`
+[tls]
+cert = "tls/cert.pem"
+key = "/abs/key.pem"
+[relay]
+routes = { "other.test" = "127.0.0.1:3525" }
+[limits]
+command_timeout = "2m"
+`)
+	c, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(p)
+	if c.DataDir != filepath.Join(dir, "data") {
+		t.Errorf("data_dir = %q, want it relative to the config file", c.DataDir)
+	}
+	if c.TLS.Cert != filepath.Join(dir, "tls/cert.pem") || c.TLS.Key != "/abs/key.pem" {
+		t.Errorf("tls paths = %q %q", c.TLS.Cert, c.TLS.Key)
+	}
+	if c.Domains[0] != "example.org" {
+		t.Errorf("domains not lower-cased: %v", c.Domains)
+	}
+	if c.Limits.MaxMessageBytes != 25<<20 || c.Limits.MaxRecipients != 100 {
+		t.Errorf("limits defaults = %d, %d", c.Limits.MaxMessageBytes, c.Limits.MaxRecipients)
+	}
+	if c.Limits.CommandTimeout.Duration != 2*time.Minute {
+		t.Errorf("command_timeout = %v", c.Limits.CommandTimeout)
+	}
+	if c.Relay.Routes["other.test"] != "127.0.0.1:3525" {
+		t.Errorf("routes = %v", c.Relay.Routes)
+	}
+	if !c.dmarcReject() {
+		t.Error("dmarc.reject should default to true")
+	}
+}
+
+func TestLoadConfigRejectsBadInput(t *testing.T) {
+	tests := []struct {
+		name, body, wantKey string
+	}{
+		{"unknown top-level key", minimalConfig + "colour = 1\n", "colour"},
+		{"unknown nested key", minimalConfig + "[limits]\nmax_bytes = 1\n", "limits.max_bytes"},
+		{"unknown section", minimalConfig + "[imap]\nlisten = 1\n", "imap"},
+		{"wrong type", minimalConfig + "[limits]\nmax_recipients = \"ten\"\n", "max_recipients"},
+		{"syntax error", minimalConfig + "[limits\n", "line"},
+		{"missing hostname", `domains = ["a.test"]` + "\ndata_dir = \"d\"\n", "hostname"},
+		{"bad hostname", strings.Replace(minimalConfig, "mx.example.org", "mx example", 1), "hostname"},
+		{"no domains", "hostname = \"mx.a.test\"\ndata_dir = \"d\"\n", "domains"},
+		{"missing data_dir", "hostname = \"mx.a.test\"\ndomains = [\"a.test\"]\n", "data_dir"},
+		{"bad listen address", minimalConfig + "[listen]\nsmtp = \"25\"\n", "listen.smtp"},
+		{"tls listener without cert", minimalConfig + "[listen]\nsubmissions = \":465\"\n", "tls.cert"},
+		{"key without cert", minimalConfig + "[tls]\nkey = \"k.pem\"\n", "tls.cert"},
+		{"negative limit", minimalConfig + "[limits]\nmax_recipients = -1\n", "limits.max_recipients"},
+		{"tiny line length", minimalConfig + "[limits]\nmax_line_length = 100\n", "limits.max_line_length"},
+		{"bad duration", minimalConfig + "[limits]\ndata_timeout = \"soon\"\n", "data_timeout"},
+		{"short pop3 timeout", minimalConfig + "[limits]\npop3_idle_timeout = \"1m\"\n", "limits.pop3_idle_timeout"},
+		{"bad route", minimalConfig + "[relay]\nroutes = { \"b.test\" = \"nohostport\" }\n", "relay.routes"},
+		{"bad smarthost", minimalConfig + "[relay]\nsmarthost = \"relay.example\"\n", "relay.smarthost"},
+		{"smarthost user without password", minimalConfig + "[relay]\nsmarthost = \"r.example:587\"\nsmarthost_username = \"u\"\n", "relay.smarthost_password"},
+		{"dkim selector without key", minimalConfig + "[dkim]\nselector = \"mail\"\n", "dkim.key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeConfig(t, tt.body)
+			_, err := loadConfig(p)
+			if err == nil {
+				t.Fatal("loadConfig accepted a bad config")
+			}
+			var ce *configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %v is not a configError (exit code 2)", err)
+			}
+			if !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), tt.wantKey) {
+				t.Errorf("error %q should name the file and %q", err, tt.wantKey)
+			}
+		})
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	_, err := loadConfig(filepath.Join(t.TempDir(), "nope.toml"))
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "nope.toml") {
+		t.Fatalf("err = %v (exit %d), want exit 2 naming the file", err, exitCode(err))
+	}
+}

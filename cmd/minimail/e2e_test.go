@@ -1,0 +1,424 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"minimail/store"
+)
+
+// site is one in-process minimail for end-to-end tests, started from a real
+// config file through startServer, as `serve` does.
+type site struct {
+	domain string
+	dir    string
+	cfg    *Config
+	srv    *server
+	logs   *syncBuffer
+}
+
+// newSite writes a config for domain with every listener on an ephemeral
+// loopback port (plus extra TOML) and starts it.
+func newSite(t *testing.T, domain, extra string) *site {
+	t.Helper()
+	s := &site{domain: domain, dir: t.TempDir()}
+	certPEM, keyPEM, err := selfSigned("mx."+domain, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(s.dir, "data"), 0o700)
+	os.WriteFile(filepath.Join(s.dir, "cert.pem"), certPEM, 0o600)
+	os.WriteFile(filepath.Join(s.dir, "key.pem"), keyPEM, 0o600)
+	cfg := fmt.Sprintf(`hostname = "mx.%s"
+domains = [%q]
+data_dir = "data"
+[listen]
+smtp = "127.0.0.1:0"
+submission = "127.0.0.1:0"
+submissions = "127.0.0.1:0"
+pop3 = "127.0.0.1:0"
+pop3s = "127.0.0.1:0"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[auth]
+failure_delay = "10ms"
+[limits]
+max_connections_per_ip = 1000
+%s`, domain, domain, extra)
+	path := filepath.Join(s.dir, "minimail.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.cfg, err = loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.start(t)
+	return s
+}
+
+func (s *site) start(t *testing.T) {
+	t.Helper()
+	s.logs = &syncBuffer{}
+	srv, err := startServer(s.cfg, slog.New(slog.NewTextHandler(s.logs, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.srv = srv
+	t.Cleanup(func() { srv.stop(5 * time.Second) })
+}
+
+func (s *site) stop(t *testing.T) {
+	t.Helper()
+	if err := s.srv.stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.srv = nil
+}
+
+func (s *site) addUser(t *testing.T, addr string) {
+	t.Helper()
+	if err := s.srv.st.AddUser(addr, "pw-"+addr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// submit sends msg as user over submission with STARTTLS and AUTH PLAIN.
+func (s *site) submit(t *testing.T, user string, rcpts []string, msg []byte) error {
+	t.Helper()
+	c, err := smtp.DialStartTLS(s.srv.addrs["listen.submission"], &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", user, "pw-"+user)); err != nil {
+		t.Fatal(err)
+	}
+	return c.SendMail(user, rcpts, bytes.NewReader(msg))
+}
+
+// waitMessages waits until addr's mailbox holds n messages and returns them.
+func (s *site) waitMessages(t *testing.T, addr string, n int) [][]byte {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		list, err := s.srv.st.List(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) >= n {
+			var out [][]byte
+			for _, m := range list {
+				b, err := s.srv.st.Read(addr, m.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, b)
+			}
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has %d message(s), want %d; logs:\n%s", addr, len(list), n, s.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testMessage(from, to, subject, body string) []byte {
+	return []byte(crlf(fmt.Sprintf("From: %s\nTo: %s\nSubject: %s\nDate: Mon, 02 Jan 2026 15:04:05 +0000\nMessage-ID: <%s@test>\n\n%s", from, to, subject, strings.ReplaceAll(subject, " ", "."), body)))
+}
+
+// crlf gives every line of s a CRLF ending.
+func crlf(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
+}
+
+// TestRelayBetweenTwoServers is the relay issue's proof: A routes b.test
+// to B over real sockets.
+func TestRelayBetweenTwoServers(t *testing.T) {
+	b := newSite(t, "b.test", "")
+	b.addUser(t, "alice@b.test")
+	a := newSite(t, "a.test", fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"b.test\" = %q }\n", b.srv.addrs["listen.smtp"]))
+	a.addUser(t, "bob@a.test")
+
+	t.Run("submission on A arrives in B's mailbox", func(t *testing.T) {
+		msg := testMessage("bob@a.test", "alice@b.test", "first", "hello\r\n")
+		if err := a.submit(t, "bob@a.test", []string{"alice@b.test"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := b.waitMessages(t, "alice@b.test", 1)
+		if !bytes.HasSuffix(got[0], msg) {
+			t.Fatalf("B stored:\n%q\nsent %q", got[0], msg)
+		}
+	})
+
+	t.Run("550 from B bounces into the sender's mailbox on A", func(t *testing.T) {
+		msg := testMessage("bob@a.test", "nobody@b.test", "to nobody", "hello\r\n")
+		if err := a.submit(t, "bob@a.test", []string{"nobody@b.test"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := a.waitMessages(t, "bob@a.test", 1)
+		for _, want := range []string{"Return-Path: <>", "multipart/report", "report-type=delivery-status", "Final-Recipient: rfc822; nobody@b.test", "Status: 5.1.1", "Subject: to nobody"} {
+			if !bytes.Contains(got[0], []byte(want)) {
+				t.Errorf("bounce lacks %q:\n%s", want, got[0])
+			}
+		}
+	})
+
+	t.Run("B down: queued; B up and flush: delivered exactly once", func(t *testing.T) {
+		bAddr := b.srv.addrs["listen.smtp"]
+		b.stop(t)
+		msg := testMessage("bob@a.test", "alice@b.test", "while down", "queued\r\n")
+		if err := a.submit(t, "bob@a.test", []string{"alice@b.test"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "A to record a failed attempt", func() bool {
+			entries, _ := a.srv.st.QueueEntries()
+			return len(entries) == 1 && entries[0].Attempts > 0
+		})
+		// B comes back on the same address; retry_min is an hour, so only
+		// a flush delivers it now.
+		b.cfg.Listen.SMTP = bAddr
+		b.start(t)
+		if _, err := callServer(a.cfg.DataDir, request{Op: "queue.flush"}); err != nil {
+			t.Fatal(err)
+		}
+		got := b.waitMessages(t, "alice@b.test", 2)
+		if !bytes.HasSuffix(got[1], msg) {
+			t.Fatalf("second message:\n%s", got[1])
+		}
+		waitFor(t, "A's queue to empty", func() bool {
+			entries, _ := a.srv.st.QueueEntries()
+			return len(entries) == 0
+		})
+		if list, _ := b.srv.st.List("alice@b.test"); len(list) != 2 {
+			t.Fatalf("alice has %d messages, want exactly 2", len(list))
+		}
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// pop3Fetch logs in over pop3s, retrieves every message and deletes them.
+func pop3Fetch(t *testing.T, addr, user string) [][]byte {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	p := newPOP3Client(conn)
+	mustOK := func(cmd string) string {
+		line, err := p.ok(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return line
+	}
+	mustOK("")
+	mustOK("USER " + user)
+	mustOK("PASS pw-" + user)
+	var n int
+	fmt.Sscanf(mustOK("STAT"), "+OK %d", &n)
+	var out [][]byte
+	for i := 1; i <= n; i++ {
+		msg, err := p.multi(fmt.Sprintf("RETR %d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, msg)
+		mustOK(fmt.Sprintf("DELE %d", i))
+	}
+	mustOK("QUIT")
+	return out
+}
+
+// TestSMTPInPOP3OutByteExact: what a sender hands the MX is what RETR gives
+// back, after the trace headers: dot lines, 8-bit text, a 5 MiB attachment.
+func TestSMTPInPOP3OutByteExact(t *testing.T) {
+	s := newSite(t, "example.test", "")
+	s.addUser(t, "alice@example.test")
+	var body bytes.Buffer
+	body.WriteString(".leading dot\r\n..two dots\r\n.\r\nGrüße, ¡hola! \xff\xfe raw 8-bit\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	chunk := bytes.Repeat([]byte("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkwYWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4"), 1)
+	for body.Len() < 5<<20 {
+		body.Write(chunk)
+		body.WriteString("\r\n")
+	}
+	body.WriteString("--b--\r\n")
+	msg := append(testMessage("bob@other.test", "alice@example.test", "big", ""), body.Bytes()...)
+
+	c, err := smtp.Dial(s.srv.addrs["listen.smtp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail("bob@other.test", []string{"alice@example.test"}, bytes.NewReader(msg)); err != nil {
+		t.Fatal(err)
+	}
+	c.Quit()
+	got := pop3Fetch(t, s.srv.addrs["listen.pop3s"], "alice@example.test")
+	if len(got) != 1 {
+		t.Fatalf("fetched %d messages", len(got))
+	}
+	if !bytes.HasSuffix(got[0], msg) {
+		t.Fatalf("RETR did not return the message byte-exact (got %d octets, sent %d)", len(got[0]), len(msg))
+	}
+	for _, h := range []string{"Return-Path: <bob@other.test>\r\n", "Delivered-To: alice@example.test\r\n", "Received: from "} {
+		if !bytes.Contains(got[0][:len(got[0])-len(msg)], []byte(h)) {
+			t.Errorf("trace headers lack %q", h)
+		}
+	}
+	if list, _ := s.srv.st.List("alice@example.test"); len(list) != 0 {
+		t.Fatalf("%d messages left after DELE and QUIT", len(list))
+	}
+}
+
+// TestBackupWhileDelivering: a backup taken while messages arrive opens as a
+// store and holds every message acknowledged before it started.
+func TestBackupWhileDelivering(t *testing.T) {
+	s := newSite(t, "example.test", "")
+	s.addUser(t, "alice@example.test")
+	send := func(i int) {
+		c, err := smtp.Dial(s.srv.addrs["listen.smtp"])
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		msg := testMessage("x@other.test", "alice@example.test", fmt.Sprintf("n%d", i), "x\r\n")
+		if err := c.SendMail("x@other.test", []string{"alice@example.test"}, bytes.NewReader(msg)); err != nil {
+			t.Error(err)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		send(i)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 20; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+				send(i)
+			}
+		}
+	}()
+	path := filepath.Join(t.TempDir(), "backup.db")
+	if _, err := callServer(s.cfg.DataDir, request{Op: "backup", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	<-done
+
+	restored := t.TempDir()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(restored, "minimail.db"), raw, 0o600)
+	cfg := *s.cfg
+	cfg.DataDir = restored
+	r, err := adminDo(&cfg, request{Op: "user.list"})
+	if err != nil || len(r.Users) != 1 {
+		t.Fatalf("restored users: %v %v", r.Users, err)
+	}
+	st, err := openStoreForTest(restored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	list, err := st.List("alice@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) < 20 {
+		t.Fatalf("backup holds %d messages, want at least the 20 acknowledged before it", len(list))
+	}
+}
+
+// TestSmokeWithThirdPartyClients sends with swaks and fetches and deletes
+// with curl, as users' own tools would. CI installs both; elsewhere the test
+// is skipped unless MINIMAIL_REQUIRE_CLIENTS is set.
+func TestSmokeWithThirdPartyClients(t *testing.T) {
+	for _, tool := range []string{"swaks", "curl"} {
+		if _, err := execLookPath(tool); err != nil {
+			if os.Getenv("MINIMAIL_REQUIRE_CLIENTS") != "" {
+				t.Fatalf("%s not installed", tool)
+			}
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	s := newSite(t, "example.test", "")
+	s.addUser(t, "alice@example.test")
+	s.addUser(t, "bob@example.test")
+	host, port, _ := net.SplitHostPort(s.srv.addrs["listen.submission"])
+	out, err := execCommand("swaks", "--server", host, "--port", port, "--tls", "--tls-verify", "--tls-ca-path", filepath.Join(s.dir, "cert.pem"),
+		"--tls-sni", "mx.example.test",
+		"--auth", "LOGIN", "--auth-user", "bob@example.test", "--auth-password", "pw-bob@example.test",
+		"--from", "bob@example.test", "--to", "alice@example.test", "--header", "Subject: swaks smoke", "--body", "sent by swaks")
+	if err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	s.waitMessages(t, "alice@example.test", 1)
+
+	url := "pop3s://" + s.srv.addrs["listen.pop3s"] + "/1"
+	out, err = execCommand("curl", "-sS", "--cacert", filepath.Join(s.dir, "cert.pem"), "--connect-to", "mx.example.test:"+strings.Split(s.srv.addrs["listen.pop3s"], ":")[1]+":"+s.srv.addrs["listen.pop3s"],
+		"-u", "alice@example.test:pw-alice@example.test", "pop3s://mx.example.test:"+strings.Split(s.srv.addrs["listen.pop3s"], ":")[1]+"/1")
+	if err != nil {
+		t.Fatalf("curl RETR %s: %v\n%s", url, err, out)
+	}
+	if !strings.Contains(out, "Subject: swaks smoke") || !strings.Contains(out, "sent by swaks") {
+		t.Fatalf("curl fetched:\n%s", out)
+	}
+	out, err = execCommand("curl", "-sS", "-k", "-u", "alice@example.test:pw-alice@example.test", "-X", "DELE 1", "-I", "--ssl-reqd",
+		"pop3://"+s.srv.addrs["listen.pop3"]+"/")
+	if err != nil {
+		t.Fatalf("curl DELE: %v\n%s", err, out)
+	}
+	waitFor(t, "the mailbox to empty after curl's DELE and QUIT", func() bool {
+		list, _ := s.srv.st.List("alice@example.test")
+		return len(list) == 0
+	})
+}
+
+func execLookPath(name string) (string, error) { return exec.LookPath(name) }
+
+// execCommand runs a third-party tool with a time limit and returns its
+// combined output.
+func execCommand(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func openStoreForTest(dir string) (*store.Store, error) {
+	return store.Open(dir, store.Options{})
+}

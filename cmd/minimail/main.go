@@ -1,0 +1,53 @@
+// Command minimail is a small mail server for a self-hosted domain: SMTP for
+// other servers (MX) and for mail clients (submission), an outbound queue,
+// local delivery into a bbolt store, and POP3. See README.md.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+// usageError is bad usage: a wrong argument or flag. Exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// run executes the command line and returns the process exit code: 0 ok,
+// 1 runtime failure, 2 bad usage or bad config (SPEC.md).
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := newApp(stdin, stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "minimail: %v\n", err)
+	return exitCode(err)
+}
+
+func exitCode(err error) int {
+	var ue *usageError
+	var ce *configError
+	var ec cli.ExitCoder
+	switch {
+	case errors.As(err, &ue), errors.As(err, &ce):
+		return 2
+	case errors.As(err, &ec):
+		// Only the cli package itself makes ExitCoders here: an unknown
+		// command or help topic, which is bad usage.
+		return 2
+	}
+	return 1
+}
