@@ -479,7 +479,7 @@ func (p *pop3Client) ok(cmd string) (string, error) {
 		return "", err
 	}
 	if !strings.HasPrefix(line, "+OK") {
-		return "", fmt.Errorf("%s: %s", strings.Fields(cmd+" ?")[0], strings.TrimSpace(line))
+		return "", fmt.Errorf("%s: %s", strings.Fields(cmd + " ?")[0], strings.TrimSpace(line))
 	}
 	return line, nil
 }

@@ -222,5 +222,3 @@ func printRecords(w io.Writer, domains []string, hostname, selector string, pub 
 	}
 	return nil
 }
-
-
