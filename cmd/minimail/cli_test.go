@@ -341,7 +341,7 @@ func TestDemo(t *testing.T) {
 		"== 1.", "== 2.", "== 3.", "== 4.", "== 5.",
 		"C: STARTTLS", "S: 220", "AUTH PLAIN **** (secret masked)", "C: MAIL FROM:<bob@gmail.test>",
 		"S: 250", "C: STLS", "PASS **** (secret masked)", "C: RETR 1", "C: DELE 1",
-		"byte-exact", "dkim=pass",
+		"byte-exact", "dkim=pass", "spf=pass", "dmarc=pass",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("demo transcript lacks %q", want)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,12 +18,14 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"minimail/mta/dnstest"
 	"minimail/store"
 )
 
 // site is one in-process minimail for end-to-end tests, started from a real
 // config file through startServer, as `serve` does.
 type site struct {
+	dns    *dnstest.Server // every lookup the site makes goes here
 	domain string
 	dir    string
 	cfg    *Config
@@ -34,7 +37,7 @@ type site struct {
 // loopback port (plus extra TOML) and starts it.
 func newSite(t *testing.T, domain, extra string) *site {
 	t.Helper()
-	s := &site{domain: domain, dir: t.TempDir()}
+	s := &site{domain: domain, dir: t.TempDir(), dns: dnstest.Start(t)}
 	certPEM, keyPEM, err := selfSigned("mx."+domain, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +61,10 @@ key = "key.pem"
 failure_delay = "10ms"
 [limits]
 max_connections_per_ip = 1000
-%s`, domain, domain, extra)
+%s
+[relay]
+dns = %q
+%s`, domain, domain, extraTop(extra), s.dns.Addr, extraRelay(extra))
 	path := filepath.Join(s.dir, "minimail.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -69,6 +75,19 @@ max_connections_per_ip = 1000
 	}
 	s.start(t)
 	return s
+}
+
+// extraTop and extraRelay split a test's extra TOML: lines before a
+// "[relay]" line go with the other tables, lines after it into [relay] (which
+// newSite writes itself, to point DNS at the test's server).
+func extraTop(extra string) string {
+	top, _, _ := strings.Cut(extra, "[relay]\n")
+	return top
+}
+
+func extraRelay(extra string) string {
+	_, relay, _ := strings.Cut(extra, "[relay]\n")
+	return relay
 }
 
 func (s *site) start(t *testing.T) {
@@ -421,4 +440,107 @@ func execCommand(name string, args ...string) (string, error) {
 
 func openStoreForTest(dir string) (*store.Store, error) {
 	return store.Open(dir, store.Options{})
+}
+
+// TestMXChecksSenderAuthentication: the MX listener runs SPF, DKIM and
+// DMARC through [relay] dns: a forged From of a p=reject domain is refused,
+// an Authentication-Results header claiming our name is replaced.
+func TestMXChecksSenderAuthentication(t *testing.T) {
+	s := newSite(t, "example.test", "")
+	s.addUser(t, "alice@example.test")
+	s.dns.Add(t, `strict.test. 60 IN TXT "v=spf1 ip4:192.0.2.1 -all"`)
+	s.dns.Add(t, `_dmarc.strict.test. 60 IN TXT "v=DMARC1; p=reject"`)
+	s.dns.Add(t, `friendly.test. 60 IN TXT "v=spf1 ip4:127.0.0.1 -all"`)
+
+	send := func(from string, msg []byte) error {
+		c, err := smtp.Dial(s.srv.addrs["listen.smtp"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.SendMail(from, []string{"alice@example.test"}, bytes.NewReader(msg))
+	}
+
+	forged := testMessage("ceo@strict.test", "alice@example.test", "wire money", "now\n")
+	err := send("ceo@strict.test", forged)
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		t.Fatalf("forged p=reject From: %v, want 550 5.7.1", err)
+	}
+
+	withForgedAR := append([]byte("Authentication-Results: mx.example.test; dkim=pass header.d=friendly.test\r\n"),
+		testMessage("a@friendly.test", "alice@example.test", "hi", "hello\n")...)
+	if err := send("a@friendly.test", withForgedAR); err != nil {
+		t.Fatal(err)
+	}
+	got := s.waitMessages(t, "alice@example.test", 1)[0]
+	if n := bytes.Count(got, []byte("Authentication-Results: mx.example.test")); n != 1 {
+		t.Fatalf("%d Authentication-Results headers with our name, want 1:\n%s", n, got)
+	}
+	if bytes.Contains(got, []byte("dkim=pass")) || !bytes.Contains(got, []byte("spf=pass")) {
+		t.Fatalf("the forged verdict survived or SPF was not checked:\n%s", got)
+	}
+}
+
+// TestQueueSurvivesKill9: a message acknowledged by a server that is then
+// killed with SIGKILL is delivered, exactly once, after a restart.
+func TestQueueSurvivesKill9(t *testing.T) {
+	b := newSite(t, "b.test", "")
+	b.addUser(t, "alice@b.test")
+	bAddr := b.srv.addrs["listen.smtp"]
+	b.stop(t) // B is down while A accepts the message
+
+	cfg := initSite(t)
+	sub := freePort(t)
+	setListen(t, cfg, map[string]string{"submission": sub})
+	dnsSrv := dnstest.Start(t)
+	appendConfig(t, cfg, fmt.Sprintf("\n[relay.routes]\n\"b.test\" = %q\n", bAddr),
+		`dns       = ""`, fmt.Sprintf("dns = %q\nretry_min = \"200ms\"", dnsSrv.Addr))
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw-bob@example.test", "bob@example.test"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	a, logs := startServe(t, cfg, 1)
+	c, err := smtp.DialStartTLS(sub, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", "bob@example.test", "pw-bob@example.test")); err != nil {
+		t.Fatal(err)
+	}
+	msg := testMessage("bob@example.test", "alice@b.test", "survive", "kill -9\n")
+	if err := c.SendMail("bob@example.test", []string{"alice@b.test"}, bytes.NewReader(msg)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	a.Process.Kill() // SIGKILL: no shutdown, no flush
+	a.Wait()
+
+	b.cfg.Listen.SMTP = bAddr
+	b.start(t)
+	startServe(t, cfg, 1)
+	got := b.waitMessages(t, "alice@b.test", 1)
+	if !bytes.HasSuffix(got[0], msg) {
+		t.Fatalf("delivered:\n%s\nfirst run's log:\n%s", got[0], logs.String())
+	}
+	time.Sleep(500 * time.Millisecond) // a second delivery would land by now
+	if list, _ := b.srv.st.List("alice@b.test"); len(list) != 1 {
+		t.Fatalf("alice has %d copies, want exactly 1", len(list))
+	}
+}
+
+// appendConfig adds text to a config file and replaces old with new in it.
+func appendConfig(t *testing.T, path, text, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	if !strings.Contains(s, old) {
+		t.Fatalf("%s lacks %q", path, old)
+	}
+	s = strings.Replace(s, old, new, 1) + text
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
