@@ -112,3 +112,31 @@ func TestLoadConfigMissingFile(t *testing.T) {
 		t.Fatalf("err = %v (exit %d), want exit 2 naming the file", err, exitCode(err))
 	}
 }
+
+// FuzzLoadConfig: any file content gives a config or a configError naming
+// the file, never a panic or another kind of error.
+func FuzzLoadConfig(f *testing.F) {
+	f.Add(minimalConfig)
+	f.Add(minimalConfig + "[listen]\nsmtp = \":25\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n")
+	f.Add(minimalConfig + "[relay]\nroutes = { \"b.test\" = \"127.0.0.1:25\" }\nretry_min = \"1m\"\n")
+	f.Add("hostname = 1\n")
+	f.Add("[[x]]\n")
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, body string) {
+		p := filepath.Join(dir, "fuzz.toml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := loadConfig(p)
+		if err != nil {
+			var ce *configError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), p) {
+				t.Fatalf("error %v is not a configError naming the file", err)
+			}
+			return
+		}
+		if c.Hostname == "" || len(c.Domains) == 0 || c.DataDir == "" {
+			t.Fatalf("accepted a config without hostname, domains or data_dir: %+v", c)
+		}
+	})
+}
