@@ -202,7 +202,7 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		tx.local = appendNew(tx.local, addr)
 		return nil
 	}
-	if ss.srv.kind == kindMX {
+	if ss.srv.kind == kindMX || ss.srv.queue == nil {
 		return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
 	}
 	if !isDotAtom(a.Local) {
@@ -257,7 +257,9 @@ func (ss *session) Data(r io.Reader) error {
 // readData reads the message, renewing the read deadline as data arrives
 // (RFC 5321 4.5.3.2.6) and mapping go-smtp's errors to replies.
 func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
-	size := min(max(tx.sizeHint, 4096), ss.srv.opts.MaxMessageBytes) + 1024
+	// Trust the SIZE= hint only so far: it is the client's word, and a
+	// buffer sized by it before any data arrives would be free to demand.
+	size := min(max(tx.sizeHint, 4096), 1<<20) + 1024
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	_, err := buf.ReadFrom(&deadlineReader{r: r, conn: ss.conn.Conn(), timeout: ss.srv.opts.DataTimeout})
 	var ne net.Error
