@@ -205,6 +205,17 @@ func (c *Config) validate() error {
 	if c.Limits.MaxRecipients == 0 {
 		c.Limits.MaxRecipients = 100
 	}
+	// Connection limits apply to every listener (SMTP and POP3 alike), so
+	// their defaults live here rather than in each package.
+	if c.Limits.MaxConnections == 0 {
+		c.Limits.MaxConnections = 500
+	}
+	if c.Limits.MaxConnectionsPerIP == 0 {
+		c.Limits.MaxConnectionsPerIP = 20
+	}
+	if c.Auth.FailureDelay.Duration == 0 {
+		c.Auth.FailureDelay.Duration = 2 * time.Second
+	}
 	for key, v := range map[string]int64{
 		"limits.max_message_bytes":      c.Limits.MaxMessageBytes,
 		"limits.max_recipients":         int64(c.Limits.MaxRecipients),
