@@ -47,10 +47,9 @@ type request struct {
 }
 
 type response struct {
-	Error  string             `json:"error,omitempty"`
-	Users  []store.User       `json:"users,omitempty"`
-	Queue  []store.QueueEntry `json:"queue,omitempty"`
-	NotFnd bool               `json:"not_found,omitempty"`
+	Error string             `json:"error,omitempty"`
+	Users []store.User       `json:"users,omitempty"`
+	Queue []store.QueueEntry `json:"queue,omitempty"`
 }
 
 func (a *adminOps) do(req request) response {

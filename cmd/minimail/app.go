@@ -70,6 +70,28 @@ func args(c *cli.Context, names ...string) ([]string, error) {
 	return c.Args().Slice(), nil
 }
 
+// adminAction is the Action of an admin command: it checks the positional
+// arguments, loads the config, has the request carried out (by the running
+// server or on the store directly) and prints the answer.
+func adminAction(argNames []string, build func(args []string) request, print func(w io.Writer, args []string, resp response)) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		a, err := args(c, argNames...)
+		if err != nil {
+			return err
+		}
+		cfg, err := config(c)
+		if err != nil {
+			return err
+		}
+		resp, err := adminDo(cfg, build(a))
+		if err != nil {
+			return err
+		}
+		print(c.App.Writer, a, resp)
+		return nil
+	}
+}
+
 func userCommand() *cli.Command {
 	password := &cli.StringFlag{Name: "password", Usage: "the password (default: one line read from stdin)"}
 	return &cli.Command{
@@ -78,55 +100,29 @@ func userCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "add", Usage: "create a mailbox", ArgsUsage: "ADDR",
-				Flags: []cli.Flag{password},
-				Action: func(c *cli.Context) error {
-					return userWithPassword(c, "user.add")
-				},
+				Flags:  []cli.Flag{password},
+				Action: func(c *cli.Context) error { return userWithPassword(c, "user.add") },
 			},
 			{
 				Name: "passwd", Usage: "set a mailbox's password", ArgsUsage: "ADDR",
-				Flags: []cli.Flag{password},
-				Action: func(c *cli.Context) error {
-					return userWithPassword(c, "user.passwd")
-				},
+				Flags:  []cli.Flag{password},
+				Action: func(c *cli.Context) error { return userWithPassword(c, "user.passwd") },
 			},
 			{
 				Name: "del", Usage: "delete a mailbox and all its mail", ArgsUsage: "ADDR",
-				Action: func(c *cli.Context) error {
-					a, err := args(c, "ADDR")
-					if err != nil {
-						return err
-					}
-					cfg, err := config(c)
-					if err != nil {
-						return err
-					}
-					if _, err := adminDo(cfg, request{Op: "user.del", Addr: a[0]}); err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "deleted %s\n", a[0])
-					return nil
-				},
+				Action: adminAction([]string{"ADDR"},
+					func(a []string) request { return request{Op: "user.del", Addr: a[0]} },
+					func(w io.Writer, a []string, _ response) { fmt.Fprintf(w, "deleted %s\n", a[0]) }),
 			},
 			{
 				Name: "list", Usage: "list mailboxes",
-				Action: func(c *cli.Context) error {
-					if _, err := args(c); err != nil {
-						return err
-					}
-					cfg, err := config(c)
-					if err != nil {
-						return err
-					}
-					resp, err := adminDo(cfg, request{Op: "user.list"})
-					if err != nil {
-						return err
-					}
-					for _, u := range resp.Users {
-						fmt.Fprintf(c.App.Writer, "%s\t%s\n", u.Address, u.Created.Format(time.RFC3339))
-					}
-					return nil
-				},
+				Action: adminAction(nil,
+					func([]string) request { return request{Op: "user.list"} },
+					func(w io.Writer, _ []string, resp response) {
+						for _, u := range resp.Users {
+							fmt.Fprintf(w, "%s\t%s\n", u.Address, u.Created.Format(time.RFC3339))
+						}
+					}),
 			},
 		},
 	}
@@ -180,53 +176,21 @@ func queueCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "list", Usage: "one line per queued message: id, sender, recipients, attempts, next attempt, last error",
-				Action: func(c *cli.Context) error {
-					if _, err := args(c); err != nil {
-						return err
-					}
-					cfg, err := config(c)
-					if err != nil {
-						return err
-					}
-					resp, err := adminDo(cfg, request{Op: "queue.list"})
-					if err != nil {
-						return err
-					}
-					printQueue(c.App.Writer, resp.Queue)
-					return nil
-				},
+				Action: adminAction(nil,
+					func([]string) request { return request{Op: "queue.list"} },
+					func(w io.Writer, _ []string, resp response) { printQueue(w, resp.Queue) }),
 			},
 			{
 				Name: "flush", Usage: "retry every queued message now",
-				Action: func(c *cli.Context) error {
-					if _, err := args(c); err != nil {
-						return err
-					}
-					cfg, err := config(c)
-					if err != nil {
-						return err
-					}
-					_, err = adminDo(cfg, request{Op: "queue.flush"})
-					return err
-				},
+				Action: adminAction(nil,
+					func([]string) request { return request{Op: "queue.flush"} },
+					func(io.Writer, []string, response) {}),
 			},
 			{
 				Name: "drop", Usage: "delete a queued message without bouncing it", ArgsUsage: "ID",
-				Action: func(c *cli.Context) error {
-					a, err := args(c, "ID")
-					if err != nil {
-						return err
-					}
-					cfg, err := config(c)
-					if err != nil {
-						return err
-					}
-					if _, err := adminDo(cfg, request{Op: "queue.drop", ID: a[0]}); err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "dropped %s\n", a[0])
-					return nil
-				},
+				Action: adminAction([]string{"ID"},
+					func(a []string) request { return request{Op: "queue.drop", ID: a[0]} },
+					func(w io.Writer, a []string, _ response) { fmt.Fprintf(w, "dropped %s\n", a[0]) }),
 			},
 		},
 	}

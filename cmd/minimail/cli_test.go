@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"minimail/store"
 )
 
 // binary is the minimail command built once for the CLI tests, so they
@@ -352,5 +354,74 @@ func TestDemo(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(r.stdout)
+	}
+}
+
+func TestQueueCommands(t *testing.T) {
+	cfg := initSite(t)
+	dataDir := filepath.Join(filepath.Dir(cfg), "data")
+	st, err := openStoreForTest(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour)
+	var ids []uint64
+	for _, rcpt := range []string{"x@far.test", "y@far.test"} {
+		id, err := st.EnqueueMessage(store.QueueEntry{
+			From:        "bob@example.test",
+			Rcpts:       []store.QueueRcpt{{Addr: rcpt, State: store.RcptPending}},
+			Created:     time.Now(),
+			NextAttempt: later,
+			Attempts:    2,
+			LastError:   "451 4.3.0 try later",
+		}, []byte("Subject: x\r\n\r\nx\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	st.Close()
+
+	r := minimail(t, "", "--config", cfg, "queue", "list")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 {
+		t.Fatalf("queue list: exit %d: %q %s", r.code, r.stdout, r.stderr)
+	}
+	for i, want := range []string{"bob@example.test", "x@far.test", "2", "451 4.3.0 try later"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("line %q lacks field %d %q", lines[0], i, want)
+		}
+	}
+	if f := strings.Fields(lines[0]); f[0] != fmt.Sprint(ids[0]) {
+		t.Errorf("line %q does not start with the id %d", lines[0], ids[0])
+	}
+
+	if r := minimail(t, "", "--config", cfg, "queue", "drop", fmt.Sprint(ids[0])); r.code != 0 {
+		t.Fatalf("queue drop: exit %d %s", r.code, r.stderr)
+	}
+	if r := minimail(t, "", "--config", cfg, "queue", "drop", "999999"); r.code != 1 {
+		t.Fatalf("drop of an unknown id: exit %d, want 1", r.code)
+	}
+	if r := minimail(t, "", "--config", cfg, "queue", "drop", "not-an-id"); r.code == 0 {
+		t.Fatalf("drop of a malformed id succeeded")
+	}
+	if r := minimail(t, "", "--config", cfg, "queue", "flush"); r.code != 0 {
+		t.Fatalf("queue flush: exit %d %s", r.code, r.stderr)
+	}
+
+	st, err = openStoreForTest(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	entries, err := st.QueueEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].ID != ids[1] {
+		t.Fatalf("after drop: %+v", entries)
+	}
+	if !entries[0].NextAttempt.Before(later) {
+		t.Fatalf("flush left the next attempt at %v", entries[0].NextAttempt)
 	}
 }
