@@ -179,7 +179,7 @@ func (s *session) login(user, pass string) {
 	case errors.Is(err, store.ErrBadPassword):
 		s.srv.throttle.Fail(s.ip)
 		s.authFailures++
-		s.failDelay()
+		s.failDelay(user)
 		// RFC 3206 section 4: [AUTH] means the credentials are wrong.
 		s.err("[AUTH] invalid user name or password")
 		return
@@ -211,10 +211,10 @@ func (s *session) login(user, pass string) {
 	s.ok("%s has %d messages (%d octets)", addr, count, size)
 }
 
-// failDelay slows down password guessing (RFC 1939 section 13 suggests it);
-// Shutdown cuts it short.
-func (s *session) failDelay() {
-	d := s.srv.opts.AuthFailDelay
+// failDelay slows down password guessing (RFC 1939 section 13 suggests it),
+// longer for a user name that keeps failing; Shutdown cuts it short.
+func (s *session) failDelay(user string) {
+	d := s.srv.throttle.FailureDelay(user, s.srv.opts.AuthFailDelay)
 	if d <= 0 {
 		return
 	}

@@ -6,6 +6,7 @@ package guard
 
 import (
 	"net"
+	"strings"
 	"net/netip"
 	"sync"
 	"time"
@@ -80,16 +81,50 @@ func Subnet(ip netip.Addr) netip.Prefix {
 // failures from one IP, or MaxPerSubnet from its subnet, further attempts
 // from there are refused until Window has passed since the oldest counted
 // failure.
+//
+// Failures are also counted per user name, but a user is never refused:
+// that would let anyone lock the owner out. Instead FailureDelay makes each
+// further wrong password for that name wait longer, which slows a guesser
+// spread over many addresses while the owner, who knows the password, logs
+// in at once.
 type AuthThrottle struct {
 	MaxPerIP     int           // 0 = 5
 	MaxPerSubnet int           // 0 = 4 * MaxPerIP
 	Window       time.Duration // 0 = 15 minutes
+	MaxDelay     time.Duration // cap of FailureDelay; 0 = 30 seconds
 	Now          func() time.Time
 
 	mu        sync.Mutex
 	byIP      map[netip.Addr][]time.Time
 	bySubnet  map[netip.Prefix][]time.Time
+	byUser    map[string][]time.Time
 	lastSweep time.Time
+}
+
+// FailureDelay records a wrong password for user (any case) and returns how
+// long to wait before answering it: base for a user's first MaxPerIP
+// failures in the window, then doubling with each further one, up to
+// MaxDelay.
+func (t *AuthThrottle) FailureDelay(user string, base time.Duration) time.Duration {
+	perIP, _, window := t.limits()
+	maxDelay := t.MaxDelay
+	if maxDelay <= 0 {
+		maxDelay = 30 * time.Second
+	}
+	key := strings.ToLower(user)
+	now := t.now()
+	t.mu.Lock()
+	if t.byUser == nil {
+		t.byUser = map[string][]time.Time{}
+	}
+	ts := append(prune(t.byUser, key, now, window), now)
+	t.byUser[key] = ts
+	t.mu.Unlock()
+	d := base
+	for extra := len(ts) - perIP; extra > 0 && d < maxDelay; extra-- {
+		d = max(2*d, time.Second)
+	}
+	return min(d, max(maxDelay, base))
 }
 
 func (t *AuthThrottle) limits() (perIP, perSubnet int, window time.Duration) {
@@ -143,6 +178,9 @@ func (t *AuthThrottle) Fail(ip netip.Addr) {
 		}
 		for k := range t.bySubnet {
 			prune(t.bySubnet, k, now, window)
+		}
+		for k := range t.byUser {
+			prune(t.byUser, k, now, window)
 		}
 		t.lastSweep = now
 	}

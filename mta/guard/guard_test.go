@@ -316,3 +316,30 @@ func TestAuthThrottle_WindowExpiry(t *testing.T) {
 		t.Error("blocked an hour after the last failure")
 	}
 }
+
+func TestFailureDelayGrowsPerUserButNeverBlocks(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	th := &guard.AuthThrottle{MaxPerIP: 3, Window: time.Minute, MaxDelay: 8 * time.Second, Now: func() time.Time { return now }}
+	base := 100 * time.Millisecond
+	want := []time.Duration{base, base, base, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second}
+	for i, w := range want {
+		user := "Alice@Example.test"
+		if i%2 == 1 {
+			user = "alice@example.test" // the same user in another case
+		}
+		if got := th.FailureDelay(user, base); got != w {
+			t.Fatalf("failure %d: delay %v, want %v", i+1, got, w)
+		}
+	}
+	if got := th.FailureDelay("bob@example.test", base); got != base {
+		t.Fatalf("another user's delay %v, want %v", got, base)
+	}
+	// A user's failures never block an IP that did nothing wrong.
+	if th.Blocked(netip.MustParseAddr("192.0.2.7")) {
+		t.Fatal("per-user failures blocked an innocent IP")
+	}
+	now = now.Add(time.Minute)
+	if got := th.FailureDelay("alice@example.test", base); got != base {
+		t.Fatalf("after the window: delay %v, want %v", got, base)
+	}
+}
