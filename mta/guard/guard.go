@@ -6,8 +6,8 @@ package guard
 
 import (
 	"net"
-	"strings"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
