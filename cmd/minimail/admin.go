@@ -24,6 +24,10 @@ import (
 
 const controlSocket = "control.sock"
 
+// maxSocketPath is the longest unix socket path Linux accepts (sun_path is
+// 108 bytes with its terminating NUL).
+const maxSocketPath = 107
+
 // QueueLister and friends are what admin needs from the outbound queue.
 type adminQueue interface {
 	Flush()
@@ -92,6 +96,9 @@ func (a *adminOps) do(req request) response {
 // serveControl answers admin requests on DATA_DIR/control.sock until ctx ends.
 func serveControl(dataDir string, ops *adminOps, log *slog.Logger) (stop func(), err error) {
 	path := filepath.Join(dataDir, controlSocket)
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("control socket %s: path longer than the %d bytes a unix socket allows; choose a shorter data_dir", path, maxSocketPath)
+	}
 	// A socket left by a killed server would make Listen fail; nobody else
 	// can be serving on it, since we hold the database lock.
 	os.Remove(path)

@@ -352,6 +352,9 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(r.stdout, demoPassword) {
 		t.Error("demo transcript shows the password")
 	}
+	if strings.Contains(r.stdout, "kept the demo's files") {
+		t.Error("demo without --keep says it kept its files")
+	}
 	if t.Failed() {
 		t.Log(r.stdout)
 	}
@@ -423,5 +426,27 @@ func TestQueueCommands(t *testing.T) {
 	}
 	if !entries[0].NextAttempt.Before(later) {
 		t.Fatalf("flush left the next attempt at %v", entries[0].NextAttempt)
+	}
+}
+
+func TestDemoKeep(t *testing.T) {
+	r := minimail(t, "", "demo", "--keep")
+	if r.code != 0 {
+		t.Fatalf("demo --keep: exit %d\n%s", r.code, r.stderr)
+	}
+	m := regexp.MustCompile(`kept the demo's files in (\S+)`).FindStringSubmatch(r.stdout)
+	if m == nil {
+		t.Fatalf("demo --keep does not say where the files are:\n%s", r.stdout)
+	}
+	defer os.RemoveAll(m[1])
+	for _, f := range []string{"bob/minimail.toml", "alice/minimail.toml", "alice/data/minimail.db"} {
+		if _, err := os.Stat(filepath.Join(m[1], f)); err != nil {
+			t.Errorf("kept dir lacks %s: %v", f, err)
+		}
+	}
+	// The kept config works with the admin commands.
+	u := minimail(t, "", "--config", filepath.Join(m[1], "alice/minimail.toml"), "user", "list")
+	if u.code != 0 || !strings.Contains(u.stdout, "alice@yahoo.test") {
+		t.Fatalf("user list on the kept data: exit %d %s %s", u.code, u.stdout, u.stderr)
 	}
 }

@@ -544,3 +544,27 @@ func appendConfig(t *testing.T, path, text, old, new string) {
 		t.Fatal(err)
 	}
 }
+
+func TestControlSocketPathTooLongIsAClearError(t *testing.T) {
+	dir := t.TempDir()
+	long := filepath.Join(dir, strings.Repeat("d", 120))
+	if err := os.Mkdir(long, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "minimail.toml")
+	os.WriteFile(p, []byte(fmt.Sprintf("hostname = \"mx.a.test\"\ndomains = [\"a.test\"]\ndata_dir = %q\n", long)), 0o600)
+	cfg, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = startServer(cfg, slog.New(slog.DiscardHandler), nil)
+	if err == nil || !strings.Contains(err.Error(), "shorter data_dir") {
+		t.Fatalf("err = %v", err)
+	}
+	// The failed start released the store.
+	st, err := openStoreForTest(long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+}
