@@ -46,14 +46,9 @@ func New(records ...string) (*Server, error) {
 			return nil, err
 		}
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, l, err := listenUDPAndTCP()
 	if err != nil {
 		return nil, err
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("tcp on %s: %w", pc.LocalAddr(), err)
 	}
 	s.Addr = pc.LocalAddr().String()
 	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: l, Handler: s}} {
@@ -144,4 +139,23 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		m.Answer = answer
 	}
 	w.WriteMsg(m)
+}
+
+// listenUDPAndTCP binds one free loopback port for both UDP and TCP. The
+// UDP port the kernel picks may be taken for TCP, so it tries a few.
+func listenUDPAndTCP() (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, l, nil
+		}
+		pc.Close()
+		lastErr = fmt.Errorf("tcp on %s: %w", pc.LocalAddr(), err)
+	}
+	return nil, nil, lastErr
 }
