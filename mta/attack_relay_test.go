@@ -1,0 +1,104 @@
+package mta
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestAttack_MXNeverRelays tries every RCPT form known to have slipped past
+// a local-domain check somewhere (RFC 5321 3.6.1 and 3.9; Postfix's
+// allow_percent_hack and swap_bangpath history). Each must be refused as
+// relaying, refused as malformed, or delivered to a real local mailbox;
+// never accepted for a mailbox elsewhere.
+func TestAttack_MXNeverRelays(t *testing.T) {
+	e := newEnv(t, nil)
+	long := strings.Repeat("a", 65)
+	for _, tc := range []struct {
+		name, rcpt, params, want string
+	}{
+		{"trailing dot on our domain is not ours", "alice@example.org.", "", "553 5.1.3"},
+		{"trailing dot on another domain", "victim@other.test.", "", "553 5.1.3"},
+		{"upper-case domain is ours", "alice@EXAMPLE.ORG", "", "250 "},
+		{"punycode domain is not ours", "alice@xn--exmple-cua.org", "", "550 5.7.1"},
+		{"U-label without SMTPUTF8", "alice@exämple.org", "", "553 5.6.7"},
+		{"U-label with SMTPUTF8", "alice@exämple.org", " SMTPUTF8", "550 5.7.1"},
+		{"Kelvin sign folds onto no local domain", "alice@\u212Aexample.org", " SMTPUTF8", "550 5.7.1"},
+		{"IPv4 address literal", "victim@[127.0.0.1]", "", "550 5.7.1"},
+		{"IPv6 address literal", "victim@[IPv6:::1]", "", "550 5.7.1"},
+		{"malformed address literal", "victim@[127.0.0.1", "", "553 5.1.3"},
+		{"second @ routes to another domain", "alice@example.org@other.test", "", "550 5.7.1"},
+		{"second @ routes from another domain", "victim@other.test@example.org", "", "550 5.7.1"},
+		{"quoted local part holding @", `"victim@other.test"@example.org`, "", "550 5.7.1"},
+		{"quoted local part holding %", `"victim%other.test"@example.org`, "", "550 5.7.1"},
+		{"percent hack", "victim%other.test@example.org", "", "550 5.7.1"},
+		{"bang path", "other.test!victim@example.org", "", "550 5.7.1"},
+		{"source route to us, mailbox elsewhere", "@example.org:victim@other.test", "", "550 5.7.1"},
+		{"multi-hop source route, mailbox elsewhere", "@example.org,@mx.example.org:victim@other.test", "", "550 5.7.1"},
+		{"source route ignored, mailbox ours", "@other.test:alice@example.org", "", "250 "},
+		{"NUL in local part", "ali\x00ce@example.org", "", "553 5.1.3"},
+		{"DEL in domain", "alice@example.org\x7f", "", "553 5.1.3"},
+		{"bare CR in local part", "ali\rce@example.org", "", "553 5.1.3"},
+		{"local part over 64 octets", long + "@example.org", "", "553 5.1.3"},
+		{"path over 256 octets", "a@" + strings.Repeat("b.", 130) + "org", "", "553 5.1.3"},
+		{"UTF-8 local part without SMTPUTF8", "ålice@example.org", "", "553 5.6.7"},
+		{"UTF-8 local part with SMTPUTF8, no such user", "ålice@example.org", " SMTPUTF8", "550 5.1.1"},
+		{"quoted space is no user", `"alice "@example.org`, "", "550 5.1.1"},
+		{"empty quoted local part", `""@example.org`, "", "501 5.5.2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := dial(t, e.mxAddr)
+			cl.cmd("EHLO mx.other.test", "250 ")
+			cl.cmd("MAIL FROM:<sender@other.test>"+tc.params, "250 ")
+			cl.cmd("RCPT TO:<"+tc.rcpt+">", tc.want)
+			// Whatever was accepted must be a local mailbox: deliver and look.
+			if strings.HasPrefix(tc.want, "250") {
+				cl.cmd("DATA", "354 ")
+				cl.write("Subject: x\r\n\r\nx\r\n.\r\n")
+				cl.expect("250 2.0.0")
+			}
+			cl.cmd("QUIT", "221 ")
+		})
+	}
+	if q := e.queue.entries(); len(q) != 0 {
+		t.Fatalf("the MX queued mail: %+v", q)
+	}
+	if n := len(e.mailbox("alice@example.org")); n != 2 {
+		t.Fatalf("alice has %d messages, want 2", n)
+	}
+}
+
+// TestAttack_PostmasterWithoutDomain records a go-smtp limit: RFC 5321
+// 4.5.1 asks servers to accept RCPT TO:<Postmaster> with no domain, but
+// go-smtp's path parser requires an '@' and answers 501 before the session
+// sees the command. The refusal is at least not a relay.
+func TestAttack_PostmasterWithoutDomain(t *testing.T) {
+	e := newEnv(t, nil)
+	cl := dial(t, e.mxAddr)
+	cl.cmd("EHLO mx.other.test", "250 ")
+	cl.cmd("MAIL FROM:<sender@other.test>", "250 ")
+	cl.cmd("RCPT TO:<postmaster>", "501 5.5.2")
+	cl.cmd("RCPT TO:<Postmaster>", "501 5.5.2")
+}
+
+// TestAttack_SubmissionRecipients checks the forms an authenticated user
+// may relay to: only what the queue can send on unambiguously.
+func TestAttack_SubmissionRecipients(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, tc := range []struct{ name, rcpt, want string }{
+		{"trailing dot is refused, not queued", "carol@remote.test.", "553 5.1.3"},
+		{"local part needing quotes is refused", `"carol@evil.test"@remote.test`, "553 5.1.3"},
+		{"second @ is refused", "carol@evil.test@remote.test", "553 5.1.3"},
+		{"percent hack on our domain finds no user", "bob%remote.test@example.org", "550 5.1.1"},
+		{"bang path on our domain finds no user", "remote.test!bob@example.org", "550 5.1.1"},
+		{"NUL is refused", "car\x00ol@remote.test", "553 5.1.3"},
+		{"address literal is queued", "carol@[192.0.2.1]", "250 "},
+		{"upper-case local domain is local", "BOB@EXAMPLE.ORG", "250 "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := dialTLS(t, e.subsAddr, e.clientTLS)
+			cl.login("alice@example.org")
+			cl.cmd("MAIL FROM:<alice@example.org>", "250 ")
+			cl.cmd("RCPT TO:<"+tc.rcpt+">", tc.want)
+		})
+	}
+}

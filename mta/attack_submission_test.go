@@ -1,0 +1,262 @@
+package mta
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/base64"
+	"strings"
+	"testing"
+)
+
+// TestAttack_SubmissionOriginator tries to make a message from alice show
+// another sender: the From: field must name alice, however it is written.
+func TestAttack_SubmissionOriginator(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, tc := range []struct{ name, header, want string }{
+		{"display name holding another address is only a name", `From: "bob@example.org" <alice@example.org>` + "\r\n", "250 "},
+		{"encoded word display name is only a name", "From: =?utf-8?q?bob=40example.org?= <alice@example.org>\r\n", "250 "},
+		{"comment is only a comment", "From: alice@example.org (bob@example.org)\r\n", "250 "},
+		{"comment cannot hide the address", "From: (alice@example.org) bob@example.org\r\n", "550 5.7.1"},
+		{"group of own address", "From: Me: alice@example.org;\r\n", "250 "},
+		{"group holding another address", "From: Us: alice@example.org, bob@example.org;\r\n", "550 5.7.1"},
+		{"lower-case field name", "from: bob@example.org\r\n", "550 5.7.1"},
+		{"second From in other case", "From: alice@example.org\r\nFROM: bob@example.org\r\n", "550 5.7.1"},
+		{"From folded over lines", "From:\r\n Bob\r\n\t<bob@example.org>\r\n", "550 5.7.1"},
+		{"mixed-case own domain", "From: alice@ExAmPlE.oRg\r\n", "250 "},
+		{"empty From", "From:\r\n", "550 5.7.1"},
+		{"name-addr after addr-spec", "From: alice@example.org <bob@example.org>\r\n", "550 5.7.1"},
+		{"bare CR makes a second field", "Subject: x\rFrom: bob@example.org\r\n", "550 5.7.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := dialTLS(t, e.subsAddr, e.clientTLS)
+			cl.login("alice@example.org")
+			got := cl.send("alice@example.org", []string{"carol@remote.test"}, tc.header+"Subject: x\r\n\r\nx\r\n")
+			if !strings.HasPrefix(got, tc.want) {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	// A bare CR before CRLF ends the header: the From: after it is body
+	// text everywhere, because what is checked is what is stored.
+	t.Run("bare CR before CRLF ends the header for checker and reader alike", func(t *testing.T) {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.login("alice@example.org")
+		before := len(e.queue.entries())
+		cl.send("alice@example.org", []string{"carol@remote.test"}, "Subject: x\r\r\nFrom: bob@example.org\r\n\r\nx\r\n")
+		q := e.queue.entries()
+		if len(q) != before+1 {
+			t.Fatal("not queued")
+		}
+		hdr, _, _ := bytes.Cut(q[len(q)-1].Msg, []byte("\r\n\r\n"))
+		if !bytes.Contains(hdr, []byte("From: <alice@example.org>")) || bytes.Contains(hdr, []byte("bob")) {
+			t.Fatalf("header %q", hdr)
+		}
+	})
+}
+
+// TestAttack_SubmissionEnvelope: the envelope sender is the user's own
+// address in any case, never another, never empty; MAIL's AUTH= parameter
+// (RFC 4954 5) cannot claim another identity.
+func TestAttack_SubmissionEnvelope(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, tc := range []struct{ name, mail, want string }{
+		{"null sender", "MAIL FROM:<>", "553 5.7.1"},
+		{"other user", "MAIL FROM:<bob@example.org>", "553 5.7.1"},
+		{"own address, other case", "MAIL FROM:<ALICE@example.ORG>", "250 "},
+		{"own address, quoted", `MAIL FROM:<"alice"@example.org>`, "250 "},
+		{"trailing dot", "MAIL FROM:<alice@example.org.>", "553 5.7.1"},
+		{"quoted space", `MAIL FROM:<" alice"@example.org>`, "553 5.7.1"},
+		{"source route to own address", "MAIL FROM:<@evil.test:alice@example.org>", "250 "},
+		{"AUTH= names another user", "MAIL FROM:<alice@example.org> AUTH=bob@example.org", "250 "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := dialTLS(t, e.subsAddr, e.clientTLS)
+			cl.login("alice@example.org")
+			cl.cmd(tc.mail, tc.want)
+		})
+	}
+	t.Run("AUTH= does not change the trace", func(t *testing.T) {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.login("alice@example.org")
+		cl.cmd("MAIL FROM:<alice@example.org> AUTH=bob@example.org", "250 ")
+		cl.cmd("RCPT TO:<bob@example.org>", "250 ")
+		cl.cmd("DATA", "354 ")
+		cl.write("Subject: x\r\n\r\nx\r\n.\r\n")
+		cl.expect("250 ")
+		m := e.mailbox("bob@example.org")
+		if len(m) != 1 || !bytes.Contains(m[0], []byte("(authenticated as alice@example.org)")) {
+			t.Fatalf("stored %q", m)
+		}
+	})
+}
+
+// TestAttack_Auth tries the SASL edge cases of RFC 4954 and RFC 4616.
+func TestAttack_Auth(t *testing.T) {
+	e := newEnv(t, nil)
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	session := func(t *testing.T) *client {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.cmd("EHLO client.test", "250 ")
+		return cl
+	}
+	t.Run("PLAIN authzid of another user is refused", func(t *testing.T) {
+		cl := session(t)
+		cl.cmd("AUTH PLAIN "+plain("bob@example.org", "alice@example.org", testPass), "535 5.7.8")
+		cl.cmd("MAIL FROM:<alice@example.org>", "530 5.7.0")
+	})
+	t.Run("PLAIN authzid with trailing space is refused", func(t *testing.T) {
+		session(t).cmd("AUTH PLAIN "+plain("alice@example.org ", "alice@example.org", testPass), "535 5.7.8")
+	})
+	t.Run("PLAIN with a fourth NUL-separated part is malformed", func(t *testing.T) {
+		session(t).cmd("AUTH PLAIN "+b64("\x00alice@example.org\x00"+testPass+"\x00bob@example.org"), "501 5.5.2")
+	})
+	t.Run("PLAIN with an empty user is malformed", func(t *testing.T) {
+		session(t).cmd("AUTH PLAIN "+b64("\x00\x00"+testPass), "501 5.5.2")
+	})
+	t.Run("PLAIN initial response = is an empty, malformed message", func(t *testing.T) {
+		session(t).cmd("AUTH PLAIN =", "501 5.5.2")
+	})
+	t.Run("LOGIN with base64 garbage", func(t *testing.T) {
+		cl := session(t)
+		cl.cmd("AUTH LOGIN", "334 ")
+		cl.cmd("%%% not base64 %%%", "454 4.7.0")
+		cl.cmd("MAIL FROM:<alice@example.org>", "530 5.7.0")
+	})
+	t.Run("LOGIN cancelled with *", func(t *testing.T) {
+		cl := session(t)
+		cl.cmd("AUTH LOGIN", "334 ")
+		cl.cmd(b64("alice@example.org"), "334 ")
+		cl.cmd("*", "501 ")
+		cl.cmd("MAIL FROM:<alice@example.org>", "530 5.7.0")
+		cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "235 ")
+	})
+	t.Run("LOGIN with an empty user is malformed", func(t *testing.T) {
+		cl := session(t)
+		cl.cmd("AUTH LOGIN", "334 ")
+		cl.cmd("=", "501 5.5.2")
+	})
+	t.Run("overlong AUTH line closes", func(t *testing.T) {
+		cl := session(t)
+		cl.cmd("AUTH LOGIN", "334 ")
+		cl.write(strings.Repeat("QUFB", DefaultMaxLineLength/4+1) + "\r\n")
+		// go-smtp may first hand on what it read of the line (bufio's
+		// ReadLine returns a partial line before the error): at most one
+		// reply to that, then 500 and the connection is closed.
+		var got []string
+		for {
+			lines, err := cl.reply()
+			if err != nil {
+				break
+			}
+			got = append(got, lines[len(lines)-1])
+		}
+		if len(got) == 0 || !strings.HasPrefix(got[len(got)-1], "500 5.4.0") || len(got) > 2 {
+			t.Fatalf("replies %q", got)
+		}
+	})
+	t.Run("long user name is logged truncated", func(t *testing.T) {
+		cl := session(t)
+		long := strings.Repeat("u", 5000) + "@example.org"
+		cl.cmd("AUTH PLAIN "+plain("", long, "pw"), "535 5.7.8")
+		if strings.Contains(e.logs.String(), strings.Repeat("u", 129)) {
+			t.Fatal("log holds the whole user name")
+		}
+	})
+	t.Run("AUTH twice", func(t *testing.T) {
+		cl := session(t)
+		cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "235 ")
+		ehlo := strings.Join(cl.cmd("EHLO client.test", "250 "), "\n")
+		if strings.Contains(ehlo, "AUTH") {
+			t.Errorf("AUTH advertised after login:\n%s", ehlo)
+		}
+		cl.cmd("AUTH PLAIN "+plain("", "bob@example.org", testPass), "503 5.5.1")
+		cl.cmd("MAIL FROM:<bob@example.org>", "553 5.7.1")
+	})
+	t.Run("AUTH on the MX", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.starttls(e.clientTLS)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "502 5.5.1")
+	})
+	t.Run("AUTH on 587 before STARTTLS is refused and not advertised", func(t *testing.T) {
+		cl := dial(t, e.subAddr)
+		ehlo := strings.Join(cl.cmd("EHLO client.test", "250 "), "\n")
+		if strings.Contains(ehlo, "AUTH") {
+			t.Fatalf("AUTH advertised in plain text:\n%s", ehlo)
+		}
+		cl.cmd("AUTH LOGIN "+b64("alice@example.org"), "538 5.7.11")
+		cl.cmd("AUTH PLAIN", "538 5.7.11")
+		cl.starttls(e.clientTLS)
+		ehlo = strings.Join(cl.cmd("EHLO client.test", "250 "), "\n")
+		if !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
+			t.Fatalf("AUTH not advertised after STARTTLS:\n%s", ehlo)
+		}
+	})
+	t.Run("no credential reaches the log", func(t *testing.T) {
+		const secret = "s3cret-Pa55"
+		cl := session(t)
+		cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", secret), "535 5.7.8")
+		cl.cmd("AUTH PLAIN "+plain("bob@example.org", "alice@example.org", secret), "535 5.7.8")
+		cl.cmd("AUTH PLAIN "+b64("\x00alice@example.org\x00"+secret+"\x00x"), "501 5.5.2")
+		cl.cmd("AUTH LOGIN "+b64("alice@example.org"), "334 ")
+		cl.cmd(b64(secret), "535 5.7.8")
+		cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "235 ")
+		logs := e.logs.String()
+		for _, leak := range []string{secret, b64(secret), testPass, plain("", "alice@example.org", testPass)} {
+			if strings.Contains(logs, leak) {
+				t.Fatalf("log holds %q:\n%s", leak, logs)
+			}
+		}
+	})
+}
+
+// TestAttack_STARTTLSInjection is CVE-2011-0411: plain-text commands sent
+// in the same packet as STARTTLS must be discarded, not run inside the TLS
+// session where they would pass as the client's.
+func TestAttack_STARTTLSInjection(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) { o.AllowInsecureAuth = true })
+	upgrade := func(t *testing.T, cl *client, injected string) {
+		cl.write("STARTTLS\r\n" + injected)
+		cl.expect("220 2.0.0")
+		tc := tls.Client(cl.c, e.clientTLS)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		cl.c, cl.r = tc, newClient(t, tc).r
+	}
+	t.Run("MX: injected transaction is not run", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		upgrade(t, cl, "EHLO evil.test\r\nMAIL FROM:<evil@other.test>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: injected\r\n\r\nx\r\n.\r\n")
+		// The first reply inside TLS must answer our NOOP, and with no
+		// EHLO yet MAIL is out of sequence.
+		cl.cmd("NOOP", "250 2.0.0")
+		cl.cmd("MAIL FROM:<bob@other.test>", "502 5.5.1")
+		if m := e.mailbox("alice@example.org"); len(m) != 0 {
+			t.Fatalf("injected message stored: %q", m)
+		}
+	})
+	t.Run("submission: injected AUTH does not log the TLS session in", func(t *testing.T) {
+		cl := dial(t, e.subAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		upgrade(t, cl, "EHLO evil.test\r\nAUTH PLAIN "+plain("", "alice@example.org", testPass)+"\r\n")
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<alice@example.org>", "530 5.7.0")
+	})
+	t.Run("submission: AUTH before STARTTLS does not survive it", func(t *testing.T) {
+		cl := dial(t, e.subAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "235 ") // allowed: insecure auth on
+		cl.starttls(e.clientTLS)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<alice@example.org>", "530 5.7.0")
+	})
+	t.Run("implicit TLS offers no STARTTLS", func(t *testing.T) {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		if ehlo := strings.Join(cl.cmd("EHLO client.test", "250 "), "\n"); strings.Contains(ehlo, "STARTTLS") {
+			t.Fatalf("STARTTLS offered inside TLS:\n%s", ehlo)
+		}
+		cl.cmd("STARTTLS", "502 5.5.1")
+	})
+}
