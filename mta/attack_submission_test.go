@@ -9,7 +9,8 @@ import (
 )
 
 // TestAttack_SubmissionOriginator tries to make a message from alice show
-// another sender: the From: field must name alice, however it is written.
+// another sender: every originator field a mail client displays (From:
+// and Sender:, RFC 5322 3.6.2) must name alice, however it is written.
 func TestAttack_SubmissionOriginator(t *testing.T) {
 	e := newEnv(t, nil)
 	for _, tc := range []struct{ name, header, want string }{
@@ -26,6 +27,12 @@ func TestAttack_SubmissionOriginator(t *testing.T) {
 		{"empty From", "From:\r\n", "550 5.7.1"},
 		{"name-addr after addr-spec", "From: alice@example.org <bob@example.org>\r\n", "550 5.7.1"},
 		{"bare CR makes a second field", "Subject: x\rFrom: bob@example.org\r\n", "550 5.7.1"},
+		{"Sender of another user", "From: alice@example.org\r\nSender: bob@example.org\r\n", "550 5.7.1"},
+		{"Sender in other case", "From: alice@example.org\r\nsender: <bob@example.org>\r\n", "550 5.7.1"},
+		{"two Sender fields", "From: alice@example.org\r\nSender: alice@example.org\r\nSender: alice@example.org\r\n", "550 5.7.1"},
+		{"Sender group holding another address", "From: alice@example.org\r\nSender: g: bob@example.org;\r\n", "550 5.7.1"},
+		{"own Sender", "From: alice@example.org\r\nSender: Alice <ALICE@example.org>\r\n", "250 "},
+		{"Sender without From", "Sender: bob@example.org\r\n", "550 5.7.1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cl := dialTLS(t, e.subsAddr, e.clientTLS)

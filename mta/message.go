@@ -87,30 +87,35 @@ var addrParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 
 // checkFrom enforces the submission rule against sender spoofing: the
 // message has at most one From: field (RFC 5322 3.6) and every mailbox in
-// it is the authenticated user's address. It reports whether From: is
-// missing, in which case the caller adds one.
+// it is the authenticated user's address. Sender: is held to the same rule
+// (at most one, the user's), because clients show it as the real sender
+// ("alice on behalf of ..."). It reports whether From: is missing, in which
+// case the caller adds one.
 func checkFrom(fields []headerField, user string) (missing bool, err error) {
-	from := fieldsNamed(fields, "From")
-	switch len(from) {
-	case 0:
-		return true, nil
-	case 1:
-	default:
-		return false, errors.New("more than one From: field")
-	}
-	list, err := addrParser.ParseList(from[0].Value)
-	if err != nil {
-		return false, fmt.Errorf("unreadable From: field: %w", err)
-	}
-	if len(list) == 0 {
-		return false, errors.New("no address in From: field")
-	}
-	for _, a := range list {
-		if !sameAddress(a.Address, user) {
-			return false, fmt.Errorf("From: <%s> is not the authenticated user", a.Address)
+	for _, name := range []string{"From", "Sender"} {
+		found := fieldsNamed(fields, name)
+		switch len(found) {
+		case 0:
+			missing = missing || name == "From"
+			continue
+		case 1:
+		default:
+			return false, fmt.Errorf("more than one %s: field", name)
+		}
+		list, err := addrParser.ParseList(found[0].Value)
+		if err != nil {
+			return false, fmt.Errorf("unreadable %s: field: %w", name, err)
+		}
+		if len(list) == 0 {
+			return false, fmt.Errorf("no address in %s: field", name)
+		}
+		for _, a := range list {
+			if !sameAddress(a.Address, user) {
+				return false, fmt.Errorf("%s: <%s> is not the authenticated user", name, a.Address)
+			}
 		}
 	}
-	return false, nil
+	return missing, nil
 }
 
 // submissionHeaders returns the fields RFC 6409 8.2 and 8.3 have the MSA
