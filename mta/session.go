@@ -319,7 +319,7 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 			msg = mda.NormalizeCRLF(out)
 		}
 	} else {
-		fields, err := parseHeader(msg)
+		fields, err := parseHeader(msg, "From", "Sender", "Date", "Message-ID")
 		if err != nil {
 			return nil, ss.reject(550, smtp.EnhancedCode{5, 6, 0}, "malformed message header")
 		}
