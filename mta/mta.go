@@ -292,7 +292,13 @@ func (s *Server) engine(tlsConfig *tls.Config) *smtp.Server {
 	// enforces that itself: go-smtp cannot see implicit TLS under our
 	// connection wrapper.
 	e.AllowInsecureAuth = true
-	e.MaxMessageBytes = s.opts.MaxMessageBytes
+	// go-smtp's DATA reader refuses to read on once it has counted
+	// MaxMessageBytes, even when all that follows is the terminating dot, so
+	// a message of exactly the limit got 552 by DATA and 250 by BDAT. The
+	// engine gets one byte of room and the session enforces the limit
+	// itself, for SIZE=, DATA and BDAT alike (RFC 1870: a message of the
+	// maximum size is accepted). The cost: EHLO advertises SIZE limit+1.
+	e.MaxMessageBytes = s.opts.MaxMessageBytes + 1
 	e.MaxRecipients = s.opts.MaxRecipients
 	e.MaxLineLength = s.opts.MaxLineLength
 	// ReadTimeout is renewed before every command line; during DATA the

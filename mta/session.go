@@ -117,6 +117,8 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
 	case !opts.UTF8 && hasNonASCII(from):
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
+	case opts.Size > ss.srv.opts.MaxMessageBytes:
+		return ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
 	}
 	if ss.srv.kind == kindSubmission {
 		// RFC 4954 6 and RFC 6409 6.1: who may send, and as whom.
@@ -264,12 +266,11 @@ func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
 	_, err := buf.ReadFrom(&deadlineReader{r: r, conn: ss.conn.Conn(), timeout: ss.srv.opts.DataTimeout})
 	var ne net.Error
 	switch {
-	case err == nil:
+	case err == nil && int64(buf.Len()) <= ss.srv.opts.MaxMessageBytes:
 		return buf.Bytes(), nil
-	case errors.Is(err, smtp.ErrDataTooLarge):
+	case err == nil, errors.Is(err, smtp.ErrDataTooLarge):
 		// go-smtp discards the rest of the message; nothing is stored.
-		return nil, ss.reject(552, smtp.EnhancedCode{5, 3, 4},
-			fmt.Sprintf("message exceeds %d bytes", ss.srv.opts.MaxMessageBytes))
+		return nil, ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
 	case errors.Is(err, smtp.ErrTooLongLine):
 		// The stream cannot be resynchronised: answer once and close.
 		return nil, ss.drop(500, smtp.EnhancedCode{5, 5, 2},
@@ -278,6 +279,10 @@ func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
 		return nil, ss.drop(421, smtp.EnhancedCode{4, 4, 2}, "timeout waiting for message data")
 	}
 	return nil, smtpErr(451, codeTransient, "message transfer aborted")
+}
+
+func (ss *session) tooBig() string {
+	return fmt.Sprintf("message exceeds %d bytes", ss.srv.opts.MaxMessageBytes)
 }
 
 // deadlineReader renews the connection's read deadline before each read.
