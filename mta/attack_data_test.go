@@ -1,7 +1,10 @@
 package mta
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,73 @@ import (
 // sizes at the edges, degenerate headers, huge line counts.
 func TestAttack_MessageShapes(t *testing.T) {
 	e := newEnv(t, nil)
+	mx := func(t *testing.T) *client {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		return cl
+	}
+	last := func(t *testing.T, addr string) []byte {
+		t.Helper()
+		m := e.mailbox(addr)
+		if len(m) == 0 {
+			t.Fatalf("%s has no mail", addr)
+		}
+		return m[len(m)-1]
+	}
+	t.Run("empty message is stored with its trace fields", func(t *testing.T) {
+		cl := mx(t)
+		if got := cl.send("bob@other.test", []string{"alice@example.org"}, ""); !strings.HasPrefix(got, "250 ") {
+			t.Fatal(got)
+		}
+		if m := last(t, "alice@example.org"); !bytes.HasPrefix(m, []byte("Return-Path: <bob@other.test>\r\n")) || !onlyCRLF(m) {
+			t.Fatalf("stored %q", m)
+		}
+	})
+	t.Run("header-only message without blank line", func(t *testing.T) {
+		cl := mx(t)
+		cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: no body\r\n")
+		if m := last(t, "alice@example.org"); !bytes.HasSuffix(m, []byte("\r\nSubject: no body\r\n")) {
+			t.Fatalf("stored %q", m)
+		}
+	})
+	t.Run("submission of an empty message gets From, Date and Message-ID", func(t *testing.T) {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.login("alice@example.org")
+		cl.send("alice@example.org", []string{"bob@example.org"}, "")
+		m := last(t, "bob@example.org")
+		for _, f := range []string{"\r\nFrom: <alice@example.org>\r\n", "\r\nDate: ", "\r\nMessage-ID: <"} {
+			if !bytes.Contains(m, []byte(f)) {
+				t.Fatalf("no %q in %q", f, m)
+			}
+		}
+	})
+	t.Run("BDAT message without final CRLF gets one", func(t *testing.T) {
+		cl := mx(t)
+		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		msg := "Subject: x\r\n\r\nno newline"
+		cl.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg), msg))
+		cl.expect("250 2.0.0")
+		if m := last(t, "alice@example.org"); !bytes.HasSuffix(m, []byte("\r\n\r\nno newline\r\n")) {
+			t.Fatalf("stored %q", m)
+		}
+	})
+	t.Run("NUL and 8-bit bytes in the body are kept byte-exact", func(t *testing.T) {
+		cl := mx(t)
+		body := "nul\x00here\r\n\xff\xfe\x80\r\n\x00\r\n"
+		cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: bin\r\n\r\n"+body)
+		if m := last(t, "alice@example.org"); string(bodyOf(m)) != body {
+			t.Fatalf("stored %q", m)
+		}
+	})
+	t.Run("a million tiny lines are kept byte-exact", func(t *testing.T) {
+		cl := mx(t)
+		body := strings.Repeat("a\r\n", 1_000_000)
+		cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: lines\r\n\r\n"+body)
+		if m := last(t, "alice@example.org"); string(bodyOf(m)) != body {
+			t.Fatalf("stored %d bytes of body, want %d", len(bodyOf(m)), len(body))
+		}
+	})
 	t.Run("a million folded header lines take linear time", func(t *testing.T) {
 		cl := dialTLS(t, e.subsAddr, e.clientTLS)
 		cl.login("alice@example.org")
@@ -104,6 +174,149 @@ func TestAttack_SizeLimit(t *testing.T) {
 		cl.cmd("EHLO client.test", "250 ")
 		for _, v := range []string{"abc", "-1", "1e3", "", "99999999999999999999999"} {
 			cl.cmd("MAIL FROM:<bob@other.test> SIZE="+v, "501 5.5.4")
+		}
+	})
+}
+
+// bodyOf returns what follows the first empty line of a stored message.
+func bodyOf(msg []byte) []byte { return body(msg) }
+
+// TestAttack_ChunkingSmuggling sends the smuggling patterns through BDAT
+// (RFC 3030), where chunks are raw and a chunk may end in the middle of
+// CRLF.CRLF: nothing in a chunk is ever read as a command, the stored and
+// queued copies are CRLF-only, and once dot-stuffed for sending, the copy
+// has exactly one end of data.
+func TestAttack_ChunkingSmuggling(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) { o.AllowInsecureAuth = true })
+	chunks := func(cl *client, parts ...string) {
+		for i, p := range parts {
+			if i == len(parts)-1 {
+				cl.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(p), p))
+				return
+			}
+			cl.write(fmt.Sprintf("BDAT %d\r\n%s", len(p), p))
+			cl.expect("250 2.0.0")
+		}
+	}
+	splits := map[string][]string{
+		"end of data split after CR":      {"Subject: a\r\n\r\nfirst\r\n.\r", "\n" + smuggled + "last\r\n"},
+		"end of data split after the dot": {"Subject: a\r\n\r\nfirst\r\n.", "\r\n" + smuggled + "last\r\n"},
+		"end of data split before CRLF":   {"Subject: a\r\n\r\nfirst", "\r\n.\r\n" + smuggled + "last\r\n"},
+		"CR and LF in separate chunks":    {"Subject: a\r", "\n\r", "\nfirst\r\n.\r", "\n" + smuggled + "last\r\n"},
+	}
+	for _, v := range smugglingVariants {
+		splits["bare variant "+fmt.Sprintf("%q", v)] = []string{"Subject: a\r\n\r\nfirst" + v[:1], v[1:] + smuggled + "last\r\n"}
+	}
+	for name, parts := range splits {
+		t.Run("MX: "+name, func(t *testing.T) {
+			before := len(e.mailbox("alice@example.org"))
+			cl := dial(t, e.mxAddr)
+			cl.cmd("EHLO evil.test", "250 ")
+			cl.cmd("MAIL FROM:<evil@other.test>", "250 ")
+			cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+			chunks(cl, parts...)
+			cl.expect("250 2.0.0")
+			cl.cmd("QUIT", "221 ") // a smuggled command's reply would come first
+			if m := e.mailbox("bob@example.org"); len(m) != 0 {
+				t.Fatalf("smuggled message delivered: %q", m)
+			}
+			m := e.mailbox("alice@example.org")
+			if len(m) != before+1 {
+				t.Fatalf("stored %d", len(m)-before)
+			}
+			if got := m[len(m)-1]; !onlyCRLF(got) || !bytes.Contains(got, []byte("wire money\r\nlast\r\n")) {
+				t.Fatalf("stored %q", got)
+			}
+		})
+		t.Run("submission: "+name, func(t *testing.T) {
+			before := len(e.queue.entries())
+			cl := dial(t, e.subAddr)
+			cl.login("alice@example.org")
+			cl.cmd("MAIL FROM:<alice@example.org>", "250 ")
+			cl.cmd("RCPT TO:<carol@remote.test>", "250 ")
+			parts := append([]string{"From: alice@example.org\r\n"}, parts...)
+			chunks(cl, parts...)
+			cl.expect("250 2.0.0")
+			q := e.queue.entries()
+			if len(q) != before+1 {
+				t.Fatalf("queued %d", len(q)-before)
+			}
+			msg := q[len(q)-1].Msg
+			if !onlyCRLF(msg) {
+				t.Fatalf("queued copy has bare CR or LF: %q", msg)
+			}
+			var wire bytes.Buffer
+			w := textproto.NewWriter(bufio.NewWriter(&wire)).DotWriter()
+			w.Write(msg)
+			w.Close()
+			if end := strings.Index(wire.String(), "\r\n.\r\n"); end != wire.Len()-5 {
+				t.Fatalf("end of data at %d of %d in %q", end, wire.Len(), wire.String())
+			}
+		})
+	}
+	t.Run("a refused BDAT chunk is discarded, not read as commands", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO evil.test", "250 ")
+		chunk := "MAIL FROM:<evil@other.test>\r\nRCPT TO:<bob@example.org>\r\n"
+		cl.write(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+		cl.expect("502 5.5.1")
+		cl.cmd("NOOP", "250 2.0.0") // not the reply to a smuggled MAIL
+		cl.cmd("RCPT TO:<bob@example.org>", "502 5.5.1")
+	})
+	t.Run("DATA inside a BDAT transfer is refused", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO evil.test", "250 ")
+		cl.cmd("MAIL FROM:<evil@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		chunks(cl, "Subject: a\r\n", "")
+		cl.expect("250 2.0.0")
+		cl.cmd("MAIL FROM:<evil@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		cl.write("BDAT 3\r\nabc")
+		cl.expect("250 2.0.0")
+		cl.cmd("DATA", "502 5.5.1")
+		cl.cmd("MAIL FROM:<evil@other.test>", "502 5.5.1")
+		cl.cmd("RSET", "250 ")
+	})
+	t.Run("malformed BDAT sizes", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO evil.test", "250 ")
+		cl.cmd("MAIL FROM:<evil@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		for _, arg := range []string{"-1", "1x", "99999999999", "1 LAST extra", "1 FIRST", ""} {
+			cl.cmd("BDAT "+arg, "501 5.5.")
+		}
+	})
+}
+
+// TestAttack_Recipients: the recipient limit is exact, and a mailbox named
+// twice, in any spelling, gets one copy.
+func TestAttack_Recipients(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) { o.MaxRecipients = 3 })
+	t.Run("exactly max recipients, then 452", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<x@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		cl.cmd("RCPT TO:<bob@example.org>", "250 ")
+		cl.cmd("RCPT TO:<nobody@example.org>", "550 5.1.1") // refused ones do not count
+		cl.cmd("RCPT TO:<Alice@Example.org>", "250 ")
+		cl.cmd("RCPT TO:<bob@example.org>", "452 4.5.3")
+		cl.cmd("DATA", "354 ")
+		cl.write("Subject: dup\r\n\r\nx\r\n.\r\n")
+		cl.expect("250 ")
+		for _, u := range []string{"alice@example.org", "bob@example.org"} {
+			if n := len(e.mailbox(u)); n != 1 {
+				t.Fatalf("%s has %d copies", u, n)
+			}
+		}
+	})
+	t.Run("duplicate remote recipients are queued once", func(t *testing.T) {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.login("alice@example.org")
+		cl.send("alice@example.org", []string{"carol@remote.test", "carol@REMOTE.test", "@relay.test:carol@remote.test"}, "From: alice@example.org\r\n\r\nx\r\n")
+		if q := e.queue.entries(); len(q) != 1 || len(q[0].Rcpts) != 1 {
+			t.Fatalf("queued %+v", q)
 		}
 	})
 }
