@@ -3,9 +3,13 @@ package mta
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/textproto"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -317,6 +321,90 @@ func TestAttack_Recipients(t *testing.T) {
 		cl.send("alice@example.org", []string{"carol@remote.test", "carol@REMOTE.test", "@relay.test:carol@remote.test"}, "From: alice@example.org\r\n\r\nx\r\n")
 		if q := e.queue.entries(); len(q) != 1 || len(q[0].Rcpts) != 1 {
 			t.Fatalf("queued %+v", q)
+		}
+	})
+}
+
+// TestAttack_FailuresAreTemporary: whatever breaks below the session (a
+// panicking hook, a store that fails for some recipients only) costs the
+// message a 451 and the connection nothing; the server keeps serving.
+func TestAttack_FailuresAreTemporary(t *testing.T) {
+	var fail *failingLocal
+	var panicVerify, panicSign atomic.Bool
+	logs := &syncBuffer{}
+	e := newEnv(t, func(o *Options, l *Local) {
+		fail = &failingLocal{Local: *l}
+		*l = fail
+		// This test's own log: the env fails any test that logs a panic.
+		o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+		o.Verify = func(_ context.Context, _ net.IP, _, _ string, msg []byte) ([]byte, error) {
+			if panicVerify.Load() {
+				panic("verify exploded")
+			}
+			return msg, nil
+		}
+		o.Sign = func(_ string, msg []byte) ([]byte, error) {
+			if panicSign.Load() {
+				panic("sign exploded")
+			}
+			return msg, nil
+		}
+	})
+	msg := "From: alice@example.org\r\nSubject: x\r\n\r\nx\r\n"
+	t.Run("panic in Verify is 451 and the session goes on", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		panicVerify.Store(true)
+		if got := cl.send("bob@other.test", []string{"alice@example.org"}, msg); !strings.HasPrefix(got, "451 4.3.0") {
+			t.Fatalf("got %q", got)
+		}
+		panicVerify.Store(false)
+		if got := cl.send("bob@other.test", []string{"alice@example.org"}, msg); !strings.HasPrefix(got, "250 ") {
+			t.Fatalf("after the panic: %q", got)
+		}
+		if n := len(e.mailbox("alice@example.org")); n != 1 {
+			t.Fatalf("stored %d, want only the second", n)
+		}
+	})
+	t.Run("panic in Verify under BDAT is 451 too", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		panicVerify.Store(true)
+		defer panicVerify.Store(false)
+		cl.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg), msg))
+		cl.expect("451 4.3.0")
+		cl.cmd("NOOP", "250 ")
+	})
+	t.Run("panic in Sign is 451 and nothing is queued", func(t *testing.T) {
+		cl := dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.login("alice@example.org")
+		panicSign.Store(true)
+		defer panicSign.Store(false)
+		if got := cl.send("alice@example.org", []string{"carol@remote.test"}, msg); !strings.HasPrefix(got, "451 4.3.0") {
+			t.Fatalf("got %q", got)
+		}
+		if q := e.queue.entries(); len(q) != 0 {
+			t.Fatalf("queued %d", len(q))
+		}
+		cl.cmd("NOOP", "250 ")
+	})
+	t.Run("store failing for one recipient of two is 451, never 250", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		fail.partial = tempError{"disk full"}
+		defer func() { fail.partial = nil }()
+		if got := cl.send("bob@other.test", []string{"alice@example.org", "bob@example.org"}, msg); !strings.HasPrefix(got, "451 4.3.0") {
+			t.Fatalf("got %q", got)
+		}
+	})
+	t.Run("the panics are logged with their stack", func(t *testing.T) {
+		l := logs.String()
+		for _, want := range []string{`"msg":"panic handling message"`, "verify exploded", "sign exploded", `"stack":"goroutine`} {
+			if !strings.Contains(l, want) {
+				t.Fatalf("log lacks %s:\n%s", want, l)
+			}
 		}
 	})
 }

@@ -197,10 +197,12 @@ func (q *fakeQueue) entries() []queued {
 	return append([]queued(nil), q.got...)
 }
 
-// failingLocal wraps a Local and fails Resolve or Deliver on demand.
+// failingLocal wraps a Local and fails Resolve or Deliver on demand;
+// partial fails Deliver for the last recipient only, after storing the
+// others.
 type failingLocal struct {
 	Local
-	resolveErr, deliverErr error
+	resolveErr, deliverErr, partial error
 }
 
 func (f *failingLocal) Resolve(rcpt string) (string, error) {
@@ -217,6 +219,10 @@ func (f *failingLocal) Deliver(from string, rcpts []string, msg []byte) []error 
 			errs[i] = f.deliverErr
 		}
 		return errs
+	}
+	if f.partial != nil && len(rcpts) > 1 {
+		errs := f.Local.Deliver(from, rcpts[:len(rcpts)-1], msg)
+		return append(errs, f.partial)
 	}
 	return f.Local.Deliver(from, rcpts, msg)
 }

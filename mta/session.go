@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -233,13 +234,23 @@ func appendNew(list []string, addr string) []string {
 // Data receives, completes and stores the message. Its reply is returned as
 // an *smtp.SMTPError in every case, 250 included, so that go-smtp sends our
 // text (with the transaction id) and never its own 554 for a plain error.
-func (ss *session) Data(r io.Reader) error {
+func (ss *session) Data(r io.Reader) (reply error) {
 	ss.srv.enterData()
 	defer ss.srv.leaveData()
 	tx, user := ss.current()
 	if tx == nil {
 		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "need MAIL first")
 	}
+	// A panic in a hook (Verify, Sign) or below (Local, Queue) costs this
+	// message a 451, not the connection: go-smtp's own recovery would
+	// answer 421 and hang up, and BDAT runs this in a goroutine of its own.
+	// Nothing has been acknowledged, so the client retries.
+	defer func() {
+		if p := recover(); p != nil {
+			ss.srv.log.Error("panic handling message", "id", tx.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			reply = ss.finish(tx, user, 0, "", smtpErr(451, codeTransient, "internal error, try again later"))
+		}
+	}()
 	raw, err := ss.readData(r, tx)
 	if err != nil {
 		return ss.finish(tx, user, len(raw), "", err)
