@@ -2,10 +2,14 @@ package mta
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // trackedConn wraps every accepted connection before go-smtp sees it. It
@@ -18,11 +22,69 @@ type trackedConn struct {
 	srv     *Server
 	release func()    // connection-limit slot; nil when over the limit
 	tls     *tls.Conn // set for implicit TLS (Conn is then this *tls.Conn)
+	start   time.Time // accepted, for MaxSessionTime
 
-	mu     sync.Mutex
-	inTxn  bool // between MAIL and the end of the transaction
-	errors int
-	closed bool
+	mu        sync.Mutex
+	inTxn     bool      // between MAIL and the end of the transaction
+	inData    bool      // a Data handler is receiving a message
+	dataUntil time.Time // while inData: when the whole transfer must be over
+	timedOut  int       // 1: a read of message data timed out; 2: reported
+	errors    int
+	closed    bool
+}
+
+// errDataTimeout is what a read of message data that timed out returns.
+// It is an *smtp.SMTPError on purpose: go-smtp answers any other error in
+// a BDAT chunk read with a permanent "554 5.0.0 transaction failed: read
+// tcp ...: i/o timeout", which would make the sender bounce a message over
+// a network stall.
+var errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout waiting for message data"}
+
+// Read turns a timeout while a message is being received into
+// errDataTimeout, once; after it, the connection reads as closed, so
+// go-smtp ends the session without a second reply.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.timedOut > 0 {
+		c.timedOut = 2
+		c.mu.Unlock()
+		return 0, io.EOF
+	}
+	c.mu.Unlock()
+	n, err := c.Conn.Read(p)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.inData {
+			c.timedOut = 1
+			return n, errDataTimeout
+		}
+	}
+	return n, err
+}
+
+// beginData and endData bracket a Data handler.
+func (c *trackedConn) beginData() {
+	c.mu.Lock()
+	c.inData, c.dataUntil = true, time.Time{}
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) endData() {
+	c.mu.Lock()
+	c.inData, c.dataUntil = false, time.Time{}
+	c.mu.Unlock()
+}
+
+// limitData sets the time by which the message transfer must be over. Every
+// read deadline is held to it, also those go-smtp sets for the BDAT
+// command lines between chunks, which would otherwise renew the allowance
+// of a client trickling one small chunk at a time.
+func (c *trackedConn) limitData(until time.Time) {
+	c.mu.Lock()
+	c.dataUntil = until
+	c.mu.Unlock()
 }
 
 // trackedOf finds the trackedConn under c, the connection go-smtp holds.
@@ -38,15 +100,32 @@ func trackedOf(c net.Conn) *trackedConn {
 	return nil
 }
 
-// SetReadDeadline is how graceful shutdown reaches connections: go-smtp
-// sets a read deadline before every command line, and while the server
-// drains, a connection outside a transaction gets one in the past. go-smtp
-// then answers 421 and closes, after the reply to the last command was sent.
+// SetReadDeadline is where the connection's time limits meet go-smtp, which
+// sets a read deadline before every command line:
+//   - while a message is received, no deadline goes past dataUntil;
+//   - while the server drains, a connection outside a transaction gets a
+//     deadline in the past: go-smtp then answers 421 and closes, after the
+//     reply to the last command was sent;
+//   - otherwise no deadline goes past the end of MaxSessionTime, so that a
+//     client cannot hold a connection slot for ever with a NOOP every few
+//     minutes (go-smtp then answers "421 4.4.2 Idle timeout").
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.inTxn && c.srv.isDraining() {
+	limit := func(end time.Time) {
+		if t.IsZero() || t.After(end) {
+			t = end
+		}
+	}
+	switch max := c.srv.opts.MaxSessionTime; {
+	case c.inData:
+		if !c.dataUntil.IsZero() {
+			limit(c.dataUntil)
+		}
+	case !c.inTxn && c.srv.isDraining():
 		t = time.Unix(1, 0)
+	case max > 0:
+		limit(c.start.Add(max))
 	}
 	return c.Conn.SetReadDeadline(t)
 }

@@ -81,7 +81,14 @@ const (
 	DefaultCommandTimeout = 5 * time.Minute
 	// DefaultDataTimeout is RFC 5321 4.5.3.2.6's data block timeout: the
 	// longest wait for more message text during DATA.
-	DefaultDataTimeout         = 3 * time.Minute
+	DefaultDataTimeout = 3 * time.Minute
+	// DefaultMinDataRate is Postfix's smtpd_min_data_rate: a 25 MB message
+	// may take 14 hours, a client trickling bytes is cut after minutes.
+	DefaultMinDataRate = 500
+	// DefaultMaxSessionTime lets a sender reuse a connection far longer
+	// than any MTA does (Postfix's client stops after 300 s) while freeing
+	// the slots of clients that only keep connections open.
+	DefaultMaxSessionTime      = 30 * time.Minute
 	DefaultMaxConnections      = 500
 	DefaultMaxConnectionsPerIP = 20
 	// DefaultMaxErrors is like Postfix's smtpd_hard_error_limit.
@@ -106,6 +113,17 @@ type Options struct {
 
 	CommandTimeout time.Duration
 	DataTimeout    time.Duration
+	// MinDataRate is the slowest average rate, in bytes per second, at
+	// which a message may arrive: the whole DATA or BDAT transfer must be
+	// over within DataTimeout plus its size divided by this rate (Postfix's
+	// smtpd_min_data_rate). DataTimeout alone bounds each wait, so a
+	// client sending a little every few minutes would hold its connection
+	// for ever. Negative = no floor.
+	MinDataRate int
+	// MaxSessionTime bounds a connection's life outside message transfer:
+	// once it is this old, its next command gets 421 and it is closed. A
+	// message being received is never cut by it. Negative = unlimited.
+	MaxSessionTime time.Duration
 
 	MaxConnections      int // per Server, total; negative = unlimited
 	MaxConnectionsPerIP int // negative = unlimited
@@ -150,6 +168,13 @@ func (o *Options) setDefaults() {
 	}
 	if o.DataTimeout <= 0 {
 		o.DataTimeout = DefaultDataTimeout
+	}
+	o.MinDataRate = orDefault(o.MinDataRate, DefaultMinDataRate)
+	switch {
+	case o.MaxSessionTime == 0:
+		o.MaxSessionTime = DefaultMaxSessionTime
+	case o.MaxSessionTime < 0:
+		o.MaxSessionTime = 0
 	}
 	o.MaxConnections = orDefault(o.MaxConnections, DefaultMaxConnections)
 	o.MaxConnectionsPerIP = orDefault(o.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
@@ -359,7 +384,7 @@ func (s *Server) Serve(l net.Listener) error {
 // and passes the connection to the matching go-smtp engine.
 func (s *Server) handoff(c net.Conn) {
 	release, ok := s.limiter.Acquire(c.RemoteAddr())
-	tc := &trackedConn{Conn: c, srv: s, release: release}
+	tc := &trackedConn{Conn: c, srv: s, release: release, start: time.Now()}
 	if t, isTLS := c.(*tls.Conn); isTLS {
 		t.SetDeadline(time.Now().Add(s.opts.CommandTimeout))
 		if err := t.HandshakeContext(s.ctx); err != nil {

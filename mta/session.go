@@ -274,7 +274,11 @@ func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
 	// buffer sized by it before any data arrives would be free to demand.
 	size := min(max(tx.sizeHint, 4096), 1<<20) + 1024
 	buf := bytes.NewBuffer(make([]byte, 0, size))
-	_, err := buf.ReadFrom(&deadlineReader{r: r, conn: ss.conn.Conn(), timeout: ss.srv.opts.DataTimeout})
+	ss.tc.beginData()
+	defer ss.tc.endData()
+	dr := &deadlineReader{r: r, conn: ss.conn.Conn(), tc: ss.tc, timeout: ss.srv.opts.DataTimeout,
+		rate: ss.srv.opts.MinDataRate, start: time.Now()}
+	_, err := buf.ReadFrom(dr)
 	var ne net.Error
 	switch {
 	case err == nil && int64(buf.Len()) <= ss.srv.opts.MaxMessageBytes:
@@ -286,7 +290,11 @@ func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
 		// The stream cannot be resynchronised: answer once and close.
 		return nil, ss.drop(500, smtp.EnhancedCode{5, 5, 2},
 			fmt.Sprintf("line longer than %d octets", ss.srv.opts.MaxLineLength))
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.Is(err, errDataTimeout), errors.As(err, &ne) && ne.Timeout():
+		if dr.tooSlow() {
+			return nil, ss.drop(421, smtp.EnhancedCode{4, 4, 2},
+				fmt.Sprintf("message data slower than %d bytes per second", ss.srv.opts.MinDataRate))
+		}
 		return nil, ss.drop(421, smtp.EnhancedCode{4, 4, 2}, "timeout waiting for message data")
 	}
 	return nil, smtpErr(451, codeTransient, "message transfer aborted")
@@ -296,21 +304,45 @@ func (ss *session) tooBig() string {
 	return fmt.Sprintf("message exceeds %d bytes", ss.srv.opts.MaxMessageBytes)
 }
 
-// deadlineReader renews the connection's read deadline before each read.
-// Reads are capped so that a slow but steady client never outlives one
-// deadline within a single big read.
+// deadlineReader sets the read deadlines of a message transfer: DataTimeout
+// per read (RFC 5321 4.5.3.2.6), and the transfer as a whole held to
+// MinDataRate. go-smtp's DATA reader returns only once the buffer it is
+// given is full, so reads are kept small: a read then waits for 4 KiB, and
+// a client sending at the floor rate fills one well within DataTimeout.
 type deadlineReader struct {
 	r       io.Reader
 	conn    net.Conn
+	tc      *trackedConn
 	timeout time.Duration
+	rate    int // bytes per second; 0 = no floor
+	start   time.Time
+	n       int64     // bytes read so far
+	until   time.Time // the end of the transfer's allowance, as last set
 }
 
+const dataReadSize = 4 << 10
+
 func (d *deadlineReader) Read(p []byte) (int, error) {
-	if len(p) > 32<<10 {
-		p = p[:32<<10]
+	if len(p) > dataReadSize {
+		p = p[:dataReadSize]
+	}
+	if d.rate > 0 {
+		// By the end of this read n+len(p) bytes will have arrived, which
+		// the floor rate allows until start + timeout + (n+len(p))/rate.
+		allowance := time.Duration(float64(d.n+int64(len(p))) / float64(d.rate) * float64(time.Second))
+		d.until = d.start.Add(d.timeout + allowance)
+		d.tc.limitData(d.until)
 	}
 	d.conn.SetReadDeadline(time.Now().Add(d.timeout))
-	return d.r.Read(p)
+	n, err := d.r.Read(p)
+	d.n += int64(n)
+	return n, err
+}
+
+// tooSlow reports whether the transfer ran out of its MinDataRate
+// allowance (rather than waiting DataTimeout for one read).
+func (d *deadlineReader) tooSlow() bool {
+	return !d.until.IsZero() && !time.Now().Before(d.until)
 }
 
 // complete runs the per-listener checks and additions and prepends the

@@ -1,0 +1,174 @@
+package mta
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAttack_Slowloris: clients that keep a connection slot by sending just
+// enough to beat each per-read timeout (RFC 5321 4.5.3.2 timeouts are per
+// read) are cut by MinDataRate during message transfer and by
+// MaxSessionTime outside it, always with a 421 so a real sender retries.
+func TestAttack_Slowloris(t *testing.T) {
+	const tick = 40 * time.Millisecond
+	e := newEnv(t, func(o *Options, _ *Local) {
+		o.CommandTimeout = 2 * time.Second
+		o.DataTimeout = 600 * time.Millisecond
+		o.MinDataRate = 20_000
+	})
+	transaction := func(t *testing.T) *client {
+		cl := dial(t, e.mxAddr)
+		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		return cl
+	}
+	nothingStored := func(t *testing.T) {
+		t.Helper()
+		if m := e.mailbox("alice@example.org"); len(m) != 0 {
+			t.Fatalf("stored %d", len(m))
+		}
+	}
+	t.Run("DATA trickled below MinDataRate is cut with 421", func(t *testing.T) {
+		cl := transaction(t)
+		cl.cmd("DATA", "354 ")
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			// 12 kB/s: every read of message data is done within
+			// DataTimeout, but the average is under the 20 kB/s floor.
+			chunk := []byte(strings.Repeat("x", 478) + "\r\n")
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(tick):
+				}
+				if _, err := cl.c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		cl.expect("421 4.4.2 " + testHost + " message data slower than 20000 bytes per second")
+		cl.expectClosed()
+		nothingStored(t)
+	})
+	t.Run("BDAT trickled in one-byte chunks is cut with 421", func(t *testing.T) {
+		cl := transaction(t)
+		for start := time.Now(); ; time.Sleep(tick) {
+			if time.Since(start) > 4*time.Second {
+				t.Fatal("still accepting chunks after 4 s")
+			}
+			cl.write("BDAT 1\r\nx")
+			lines, err := cl.reply()
+			if err != nil {
+				t.Fatalf("connection ended without a reply: %v", err)
+			}
+			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
+				// go-smtp words the 421 its own way when the limit strikes
+				// while it reads a BDAT command line rather than a chunk.
+				if !strings.HasPrefix(last, "421 4.4.") {
+					t.Fatalf("got %q", last)
+				}
+				break
+			}
+		}
+		cl.expectClosed()
+		nothingStored(t)
+	})
+	t.Run("a stalled BDAT chunk gets 421, not a permanent 554", func(t *testing.T) {
+		cl := transaction(t)
+		cl.write("BDAT 100 LAST\r\nSubject: stalled\r\n")
+		cl.expect("421 4.4.2")
+		cl.expectClosed()
+		nothingStored(t)
+	})
+	t.Run("a stalled BDAT chunk over STARTTLS gets 421 too", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
+		cl.cmd("EHLO client.test", "250 ")
+		cl.starttls(e.clientTLS)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		cl.write("BDAT 100 LAST\r\nSubject: stalled\r\n")
+		cl.expect("421 4.4.2")
+		nothingStored(t)
+	})
+	t.Run("a steady sender above the floor is not cut", func(t *testing.T) {
+		cl := transaction(t)
+		cl.cmd("DATA", "354 ")
+		cl.write("Subject: steady\r\n\r\n")
+		line := strings.Repeat("s", 1998) + "\r\n"
+		// 50 kB/s for 1 s: longer than DataTimeout, never under the floor.
+		for range 25 {
+			time.Sleep(tick)
+			cl.write(line)
+		}
+		cl.write(".\r\n")
+		cl.expect("250 2.0.0")
+		if m := e.mailbox("alice@example.org"); len(m) != 1 {
+			t.Fatalf("stored %d", len(m))
+		}
+	})
+}
+
+// TestAttack_SessionTime: MaxSessionTime closes a connection kept open with
+// harmless commands, but never cuts a message being received.
+func TestAttack_SessionTime(t *testing.T) {
+	const maxSession = 400 * time.Millisecond
+	e := newEnv(t, func(o *Options, _ *Local) {
+		o.CommandTimeout = 2 * time.Second
+		o.MaxSessionTime = maxSession
+	})
+	t.Run("NOOPs cannot hold a connection past MaxSessionTime", func(t *testing.T) {
+		start := time.Now()
+		cl := dial(t, e.mxAddr)
+		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if time.Since(start) > 4*time.Second {
+				t.Fatal("session still open after 4 s")
+			}
+			cl.write("NOOP\r\n")
+			lines, err := cl.reply()
+			if err != nil {
+				t.Fatalf("closed without a reply: %v", err)
+			}
+			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
+				if !strings.HasPrefix(last, "421 4.4.2") {
+					t.Fatalf("got %q", last)
+				}
+				break
+			}
+			time.Sleep(40 * time.Millisecond)
+		}
+		if d := time.Since(start); d < maxSession {
+			t.Fatalf("closed after %v, before MaxSessionTime", d)
+		}
+		cl.expectClosed()
+	})
+	t.Run("a message in transfer outlives MaxSessionTime", func(t *testing.T) {
+		cl := dial(t, e.mxAddr)
+		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		cl.cmd("DATA", "354 ")
+		cl.write("Subject: long\r\n\r\n")
+		for i := range 15 {
+			time.Sleep(40 * time.Millisecond)
+			cl.write(fmt.Sprintf("line %d\r\n", i))
+		}
+		cl.write(".\r\n")
+		cl.expect("250 2.0.0")
+		// The session is over its time: the next command ends it.
+		cl.write("NOOP\r\n")
+		cl.expect("421 4.4.2")
+		if m := e.mailbox("alice@example.org"); len(m) != 1 {
+			t.Fatalf("stored %d", len(m))
+		}
+	})
+}
