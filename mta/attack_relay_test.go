@@ -102,3 +102,24 @@ func TestAttack_SubmissionRecipients(t *testing.T) {
 		})
 	}
 }
+
+// TestAttack_SecondEHLO: go-smtp checks only the first HELO/EHLO with the
+// session; a second one, which RFC 5321 4.1.4 allows, must not carry a name
+// into the Received field or logs that the first would have been refused.
+func TestAttack_SecondEHLO(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, tc := range []struct{ name, helo string }{
+		{"over 255 octets", strings.Repeat("h", 300)},
+		{"control character", "mx\x01.other.test"},
+		{"bare CR", "mx\r.other.test"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := dial(t, e.mxAddr)
+			cl.cmd("EHLO mx.other.test", "250 ")
+			cl.cmd("EHLO "+tc.helo, "250 ")
+			cl.cmd("MAIL FROM:<bob@other.test>", "501 5.5.2")
+			cl.cmd("EHLO mx.other.test", "250 ")
+			cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+		})
+	}
+}

@@ -64,11 +64,15 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		return nil, smtpErr(421, smtp.EnhancedCode{4, 3, 0}, "internal error")
 	}
 	ss := &session{srv: s, conn: c, tc: tc, ip: guard.IP(c.Conn().RemoteAddr())}
-	if h := c.Hostname(); len(h) > maxDomain || hasControl(h) {
+	if !validHelo(c.Hostname()) {
 		return nil, ss.reject(501, smtp.EnhancedCode{5, 5, 2}, "invalid HELO/EHLO argument")
 	}
 	return ss, nil
 }
+
+// validHelo bounds the HELO/EHLO name, which goes into Received fields,
+// logs and the SPF HELO check.
+func validHelo(h string) bool { return len(h) <= maxDomain && !hasControl(h) }
 
 func hasControl(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -114,6 +118,10 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	switch {
 	case tx != nil:
 		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "nested MAIL command")
+	case !validHelo(ss.conn.Hostname()):
+		// go-smtp asks the backend only about the first HELO/EHLO; a later
+		// one replaces the name unchecked.
+		return ss.reject(501, smtp.EnhancedCode{5, 5, 2}, "invalid HELO/EHLO argument, send EHLO again")
 	case mailLineLen(from, opts) > maxCommandLine:
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
 	case !opts.UTF8 && hasNonASCII(from):
