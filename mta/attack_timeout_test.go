@@ -1,7 +1,9 @@
 package mta
 
 import (
+	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +171,44 @@ func TestAttack_SessionTime(t *testing.T) {
 		cl.expect("421 4.4.2")
 		if m := e.mailbox("alice@example.org"); len(m) != 1 {
 			t.Fatalf("stored %d", len(m))
+		}
+	})
+}
+
+// TestAttack_ConnectionsOverTheLimit: connections over the limit are let go
+// at once on plain ports, and on implicit TLS as soon as a short handshake
+// allowance runs out, not after a whole CommandTimeout: they hold no slot,
+// so nothing else bounds how many an attacker keeps open.
+func TestAttack_ConnectionsOverTheLimit(t *testing.T) {
+	const commandTimeout = 3 * time.Second
+	e := newEnv(t, func(o *Options, _ *Local) {
+		o.MaxConnections = 1
+		o.CommandTimeout = commandTimeout
+	})
+	held := dialTLS(t, e.subsAddr, e.clientTLS) // the one slot
+	held.cmd("EHLO client.test", "250 ")
+	t.Run("TLS client completing the handshake gets 421", func(t *testing.T) {
+		c, err := tls.Dial("tcp", e.subsAddr, e.clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := newClient(t, c)
+		cl.expect("421 4.7.0")
+		cl.expectClosed()
+	})
+	t.Run("silent client on the TLS port is dropped early", func(t *testing.T) {
+		c, err := net.Dial("tcp", e.subsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		c.SetReadDeadline(start.Add(2 * commandTimeout))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("server sent data to a client that never said hello")
+		}
+		if d := time.Since(start); d >= commandTimeout {
+			t.Fatalf("held for %v, a whole CommandTimeout", d)
 		}
 	})
 }

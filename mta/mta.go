@@ -386,7 +386,14 @@ func (s *Server) handoff(c net.Conn) {
 	release, ok := s.limiter.Acquire(c.RemoteAddr())
 	tc := &trackedConn{Conn: c, srv: s, release: release, start: time.Now()}
 	if t, isTLS := c.(*tls.Conn); isTLS {
-		t.SetDeadline(time.Now().Add(s.opts.CommandTimeout))
+		// A client over the limit holds no slot, so it must not hold a
+		// goroutine and a descriptor for a whole CommandTimeout either:
+		// it gets its 421 only if it completes the handshake promptly.
+		d := s.opts.CommandTimeout
+		if !ok {
+			d = min(d/10, 10*time.Second)
+		}
+		t.SetDeadline(time.Now().Add(d))
 		if err := t.HandshakeContext(s.ctx); err != nil {
 			s.log.Debug("tls handshake failed", "client", c.RemoteAddr().String(), "err", err)
 			tc.Close()
