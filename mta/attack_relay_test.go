@@ -3,6 +3,7 @@ package mta
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAttack_MXNeverRelays tries every RCPT form known to have slipped past
@@ -121,5 +122,33 @@ func TestAttack_SecondEHLO(t *testing.T) {
 			cl.cmd("EHLO mx.other.test", "250 ")
 			cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
 		})
+	}
+}
+
+// TestAttack_LogFlooding: a refused recipient is logged, but not at the
+// length the client chose to send it.
+func TestAttack_LogFlooding(t *testing.T) {
+	e := newEnv(t, nil)
+	cl := dial(t, e.mxAddr)
+	cl.cmd("EHLO mx.other.test", "250 ")
+	cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+	long := strings.Repeat("v", 20_000)
+	cl.cmd("RCPT TO:<"+long+"@other.test>", "500 5.5.2")
+	cl.cmd("RCPT TO:<\"\xff\xfe"+long+"\"@example.org>", "500 5.5.2")
+	cl.cmd("QUIT", "221 ")
+	cl.expectClosed()
+	waitFor(t, func() bool { return strings.Contains(e.logs.String(), `"refused"`) })
+	if l := e.logs.String(); strings.Contains(l, strings.Repeat("v", 200)) {
+		t.Fatalf("log holds the whole address: %d bytes", len(l))
+	}
+}
+
+// waitFor polls cond until it holds, for log lines written after a reply.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5 s")
+		}
 	}
 }

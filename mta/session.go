@@ -182,7 +182,8 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	err := ss.rcpt(tx, to)
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		tx.refused = append(tx.refused, fmt.Sprintf("%s %d", to, se.Code))
+		// The address is the client's, as long as its line limit allows.
+		tx.refused = append(tx.refused, fmt.Sprintf("%s %d", logSafe(to), se.Code))
 	}
 	return err
 }
@@ -207,7 +208,7 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		case permanent(err):
 			return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
 		case err != nil:
-			ss.srv.log.Error("recipient lookup failed", "id", tx.id, "rcpt", to, "err", err)
+			ss.srv.log.Error("recipient lookup failed", "id", tx.id, "rcpt", logSafe(to), "err", err)
 			return smtpErr(451, codeTransient, "temporary failure looking up recipient, try again later")
 		}
 		tx.local = appendNew(tx.local, addr)
