@@ -26,7 +26,7 @@ type trackedConn struct {
 
 	mu        sync.Mutex
 	inTxn     bool      // between MAIL and the end of the transaction
-	inData    bool      // a Data handler is receiving a message
+	inData    int       // Data handlers receiving a message (see beginData)
 	dataUntil time.Time // while inData: when the whole transfer must be over
 	timedOut  int       // 1: a read of message data timed out; 2: reported
 	errors    int
@@ -56,7 +56,7 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.inData {
+		if c.inData > 0 {
 			c.timedOut = 1
 			return n, errDataTimeout
 		}
@@ -64,16 +64,21 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// beginData and endData bracket a Data handler.
+// beginData and endData bracket a Data handler. They count rather than
+// flag: after RSET in the middle of BDAT, go-smtp may start the next
+// transfer's handler before the aborted one has returned.
 func (c *trackedConn) beginData() {
 	c.mu.Lock()
-	c.inData, c.dataUntil = true, time.Time{}
+	c.inData++
+	c.dataUntil = time.Time{}
 	c.mu.Unlock()
 }
 
 func (c *trackedConn) endData() {
 	c.mu.Lock()
-	c.inData, c.dataUntil = false, time.Time{}
+	if c.inData--; c.inData == 0 {
+		c.dataUntil = time.Time{}
+	}
 	c.mu.Unlock()
 }
 
@@ -118,7 +123,7 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 		}
 	}
 	switch max := c.srv.opts.MaxSessionTime; {
-	case c.inData:
+	case c.inData > 0:
 		if !c.dataUntil.IsZero() {
 			limit(c.dataUntil)
 		}
