@@ -2,6 +2,7 @@ package mta
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -47,6 +48,9 @@ func FuzzCheckFrom(f *testing.F) {
 		"Subject: folded\r\n continued\r\n\r\n",
 		"no header\r\n\r\n",
 		" leading continuation\r\n",
+		"From: alice@example.org\r\nSender: bob@example.org\r\n\r\n",
+		"Sender: <alice@example.org>\r\nsender: x@y\r\n\r\n",
+		"From:\r\n \r\n\t<alice@example.org>\r\nX: a\r\n b\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -60,12 +64,36 @@ func FuzzCheckFrom(f *testing.F) {
 				t.Fatalf("field name %q", fl.Name)
 			}
 		}
+		// Asking for some fields gives those of the full parse, in order.
+		some, err := parseHeader(msg, "from", "SENDER")
+		if err != nil {
+			t.Fatalf("filtered parse failed: %v", err)
+		}
+		var want []headerField
+		for _, fl := range fields {
+			if strings.EqualFold(fl.Name, "From") || strings.EqualFold(fl.Name, "Sender") {
+				want = append(want, fl)
+			}
+		}
+		if fmt.Sprint(some) != fmt.Sprint(want) {
+			t.Fatalf("filtered %q, want %q", some, want)
+		}
 		missing, err := checkFrom(fields, "alice@example.org")
-		if err == nil && !missing {
-			from := fieldsNamed(fields, "From")
-			list, perr := addrParser.ParseList(from[0].Value)
-			if len(from) != 1 || perr != nil || len(list) == 0 {
-				t.Fatalf("accepted From: %q", from)
+		if err == nil {
+			for _, name := range []string{"From", "Sender"} {
+				found := fieldsNamed(fields, name)
+				if len(found) == 0 {
+					continue
+				}
+				list, perr := addrParser.ParseList(found[0].Value)
+				if len(found) != 1 || perr != nil || len(list) == 0 {
+					t.Fatalf("accepted %s: %q", name, found)
+				}
+				for _, a := range list {
+					if !sameAddress(a.Address, "alice@example.org") {
+						t.Fatalf("accepted %s: %q", name, a.Address)
+					}
+				}
 			}
 		}
 		hdr := submissionHeaders(fields, missing, "alice@example.org", testHost, testNow)
