@@ -28,7 +28,7 @@ type trackedConn struct {
 	inTxn     bool      // between MAIL and the end of the transaction
 	inData    int       // Data handlers receiving a message (see beginData)
 	dataUntil time.Time // while inData: when the whole transfer must be over
-	timedOut  int       // 1: a read of message data timed out; 2: reported
+	timedOut  bool      // a read of message data timed out: the session is over
 	errors    int
 	closed    bool
 }
@@ -45,19 +45,18 @@ var errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{
 // go-smtp ends the session without a second reply.
 func (c *trackedConn) Read(p []byte) (int, error) {
 	c.mu.Lock()
-	if c.timedOut > 0 {
-		c.timedOut = 2
-		c.mu.Unlock()
+	over := c.timedOut
+	c.mu.Unlock()
+	if over {
 		return 0, io.EOF
 	}
-	c.mu.Unlock()
 	n, err := c.Conn.Read(p)
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.inData > 0 {
-			c.timedOut = 1
+			c.timedOut = true
 			return n, errDataTimeout
 		}
 	}
