@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -266,4 +267,68 @@ func TestAttack_STARTTLSInjection(t *testing.T) {
 		}
 		cl.cmd("STARTTLS", "502 5.5.1")
 	})
+}
+
+// TestAttack_TLSParameters: no TLS below 1.2 (RFC 8314 4.1) and no session
+// tickets (Microsoft senders fail STARTTLS against Go servers issuing them)
+// on any listener, STARTTLS or implicit.
+func TestAttack_TLSParameters(t *testing.T) {
+	e := newEnv(t, nil)
+	handshake := func(t *testing.T, addr string, implicit bool, cfg *tls.Config) (*tls.Conn, error) {
+		if implicit {
+			return tls.Dial("tcp", addr, cfg)
+		}
+		cl := dial(t, addr)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("STARTTLS", "220 ")
+		tc := tls.Client(cl.c, cfg)
+		return tc, tc.Handshake()
+	}
+	for _, l := range []struct {
+		name     string
+		addr     string
+		implicit bool
+	}{{"MX STARTTLS", e.mxAddr, false}, {"submission STARTTLS", e.subAddr, false}, {"submissions", e.subsAddr, true}} {
+		t.Run(l.name+": TLS 1.1 is refused", func(t *testing.T) {
+			cfg := e.clientTLS.Clone()
+			cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+			if tc, err := handshake(t, l.addr, l.implicit, cfg); err == nil {
+				tc.Close()
+				t.Fatal("TLS 1.1 handshake succeeded")
+			}
+		})
+		t.Run(l.name+": no session ticket is issued", func(t *testing.T) {
+			cache := &recordingCache{ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+			cfg := e.clientTLS.Clone()
+			cfg.ClientSessionCache = cache
+			tc, err := handshake(t, l.addr, l.implicit, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc.Close()
+			// TLS 1.3 tickets arrive after the handshake: read a reply so
+			// that any ticket has been processed.
+			if l.implicit {
+				newClient(t, tc).expect("220 ")
+			} else {
+				newClient(t, tc).cmd("NOOP", "250 ")
+			}
+			if cache.puts.Load() != 0 {
+				t.Fatal("server issued a session ticket")
+			}
+		})
+	}
+}
+
+// recordingCache counts the session tickets a client is given.
+type recordingCache struct {
+	tls.ClientSessionCache
+	puts atomic.Int32
+}
+
+func (c *recordingCache) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.puts.Add(1)
+	}
+	c.ClientSessionCache.Put(key, cs)
 }
