@@ -121,15 +121,15 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 			t = end
 		}
 	}
-	switch max := c.srv.opts.MaxSessionTime; {
+	switch maxAge := c.srv.opts.MaxSessionTime; {
 	case c.inData > 0:
 		if !c.dataUntil.IsZero() {
 			limit(c.dataUntil)
 		}
 	case !c.inTxn && c.srv.isDraining():
 		t = time.Unix(1, 0)
-	case max > 0:
-		limit(c.start.Add(max))
+	case maxAge > 0:
+		limit(c.start.Add(maxAge))
 	}
 	return c.Conn.SetReadDeadline(t)
 }
