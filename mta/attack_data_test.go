@@ -258,6 +258,22 @@ func TestAttack_ChunkingSmuggling(t *testing.T) {
 			}
 		})
 	}
+	for _, tail := range []string{".", "\r\n.", "\r\n.\r", "\n.", "\r\n..", ""} {
+		// Exim's CVE-2017-16944: a BDAT message ending in a dot looped.
+		t.Run(fmt.Sprintf("message ending in %q", tail), func(t *testing.T) {
+			before := len(e.mailbox("alice@example.org"))
+			cl := dial(t, e.mxAddr)
+			cl.cmd("EHLO client.test", "250 ")
+			cl.cmd("MAIL FROM:<x@other.test>", "250 ")
+			cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+			chunks(cl, "Subject: dot\r\n\r\nbody"+tail, "")
+			cl.expect("250 2.0.0")
+			m := e.mailbox("alice@example.org")
+			if len(m) != before+1 || !onlyCRLF(m[len(m)-1]) || !bytes.HasSuffix(m[len(m)-1], []byte("\r\n")) {
+				t.Fatalf("stored %q", m[before:])
+			}
+		})
+	}
 	t.Run("a refused BDAT chunk is discarded, not read as commands", func(t *testing.T) {
 		cl := dial(t, e.mxAddr)
 		cl.cmd("EHLO evil.test", "250 ")

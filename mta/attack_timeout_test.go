@@ -81,6 +81,26 @@ func TestAttack_Slowloris(t *testing.T) {
 		cl.expectClosed()
 		nothingStored(t)
 	})
+	t.Run("empty BDAT chunks cannot hold a transfer open", func(t *testing.T) {
+		cl := transaction(t)
+		for start := time.Now(); ; time.Sleep(tick) {
+			if time.Since(start) > 4*time.Second {
+				t.Fatal("still accepting chunks after 4 s")
+			}
+			cl.write("BDAT 0\r\n")
+			lines, err := cl.reply()
+			if err != nil {
+				t.Fatalf("connection ended without a reply: %v", err)
+			}
+			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
+				if !strings.HasPrefix(last, "421 4.4.") {
+					t.Fatalf("got %q", last)
+				}
+				break
+			}
+		}
+		nothingStored(t)
+	})
 	t.Run("a stalled BDAT chunk gets 421, not a permanent 554", func(t *testing.T) {
 		cl := transaction(t)
 		cl.write("BDAT 100 LAST\r\nSubject: stalled\r\n")
