@@ -424,3 +424,51 @@ func TestAttack_FailuresAreTemporary(t *testing.T) {
 		}
 	})
 }
+
+// TestAttack_MemoryBudget: messages are buffered whole, so concurrent
+// transfers are bounded together by MaxBufferedBytes; one over the budget
+// gets 452 4.3.1 and its sender retries, by DATA or BDAT alike.
+func TestAttack_MemoryBudget(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) {
+		o.MaxMessageBytes = 20_000
+		o.MaxBufferedBytes = 5_000
+	})
+	open := func(t *testing.T) *client {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		cl.cmd("MAIL FROM:<x@other.test>", "250 ")
+		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		return cl
+	}
+	// The hog holds 4 KiB of its message in the server's memory, one
+	// read's worth, and stops there; 1000 bytes more are over the budget.
+	hog := open(t)
+	hog.cmd("DATA", "354 ")
+	hog.write("Subject: big\r\n\r\n" + strings.Repeat("h", 4078) + "\r\n")
+	small := "Subject: small\r\n\r\n" + strings.Repeat("s", 980) + "\r\n"
+	waitFor(t, func() bool { return e.mx.buffered.Load() == 4096 })
+
+	t.Run("DATA over the budget is deferred", func(t *testing.T) {
+		cl := open(t)
+		cl.cmd("DATA", "354 ")
+		cl.write(small + ".\r\n")
+		cl.expect("452 4.3.1")
+	})
+	t.Run("BDAT over the budget is deferred", func(t *testing.T) {
+		cl := open(t)
+		cl.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(small), small))
+		cl.expect("452 4.3.1")
+	})
+	if m := e.mailbox("alice@example.org"); len(m) != 0 {
+		t.Fatalf("stored %d", len(m))
+	}
+	t.Run("the budget is returned when a message is stored", func(t *testing.T) {
+		hog.write(".\r\n")
+		hog.expect("250 ")
+		cl := open(t)
+		cl.cmd("DATA", "354 ")
+		cl.write(small + ".\r\n")
+		cl.expect("250 ")
+		waitFor(t, func() bool { return e.mx.buffered.Load() == 0 })
+	})
+}

@@ -130,6 +130,13 @@ type Options struct {
 	// MaxErrors is how many rejected commands a connection may collect
 	// before it is dropped with 421; negative = unlimited.
 	MaxErrors int
+	// MaxBufferedBytes bounds the message data all sessions of the Server
+	// hold in memory at once (messages are buffered whole, up to
+	// MaxMessageBytes each). A transfer that would go over it gets 452
+	// 4.3.1 and is retried by its sender, so 500 clients sending 25 MB
+	// each cannot exhaust memory. 0 means 8 × MaxMessageBytes; negative
+	// means unlimited.
+	MaxBufferedBytes int64
 
 	// AuthThrottle refuses logins from an IP or subnet with too many recent
 	// failures; nil gives the server a private one with guard's defaults.
@@ -168,6 +175,12 @@ func (o *Options) setDefaults() {
 	}
 	if o.DataTimeout <= 0 {
 		o.DataTimeout = DefaultDataTimeout
+	}
+	switch {
+	case o.MaxBufferedBytes == 0:
+		o.MaxBufferedBytes = 8 * o.MaxMessageBytes
+	case o.MaxBufferedBytes < 0:
+		o.MaxBufferedBytes = 0
 	}
 	o.MinDataRate = orDefault(o.MinDataRate, DefaultMinDataRate)
 	switch {
@@ -256,7 +269,8 @@ type Server struct {
 	ctx    context.Context // cancelled when Shutdown gives up waiting
 	cancel context.CancelFunc
 
-	draining atomic.Bool // set once by Shutdown; read without mu
+	draining atomic.Bool  // set once by Shutdown; read without mu
+	buffered atomic.Int64 // message bytes held by Data handlers
 
 	mu        sync.Mutex
 	started   bool
@@ -506,6 +520,18 @@ func (s *Server) waitData() {
 	s.mu.Unlock()
 	<-done
 }
+
+// holdBuffer counts n more bytes of message data against MaxBufferedBytes
+// and reports whether they fit; if not, nothing is counted.
+func (s *Server) holdBuffer(n int64) bool {
+	if s.buffered.Add(n) > s.opts.MaxBufferedBytes && s.opts.MaxBufferedBytes > 0 {
+		s.buffered.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (s *Server) releaseBuffer(n int64) { s.buffered.Add(-n) }
 
 // isLocal reports whether domain (lower case) is one of ours.
 func (s *Server) isLocal(domain string) bool { return s.domains[domain] }

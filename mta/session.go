@@ -260,7 +260,12 @@ func (ss *session) Data(r io.Reader) (reply error) {
 			reply = ss.finish(tx, user, 0, "", smtpErr(451, codeTransient, "internal error, try again later"))
 		}
 	}()
-	raw, err := ss.readData(r, tx)
+	// The message is in memory until it is stored: it holds its share of
+	// MaxBufferedBytes until then (counted once, though it is copied a
+	// few times on its way to disk).
+	var held int64
+	defer func() { ss.srv.releaseBuffer(held) }()
+	raw, err := ss.readData(r, tx, &held)
 	if err != nil {
 		return ss.finish(tx, user, len(raw), "", err)
 	}
@@ -278,7 +283,7 @@ func (ss *session) Data(r io.Reader) (reply error) {
 
 // readData reads the message, renewing the read deadline as data arrives
 // (RFC 5321 4.5.3.2.6) and mapping go-smtp's errors to replies.
-func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
+func (ss *session) readData(r io.Reader, tx *transaction, held *int64) ([]byte, error) {
 	// Trust the SIZE= hint only so far: it is the client's word, and a
 	// buffer sized by it before any data arrives would be free to demand.
 	size := min(max(tx.sizeHint, 4096), 1<<20) + 1024
@@ -286,10 +291,12 @@ func (ss *session) readData(r io.Reader, tx *transaction) ([]byte, error) {
 	ss.tc.beginData()
 	defer ss.tc.endData()
 	dr := &deadlineReader{r: r, conn: ss.conn.Conn(), tc: ss.tc, timeout: ss.srv.opts.DataTimeout,
-		rate: ss.srv.opts.MinDataRate, start: time.Now()}
+		rate: ss.srv.opts.MinDataRate, start: time.Now(), srv: ss.srv, held: held}
 	_, err := buf.ReadFrom(dr)
 	var ne net.Error
 	switch {
+	case errors.Is(err, errBufferFull):
+		return nil, smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "insufficient system storage, try again later")
 	case err == nil && int64(buf.Len()) <= ss.srv.opts.MaxMessageBytes:
 		return buf.Bytes(), nil
 	case err == nil, errors.Is(err, smtp.ErrDataTooLarge):
@@ -327,7 +334,11 @@ type deadlineReader struct {
 	start   time.Time
 	n       int64     // bytes read so far
 	until   time.Time // the end of the transfer's allowance, as last set
+	srv     *Server
+	held    *int64 // bytes counted against MaxBufferedBytes
 }
+
+var errBufferFull = errors.New("message buffers full")
 
 const dataReadSize = 4 << 10
 
@@ -345,6 +356,12 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 	d.conn.SetReadDeadline(time.Now().Add(d.timeout))
 	n, err := d.r.Read(p)
 	d.n += int64(n)
+	if n > 0 {
+		if !d.srv.holdBuffer(int64(n)) {
+			return n, errBufferFull
+		}
+		*d.held += int64(n)
+	}
 	return n, err
 }
 
