@@ -16,8 +16,8 @@
 //	            DATA  -> CRLF normalised -> Verify (SPF/DKIM/DMARC)
 //	                  -> Received prepended -> Local.Deliver
 //	Submission: AUTH PLAIN/LOGIN (after TLS) -> MAIL must be the user's address
-//	            DATA  -> CRLF normalised -> From: checked, Date/Message-ID added
-//	                  -> Sign -> Received prepended
+//	            DATA  -> CRLF normalised -> From:/Sender: checked,
+//	                     Date/Message-ID added -> Sign -> Received prepended
 //	                  -> Local.Deliver for local recipients, then Queue.Enqueue
 //
 // Local recipients are stored before anything is queued: when local delivery
@@ -25,6 +25,14 @@
 // retry cannot send the remote copies twice. The opposite failure (local copies
 // stored, queue write fails) also gets 451; the retry then duplicates the local
 // copies, which RFC 5321 6.1 prefers to losing the remote ones.
+//
+// Against clients that only want to tie the server up, every resource has a
+// bound: connections per IP and in total (421), rejected commands per
+// connection (MaxErrors), each wait for the client (CommandTimeout,
+// DataTimeout; RFC 5321 4.5.3.2), a whole message transfer (MinDataRate), a
+// connection's life outside one (MaxSessionTime), and the message data held
+// in memory by all sessions together (MaxBufferedBytes, 452). Every such cut
+// is a 4xx, so a real sender that merely was slow or unlucky retries.
 package mta
 
 import (
