@@ -75,8 +75,9 @@ func (ss *session) authenticate(authz, user, password string) error {
 	case errors.Is(err, store.ErrBadPassword):
 		throttle.Fail(ss.ip)
 		ss.srv.log.Warn("auth failed", "client", ss.ip.String(), "user", logSafe(user))
-		// The delay slows guessing within the throttle's allowance.
-		if d := ss.srv.opts.AuthFailDelay; d > 0 {
+		// The delay slows guessing within the throttle's allowance, and
+		// grows for a user name that keeps failing from anywhere.
+		if d := throttle.FailureDelay(user, ss.srv.opts.AuthFailDelay); d > 0 {
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -84,9 +85,27 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	// The SPF check and the DMARC record lookup run beside the DKIM check,
 	// so that a server hanging on one lookup does not eat the others' time.
 	spfDone := make(chan spfOutcome, 1)
-	go func() { spfDone <- checkSPF(ctx, res, ip, helo, mailFrom) }()
+	// A panic in a lookup goroutine would kill the whole server (the SMTP
+	// session's recover cannot reach it): it becomes a temporary error.
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				v.logger().Error("spf check panicked", "panic", r)
+				spfDone <- spfOutcome{value: spf.TempError, mailFrom: mailFrom, helo: helo, dnsTrouble: true}
+			}
+		}()
+		spfDone <- checkSPF(ctx, res, ip, helo, mailFrom)
+	}()
 	recDone := make(chan dmarcRecord, 1)
-	go func() { recDone <- lookupPolicy(ctx, res, from) }()
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				v.logger().Error("dmarc lookup panicked", "panic", r)
+				recDone <- dmarcRecord{err: fmt.Errorf("dmarc lookup panicked: %v", r)}
+			}
+		}()
+		recDone <- lookupPolicy(ctx, res, from)
+	}()
 	dk := checkDKIM(ctx, res, fields, rest, msg)
 	sp, dr := <-spfDone, <-recDone
 	dm := checkDMARC(from, dr, sp, dk)

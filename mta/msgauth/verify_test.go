@@ -336,3 +336,26 @@ func TestVerifyNeedsAuthServID(t *testing.T) {
 		t.Fatal("Verify without AuthServID succeeded")
 	}
 }
+
+// TestVerifyLookupPanicIsTemporary: a panic while looking up SPF or DMARC
+// (here: in the resolver's dialer) must not take the server down.
+func TestVerifyLookupPanicIsTemporary(t *testing.T) {
+	panicky := &net.Resolver{
+		PreferGo: true,
+		Dial: func(context.Context, string, string) (net.Conn, error) {
+			panic("resolver exploded")
+		},
+	}
+	v := &Verifier{Resolver: panicky, AuthServID: "mx.example.test", RejectDMARC: true, Timeout: 5 * time.Second}
+	msg := []byte("From: a@example.org\r\nTo: b@example.test\r\nSubject: x\r\n\r\nhi\r\n")
+	out, err := v.Verify(context.Background(), net.ParseIP("192.0.2.1"), "mail.example.org", "a@example.org", msg)
+	if err == nil {
+		if !bytes.Contains(out, []byte("spf=temperror")) {
+			t.Fatalf("no temperror recorded:\n%s", out)
+		}
+		return
+	}
+	if !strings.HasPrefix(err.Error(), "451") && !strings.Contains(err.Error(), "4.7.0") {
+		t.Fatalf("err = %v, want a temporary failure", err)
+	}
+}
