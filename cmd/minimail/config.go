@@ -54,6 +54,9 @@ type Config struct {
 		DataTimeout         duration `toml:"data_timeout"`
 		POP3IdleTimeout     duration `toml:"pop3_idle_timeout"`
 		ShutdownTimeout     duration `toml:"shutdown_timeout"`
+		MinDataRate         int      `toml:"min_data_rate"`
+		MaxSessionTime      duration `toml:"max_session_time"`
+		MaxBufferedBytes    int64    `toml:"max_buffered_bytes"`
 	} `toml:"limits"`
 
 	Relay struct {
@@ -223,6 +226,8 @@ func (c *Config) validate() error {
 		"limits.max_connections":        int64(c.Limits.MaxConnections),
 		"limits.max_connections_per_ip": int64(c.Limits.MaxConnectionsPerIP),
 		"limits.max_errors":             int64(c.Limits.MaxErrors),
+		"limits.min_data_rate":          int64(c.Limits.MinDataRate),
+		"limits.max_buffered_bytes":     c.Limits.MaxBufferedBytes,
 		"auth.max_failures":             int64(c.Auth.MaxFailures),
 		"relay.max_concurrent":          int64(c.Relay.MaxConcurrent),
 		"relay.max_per_domain":          int64(c.Relay.MaxPerDomain),

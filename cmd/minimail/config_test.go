@@ -80,6 +80,8 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"tls listener without cert", minimalConfig + "[listen]\nsubmissions = \":465\"\n", "tls.cert"},
 		{"key without cert", minimalConfig + "[tls]\nkey = \"k.pem\"\n", "tls.cert"},
 		{"negative limit", minimalConfig + "[limits]\nmax_recipients = -1\n", "limits.max_recipients"},
+		{"negative data rate", minimalConfig + "[limits]\nmin_data_rate = -5\n", "limits.min_data_rate"},
+		{"bad session time", minimalConfig + "[limits]\nmax_session_time = \"-1m\"\n", "max_session_time"},
 		{"tiny line length", minimalConfig + "[limits]\nmax_line_length = 100\n", "limits.max_line_length"},
 		{"bad duration", minimalConfig + "[limits]\ndata_timeout = \"soon\"\n", "data_timeout"},
 		{"short pop3 timeout", minimalConfig + "[limits]\npop3_idle_timeout = \"1m\"\n", "limits.pop3_idle_timeout"},
