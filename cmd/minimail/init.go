@@ -96,7 +96,9 @@ func initDir(w io.Writer, dir, domain, hostname string) error {
 		written = append(written, f.path)
 	}
 	fmt.Fprintf(w, "wrote %s, %s, %s, %s\n\n", files["config"], files["cert"], files["key"], files["dkim"])
-	fmt.Fprintf(w, "Next: minimail --config %s user add you@%s\n      minimail --config %s serve\n\n", files["config"], domain, files["config"])
+	fmt.Fprintf(w, "Next: minimail --config %s user add you@%s\n", files["config"], domain)
+	fmt.Fprintf(w, "      minimail --config %s user add postmaster@%s   (RFC 5321 4.5.1 requires it)\n", files["config"], domain)
+	fmt.Fprintf(w, "      minimail --config %s serve\n\n", files["config"])
 	return printRecords(w, []string{domain}, hostname, initSelector, dkimKey.Public())
 }
 
