@@ -177,6 +177,14 @@ func TestBadConfigAndDataDir(t *testing.T) {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
 	})
+	t.Run("unwritable data_dir, exit 1", func(t *testing.T) {
+		// A directory nobody, root included, can create files in.
+		p := writeConfig(t, strings.Replace(minimalConfig, `"data"`, `"/proc/self/fdinfo"`, 1))
+		r := minimail(t, "", "--config", p, "user", "add", "--password", "x", "a@example.org")
+		if r.code != 1 || !strings.Contains(r.stderr, "/proc/self/fdinfo") {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
 	t.Run("foreign database file left untouched, exit 1", func(t *testing.T) {
 		p := writeConfig(t, minimalConfig)
 		data := filepath.Join(filepath.Dir(p), "data")
