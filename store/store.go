@@ -164,6 +164,10 @@ func openBolt(path string, lockTimeout time.Duration, readOnly bool) (db *bolt.D
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
 		return nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
 	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return nil, err // already names the file
+	}
 	return nil, fmt.Errorf("open %s: %w", path, err)
 }
 
