@@ -4,18 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -24,6 +18,7 @@ import (
 	"time"
 
 	"minimail/mda"
+	"minimail/mta/tlstest"
 	"minimail/store"
 )
 
@@ -60,7 +55,7 @@ func newEnv(t testing.TB, mod func(o *Options, local *Local)) *env {
 			t.Fatal(err)
 		}
 	}
-	serverTLS, clientTLS := testTLS(t)
+	serverTLS, clientTLS := tlstest.Pair(t, testHost)
 	e := &env{t: t, st: st, agent: &mda.Agent{Mailboxes: st}, queue: &fakeQueue{}, logs: &syncBuffer{}, clientTLS: clientTLS}
 	opts := Options{
 		Hostname:            testHost,
@@ -132,40 +127,6 @@ func (e *env) mailbox(addr string) [][]byte {
 		out = append(out, m)
 	}
 	return out
-}
-
-// testTLS makes a self-signed certificate for testHost and 127.0.0.1.
-func testTLS(t testing.TB) (server, client *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: testHost},
-		DNSNames:              []string{testHost},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-	client = &tls.Config{RootCAs: pool, ServerName: testHost}
-	return server, client
 }
 
 // fakeQueue records what is enqueued, or fails with err.

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"minimail/mta/tlstest"
 )
 
 // TestDialogs replays every testdata/dialog/*.txt transcript against a
@@ -41,7 +43,7 @@ func runDialog(t *testing.T, file string) {
 			opts.AllowInsecureAuth = true
 			continue
 		case "! stls":
-			opts.TLSConfig, _ = tlsPair(t)
+			opts.TLSConfig, _ = tlstest.Pair(t, "pop.test")
 			continue
 		}
 		if line != "" && !strings.HasPrefix(line, "#") {

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"net"
 	"testing"
+
+	"minimail/mta/tlstest"
 )
 
 // capaAfterTLS is the capability list once TLS is active: logins offered,
@@ -34,7 +36,7 @@ func (c *client) startTLS(cfg *tls.Config) {
 }
 
 func TestSTLS_ThenAuthPlain(t *testing.T) {
-	serverTLS, clientTLS := tlsPair(t)
+	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
 	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
 	c := greeted(t, h.addr)
 	c.cmd("USER "+alice, "-ERR [AUTH] authentication requires TLS: use STLS first")
@@ -52,7 +54,7 @@ func TestSTLS_ThenAuthPlain(t *testing.T) {
 }
 
 func TestSTLS_ThenUserPass(t *testing.T) {
-	serverTLS, clientTLS := tlsPair(t)
+	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
 	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
 	c := greeted(t, h.addr)
 	c.startTLS(clientTLS)
@@ -64,7 +66,7 @@ func TestSTLS_ThenUserPass(t *testing.T) {
 // (CVE-2011-0411): a QUIT sent in plaintext right behind STLS must not be
 // executed as if it had come over TLS.
 func TestSTLS_PipelinedPlaintextIsDropped(t *testing.T) {
-	serverTLS, clientTLS := tlsPair(t)
+	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
 	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
 	c := greeted(t, h.addr)
 	c.send("STLS", "QUIT")
@@ -80,7 +82,7 @@ func TestSTLS_PipelinedPlaintextIsDropped(t *testing.T) {
 // TestSTLS_USERBeforeTLSIsForgotten: a name given in plaintext (here with
 // insecure auth allowed) does not carry over into the TLS session.
 func TestSTLS_USERBeforeTLSIsForgotten(t *testing.T) {
-	serverTLS, clientTLS := tlsPair(t)
+	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
 	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS, AllowInsecureAuth: true})
 	c := greeted(t, h.addr)
 	c.cmd("USER "+alice, "+OK")
@@ -89,7 +91,7 @@ func TestSTLS_USERBeforeTLSIsForgotten(t *testing.T) {
 }
 
 func TestSTLS_FailedHandshakeEndsSession(t *testing.T) {
-	serverTLS, _ := tlsPair(t)
+	serverTLS, _ := tlstest.Pair(t, "pop.test")
 	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
 	c := greeted(t, h.addr)
 	c.cmd("STLS", "+OK begin TLS negotiation")
@@ -99,7 +101,7 @@ func TestSTLS_FailedHandshakeEndsSession(t *testing.T) {
 }
 
 func TestPOP3S_ImplicitTLS(t *testing.T) {
-	serverTLS, clientTLS := tlsPair(t)
+	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
 	st := fixtureStore(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

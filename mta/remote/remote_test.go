@@ -16,6 +16,7 @@ import (
 
 	"minimail/mta/dnstest"
 	"minimail/mta/remote/smtptest"
+	"minimail/mta/tlstest"
 )
 
 const testMsg = "From: bob@a.test\r\nTo: x@b.test\r\nSubject: hi\r\n\r\nhello\r\n.\r\n..dots\r\n"
@@ -252,7 +253,7 @@ func TestDeliverUnreachable(t *testing.T) {
 }
 
 func TestDeliverOpportunisticSTARTTLS(t *testing.T) {
-	serverTLS, pool := smtptest.SelfSigned(t, "mx.b.test")
+	serverTLS, clientTLS := tlstest.Pair(t, "mx.b.test")
 	srv := smtptest.Start(t, smtptest.Options{TLSConfig: serverTLS})
 	tests := []struct {
 		name string
@@ -260,7 +261,7 @@ func TestDeliverOpportunisticSTARTTLS(t *testing.T) {
 		log  string
 	}{
 		{"unverifiable certificate still encrypts", nil, "tls=unverified"},
-		{"verified certificate", &tls.Config{RootCAs: pool}, "tls=verified"},
+		{"verified certificate", clientTLS, "tls=verified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -281,9 +282,9 @@ func TestDeliverOpportunisticSTARTTLS(t *testing.T) {
 }
 
 func TestDeliverFailedHandshakeFallsBackToPlainText(t *testing.T) {
-	serverTLS, pool := smtptest.SelfSigned(t)
+	serverTLS, clientTLS := tlstest.Pair(t)
 	serverTLS.MinVersion = tls.VersionTLS13
-	clientTLS := &tls.Config{MaxVersion: tls.VersionTLS12, RootCAs: pool}
+	clientTLS.MaxVersion = tls.VersionTLS12
 	t.Run("opportunistic", func(t *testing.T) {
 		srv := smtptest.Start(t, smtptest.Options{TLSConfig: serverTLS})
 		c := routed(srv)
@@ -306,7 +307,7 @@ func TestDeliverFailedHandshakeFallsBackToPlainText(t *testing.T) {
 }
 
 func TestDeliverSmarthostCredentials(t *testing.T) {
-	serverTLS, pool := smtptest.SelfSigned(t)
+	serverTLS, clientTLS := tlstest.Pair(t)
 	auth := smtptest.Options{TLSConfig: serverTLS, Username: "relay", Password: "s3cret"}
 	tests := []struct {
 		name     string
@@ -325,7 +326,7 @@ func TestDeliverSmarthostCredentials(t *testing.T) {
 			srv := smtptest.Start(t, tt.opts)
 			c := &Client{Hostname: "mx.a.test", Smarthost: srv.Addr, SmarthostUsername: "relay", SmarthostPassword: tt.password, Timeout: 5 * time.Second}
 			if tt.roots {
-				c.TLSConfig = &tls.Config{RootCAs: pool}
+				c.TLSConfig = clientTLS
 			}
 			res := c.Deliver(context.Background(), "bob@a.test", []string{"x@far.test"}, []byte(testMsg))
 			wantErr(t, 0, res[0], tt.status, tt.status != "")
