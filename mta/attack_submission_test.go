@@ -40,10 +40,7 @@ func TestAttack_SubmissionOriginator(t *testing.T) {
 		{"Sender without From", "Sender: bob@example.org\r\n", "550 5.7.1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cl := dialTLS(t, e.subsAddr, e.clientTLS)
-			cl.login("alice@example.org")
-			got := cl.send("alice@example.org", []string{"carol@remote.test"}, tc.header+"Subject: x\r\n\r\nx\r\n")
-			if !strings.HasPrefix(got, tc.want) {
+			if got := e.submitWithHeader(t, tc.header); !strings.HasPrefix(got, tc.want) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})

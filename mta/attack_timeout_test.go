@@ -20,14 +20,6 @@ func TestAttack_Slowloris(t *testing.T) {
 		o.DataTimeout = 600 * time.Millisecond
 		o.MinDataRate = 20_000
 	})
-	transaction := func(t *testing.T) *client {
-		cl := dial(t, e.mxAddr)
-		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
-		cl.cmd("EHLO client.test", "250 ")
-		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
-		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
-		return cl
-	}
 	nothingStored := func(t *testing.T) {
 		t.Helper()
 		if m := e.mailbox("alice@example.org"); len(m) != 0 {
@@ -35,7 +27,7 @@ func TestAttack_Slowloris(t *testing.T) {
 		}
 	}
 	t.Run("DATA trickled below MinDataRate is cut with 421", func(t *testing.T) {
-		cl := transaction(t)
+		cl := openTransaction(t, e, nil)
 		cl.cmd("DATA", "354 ")
 		stop := make(chan struct{})
 		defer close(stop)
@@ -59,69 +51,33 @@ func TestAttack_Slowloris(t *testing.T) {
 		nothingStored(t)
 	})
 	t.Run("BDAT trickled in one-byte chunks is cut with 421", func(t *testing.T) {
-		cl := transaction(t)
-		for start := time.Now(); ; time.Sleep(tick) {
-			if time.Since(start) > 4*time.Second {
-				t.Fatal("still accepting chunks after 4 s")
-			}
-			cl.write("BDAT 1\r\nx")
-			lines, err := cl.reply()
-			if err != nil {
-				t.Fatalf("connection ended without a reply: %v", err)
-			}
-			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
-				// go-smtp words the 421 its own way when the limit strikes
-				// while it reads a BDAT command line rather than a chunk.
-				if !strings.HasPrefix(last, "421 4.4.") {
-					t.Fatalf("got %q", last)
-				}
-				break
-			}
-		}
+		cl := openTransaction(t, e, nil)
+		// go-smtp words the 421 its own way when the limit strikes while it
+		// reads a BDAT command line rather than a chunk: only 4.4. is sure.
+		cl.repeatUntilCut("BDAT 1\r\nx", "421 4.4.", tick)
 		cl.expectClosed()
 		nothingStored(t)
 	})
 	t.Run("empty BDAT chunks cannot hold a transfer open", func(t *testing.T) {
-		cl := transaction(t)
-		for start := time.Now(); ; time.Sleep(tick) {
-			if time.Since(start) > 4*time.Second {
-				t.Fatal("still accepting chunks after 4 s")
-			}
-			cl.write("BDAT 0\r\n")
-			lines, err := cl.reply()
-			if err != nil {
-				t.Fatalf("connection ended without a reply: %v", err)
-			}
-			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
-				if !strings.HasPrefix(last, "421 4.4.") {
-					t.Fatalf("got %q", last)
-				}
-				break
-			}
-		}
+		cl := openTransaction(t, e, nil)
+		cl.repeatUntilCut("BDAT 0\r\n", "421 4.4.", tick)
 		nothingStored(t)
 	})
 	t.Run("a stalled BDAT chunk gets 421, not a permanent 554", func(t *testing.T) {
-		cl := transaction(t)
+		cl := openTransaction(t, e, nil)
 		cl.write("BDAT 100 LAST\r\nSubject: stalled\r\n")
 		cl.expect("421 4.4.2")
 		cl.expectClosed()
 		nothingStored(t)
 	})
 	t.Run("a stalled BDAT chunk over STARTTLS gets 421 too", func(t *testing.T) {
-		cl := dial(t, e.mxAddr)
-		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
-		cl.cmd("EHLO client.test", "250 ")
-		cl.starttls(e.clientTLS)
-		cl.cmd("EHLO client.test", "250 ")
-		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
-		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		cl := openTransaction(t, e, e.clientTLS)
 		cl.write("BDAT 100 LAST\r\nSubject: stalled\r\n")
 		cl.expect("421 4.4.2")
 		nothingStored(t)
 	})
 	t.Run("a steady sender above the floor is not cut", func(t *testing.T) {
-		cl := transaction(t)
+		cl := openTransaction(t, e, nil)
 		cl.cmd("DATA", "354 ")
 		cl.write("Subject: steady\r\n\r\n")
 		line := strings.Repeat("s", 1998) + "\r\n"
@@ -150,34 +106,14 @@ func TestAttack_SessionTime(t *testing.T) {
 		start := time.Now()
 		cl := dial(t, e.mxAddr)
 		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
-		for {
-			if time.Since(start) > 4*time.Second {
-				t.Fatal("session still open after 4 s")
-			}
-			cl.write("NOOP\r\n")
-			lines, err := cl.reply()
-			if err != nil {
-				t.Fatalf("closed without a reply: %v", err)
-			}
-			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
-				if !strings.HasPrefix(last, "421 4.4.2") {
-					t.Fatalf("got %q", last)
-				}
-				break
-			}
-			time.Sleep(40 * time.Millisecond)
-		}
+		cl.repeatUntilCut("NOOP\r\n", "421 4.4.2", 40*time.Millisecond)
 		if d := time.Since(start); d < maxSession {
 			t.Fatalf("closed after %v, before MaxSessionTime", d)
 		}
 		cl.expectClosed()
 	})
 	t.Run("a message in transfer outlives MaxSessionTime", func(t *testing.T) {
-		cl := dial(t, e.mxAddr)
-		cl.c.SetDeadline(time.Now().Add(5 * time.Second))
-		cl.cmd("EHLO client.test", "250 ")
-		cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
-		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+		cl := openTransaction(t, e, nil)
 		cl.cmd("DATA", "354 ")
 		cl.write("Subject: long\r\n\r\n")
 		for i := range 15 {
@@ -231,4 +167,44 @@ func TestAttack_ConnectionsOverTheLimit(t *testing.T) {
 			t.Fatalf("held for %v, a whole CommandTimeout", d)
 		}
 	})
+}
+
+// openTransaction dials the MX, upgrading with STARTTLS when cfg is set,
+// and gets as far as one accepted RCPT for alice, with 5 s on the clock
+// for the whole exchange.
+func openTransaction(t testing.TB, e *env, cfg *tls.Config) *client {
+	t.Helper()
+	cl := dial(t, e.mxAddr)
+	cl.c.SetDeadline(time.Now().Add(5 * time.Second))
+	cl.cmd("EHLO client.test", "250 ")
+	if cfg != nil {
+		cl.starttls(cfg)
+		cl.cmd("EHLO client.test", "250 ")
+	}
+	cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+	cl.cmd("RCPT TO:<alice@example.org>", "250 ")
+	return cl
+}
+
+// repeatUntilCut plays a client that keeps its slot by sending what every
+// pause, until the server stops answering 250; that reply must start with
+// want. A server still answering 250 after 4 s fails the test.
+func (cl *client) repeatUntilCut(what, want string, pause time.Duration) {
+	cl.t.Helper()
+	for start := time.Now(); ; time.Sleep(pause) {
+		if time.Since(start) > 4*time.Second {
+			cl.t.Fatalf("%q still answered with 250 after 4 s", what)
+		}
+		cl.write(what)
+		lines, err := cl.reply()
+		if err != nil {
+			cl.t.Fatalf("connection ended without a reply to %q: %v", what, err)
+		}
+		if last := lines[len(lines)-1]; !strings.HasPrefix(last, "250 ") {
+			if !strings.HasPrefix(last, want) {
+				cl.t.Fatalf("got %q, want %q", last, want)
+			}
+			return
+		}
+	}
 }

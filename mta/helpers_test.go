@@ -129,6 +129,16 @@ func (e *env) mailbox(addr string) [][]byte {
 	return out
 }
 
+// submitWithHeader sends, as alice over implicit TLS, one message to a
+// remote recipient whose header section starts with header, and returns
+// the final reply line: the From: and Sender: checks in one call.
+func (e *env) submitWithHeader(t testing.TB, header string) string {
+	t.Helper()
+	cl := dialTLS(t, e.subsAddr, e.clientTLS)
+	cl.login("alice@example.org")
+	return cl.send("alice@example.org", []string{"carol@remote.test"}, header+"Subject: x\r\n\r\nx\r\n")
+}
+
 // fakeQueue records what is enqueued, or fails with err.
 type fakeQueue struct {
 	mu  sync.Mutex

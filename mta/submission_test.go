@@ -231,10 +231,7 @@ func TestSubmission_SenderIdentity(t *testing.T) {
 		{"missing", "", "250 "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cl := dialTLS(t, e.subsAddr, e.clientTLS)
-			cl.login("alice@example.org")
-			got := cl.send("alice@example.org", []string{"carol@remote.test"}, tc.header+"Subject: x\r\n\r\nx\r\n")
-			if !strings.HasPrefix(got, tc.want) {
+			if got := e.submitWithHeader(t, tc.header); !strings.HasPrefix(got, tc.want) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})

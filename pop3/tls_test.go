@@ -28,6 +28,13 @@ func (c *client) expectLines(want []string) {
 func (c *client) startTLS(cfg *tls.Config) {
 	c.t.Helper()
 	c.cmd("STLS", "+OK begin TLS negotiation")
+	c.handshake(cfg)
+}
+
+// handshake runs the client side of a TLS handshake on the connection and
+// reads everything after it through TLS.
+func (c *client) handshake(cfg *tls.Config) {
+	c.t.Helper()
 	tc := tls.Client(c.conn, cfg)
 	if err := tc.Handshake(); err != nil {
 		c.t.Fatalf("TLS handshake: %v", err)
@@ -35,10 +42,19 @@ func (c *client) startTLS(cfg *tls.Config) {
 	c.conn, c.r = tc, bufio.NewReader(tc)
 }
 
+// greetedSTLS starts a server over the fixture store that offers STLS
+// (with opts otherwise) and returns a greeted plaintext client and the
+// TLS config that trusts the server.
+func greetedSTLS(t testing.TB, opts Options) (*client, *tls.Config, *harness) {
+	t.Helper()
+	var clientTLS *tls.Config
+	opts.TLSConfig, clientTLS = tlstest.Pair(t, "pop.test")
+	h := startServer(t, fixtureStore(t), opts)
+	return greeted(t, h.addr), clientTLS, h
+}
+
 func TestSTLS_ThenAuthPlain(t *testing.T) {
-	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
-	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
-	c := greeted(t, h.addr)
+	c, clientTLS, _ := greetedSTLS(t, Options{})
 	c.cmd("USER "+alice, "-ERR [AUTH] authentication requires TLS: use STLS first")
 	c.startTLS(clientTLS)
 
@@ -54,9 +70,7 @@ func TestSTLS_ThenAuthPlain(t *testing.T) {
 }
 
 func TestSTLS_ThenUserPass(t *testing.T) {
-	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
-	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
-	c := greeted(t, h.addr)
+	c, clientTLS, _ := greetedSTLS(t, Options{})
 	c.startTLS(clientTLS)
 	c.login(alice, alicePW)
 	c.cmd("STAT", "+OK 3 219")
@@ -66,34 +80,24 @@ func TestSTLS_ThenUserPass(t *testing.T) {
 // (CVE-2011-0411): a QUIT sent in plaintext right behind STLS must not be
 // executed as if it had come over TLS.
 func TestSTLS_PipelinedPlaintextIsDropped(t *testing.T) {
-	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
-	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
-	c := greeted(t, h.addr)
+	c, clientTLS, _ := greetedSTLS(t, Options{})
 	c.send("STLS", "QUIT")
 	c.expect("+OK begin TLS negotiation")
-	tc := tls.Client(c.conn, clientTLS)
-	if err := tc.Handshake(); err != nil {
-		t.Fatalf("TLS handshake: %v", err)
-	}
-	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.handshake(clientTLS)
 	c.cmd("NOOP", "-ERR not logged in")
 }
 
 // TestSTLS_USERBeforeTLSIsForgotten: a name given in plaintext (here with
 // insecure auth allowed) does not carry over into the TLS session.
 func TestSTLS_USERBeforeTLSIsForgotten(t *testing.T) {
-	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
-	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS, AllowInsecureAuth: true})
-	c := greeted(t, h.addr)
+	c, clientTLS, _ := greetedSTLS(t, Options{AllowInsecureAuth: true})
 	c.cmd("USER "+alice, "+OK")
 	c.startTLS(clientTLS)
 	c.cmd("PASS "+alicePW, "-ERR send USER first")
 }
 
 func TestSTLS_FailedHandshakeEndsSession(t *testing.T) {
-	serverTLS, _ := tlstest.Pair(t, "pop.test")
-	h := startServer(t, fixtureStore(t), Options{TLSConfig: serverTLS})
-	c := greeted(t, h.addr)
+	c, _, h := greetedSTLS(t, Options{})
 	c.cmd("STLS", "+OK begin TLS negotiation")
 	c.send("this is not a TLS client hello")
 	c.r.Reset(c.conn) // whatever alert the server sends, then EOF
