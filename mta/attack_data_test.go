@@ -279,9 +279,9 @@ func TestAttack_ChunkingSmuggling(t *testing.T) {
 		cl.cmd("EHLO evil.test", "250 ")
 		chunk := "MAIL FROM:<evil@other.test>\r\nRCPT TO:<bob@example.org>\r\n"
 		cl.write(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
-		cl.expect("502 5.5.1")
+		cl.expect("503 5.5.1")
 		cl.cmd("NOOP", "250 2.0.0") // not the reply to a smuggled MAIL
-		cl.cmd("RCPT TO:<bob@example.org>", "502 5.5.1")
+		cl.cmd("RCPT TO:<bob@example.org>", "503 5.5.1")
 	})
 	t.Run("DATA inside a BDAT transfer is refused", func(t *testing.T) {
 		cl := dial(t, e.mxAddr)
@@ -294,8 +294,8 @@ func TestAttack_ChunkingSmuggling(t *testing.T) {
 		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
 		cl.write("BDAT 3\r\nabc")
 		cl.expect("250 2.0.0")
-		cl.cmd("DATA", "502 5.5.1")
-		cl.cmd("MAIL FROM:<evil@other.test>", "502 5.5.1")
+		cl.cmd("DATA", "503 5.5.1")
+		cl.cmd("MAIL FROM:<evil@other.test>", "503 5.5.1")
 		cl.cmd("RSET", "250 ")
 	})
 	t.Run("malformed BDAT sizes", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package mta
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -235,3 +236,45 @@ type chanAddr struct{}
 
 func (chanAddr) Network() string { return "mta" }
 func (chanAddr) String() string  { return "mta" }
+
+// sequenceReplies are go-smtp's answers to commands out of order, which it
+// sends as 502 ("not implemented") before any session code runs. RFC 5321
+// 4.2.4 and 4.3.2 make them 503 ("bad sequence of commands"), as SPEC.md
+// promises.
+var sequenceReplies = [][]byte{
+	[]byte("502 5.5.1 Please introduce yourself first."),
+	[]byte("502 5.5.1 MAIL not allowed during message transfer"),
+	[]byte("502 5.5.1 Missing MAIL FROM command."),
+	[]byte("502 5.5.1 RCPT not allowed during message transfer"),
+	[]byte("502 5.5.1 DATA not allowed during message transfer"),
+	[]byte("502 5.5.1 Missing RCPT TO command."),
+}
+
+// Write turns go-smtp's 502 sequence replies into 503. go-smtp flushes each
+// reply whole, so a reply never straddles two writes. This sees plain text
+// only on connections without TLS and on implicit TLS (where it sits above
+// the *tls.Conn); after STARTTLS go-smtp writes through its own *tls.Conn
+// underneath, and its 502 stands.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if !bytes.Contains(p, []byte("502 5.5.1 ")) {
+		return c.Conn.Write(p)
+	}
+	out := bytes.Clone(p)
+	for _, r := range sequenceReplies {
+		for i := 0; ; {
+			j := bytes.Index(out[i:], r)
+			if j < 0 {
+				break
+			}
+			at := i + j
+			if at == 0 || out[at-1] == '\n' {
+				out[at+2] = '3' // 502 -> 503, same length
+			}
+			i = at + len(r)
+		}
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -322,3 +322,16 @@ func TestServerTLSConfig(t *testing.T) {
 		t.Fatal("TLS 1.3 minimum lowered")
 	}
 }
+
+// TestSequenceErrorsAre503OnImplicitTLS: commands out of order get 503
+// (RFC 5321 4.3.2) also on port 465, where go-smtp itself would say 502.
+func TestSequenceErrorsAre503OnImplicitTLS(t *testing.T) {
+	e := newEnv(t, nil)
+	cl := dialTLS(t, e.subsAddr, e.clientTLS)
+	cl.cmd("MAIL FROM:<alice@example.org>", "503 5.5.1")
+	cl.cmd("EHLO client.test", "250")
+	cl.cmd("RCPT TO:<bob@example.org>", "503 5.5.1")
+	cl.cmd("DATA", "503 5.5.1")
+	// A 502 that is not about sequence stays 502.
+	cl.cmd("TURN", "502 5.5.1")
+}
