@@ -240,6 +240,9 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		AuthFailDelay:       cfg.Auth.FailureDelay.Duration,
 		Logger:              log,
 	}
+	if _, ok := listeners["listen.pop3"]; ok && tlsConf == nil && !cfg.Auth.AllowInsecureAuth {
+		log.Warn("listen.pop3 has no TLS certificate (tls.cert), so no login can succeed on it: set [tls] or auth.allow_insecure_auth")
+	}
 	for _, key := range []string{"listen.pop3", "listen.pop3s"} {
 		if _, ok := listeners[key]; ok {
 			p := pop3.NewServer(s.st, popOpts)
