@@ -381,23 +381,14 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	var delay time.Duration
 	for {
-		c, err := l.Accept()
+		c, err := guard.Accept(l, s.log)
 		if err != nil {
 			if s.isDraining() {
 				return nil
 			}
-			// Out of file descriptors and the like: back off and retry.
-			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed", "addr", l.Addr().String(), "err", err, "retry", delay)
-				time.Sleep(delay)
-				continue
-			}
 			return fmt.Errorf("mta: accept on %s: %w", l.Addr(), err)
 		}
-		delay = 0
 		go s.handoff(c)
 	}
 }

@@ -3,7 +3,6 @@ package pop3
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -138,28 +137,14 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	var backoff time.Duration
 	for {
-		conn, err := l.Accept()
+		conn, err := guard.Accept(l, s.log)
 		if err != nil {
 			if s.isShutdown() {
 				return nil
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("pop3: accept: %w", err)
-			}
-			// Out of file descriptors and the like: wait and retry, as
-			// net/http does, instead of spinning or giving up.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("pop3 accept failed", "err", err, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-s.closing:
-				return nil
-			}
-			continue
+			return fmt.Errorf("pop3: accept on %s: %w", l.Addr(), err)
 		}
-		backoff = 0
 		if !s.track() {
 			conn.Close()
 			return nil
