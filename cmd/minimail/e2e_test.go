@@ -568,3 +568,97 @@ func TestControlSocketPathTooLongIsAClearError(t *testing.T) {
 	}
 	st.Close()
 }
+
+// TestFullDiskGives451AndLosesNothing runs the server with a file size
+// limit (RLIMIT_FSIZE, the same EFBIG/ENOSPC path as a full disk): once
+// the database cannot grow, DATA gets a temporary 451, never a 250 or a
+// 5xx, the server keeps running, and after a restart every acknowledged
+// message is there and nothing else.
+func TestFullDiskGives451AndLosesNothing(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Skip("prlimit (util-linux) not installed")
+	}
+	cfg := initSite(t)
+	smtpAddr := freePort(t)
+	setListen(t, cfg, map[string]string{"smtp": smtpAddr})
+	dnsSrv := dnstest.Start(t) // the MX's SPF/DMARC lookups go here
+	appendConfig(t, cfg, "", `dns       = ""`, fmt.Sprintf("dns = %q", dnsSrv.Addr))
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw", "alice@example.test"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	// bbolt grows its file in doublings while small: 1 MiB is reached
+	// after a few hundred 4 KiB messages.
+	cmd := exec.Command(prlimit, "--fsize=1048576", binary, "--config", cfg, "serve")
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, "serve to listen", func() bool { return strings.Contains(logs.String(), "msg=listening") })
+
+	c, err := smtp.Dial(smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n", 64)
+	acked := map[string]bool{}
+	var refusal error
+	for i := 0; i < 2000 && refusal == nil; i++ {
+		subject := fmt.Sprintf("n%04d", i)
+		msg := testMessage("x@other.test", "alice@example.test", subject, body)
+		if err := c.SendMail("x@other.test", []string{"alice@example.test"}, bytes.NewReader(msg)); err != nil {
+			refusal = err
+			break
+		}
+		acked[subject] = true
+	}
+	var se *smtp.SMTPError
+	if !errors.As(refusal, &se) || se.Code/100 != 4 {
+		t.Fatalf("after %d messages: %v, want a 4xx once the file cannot grow\n%s", len(acked), refusal, logs.String())
+	}
+	if len(acked) == 0 {
+		t.Fatal("no message was accepted before the limit")
+	}
+	// Still serving: the session goes on, and a new one is greeted.
+	if err := c.Noop(); err != nil {
+		t.Fatalf("session after the refusal: %v", err)
+	}
+	c2, err := smtp.Dial(smtpAddr)
+	if err != nil {
+		t.Fatalf("new session after the refusal: %v", err)
+	}
+	c2.Close()
+
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("serve exit after SIGINT: %v\n%s", err, logs.String())
+	}
+	st, err := openStoreForTest(filepath.Join(filepath.Dir(cfg), "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	list, err := st.List("alice@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, m := range list {
+		b, err := st.Read("alice@example.test", m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(b, []byte("Subject: "))
+		subject := string(b[i+9 : i+14])
+		if !acked[subject] || seen[subject] {
+			t.Fatalf("stored %q: not acknowledged, or twice", subject)
+		}
+		seen[subject] = true
+	}
+	if len(seen) != len(acked) {
+		t.Fatalf("%d messages acknowledged, %d stored", len(acked), len(seen))
+	}
+}
