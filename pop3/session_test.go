@@ -459,3 +459,40 @@ func TestShutdown(t *testing.T) {
 		}
 	})
 }
+
+// TestWrongPasswordsForOneUserSlowDownButNeverLockOut: failures for one
+// user name, spread over addresses that each stay under the per-IP limit,
+// make further wrong passwords for that name wait longer; the right
+// password still logs in at once.
+func TestWrongPasswordsForOneUserSlowDownButNeverLockOut(t *testing.T) {
+	throttle := &guard.AuthThrottle{MaxPerIP: 2, MaxDelay: 400 * time.Millisecond}
+	h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true, AuthThrottle: throttle, AuthFailDelay: time.Millisecond})
+	from := func(ip byte) *client {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, ip)}}
+		conn, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Skipf("cannot dial from 127.0.0.%d: %v", ip, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c := newClient(t, conn)
+		c.expectPrefix("+OK")
+		return c
+	}
+	wrong := func(c *client) time.Duration {
+		start := time.Now()
+		c.cmd("USER "+alice, "+OK")
+		c.cmd("PASS nope", "-ERR [AUTH]")
+		return time.Since(start)
+	}
+	a := from(1)
+	wrong(a)
+	wrong(a) // two failures for alice: the per-user allowance
+	if d := wrong(from(2)); d < 350*time.Millisecond {
+		t.Fatalf("third failure for the same user answered after %v, want the grown delay", d)
+	}
+	start := time.Now()
+	from(3).login(alice, alicePW)
+	if d := time.Since(start); d >= 380*time.Millisecond {
+		t.Fatalf("the right password took %v: the user was slowed down, not only the guesser", d)
+	}
+}
