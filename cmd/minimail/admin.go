@@ -28,7 +28,8 @@ const controlSocket = "control.sock"
 // 108 bytes with its terminating NUL).
 const maxSocketPath = 107
 
-// QueueLister and friends are what admin needs from the outbound queue.
+// adminQueue is what the admin commands need from the running server's
+// queue (a stopped server's queue is handled in the store directly).
 type adminQueue interface {
 	Flush()
 	Drop(id string) error

@@ -141,8 +141,7 @@ func loadConfig(path string) (*Config, error) {
 		for i, k := range undecoded {
 			keys[i] = k.String()
 		}
-		// Routes are a free-form table: its entries are decoded, but keys
-		// under it are reported as undecoded by some toml versions.
+		// Report one key, the same one every time.
 		sort.Strings(keys)
 		return nil, &configError{path: path, key: keys[0], msg: "unknown key"}
 	}

@@ -389,7 +389,7 @@ func TestBackupWhileDelivering(t *testing.T) {
 // is skipped unless MINIMAIL_REQUIRE_CLIENTS is set.
 func TestSmokeWithThirdPartyClients(t *testing.T) {
 	for _, tool := range []string{"swaks", "curl"} {
-		if _, err := execLookPath(tool); err != nil {
+		if _, err := exec.LookPath(tool); err != nil {
 			if os.Getenv("MINIMAIL_REQUIRE_CLIENTS") != "" {
 				t.Fatalf("%s not installed", tool)
 			}
@@ -428,8 +428,6 @@ func TestSmokeWithThirdPartyClients(t *testing.T) {
 		return len(list) == 0
 	})
 }
-
-func execLookPath(name string) (string, error) { return exec.LookPath(name) }
 
 // execCommand runs a third-party tool with a time limit and returns its
 // combined output.

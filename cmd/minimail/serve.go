@@ -107,13 +107,13 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		}
 		tlsConf = s.certs.tlsConfig()
 	}
-	var dkimKey *msgauth.Signer
+	var signer *msgauth.Signer
 	if cfg.DKIM.Key != "" {
 		key, err := msgauth.LoadKey(cfg.DKIM.Key)
 		if err != nil {
 			return nil, &configError{path: cfg.path, key: "dkim.key", msg: err.Error()}
 		}
-		dkimKey = &msgauth.Signer{Selector: cfg.DKIM.Selector, Key: key, Domains: cfg.Domains}
+		signer = &msgauth.Signer{Selector: cfg.DKIM.Selector, Key: key, Domains: cfg.Domains}
 	}
 
 	// Bind everything before touching anything else, so a port in use
@@ -197,8 +197,8 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		AuthFailDelay:       cfg.Auth.FailureDelay.Duration,
 		Logger:              log,
 	}
-	if dkimKey != nil {
-		opts.Sign = dkimKey.Sign
+	if signer != nil {
+		opts.Sign = signer.Sign
 	}
 	mxOpts := opts
 	verifier := &msgauth.Verifier{Resolver: resolver, AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
