@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"net"
@@ -457,4 +458,71 @@ func TestDemoKeep(t *testing.T) {
 	if u.code != 0 || !strings.Contains(u.stdout, "alice@yahoo.test") {
 		t.Fatalf("user list on the kept data: exit %d %s %s", u.code, u.stdout, u.stderr)
 	}
+}
+
+// TestConfigLimitsReachTheListeners: the [limits] keys are not only parsed
+// but enforced by the servers `serve` starts.
+func TestConfigLimitsReachTheListeners(t *testing.T) {
+	cfg := initSite(t)
+	smtpAddr, pop3Addr := freePort(t), freePort(t)
+	setListen(t, cfg, map[string]string{"smtp": smtpAddr, "pop3": pop3Addr})
+	appendConfig(t, cfg, "", "max_message_bytes = 26214400\nmax_recipients    = 100\n",
+		"max_message_bytes = 2000\nmax_recipients = 2\nmax_connections_per_ip = 1\n")
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw", "alice@example.test"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	startServe(t, cfg, 2)
+
+	first := rawDial(t, smtpAddr)
+	reply := func(c *bufio.ReadWriter, cmd string) string {
+		t.Helper()
+		if cmd != "" {
+			c.WriteString(cmd + "\r\n")
+			c.Flush()
+		}
+		var last string
+		for {
+			line, err := c.ReadString('\n')
+			if err != nil {
+				t.Fatalf("after %q: %v", cmd, err)
+			}
+			last = line
+			if len(line) < 4 || line[3] != '-' {
+				return strings.TrimSpace(last)
+			}
+		}
+	}
+	reply(first, "")
+	reply(first, "EHLO client.test")
+	if got := reply(first, "MAIL FROM:<x@other.test> SIZE=5000"); !strings.HasPrefix(got, "552 5.3.4") {
+		t.Errorf("SIZE over limits.max_message_bytes: %q", got)
+	}
+	reply(first, "MAIL FROM:<x@other.test>")
+	reply(first, "RCPT TO:<alice@example.test>")
+	reply(first, "RCPT TO:<alice@example.test>")
+	if got := reply(first, "RCPT TO:<alice@example.test>"); !strings.HasPrefix(got, "452 4.5.3") {
+		t.Errorf("third recipient over limits.max_recipients = 2: %q", got)
+	}
+	if got := reply(rawDial(t, smtpAddr), ""); !strings.HasPrefix(got, "421 4.7.0") {
+		t.Errorf("second SMTP connection over limits.max_connections_per_ip = 1: %q", got)
+	}
+
+	p1 := rawDial(t, pop3Addr)
+	if line, _ := p1.ReadString('\n'); !strings.HasPrefix(line, "+OK") {
+		t.Fatalf("pop3 greeting %q", line)
+	}
+	if line, _ := rawDial(t, pop3Addr).ReadString('\n'); !strings.HasPrefix(line, "-ERR [SYS/TEMP]") {
+		t.Errorf("second POP3 connection over limits.max_connections_per_ip = 1: %q", line)
+	}
+}
+
+func rawDial(t *testing.T, addr string) *bufio.ReadWriter {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
 }
