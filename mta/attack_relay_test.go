@@ -68,17 +68,21 @@ func TestAttack_MXNeverRelays(t *testing.T) {
 	}
 }
 
-// TestAttack_PostmasterWithoutDomain records a go-smtp limit: RFC 5321
-// 4.5.1 asks servers to accept RCPT TO:<Postmaster> with no domain, but
-// go-smtp's path parser requires an '@' and answers 501 before the session
-// sees the command. The refusal is at least not a relay.
+// TestAttack_PostmasterWithoutDomain: RFC 5321 4.1.1.3 and 4.5.1 make a
+// bare RCPT TO:<Postmaster> (any case) reach this server's postmaster
+// (go-smtp accepts the form since v0.26.0). It is not a relay: the address
+// becomes postmaster@ of the first local domain.
 func TestAttack_PostmasterWithoutDomain(t *testing.T) {
 	e := newEnv(t, nil)
 	cl := dial(t, e.mxAddr)
 	cl.cmd("EHLO mx.other.test", "250 ")
 	cl.cmd("MAIL FROM:<sender@other.test>", "250 ")
-	cl.cmd("RCPT TO:<postmaster>", "501 5.5.2")
-	cl.cmd("RCPT TO:<Postmaster>", "501 5.5.2")
+	cl.cmd("RCPT TO:<postmaster>", "550 5.1.1")
+	cl.cmd("RCPT TO:<Postmaster>", "550 5.1.1")
+	if err := e.st.AddUser("postmaster@example.org", testPass); err != nil {
+		t.Fatal(err)
+	}
+	cl.cmd("RCPT TO:<PostMaster>", "250 ")
 }
 
 // TestAttack_SubmissionRecipients checks the forms an authenticated user

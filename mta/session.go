@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -194,6 +195,11 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	}
 	if !tx.utf8 && hasNonASCII(to) {
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
+	}
+	// RFC 5321 4.1.1.3 and 4.5.1: a bare "Postmaster" (any case) names the
+	// postmaster of this server, which is that of its first local domain.
+	if strings.EqualFold(to, "postmaster") && len(ss.srv.opts.Domains) > 0 {
+		to = "postmaster@" + strings.ToLower(strings.TrimSuffix(ss.srv.opts.Domains[0], "."))
 	}
 	a, err := parseAddress(to)
 	if err != nil {
