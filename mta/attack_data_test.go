@@ -303,9 +303,11 @@ func TestAttack_ChunkingSmuggling(t *testing.T) {
 		cl.cmd("EHLO evil.test", "250 ")
 		cl.cmd("MAIL FROM:<evil@other.test>", "250 ")
 		cl.cmd("RCPT TO:<alice@example.org>", "250 ")
-		for _, arg := range []string{"-1", "1x", "99999999999", "1 LAST extra", "1 FIRST", ""} {
+		for _, arg := range []string{"-1", "1x", "99999999999", "1 LAST extra", "1 FIRST"} {
 			cl.cmd("BDAT "+arg, "501 5.5.")
 		}
+		// go-smtp cannot tell "BDAT " from a mangled verb: 500.
+		cl.cmd("BDAT ", "500 5.5.1")
 	})
 }
 

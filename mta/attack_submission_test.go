@@ -241,7 +241,7 @@ func TestAttack_STARTTLSInjection(t *testing.T) {
 		// The first reply inside TLS must answer our NOOP, and with no
 		// EHLO yet MAIL is out of sequence.
 		cl.cmd("NOOP", "250 2.0.0")
-		cl.cmd("MAIL FROM:<bob@other.test>", "502 5.5.1")
+		cl.cmd("MAIL FROM:<bob@other.test>", "503 5.5.1 Please introduce yourself first.")
 		if m := e.mailbox("alice@example.org"); len(m) != 0 {
 			t.Fatalf("injected message stored: %q", m)
 		}

@@ -33,6 +33,8 @@ func (ss *session) AuthMechanisms() []string {
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	tx, _ := ss.current()
 	switch {
+	case ss.gone():
+		return nil, errGone
 	case ss.srv.kind != kindSubmission:
 		return nil, ss.reject(502, smtp.EnhancedCode{5, 5, 1}, "AUTH not available on this port")
 	case !ss.authAllowed():
@@ -60,6 +62,11 @@ var errAuthFailed = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "authentication cre
 
 // authenticate checks one set of credentials. The password is never logged.
 func (ss *session) authenticate(authz, user, password string) error {
+	// A response line cut short by the command timeout reaches here as if
+	// whole (see trackedConn.Read); it is never checked.
+	if ss.gone() {
+		return errGone
+	}
 	// An authorization identity other than the login would let one user act
 	// as another if anything ever honoured it (CVE-2023-27582); refuse it.
 	if authz != "" && !sameAddress(authz, user) {
@@ -84,9 +91,6 @@ func (ss *session) authenticate(authz, user, password string) error {
 			case <-ss.srv.ctx.Done():
 				t.Stop()
 			}
-		}
-		if ss.tc.countError() {
-			return ss.drop(421, smtp.EnhancedCode{4, 7, 0}, "too many errors, closing connection")
 		}
 		return errAuthFailed
 	case err != nil:

@@ -1,7 +1,6 @@
 package mta
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,27 +10,61 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"minimail/mta/guard"
 )
 
 // trackedConn wraps every accepted connection before go-smtp sees it. It
 // holds the per-connection state that outlives go-smtp sessions (which end
 // at STARTTLS): the connection-limit slot, the error count, whether a mail
-// transaction is open (for graceful shutdown) and the implicit TLS state.
-// After STARTTLS it sits under go-smtp's *tls.Conn.
+// transaction is open (for graceful shutdown) and the TLS state. go-smtp
+// never holds it directly but an engineConn view of it (see shims.go), so
+// every byte go-smtp reads or writes passes here in plain text, also after
+// STARTTLS: the TLS layer sits under trackedConn, never above it.
 type trackedConn struct {
-	net.Conn
 	srv     *Server
 	release func()    // connection-limit slot; nil when over the limit
-	tls     *tls.Conn // set for implicit TLS (Conn is then this *tls.Conn)
 	start   time.Time // accepted, for MaxSessionTime
 
 	mu        sync.Mutex
+	conn      net.Conn  // the transport: TCP, or a *tls.Conn over it
+	tls       *tls.Conn // set once TLS is up (implicit or STARTTLS)
+	view      *engineConn
 	inTxn     bool      // between MAIL and the end of the transaction
 	inData    int       // Data handlers receiving a message (see beginData)
 	dataUntil time.Time // while inData: when the whole transfer must be over
 	timedOut  bool      // a read of message data timed out: the session is over
+	cut       bool      // the connection was ended by the server: nothing more is run
 	errors    int
 	closed    bool
+}
+
+func (c *trackedConn) transport() net.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn
+}
+
+func (c *trackedConn) tlsConn() *tls.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tls
+}
+
+// isCut reports whether the server ended the connection. A command line
+// that go-smtp still parses afterwards (bufio hands over the partial line
+// it holds when a read times out) must not be acted on.
+func (c *trackedConn) isCut() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cut
+}
+
+func (c *trackedConn) RemoteAddr() net.Addr { return c.transport().RemoteAddr() }
+func (c *trackedConn) LocalAddr() net.Addr  { return c.transport().LocalAddr() }
+
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	return c.transport().SetWriteDeadline(t)
 }
 
 // errDataTimeout is what a read of message data that timed out returns.
@@ -44,24 +77,87 @@ var errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{
 // Read turns a timeout while a message is being received into
 // errDataTimeout, once; after it, the connection reads as closed, so
 // go-smtp ends the session without a second reply.
+//
+// A timeout anywhere else means a command line (or an AUTH response) did
+// not arrive whole within CommandTimeout of the previous reply: go-smtp
+// sets that deadline before each line. The standard library's
+// bufio.Reader.ReadLine then hands go-smtp the partial line with a nil error
+// and the timeout is lost, so go-smtp would run the fragment as a command
+// and wait again. Instead the connection is cut here, with its 421, and
+// whatever go-smtp makes of the fragment is neither answered (writes fail
+// once cut) nor acted on (the session checks isCut).
 func (c *trackedConn) Read(p []byte) (int, error) {
 	c.mu.Lock()
-	over := c.timedOut
+	over, conn := c.timedOut || c.cut, c.conn
 	c.mu.Unlock()
 	if over {
 		return 0, io.EOF
 	}
-	n, err := c.Conn.Read(p)
+	n, err := conn.Read(p)
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.inData > 0 {
+		inData := c.inData > 0
+		if inData {
 			c.timedOut = true
+		}
+		c.mu.Unlock()
+		if inData {
 			return n, errDataTimeout
 		}
+		c.cutOff(c.timeoutReply())
+		return 0, err
 	}
 	return n, err
+}
+
+// timeoutReply words the 421 for a read deadline that struck outside a
+// message transfer: which of the limits set it.
+func (c *trackedConn) timeoutReply() (int, string, string) {
+	switch maxAge := c.srv.opts.MaxSessionTime; {
+	case c.srv.isDraining():
+		return 421, "4.3.2", "shutting down"
+	case maxAge > 0 && !time.Now().Before(c.start.Add(maxAge)):
+		return 421, "4.4.2", "connection time limit reached, closing connection"
+	}
+	return 421, "4.4.2", "timeout waiting for command, closing connection"
+}
+
+// cutOff ends the connection with a last reply, once. Nothing go-smtp
+// writes or reads after it reaches the client.
+func (c *trackedConn) cutOff(code int, ec, text string) {
+	c.mu.Lock()
+	if c.cut || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.cut = true
+	conn := c.conn
+	c.mu.Unlock()
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "%d %s %s %s\r\n", code, ec, c.srv.opts.Hostname, text)
+	c.srv.log.Warn("dropped", "client", guard.IP(conn.RemoteAddr()).String(), "reply", fmt.Sprintf("%d %s %s", code, ec, text))
+	c.Close()
+}
+
+// Write passes go-smtp's replies on through the reply shims (shims.go) and
+// counts the refusals among them against MaxErrors, whoever produced them:
+// go-smtp refuses some commands before any session code runs.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	cut, conn := c.cut, c.conn
+	c.mu.Unlock()
+	if cut {
+		return 0, net.ErrClosed
+	}
+	out, refusals := c.srv.shims.rewrite(p)
+	if _, err := conn.Write(out); err != nil {
+		return 0, err
+	}
+	if refusals > 0 && c.countErrors(refusals) {
+		c.cutOff(421, "4.7.0", "too many errors, closing connection")
+	}
+	return len(p), nil
 }
 
 // beginData and endData bracket a Data handler. They count rather than
@@ -93,16 +189,11 @@ func (c *trackedConn) limitData(until time.Time) {
 }
 
 // trackedOf finds the trackedConn under c, the connection go-smtp holds.
-func trackedOf(c net.Conn) *trackedConn {
-	switch v := c.(type) {
-	case *trackedConn:
-		return v
-	case *tls.Conn:
-		if t, ok := v.NetConn().(*trackedConn); ok {
-			return t
-		}
+func trackedOf(c net.Conn) (*trackedConn, *engineConn) {
+	if v, ok := c.(*engineConn); ok {
+		return v.tc, v
 	}
-	return nil
+	return nil, nil
 }
 
 // SetReadDeadline is where the connection's time limits meet go-smtp, which
@@ -132,14 +223,14 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	case maxAge > 0:
 		limit(c.start.Add(maxAge))
 	}
-	return c.Conn.SetReadDeadline(t)
+	return c.conn.SetReadDeadline(t)
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {
 	if err := c.SetReadDeadline(t); err != nil {
 		return err
 	}
-	return c.Conn.SetWriteDeadline(t)
+	return c.SetWriteDeadline(t)
 }
 
 // poke wakes an idle connection blocked reading its next command so that it
@@ -148,7 +239,7 @@ func (c *trackedConn) poke() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.inTxn {
-		c.Conn.SetReadDeadline(time.Unix(1, 0))
+		c.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -170,12 +261,12 @@ func (c *trackedConn) end() {
 	c.mu.Unlock()
 }
 
-// countError records a rejected command and reports whether the connection
-// is now over its error budget.
-func (c *trackedConn) countError() bool {
+// countErrors records n refused commands and reports whether the
+// connection is now over its error budget.
+func (c *trackedConn) countErrors(n int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.errors++
+	c.errors += n
 	max := c.srv.opts.MaxErrors
 	return max > 0 && c.errors > max
 }
@@ -183,8 +274,9 @@ func (c *trackedConn) countError() bool {
 // reply writes one reply line directly, for the connections refused before
 // go-smtp takes them over.
 func (c *trackedConn) reply(code int, ec, text string) {
-	c.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c.Conn, "%d %s %s\r\n", code, ec, text)
+	conn := c.transport()
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "%d %s %s\r\n", code, ec, text)
 }
 
 func (c *trackedConn) Close() error {
@@ -194,8 +286,9 @@ func (c *trackedConn) Close() error {
 		return nil
 	}
 	c.closed = true
+	conn := c.conn
 	c.mu.Unlock()
-	err := c.Conn.Close()
+	err := conn.Close()
 	if c.release != nil {
 		c.release()
 	}
@@ -236,45 +329,3 @@ type chanAddr struct{}
 
 func (chanAddr) Network() string { return "mta" }
 func (chanAddr) String() string  { return "mta" }
-
-// sequenceReplies are go-smtp's answers to commands out of order, which it
-// sends as 502 ("not implemented") before any session code runs. RFC 5321
-// 4.2.4 and 4.3.2 make them 503 ("bad sequence of commands"), as SPEC.md
-// promises.
-var sequenceReplies = [][]byte{
-	[]byte("502 5.5.1 Please introduce yourself first."),
-	[]byte("502 5.5.1 MAIL not allowed during message transfer"),
-	[]byte("502 5.5.1 Missing MAIL FROM command."),
-	[]byte("502 5.5.1 RCPT not allowed during message transfer"),
-	[]byte("502 5.5.1 DATA not allowed during message transfer"),
-	[]byte("502 5.5.1 Missing RCPT TO command."),
-}
-
-// Write turns go-smtp's 502 sequence replies into 503. go-smtp flushes each
-// reply whole, so a reply never straddles two writes. This sees plain text
-// only on connections without TLS and on implicit TLS (where it sits above
-// the *tls.Conn); after STARTTLS go-smtp writes through its own *tls.Conn
-// underneath, and its 502 stands.
-func (c *trackedConn) Write(p []byte) (int, error) {
-	if !bytes.Contains(p, []byte("502 5.5.1 ")) {
-		return c.Conn.Write(p)
-	}
-	out := bytes.Clone(p)
-	for _, r := range sequenceReplies {
-		for i := 0; ; {
-			j := bytes.Index(out[i:], r)
-			if j < 0 {
-				break
-			}
-			at := i + j
-			if at == 0 || out[at-1] == '\n' {
-				out[at+2] = '3' // 502 -> 503, same length
-			}
-			i = at + len(r)
-		}
-	}
-	if _, err := c.Conn.Write(out); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}

@@ -273,6 +273,8 @@ type Server struct {
 	// so every connection is wrapped in a trackedConn first.
 	plain, implicit   *smtp.Server
 	plainL, implicitL *chanListener
+	starttls          *tls.Config // nil: no STARTTLS
+	shims             *replyShims
 
 	ctx    context.Context // cancelled when Shutdown gives up waiting
 	cancel context.CancelFunc
@@ -320,11 +322,13 @@ func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Ser
 		s.domains[strings.ToLower(strings.TrimSuffix(d, "."))] = true
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	var starttls *tls.Config
 	if opts.TLSConfig != nil {
-		starttls = ServerTLSConfig(opts.TLSConfig)
+		s.starttls = ServerTLSConfig(opts.TLSConfig)
 	}
-	s.plain, s.plainL = s.engine(starttls), newChanListener()
+	s.shims = newReplyShims(opts.MaxMessageBytes)
+	// go-smtp needs a TLS config to offer STARTTLS; the handshake itself is
+	// the engineConn's (see shims.go).
+	s.plain, s.plainL = s.engine(s.starttls), newChanListener()
 	s.implicit, s.implicitL = s.engine(nil), newChanListener()
 	return s
 }
@@ -397,7 +401,7 @@ func (s *Server) Serve(l net.Listener) error {
 // and passes the connection to the matching go-smtp engine.
 func (s *Server) handoff(c net.Conn) {
 	release, ok := s.limiter.Acquire(c.RemoteAddr())
-	tc := &trackedConn{Conn: c, srv: s, release: release, start: time.Now()}
+	tc := &trackedConn{conn: c, srv: s, release: release, start: time.Now()}
 	if t, isTLS := c.(*tls.Conn); isTLS {
 		// A client over the limit holds no slot, so it must not hold a
 		// goroutine and a descriptor for a whole CommandTimeout either:
@@ -408,7 +412,7 @@ func (s *Server) handoff(c net.Conn) {
 		}
 		t.SetDeadline(time.Now().Add(d))
 		if err := t.HandshakeContext(s.ctx); err != nil {
-			s.log.Debug("tls handshake failed", "client", c.RemoteAddr().String(), "err", err)
+			s.log.Debug("tls handshake failed", "client", s.clientIP(c), "err", err)
 			tc.Close()
 			return
 		}
@@ -416,7 +420,7 @@ func (s *Server) handoff(c net.Conn) {
 		tc.tls = t
 	}
 	if !ok {
-		s.log.Warn("rejected", "client", c.RemoteAddr().String(), "reason", "too many connections")
+		s.log.Warn("rejected", "client", s.clientIP(c), "reason", "too many connections")
 		tc.reply(421, "4.7.0", s.opts.Hostname+" too many connections, try again later")
 		tc.Close()
 		return
@@ -430,16 +434,30 @@ func (s *Server) handoff(c net.Conn) {
 	}
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
+	s.toEngine(tc, false)
+}
+
+// toEngine gives go-smtp a new view of tc: the engine for TLS connections
+// once TLS is up (implicit, or after STARTTLS, when the client speaks
+// first and the greeting is not sent again), the plain one otherwise.
+func (s *Server) toEngine(tc *trackedConn, afterSTARTTLS bool) {
+	v := &engineConn{tc: tc}
+	v.skipGreeting.Store(afterSTARTTLS)
 	target := s.plainL
+	tc.mu.Lock()
+	tc.view = v
 	if tc.tls != nil {
 		target = s.implicitL
 	}
+	tc.mu.Unlock()
 	select {
-	case target.ch <- tc:
+	case target.ch <- v:
 	case <-target.done:
 		tc.Close()
 	}
 }
+
+func (s *Server) clientIP(c net.Conn) string { return guard.IP(c.RemoteAddr()).String() }
 
 func (s *Server) isDraining() bool { return s.draining.Load() }
 
@@ -477,7 +495,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 		s.mu.Lock()
 		for tc := range s.conns {
-			tc.Conn.Close()
+			tc.transport().Close()
 		}
 		s.mu.Unlock()
 		err = ctx.Err()

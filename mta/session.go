@@ -28,6 +28,7 @@ type session struct {
 	srv  *Server
 	conn *smtp.Conn
 	tc   *trackedConn
+	view *engineConn // retired after STARTTLS: this session is then over
 	ip   netip.Addr
 
 	// mu guards user and tx: with CHUNKING, go-smtp runs Data in its own
@@ -60,11 +61,11 @@ var (
 )
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	tc := trackedOf(c.Conn())
+	tc, view := trackedOf(c.Conn())
 	if tc == nil {
 		return nil, smtpErr(421, smtp.EnhancedCode{4, 3, 0}, "internal error")
 	}
-	ss := &session{srv: s, conn: c, tc: tc, ip: guard.IP(c.Conn().RemoteAddr())}
+	ss := &session{srv: s, conn: c, tc: tc, view: view, ip: guard.IP(c.Conn().RemoteAddr())}
 	if !validHelo(c.Hostname()) {
 		return nil, ss.reject(501, smtp.EnhancedCode{5, 5, 2}, "invalid HELO/EHLO argument")
 	}
@@ -84,14 +85,17 @@ func hasControl(s string) bool {
 	return false
 }
 
-// reject answers a command with an error caused by the client, counting it
-// against MaxErrors; over the limit the connection is dropped with 421.
+// reject answers a command with an error caused by the client. It counts
+// against MaxErrors as every refusal does, when trackedConn.Write sends it.
 func (ss *session) reject(code int, ec smtp.EnhancedCode, msg string) error {
-	if ss.tc.countError() {
-		return ss.drop(421, smtp.EnhancedCode{4, 7, 0}, "too many errors, closing connection")
-	}
 	return smtpErr(code, ec, msg)
 }
+
+// gone reports whether this session may no longer act: its connection was
+// cut (a fragment of a command line may still be parsed by go-smtp), or it
+// was handed on after STARTTLS (plain text pipelined after STARTTLS may
+// still sit in go-smtp's buffer).
+func (ss *session) gone() bool { return ss.view.retired.Load() || ss.tc.isCut() }
 
 // drop sends a last reply and closes the connection. The error it returns
 // is for go-smtp, whose own attempt to write it then fails silently.
@@ -112,6 +116,9 @@ func (ss *session) current() (*transaction, string) {
 
 // Mail opens a transaction (RFC 5321 4.1.1.2).
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.gone() {
+		return errGone
+	}
 	if ss.srv.isDraining() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
@@ -176,6 +183,9 @@ func mailLineLen(from string, opts *smtp.MailOptions) int {
 
 // Rcpt accepts or refuses one recipient (RFC 5321 4.1.1.3).
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if ss.gone() {
+		return errGone
+	}
 	tx, _ := ss.current()
 	if tx == nil {
 		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "need MAIL first")
@@ -252,6 +262,9 @@ func appendNew(list []string, addr string) []string {
 func (ss *session) Data(r io.Reader) (reply error) {
 	ss.srv.enterData()
 	defer ss.srv.leaveData()
+	if ss.gone() {
+		return errGone
+	}
 	tx, user := ss.current()
 	if tx == nil {
 		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "need MAIL first")
@@ -535,11 +548,8 @@ func (ss *session) Logout() error {
 // tlsState reports whether the session runs over TLS, from STARTTLS
 // (go-smtp sees it) or implicit TLS (only the trackedConn knows).
 func (ss *session) tlsState() (state tls.ConnectionState, ok bool) {
-	if st, ok := ss.conn.TLSConnectionState(); ok {
-		return st, true
-	}
-	if ss.tc.tls != nil {
-		return ss.tc.tls.ConnectionState(), true
+	if t := ss.tc.tlsConn(); t != nil {
+		return t.ConnectionState(), true
 	}
 	return state, false
 }

@@ -1,0 +1,181 @@
+package mta
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"minimail/mta/tlstest"
+)
+
+// TestGoSMTPStillNeedsTheShims pins every go-smtp behaviour that shims.go
+// corrects, against a bare go-smtp server. When an upgrade makes one of
+// these fail, go-smtp changed: the matching shim may be obsolete (or may
+// no longer match what it was written for), so look at it before going on.
+func TestGoSMTPStillNeedsTheShims(t *testing.T) {
+	serverTLS, clientTLS := tlstest.Pair(t, testHost)
+	e := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return nullSession{}, nil }))
+	e.Domain = testHost
+	e.TLSConfig = serverTLS
+	e.MaxMessageBytes = 1000
+	e.ReadTimeout = 300 * time.Millisecond
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go e.Serve(l)
+	t.Cleanup(func() { e.Close() })
+
+	t.Run("reply texts", func(t *testing.T) {
+		cl := dial(t, l.Addr().String())
+		for _, c := range []struct{ send, want string }{
+			{"MAIL FROM:<a@b.test>", "502 5.5.1 Please introduce yourself first."},
+			{"FOOBAR", "501 5.5.2 Bad command"},
+			{"FOOB", unrecognizedPrefix + "FOOB command unrecognized"},
+			{"EHLO client.test", ""},
+			{"RCPT TO:<a@b.test>", "502 5.5.1 Missing MAIL FROM command."},
+			{"DATA", "502 5.5.1 Missing RCPT TO command."},
+			{"MAIL FROM:<a@b.test> FOO=BAR", "500 5.5.4 Unknown MAIL FROM argument"},
+			{"MAIL FROM:<a@b.test>", "250 "},
+			{"RCPT TO:<c@d.test> FOO=BAR", "500 5.5.4 Unknown RCPT TO argument"},
+			{"STARTTLS", string(startTLSReady)},
+		} {
+			if c.want == "" {
+				if lines := cl.cmd(c.send, "250 "); !contains(lines, "250-SIZE 1000") && !contains(lines, "250 SIZE 1000") {
+					t.Errorf("go-smtp no longer advertises SIZE as MaxMessageBytes: %q", lines)
+				}
+				continue
+			}
+			lines := cl.cmd(c.send, c.want)
+			if last := lines[len(lines)-1]; last != c.want && c.want != "250 " {
+				t.Errorf("%s: go-smtp now says %q, the shim expects %q", c.send, last, c.want)
+			}
+		}
+		tc := tls.Client(cl.c, clientTLS)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		// After its own STARTTLS go-smtp holds a *tls.Conn of its own over
+		// the connection it was given: nothing above the TLS layer could be
+		// rewritten, hence engineConn.startTLS.
+		tcl := newClient(t, tc)
+		tcl.cmd("MAIL FROM:<a@b.test>", "502 5.5.1 Please introduce yourself first.")
+	})
+	t.Run("a command line cut by the read timeout is run", func(t *testing.T) {
+		// bufio.Reader.ReadLine returns the partial line with a nil error
+		// at a timeout: go-smtp runs "NOOP zz" (hence trackedConn.Read).
+		cl := dial(t, l.Addr().String())
+		cl.write("NOOP zz")
+		cl.expect("250 2.0.0")
+	})
+}
+
+type nullSession struct{}
+
+func (nullSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (nullSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (nullSession) Data(io.Reader) error                 { return nil }
+func (nullSession) Reset()                               {}
+func (nullSession) Logout() error                        { return nil }
+
+func contains(lines []string, want string) bool {
+	for _, l := range lines {
+		if l == want {
+			return true
+		}
+	}
+	return false
+}
+
+// TestReplies_RFCExactInEveryMode: replies that go-smtp words wrongly
+// reach the client RFC-exact, on plain connections, inside STARTTLS and on
+// implicit TLS alike (RFC 5321 4.2.4, 4.1.1.11, 4.3.2; RFC 1870 4).
+func TestReplies_RFCExactInEveryMode(t *testing.T) {
+	e := newEnv(t, nil)
+	modes := []struct {
+		name string
+		open func(t *testing.T) *client
+	}{
+		{"MX plain", func(t *testing.T) *client { return dial(t, e.mxAddr) }},
+		{"MX after STARTTLS", func(t *testing.T) *client {
+			cl := dial(t, e.mxAddr)
+			cl.cmd("EHLO client.test", "250 ")
+			cl.starttls(e.clientTLS)
+			return cl
+		}},
+		{"submission after STARTTLS", func(t *testing.T) *client {
+			cl := dial(t, e.subAddr)
+			cl.cmd("EHLO client.test", "250 ")
+			cl.starttls(e.clientTLS)
+			return cl
+		}},
+		{"submission on implicit TLS", func(t *testing.T) *client { return dialTLS(t, e.subsAddr, e.clientTLS) }},
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			cl := m.open(t)
+			sub := strings.HasPrefix(m.name, "submission")
+			exact := func(send, want string) []string {
+				t.Helper()
+				lines := cl.cmd(send, want)
+				if last := lines[len(lines)-1]; last != want {
+					t.Fatalf("%s: got %q, want %q", send, last, want)
+				}
+				return lines
+			}
+			exact("MAIL FROM:<bob@other.test>", "503 5.5.1 Please introduce yourself first.")
+			exact("FOOBAR", "500 5.5.1 command not recognized")
+			exact("FOOB", "500 5.5.1 Syntax errors, FOOB command unrecognized")
+			ehlo := cl.cmd("EHLO client.test", "250 ")
+			if !contains(ehlo, fmt.Sprintf("250-SIZE %d", DefaultMaxMessageBytes)) {
+				t.Errorf("EHLO: %q", ehlo)
+			}
+			if m.name != "MX plain" && contains(ehlo, "250-STARTTLS") {
+				t.Errorf("STARTTLS offered inside TLS: %q", ehlo)
+			}
+			exact("RCPT TO:<alice@example.org>", "503 5.5.1 Missing MAIL FROM command.")
+			if sub {
+				cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "235 2.0.0")
+				exact("MAIL FROM:<alice@example.org> FOO=BAR", "555 5.5.4 unknown MAIL FROM parameter")
+				cl.cmd("MAIL FROM:<alice@example.org>", "250 ")
+			} else {
+				exact("MAIL FROM:<bob@other.test> FOO=BAR", "555 5.5.4 unknown MAIL FROM parameter")
+				cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+			}
+			exact("DATA", "503 5.5.1 Missing RCPT TO command.")
+			exact("RCPT TO:<alice@example.org> FOO=BAR", "555 5.5.4 unknown RCPT TO parameter")
+			cl.cmd("QUIT", "221 ")
+		})
+	}
+}
+
+func TestReplyShims_Rewrite(t *testing.T) {
+	r := newReplyShims(100)
+	for _, c := range []struct {
+		in, out  string
+		refusals int
+	}{
+		{"250-SIZE 101\r\n", "250-SIZE 100\r\n", 0},
+		{"250 SIZE 101\r\n", "250 SIZE 100\r\n", 0},
+		{"250-SIZE 1010\r\n", "250-SIZE 1010\r\n", 0},
+		{"250 2.0.0 OK\r\n", "250 2.0.0 OK\r\n", 0},
+		{"502 5.5.1 Missing MAIL FROM command.\r\n", "503 5.5.1 Missing MAIL FROM command.\r\n", 1},
+		{"502 5.5.1 EXPN command not implemented\r\n", "502 5.5.1 EXPN command not implemented\r\n", 1},
+		{"550-first\r\n550 5.1.1 last\r\n", "550-first\r\n550 5.1.1 last\r\n", 1},
+		{"250 ok\r\n501 5.5.2 Bad command\r\n", "250 ok\r\n500 5.5.1 command not recognized\r\n", 1},
+		{"421 4.4.2 bye\r\n", "421 4.4.2 bye\r\n", 0},
+		{"452 4.3.1 full\r\n", "452 4.3.1 full\r\n", 1},
+		{"", "", 0},
+	} {
+		out, n := r.rewrite([]byte(c.in))
+		if string(out) != c.out || n != c.refusals {
+			t.Errorf("rewrite(%q) = %q, %d; want %q, %d", c.in, out, n, c.out, c.refusals)
+		}
+	}
+}
