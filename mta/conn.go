@@ -1,6 +1,7 @@
 package mta
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -35,6 +36,7 @@ type trackedConn struct {
 	dataUntil time.Time // while inData: when the whole transfer must be over
 	timedOut  bool      // a read of message data timed out: the session is over
 	cut       bool      // the connection was ended by the server: nothing more is run
+	dot       dotScan   // after a 354: where RFC 5321 says DATA ends
 	errors    int
 	closed    bool
 }
@@ -93,7 +95,11 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	if over {
 		return 0, io.EOF
 	}
+	if c.dotMismatch() {
+		return 0, errEndOfDataMismatch
+	}
 	n, err := conn.Read(p)
+	c.scanDot(p[:n])
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		c.mu.Lock()
@@ -150,6 +156,7 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	if cut {
 		return 0, net.ErrClosed
 	}
+	c.watchData(p)
 	out, refusals := c.srv.shims.rewrite(p)
 	if _, err := conn.Write(out); err != nil {
 		return 0, err
@@ -329,3 +336,65 @@ type chanAddr struct{}
 
 func (chanAddr) Network() string { return "mta" }
 func (chanAddr) String() string  { return "mta" }
+
+// errEndOfDataMismatch: the client sent RFC 5321's end of data, CRLF.CRLF,
+// and go-smtp read on past it. Its DATA decoder misses the end after a bare
+// CR ("x\r\r\n.\r\n", or a line ".\r\r\n" just before it): the client
+// then waits for a reply while go-smtp waits for more data, and whatever
+// the client sends next (QUIT, another transaction) would become part of
+// this message. The stream cannot be resynchronised: the session refuses
+// the message and closes.
+var errEndOfDataMismatch = errors.New("client ended DATA where the server's decoder did not")
+
+// dotScan follows the raw bytes of a DATA transfer, from go-smtp's 354 to
+// its next reply, looking for CRLF.CRLF only (RFC 5321 4.1.1.4).
+type dotScan struct {
+	on   bool
+	tail [4]byte // the last four bytes seen, to find an end split over reads
+	seen bool    // the end has arrived
+}
+
+var endOfData = []byte("\r\n.\r\n")
+
+// watchData starts the scan at go-smtp's 354 (the DATA command line ended
+// with CRLF, so the end may come at once: ".\r\n") and stops it at the
+// next reply, whoever sends it.
+func (c *trackedConn) watchData(reply []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if bytes.HasPrefix(reply, []byte("354 ")) {
+		c.dot = dotScan{on: true, tail: [4]byte{0, 0, '\r', '\n'}}
+		return
+	}
+	c.dot.on = false
+}
+
+func (c *trackedConn) scanDot(p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := &c.dot
+	if !d.on || d.seen || len(p) == 0 {
+		return
+	}
+	// Search the tail and the head of p together, then p itself.
+	var joint [8]byte
+	j := append(append(joint[:0], d.tail[:]...), p[:min(len(p), 4)]...)
+	if bytes.Contains(j, endOfData) || bytes.Contains(p, endOfData) {
+		d.seen = true
+		return
+	}
+	if len(p) >= 4 {
+		copy(d.tail[:], p[len(p)-4:])
+	} else {
+		keep := append(d.tail[len(p):], p...)
+		copy(d.tail[:], keep)
+	}
+}
+
+// dotMismatch: go-smtp asks for more data though every byte up to and
+// including the end of data has been read from the client and handed over.
+func (c *trackedConn) dotMismatch() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dot.on && c.dot.seen
+}

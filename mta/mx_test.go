@@ -484,3 +484,26 @@ func TestMX_LogsOneLinePerTransaction(t *testing.T) {
 		t.Errorf("rejected line: %v", r)
 	}
 }
+
+// TestMX_RefusalsByGoSMTPCountToo: go-smtp refuses some commands before the
+// session sees them (bad MAIL syntax, RCPT before MAIL, DATA without RCPT);
+// each counts against MaxErrors like the session's own refusals.
+func TestMX_RefusalsByGoSMTPCountToo(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) { o.MaxErrors = 5 })
+	for _, c := range []struct{ name, cmd, want string }{
+		{"bad MAIL syntax", "MAIL FROM:bad", "501 5.5.2"},
+		{"RCPT before MAIL", "RCPT TO:<alice@example.org>", "503 5.5.1"},
+		{"DATA before RCPT", "DATA", "503 5.5.1"},
+		{"unknown parameter", "MAIL FROM:<a@other.test> FOO=BAR", "555 5.5.4"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl := dial(t, e.mxAddr)
+			cl.cmd("EHLO client.test", "250 ")
+			for range 6 {
+				cl.cmd(c.cmd, c.want)
+			}
+			cl.expect("421 4.7.0 " + testHost + " too many errors")
+			cl.expectClosed()
+		})
+	}
+}

@@ -321,6 +321,8 @@ func (ss *session) readData(r io.Reader, tx *transaction, held *int64) ([]byte, 
 	case err == nil, errors.Is(err, smtp.ErrDataTooLarge):
 		// go-smtp discards the rest of the message; nothing is stored.
 		return nil, ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
+	case errors.Is(err, errEndOfDataMismatch):
+		return nil, ss.drop(550, smtp.EnhancedCode{5, 6, 0}, "bare CR before the end of data, message refused")
 	case errors.Is(err, smtp.ErrTooLongLine):
 		// The stream cannot be resynchronised: answer once and close.
 		return nil, ss.drop(500, smtp.EnhancedCode{5, 5, 2},

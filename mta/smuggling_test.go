@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // smugglingVariants are the bare CR / bare LF forms of an end-of-data line
@@ -86,5 +87,34 @@ func TestSmuggling_RelayedCopyIsSafeToSend(t *testing.T) {
 		if end := strings.Index(wire.String(), "\r\n.\r\n"); end != wire.Len()-5 {
 			t.Errorf("variant %q: end of data at %d of %d", smugglingVariants[i], end, wire.Len())
 		}
+	}
+}
+
+// TestSmuggling_BareCRJustBeforeTheEndIsRefusedAtOnce: RFC 5321's end of
+// data (CRLF.CRLF) right after a bare CR is one go-smtp's decoder does not
+// see. The client waits for its reply; without one whatever it sent next
+// (QUIT here, or a second transaction) would end up inside the message.
+// The server refuses the message at once with 550 5.6.0 and closes.
+func TestSmuggling_BareCRJustBeforeTheEndIsRefusedAtOnce(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) { o.DataTimeout = time.Minute })
+	for _, c := range []struct{ name, data string }{
+		{"CR CR LF . CR LF", "Subject: x\r\n\r\nfirst\r\r\n.\r\n"},
+		{"a line . CR CR LF, then the end", "Subject: x\r\n\r\nfirst\r\n.\r\r\n.\r\n"},
+		{"the end, with QUIT pipelined", "Subject: x\r\n\r\nfirst\r\r\n.\r\nQUIT\r\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl := openTransaction(t, e, nil)
+			cl.cmd("DATA", "354 ")
+			start := time.Now()
+			cl.write(c.data)
+			cl.expect("550 5.6.0 " + testHost + " bare CR before the end of data")
+			cl.expectClosed()
+			if took := time.Since(start); took > 10*time.Second {
+				t.Fatalf("refused after %v", took)
+			}
+		})
+	}
+	if m := e.mailbox("alice@example.org"); len(m) != 0 {
+		t.Fatalf("stored %q", m)
 	}
 }
