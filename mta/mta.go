@@ -118,6 +118,9 @@ type Options struct {
 	MaxMessageBytes int64
 	MaxRecipients   int
 	MaxLineLength   int
+	// MaxHeaderBytes bounds a message's header section (552 5.3.4 beyond
+	// it); 0 = DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
 
 	CommandTimeout time.Duration
 	DataTimeout    time.Duration
@@ -177,6 +180,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxLineLength <= 0 {
 		o.MaxLineLength = DefaultMaxLineLength
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
 	if o.CommandTimeout <= 0 {
 		o.CommandTimeout = DefaultCommandTimeout
@@ -288,7 +294,13 @@ type Server struct {
 	conns     map[*trackedConn]struct{}
 	inData    int           // Data handlers running
 	dataDone  chan struct{} // closed when inData drops to 0, if waited for
-	engines   sync.WaitGroup
+	// The commit gate: once Shutdown has given up waiting, no message is
+	// stored any more, since its client was cut off without a 250 and will
+	// send it again. Commits under way are waited for.
+	commitsClosed bool
+	committing    int
+	commitsDone   chan struct{}
+	engines       sync.WaitGroup
 }
 
 // NewMX returns the server for port 25: local recipients only, no AUTH,
@@ -500,7 +512,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		err = ctx.Err()
 	}
-	s.waitData()
+	s.waitData(ctx)
+	s.closeCommits()
 	s.engines.Wait()
 	s.cancel()
 	return err
@@ -524,7 +537,9 @@ func (s *Server) leaveData() {
 	}
 }
 
-func (s *Server) waitData() {
+// waitData waits for the Data handlers to return, or for ctx: a handler
+// may be stuck in CPU-bound work (a DKIM check) far beyond any deadline.
+func (s *Server) waitData(ctx context.Context) {
 	s.mu.Lock()
 	if s.inData == 0 {
 		s.mu.Unlock()
@@ -534,6 +549,47 @@ func (s *Server) waitData() {
 		s.dataDone = make(chan struct{})
 	}
 	done := s.dataDone
+	s.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// beginCommit lets a Data handler store its message, unless Shutdown has
+// closed the gate; endCommit follows every true beginCommit.
+func (s *Server) beginCommit() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.commitsClosed {
+		return false
+	}
+	s.committing++
+	return true
+}
+
+func (s *Server) endCommit() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.committing--; s.committing == 0 && s.commitsDone != nil {
+		close(s.commitsDone)
+		s.commitsDone = nil
+	}
+}
+
+// closeCommits closes the gate and waits for the commits under way: after
+// it returns nothing touches the store, which the caller may then close.
+func (s *Server) closeCommits() {
+	s.mu.Lock()
+	s.commitsClosed = true
+	if s.committing == 0 {
+		s.mu.Unlock()
+		return
+	}
+	if s.commitsDone == nil {
+		s.commitsDone = make(chan struct{})
+	}
+	done := s.commitsDone
 	s.mu.Unlock()
 	<-done
 }

@@ -292,11 +292,20 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	// and normalising here means no later hop can be made to see an end of
 	// data (SMTP smuggling) that we did not.
 	msg := mda.NormalizeCRLF(raw)
+	if se := ss.srv.checkHeader(msg); se != nil {
+		return ss.finish(tx, user, len(raw), "", se)
+	}
 	msg, err = ss.complete(tx, user, msg)
 	if err != nil {
 		return ss.finish(tx, user, len(raw), "", err)
 	}
+	if !ss.srv.beginCommit() {
+		// Shutdown gave up on this transaction and cut its connection:
+		// storing now would deliver a message the client will send again.
+		return ss.finish(tx, user, len(msg), "", smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "shutting down"))
+	}
 	qid, err := ss.store(tx, msg)
+	ss.srv.endCommit()
 	return ss.finish(tx, user, len(msg), qid, err)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,5 +66,49 @@ func TestShutdown_ClosesWhatIsLeftAtDeadline(t *testing.T) {
 	stuck.expectClosed()
 	if m := e.mailbox("alice@example.org"); len(m) != 0 {
 		t.Fatalf("stored %d", len(m))
+	}
+}
+
+// TestShutdown_DeadlineHoldsWhileAHandlerIsBusy: a handler stuck in
+// CPU-bound work (a DKIM check of a hostile header) does not hold Shutdown
+// past its deadline, and the message, whose client was cut off without a
+// 250, is not stored when the work ends: the client will send it again.
+func TestShutdown_DeadlineHoldsWhileAHandlerIsBusy(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	e := newEnv(t, func(o *Options, _ *Local) {
+		o.Verify = func(_ context.Context, _ net.IP, _, _ string, msg []byte) ([]byte, error) {
+			close(entered)
+			<-release
+			return msg, nil
+		}
+	})
+	cl := openTransaction(t, e, nil)
+	cl.cmd("DATA", "354 ")
+	cl.write("Subject: slow to check\r\n\r\nbody\r\n.\r\n")
+	<-entered
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	returned := make(chan error, 1)
+	go func() { returned <- e.mx.Shutdown(ctx) }()
+	select {
+	case err := <-returned:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown waited for the busy handler")
+	}
+	cl.expectClosed()
+	close(release)
+	// The handler finishes after Shutdown and logs its transaction.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(e.logs.String(), "421 4.3.2 shutting down"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the handler never finished:\n%s", e.logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := e.mailbox("alice@example.org"); len(m) != 0 {
+		t.Fatalf("stored after shutdown: %q", m)
 	}
 }

@@ -467,7 +467,7 @@ func TestConfigLimitsReachTheListeners(t *testing.T) {
 	smtpAddr, pop3Addr := freePort(t), freePort(t)
 	setListen(t, cfg, map[string]string{"smtp": smtpAddr, "pop3": pop3Addr})
 	appendConfig(t, cfg, "", "max_message_bytes = 26214400\nmax_recipients    = 100\n",
-		"max_message_bytes = 2000\nmax_recipients = 2\nmax_connections_per_ip = 1\n")
+		"max_message_bytes = 2000\nmax_recipients = 2\nmax_connections_per_ip = 1\nmax_header_bytes = 1200\n")
 	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw", "alice@example.test"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
@@ -502,6 +502,11 @@ func TestConfigLimitsReachTheListeners(t *testing.T) {
 	reply(first, "RCPT TO:<alice@example.test>")
 	if got := reply(first, "RCPT TO:<alice@example.test>"); !strings.HasPrefix(got, "452 4.5.3") {
 		t.Errorf("third recipient over limits.max_recipients = 2: %q", got)
+	}
+	reply(first, "DATA")
+	header := "Subject: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 91)+"\r\n", 13)
+	if got := reply(first, header+"\r\nbody\r\n."); !strings.HasPrefix(got, "552 5.3.4 message header exceeds 1200 bytes") {
+		t.Errorf("header over limits.max_header_bytes = 1200: %q", got)
 	}
 	if got := reply(rawDial(t, smtpAddr), ""); !strings.HasPrefix(got, "421 4.7.0") {
 		t.Errorf("second SMTP connection over limits.max_connections_per_ip = 1: %q", got)

@@ -47,6 +47,7 @@ type Config struct {
 		MaxMessageBytes     int64    `toml:"max_message_bytes"`
 		MaxRecipients       int      `toml:"max_recipients"`
 		MaxLineLength       int      `toml:"max_line_length"`
+		MaxHeaderBytes      int      `toml:"max_header_bytes"`
 		MaxConnections      int      `toml:"max_connections"`
 		MaxConnectionsPerIP int      `toml:"max_connections_per_ip"`
 		MaxErrors           int      `toml:"max_errors"`
@@ -222,6 +223,7 @@ func (c *Config) validate() error {
 		"limits.max_message_bytes":      c.Limits.MaxMessageBytes,
 		"limits.max_recipients":         int64(c.Limits.MaxRecipients),
 		"limits.max_line_length":        int64(c.Limits.MaxLineLength),
+		"limits.max_header_bytes":       int64(c.Limits.MaxHeaderBytes),
 		"limits.max_connections":        int64(c.Limits.MaxConnections),
 		"limits.max_connections_per_ip": int64(c.Limits.MaxConnectionsPerIP),
 		"limits.max_errors":             int64(c.Limits.MaxErrors),
@@ -234,6 +236,9 @@ func (c *Config) validate() error {
 		if v < 0 {
 			return c.fail(key, "must not be negative")
 		}
+	}
+	if n := c.Limits.MaxHeaderBytes; n != 0 && n < 1000 {
+		return c.fail("limits.max_header_bytes", "%d is below one 1000-octet header line (RFC 5322 2.1.1)", n)
 	}
 	if n := c.Limits.MaxLineLength; n != 0 && n < 1000 {
 		return c.fail("limits.max_line_length", "%d is below the 1000 octets RFC 5321 4.5.3.1.6 requires", n)

@@ -185,6 +185,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		MaxMessageBytes:     cfg.Limits.MaxMessageBytes,
 		MaxRecipients:       cfg.Limits.MaxRecipients,
 		MaxLineLength:       cfg.Limits.MaxLineLength,
+		MaxHeaderBytes:      cfg.Limits.MaxHeaderBytes,
 		CommandTimeout:      cfg.Limits.CommandTimeout.Duration,
 		DataTimeout:         cfg.Limits.DataTimeout.Duration,
 		MinDataRate:         cfg.Limits.MinDataRate,
