@@ -24,6 +24,31 @@ type address struct {
 
 func (a address) String() string { return a.Local + "@" + a.Domain }
 
+// Path is the address as RFC 5321 4.1.2 writes it, the local part quoted
+// when it is not a Dot-string: the form every later use of an envelope
+// address takes (SPF, Return-Path, the queue's MAIL FROM), so that none of
+// them can read a different address out of it. go-smtp hands the address
+// over with its quotes removed, so '"x@evil.test>, <ceo"@paypal.test'
+// arrives as 'x@evil.test>, <ceo@paypal.test': its domain is the part
+// after the last '@' (domains hold none), and only Path puts it back.
+func (a address) Path() string {
+	if isDotAtom(a.Local) {
+		return a.String()
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(a.Local); i++ {
+		// RFC 5321 quoted-pairSMTP: backslash and quote are escaped.
+		if c := a.Local[i]; c == '"' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(a.Local[i])
+	}
+	b.WriteString(`"@`)
+	b.WriteString(a.Domain)
+	return b.String()
+}
+
 var (
 	errAddrSyntax  = errors.New("address is not local-part@domain")
 	errAddrTooLong = errors.New("address too long")

@@ -146,9 +146,12 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return ss.reject(553, smtp.EnhancedCode{5, 7, 1}, "sender address not owned by "+user)
 		}
 	} else if from != "" {
-		if _, err := parseAddress(from); err != nil {
+		// Parsed once here; everything after uses this one reading.
+		a, err := parseAddress(from)
+		if err != nil {
 			return ss.reject(553, smtp.EnhancedCode{5, 1, 7}, "bad sender address: "+err.Error())
 		}
+		from = a.Path()
 	}
 	if !ss.tc.begin() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
