@@ -185,10 +185,15 @@ func TestMX_LongLines(t *testing.T) {
 	})
 }
 
+// TestMX_Timeouts: CommandTimeout bounds the wait for a command and
+// DataTimeout each wait inside DATA. The data timeout is far longer than
+// the pauses between writes, so a busy machine cannot make them collide;
+// the writes together outlast CommandTimeout many times over.
 func TestMX_Timeouts(t *testing.T) {
 	e := newEnv(t, func(o *Options, _ *Local) {
 		o.CommandTimeout = 150 * time.Millisecond
-		o.DataTimeout = 150 * time.Millisecond
+		o.DataTimeout = 3 * time.Second
+		o.MinDataRate = -1
 	})
 	t.Run("command", func(t *testing.T) {
 		cl := dial(t, e.mxAddr)
@@ -203,9 +208,9 @@ func TestMX_Timeouts(t *testing.T) {
 		cl.expect("250 ")
 		cl.expect("354 ")
 		// Data keeps the connection alive past CommandTimeout while it flows.
-		for range 4 {
+		for range 6 {
 			cl.write("Subject: slow\r\n")
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
 		cl.expect("421 4.4.2")
 		cl.expectClosed()
