@@ -20,20 +20,23 @@ import (
 // no longer match what it was written for), so look at it before going on.
 func TestGoSMTPStillNeedsTheShims(t *testing.T) {
 	serverTLS, clientTLS := tlstest.Pair(t, testHost)
-	e := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return nullSession{}, nil }))
-	e.Domain = testHost
-	e.TLSConfig = serverTLS
-	e.MaxMessageBytes = 1000
-	e.ReadTimeout = 300 * time.Millisecond
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	bare := func(readTimeout time.Duration) string {
+		e := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return nullSession{}, nil }))
+		e.Domain = testHost
+		e.TLSConfig = serverTLS
+		e.MaxMessageBytes = 1000
+		e.ReadTimeout = readTimeout
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go e.Serve(l)
+		t.Cleanup(func() { e.Close() })
+		return l.Addr().String()
 	}
-	go e.Serve(l)
-	t.Cleanup(func() { e.Close() })
 
 	t.Run("reply texts", func(t *testing.T) {
-		cl := dial(t, l.Addr().String())
+		cl := dial(t, bare(0))
 		for _, c := range []struct{ send, want string }{
 			{"MAIL FROM:<a@b.test>", "502 5.5.1 Please introduce yourself first."},
 			{"FOOBAR", "501 5.5.2 Bad command"},
@@ -70,7 +73,7 @@ func TestGoSMTPStillNeedsTheShims(t *testing.T) {
 	t.Run("a command line cut by the read timeout is run", func(t *testing.T) {
 		// bufio.Reader.ReadLine returns the partial line with a nil error
 		// at a timeout: go-smtp runs "NOOP zz" (hence trackedConn.Read).
-		cl := dial(t, l.Addr().String())
+		cl := dial(t, bare(300*time.Millisecond))
 		cl.write("NOOP zz")
 		cl.expect("250 2.0.0")
 	})

@@ -20,7 +20,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/urfave/cli/v2"
 
-	"minimail/mta/dnstest"
+	"minimail/mta/loopdns"
 	"minimail/mta/msgauth"
 )
 
@@ -78,7 +78,7 @@ func runDemo(w io.Writer, keep bool) (err error) {
 	alice := &demoSite{domain: "yahoo.test", hostname: "mx.yahoo.test", user: "alice@yahoo.test", password: demoPassword, dir: filepath.Join(root, "alice")}
 
 	stage(w, "0", "Setup", "Two servers on 127.0.0.1 with ephemeral ports, each with its own data dir, self-signed certificate and DKIM key. A DNS server of the demo's own publishes the records `minimail dns` prints (MX, SPF, DKIM, DMARC) so that Alice's server can check Bob's mail.")
-	dnsSrv, err := dnstest.New()
+	dnsSrv, err := loopdns.New()
 	if err != nil {
 		return fmt.Errorf("demo dns: %w", err)
 	}
@@ -188,7 +188,7 @@ func wrap(s string, width int) string {
 
 // setUp writes the site's certificate, DKIM key and user, and publishes its
 // DNS records.
-func (s *demoSite) setUp(dnsSrv *dnstest.Server) error {
+func (s *demoSite) setUp(dnsSrv *loopdns.Server) error {
 	for _, sub := range []string{"data", "tls", "dkim"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, sub), 0o700); err != nil {
 			return fmt.Errorf("demo: %w", err)
