@@ -62,11 +62,17 @@ func (s *session) cmdUser(c command) {
 // cmdPass completes a USER/PASS login. The whole rest of the line is the
 // password, spaces included (RFC 1939 section 7).
 func (s *session) cmdPass(c command) {
+	// PASS is valid only right after a successful USER, and a failed PASS
+	// needs a new USER (RFC 1939 section 7: after -ERR the session is back
+	// at the start of AUTHORIZATION), so the name is used up here whatever
+	// the outcome.
+	user := s.user
+	s.user = ""
 	if !s.authAllowed() {
 		s.refuseInsecure()
 		return
 	}
-	if s.user == "" {
+	if user == "" {
 		s.err("send USER first")
 		return
 	}
@@ -74,10 +80,6 @@ func (s *session) cmdPass(c command) {
 		s.err("PASS takes one argument")
 		return
 	}
-	// A failed PASS needs a new USER (RFC 1939 section 7: after -ERR the
-	// session is back at the start of AUTHORIZATION).
-	user := s.user
-	s.user = ""
 	s.login(user, c.Rest)
 }
 
@@ -87,6 +89,10 @@ var errAuthzID = errors.New("authorization identity differs from authentication 
 // response. AUTH without arguments lists the mechanisms, which some clients
 // still probe with (RFC 1734 style).
 func (s *session) cmdAuth(c command) {
+	// AUTH starts a login of its own: a USER given before it is not
+	// waiting for PASS any more (RFC 1939 section 7, RFC 5034 section 4),
+	// so a PASS after a failed AUTH cannot complete the older name.
+	s.user = ""
 	if !s.authAllowed() {
 		s.refuseInsecure()
 		return
