@@ -195,7 +195,7 @@ func (s *session) login(user, pass string) {
 		return
 	}
 
-	unlock, ok := s.srv.lock(addr)
+	unlock, ok := s.srv.locks.TryLock(addr)
 	if !ok {
 		// RFC 2449 section 8.1.1.
 		s.err("[IN-USE] maildrop is in use by another session")

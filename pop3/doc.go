@@ -24,8 +24,11 @@
 // and the session goes on; a session that has collected 20 -ERR replies is
 // dropped.
 //
-// The maildrop lock is an in-memory set of addresses held by sessions, so it
-// vanishes with the session or the process and can never go stale. A second
+// The maildrop lock (Options.Locks, a Locker) is taken at login and held
+// until the session ends. The caller gives every Server over the same
+// mailboxes one Locker, so a maildrop is opened once whichever listener the
+// client comes in through; MaildropLocks keeps the locks in memory, so they
+// vanish with the session or the process and can never go stale. A second
 // login to a locked maildrop gets "-ERR [IN-USE]" and stays in
 // AUTHORIZATION.
 //

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +46,11 @@ type Options struct {
 	// MaxConnections and MaxConnectionsPerIP bound concurrent sessions;
 	// 0 means unlimited.
 	MaxConnections, MaxConnectionsPerIP int
+	// Locks holds the maildrop locks; give every Server over the same
+	// Maildrop the same one (the POP3 and the POP3S listener), or a maildrop
+	// opened through one can be opened again through the other. Nil means a
+	// private MaildropLocks, which keeps out sessions of this Server only.
+	Locks Locker
 	// AuthThrottle counts failed logins; share it with SMTP AUTH. Nil means
 	// a private one.
 	AuthThrottle *guard.AuthThrottle
@@ -69,6 +73,7 @@ type Server struct {
 	log      *slog.Logger
 	throttle *guard.AuthThrottle
 	limiter  *guard.ConnLimiter
+	locks    Locker
 
 	// closing is closed when Shutdown starts.
 	closing chan struct{}
@@ -77,8 +82,7 @@ type Server struct {
 	shutdown  bool
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
-	locks     map[string]struct{} // maildrops in use, by lower-cased address
-	active    sync.WaitGroup      // connection goroutines
+	active    sync.WaitGroup // connection goroutines
 
 	// afterSession, when set (by tests), runs after a session has ended and
 	// released its lock.
@@ -107,16 +111,20 @@ func NewServer(md Maildrop, opts Options) *Server {
 	if throttle == nil {
 		throttle = &guard.AuthThrottle{}
 	}
+	locks := opts.Locks
+	if locks == nil {
+		locks = &MaildropLocks{}
+	}
 	return &Server{
 		md:        md,
 		opts:      opts,
 		log:       logger,
 		throttle:  throttle,
 		limiter:   &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
+		locks:     locks,
 		closing:   make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[*session]struct{}{},
-		locks:     map[string]struct{}{},
 	}
 }
 
@@ -238,25 +246,4 @@ func (s *Server) handle(conn net.Conn) {
 	if s.afterSession != nil {
 		s.afterSession()
 	}
-}
-
-// lock takes the maildrop lock for addr (RFC 1939 section 8: a maildrop is
-// opened by one session at a time). The lock lives only in memory, so it
-// goes with the session and with the process: no stale locks.
-func (s *Server) lock(addr string) (unlock func(), ok bool) {
-	key := strings.ToLower(addr)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, held := s.locks[key]; held {
-		return nil, false
-	}
-	s.locks[key] = struct{}{}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			delete(s.locks, key)
-			s.mu.Unlock()
-		})
-	}, true
 }

@@ -238,6 +238,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
 		AuthThrottle:        throttle,
 		AuthFailDelay:       cfg.Auth.FailureDelay.Duration,
+		Locks:               &pop3.MaildropLocks{}, // one for both listeners: RFC 1939 section 8
 		Logger:              log,
 	}
 	if _, ok := listeners["listen.pop3"]; ok && tlsConf == nil && !cfg.Auth.AllowInsecureAuth {
