@@ -218,18 +218,9 @@ func (s *session) login(user, pass string) {
 }
 
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing; Shutdown cuts it short.
+// longer for a user name that keeps failing.
 func (s *session) failDelay(user string) {
-	d := s.srv.throttle.FailureDelay(user, s.srv.opts.AuthFailDelay)
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-s.srv.closing:
-	}
+	s.srv.wait(s.srv.throttle.FailureDelay(user, s.srv.opts.AuthFailDelay))
 }
 
 // cmdSTLS starts TLS (RFC 2595 section 4).

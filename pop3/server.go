@@ -84,6 +84,9 @@ type Server struct {
 	sessions  map[*session]struct{}
 	active    sync.WaitGroup // connection goroutines
 
+	// wait sits out a failed login's delay; tests replace it to record the
+	// delays instead of waiting them.
+	wait func(time.Duration)
 	// afterSession, when set (by tests), runs after a session has ended and
 	// released its lock.
 	afterSession func()
@@ -115,7 +118,7 @@ func NewServer(md Maildrop, opts Options) *Server {
 	if locks == nil {
 		locks = &MaildropLocks{}
 	}
-	return &Server{
+	s := &Server{
 		md:        md,
 		opts:      opts,
 		log:       logger,
@@ -125,6 +128,21 @@ func NewServer(md Maildrop, opts Options) *Server {
 		closing:   make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[*session]struct{}{},
+	}
+	s.wait = s.waitUnlessClosing
+	return s
+}
+
+// waitUnlessClosing waits d, cut short when Shutdown starts.
+func (s *Server) waitUnlessClosing(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.closing:
 	}
 }
 
