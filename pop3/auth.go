@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -241,7 +240,7 @@ func (s *session) cmdSTLS(c command) {
 		return
 	}
 	tc := tls.Server(s.raw, s.srv.opts.TLSConfig)
-	tc.SetDeadline(time.Now().Add(min(s.srv.opts.IdleTimeout, 30*time.Second)))
+	tc.SetDeadline(s.deadline(s.srv.opts.CommandTimeout))
 	if err := tc.Handshake(); err != nil {
 		s.result = resultTLSFailed
 		return

@@ -41,15 +41,31 @@
 // after Options.AuthFailDelay and counted in a guard.AuthThrottle (per IP and
 // subnet, shared with SMTP AUTH); a throttled address gets -ERR with the
 // SYS/TEMP response code.
-// Idle sessions are logged out after Options.IdleTimeout (10 minutes by
-// default, the RFC 1939 minimum), command lines are bounded, and
-// guard.ConnLimiter caps concurrent connections.
 //
 // APOP (RFC 1939 section 7) is not offered: it proves knowledge of the
 // password with an MD5 digest of a server challenge and the plaintext
 // password, so the server would have to store passwords in plaintext (or an
 // equivalent), where minimail keeps only bcrypt hashes. MD5 challenge
 // response also adds nothing once the session runs over TLS.
+//
+// # Time limits
+//
+// Every deadline is held, not renewed by each read, so a client that
+// trickles bytes gains nothing:
+//
+//   - a command line must come in full within Options.IdleTimeout of the
+//     previous reply (the autologout timer of RFC 1939 section 3: 10
+//     minutes by default, the RFC minimum);
+//   - from its first byte it must end within Options.CommandTimeout, and
+//     a TLS handshake (POP3S, STLS) must finish within it too;
+//   - a session that has not logged in is closed Options.LoginTimeout
+//     after it connected, however busy it keeps the server.
+//
+// A timed-out session is closed without a reply (RFC 1939 section 3), and
+// the partial line it was sending is never run. Command lines are bounded
+// in length, and guard.ConnLimiter caps concurrent connections.
+//
+// # Log
 //
 // Each session ends with one log line, "pop3 session", giving remote_ip,
 // tls, user, auth_failures, retrieved, deleted, duration and result.

@@ -36,9 +36,19 @@ type Options struct {
 	TLSConfig *tls.Config
 	// AllowInsecureAuth permits USER/PASS and AUTH without TLS.
 	AllowInsecureAuth bool
-	// IdleTimeout is the autologout timer; 0 means 10 minutes, the minimum
-	// RFC 1939 section 3 allows.
+	// IdleTimeout is the autologout timer (RFC 1939 section 3): a command
+	// line must have come in full within this time of the previous reply.
+	// 0 means 10 minutes, the minimum the RFC allows.
 	IdleTimeout time.Duration
+	// CommandTimeout bounds a command line from its first byte to its end,
+	// and a TLS handshake (POP3S, STLS): a client that trickles bytes and
+	// never ends the line is cut off then, and the partial line is never
+	// run. 0 means IdleTimeout.
+	CommandTimeout time.Duration
+	// LoginTimeout is how long a session may stay in AUTHORIZATION,
+	// counted from connect: time enough to STLS and log in, not to hold a
+	// connection slot without credentials. 0 means DefaultLoginTimeout.
+	LoginTimeout time.Duration
 	// MaxLineLength bounds a command line without its CRLF; 0 means 512.
 	// RFC 2449 section 4 allows 255 octets: we accept more, but not without
 	// bound.
@@ -60,6 +70,13 @@ type Options struct {
 	// Logger gets one line per session; nil discards.
 	Logger *slog.Logger
 }
+
+// DefaultLoginTimeout is Options.LoginTimeout's default: a mail client
+// connects, starts TLS and logs in within seconds; a minute and a half
+// leaves room for a slow link and a few failed-login delays, and frees the
+// slot of a client that has no credentials long before the 10-minute
+// autologout would.
+const DefaultLoginTimeout = 90 * time.Second
 
 // maxBadCommands is how many -ERR replies a session may collect before it
 // is dropped: a real client needs a handful at most, a scanner many.
@@ -99,6 +116,12 @@ func NewServer(md Maildrop, opts Options) *Server {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 10 * time.Minute
+	}
+	if opts.CommandTimeout <= 0 {
+		opts.CommandTimeout = opts.IdleTimeout
+	}
+	if opts.LoginTimeout <= 0 {
+		opts.LoginTimeout = DefaultLoginTimeout
 	}
 	if opts.MaxLineLength <= 0 {
 		opts.MaxLineLength = 512

@@ -234,6 +234,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		TLSConfig:           tlsConf,
 		AllowInsecureAuth:   cfg.Auth.AllowInsecureAuth,
 		IdleTimeout:         cfg.Limits.POP3IdleTimeout.Duration,
+		CommandTimeout:      cfg.Limits.CommandTimeout.Duration,
 		MaxConnections:      cfg.Limits.MaxConnections,
 		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
 		AuthThrottle:        throttle,

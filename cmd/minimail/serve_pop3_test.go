@@ -2,8 +2,11 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -71,4 +74,61 @@ func TestServePOP3ListenersShareTheMaildropLock(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServePOP3CommandTimeoutIsLimitsCommandTimeout: limits.command_timeout
+// bounds a POP3 client's TLS handshake and a command line from its first
+// byte, on both POP3 listeners.
+func TestServePOP3CommandTimeoutIsLimitsCommandTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	s := newSite(t, "example.test", `command_timeout = "300ms"`)
+	s.addUser(t, "bob@example.test")
+	closedWithin := func(t *testing.T, conn net.Conn, since time.Time) {
+		t.Helper()
+		conn.SetReadDeadline(since.Add(10 * timeout))
+		_, err := io.ReadAll(conn)
+		if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("connection still open after %v: %v", time.Since(since), err)
+		}
+	}
+	t.Run("pop3s handshake", func(t *testing.T) {
+		start := time.Now()
+		conn, err := net.DialTimeout("tcp", s.srv.addrs["listen.pop3s"], 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		closedWithin(t, conn, start) // no ClientHello ever comes
+	})
+	t.Run("pop3 STLS handshake", func(t *testing.T) {
+		conn, err := net.DialTimeout("tcp", s.srv.addrs["listen.pop3"], 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		p := newPOP3Client(conn)
+		if _, err := p.ok(""); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := p.ok("STLS"); err != nil {
+			t.Fatal(err)
+		}
+		closedWithin(t, conn, start)
+	})
+	t.Run("trickled command line", func(t *testing.T) {
+		p, reply := pop3Login(t, s, "listen.pop3s", "bob@example.test")
+		if !strings.HasPrefix(reply, "+OK") {
+			t.Fatal(reply)
+		}
+		conn := p.conn.(net.Conn)
+		start := time.Now()
+		for _, b := range []byte("NOOP") {
+			if _, err := conn.Write([]byte{b}); err != nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		closedWithin(t, conn, start)
+	})
 }
