@@ -189,7 +189,7 @@ func (s *session) login(user, pass string) {
 		s.err("[AUTH] invalid user name or password")
 		return
 	case err != nil:
-		s.srv.log.Warn("pop3 authentication error", "remote_ip", s.ip.String(), "err", err)
+		s.srv.log.Warn("pop3 authentication error", "client", s.ip.String(), "err", err)
 		s.err("[SYS/TEMP] cannot check credentials now, try again later")
 		return
 	}
@@ -203,7 +203,7 @@ func (s *session) login(user, pass string) {
 	infos, err := s.srv.md.List(addr)
 	if err != nil {
 		unlock()
-		s.srv.log.Warn("pop3 list failed", "remote_ip", s.ip.String(), "user", addr, "err", err)
+		s.srv.log.Warn("pop3 list failed", "client", s.ip.String(), "user", addr, "err", err)
 		s.err("[SYS/TEMP] cannot open maildrop, try again later")
 		return
 	}

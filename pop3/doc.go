@@ -67,6 +67,9 @@
 //
 // # Log
 //
-// Each session ends with one log line, "pop3 session", giving remote_ip,
-// tls, user, auth_failures, retrieved, deleted, duration and result.
+// Each session ends with one log line, "pop3 session", giving client (the
+// IP address, the key every minimail log uses), tls, user, auth_failures,
+// retrieved, deleted, duration and result: quit, dropped, timeout (the
+// autologout or the command time limit), login timeout, shutdown, too many
+// errors, line flood, tls failed or delete failed.
 package pop3

@@ -258,7 +258,7 @@ func (s *Server) handle(conn net.Conn) {
 	defer conn.Close()
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("pop3 session panic", "remote_ip", guard.IP(conn.RemoteAddr()), "panic", p)
+			s.log.Error("pop3 session panic", "client", guard.IP(conn.RemoteAddr()), "panic", p)
 		}
 	}()
 
@@ -267,7 +267,7 @@ func (s *Server) handle(conn net.Conn) {
 		// RFC 2449 section 8.1.2: [SYS/TEMP] tells the client to retry later.
 		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		fmt.Fprintf(conn, "-ERR [SYS/TEMP] too many connections\r\n")
-		s.log.Info("pop3 rejected", "remote_ip", guard.IP(conn.RemoteAddr()), "reason", "too many connections")
+		s.log.Info("pop3 rejected", "client", guard.IP(conn.RemoteAddr()), "reason", "too many connections")
 		return
 	}
 	defer release() // also on panic; release is idempotent

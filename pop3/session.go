@@ -227,7 +227,7 @@ func (s *session) logEnd() {
 		s.result = resultDropped
 	}
 	s.srv.log.Info("pop3 session",
-		"remote_ip", s.ip.String(),
+		"client", s.ip.String(),
 		"tls", s.tls,
 		"user", s.addr,
 		"auth_failures", s.authFailures,

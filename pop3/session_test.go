@@ -392,7 +392,7 @@ func TestSessionLogLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]any{
-		"msg": "pop3 session", "user": alice, "remote_ip": "127.0.0.1", "tls": false,
+		"msg": "pop3 session", "user": alice, "client": "127.0.0.1", "tls": false,
 		"auth_failures": 1.0, "retrieved": 1.0, "deleted": 1.0, "result": "quit",
 	}
 	for k, v := range want {
@@ -402,6 +402,9 @@ func TestSessionLogLine(t *testing.T) {
 	}
 	if _, ok := rec["duration"]; !ok {
 		t.Error("log has no duration")
+	}
+	if _, ok := rec["remote_ip"]; ok {
+		t.Error("log names the client remote_ip: the key is client, as in every minimail log")
 	}
 }
 
