@@ -234,7 +234,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		TLSConfig:           tlsConf,
 		AllowInsecureAuth:   cfg.Auth.AllowInsecureAuth,
 		IdleTimeout:         cfg.Limits.POP3IdleTimeout.Duration,
-		CommandTimeout:      cfg.Limits.CommandTimeout.Duration,
+		CommandTimeout:      cfg.Limits.CommandTimeout.or(mta.DefaultCommandTimeout), // unset: the same default as SMTP
 		MaxConnections:      cfg.Limits.MaxConnections,
 		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
 		AuthThrottle:        throttle,
