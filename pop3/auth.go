@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -62,11 +61,17 @@ func (s *session) cmdUser(c command) {
 // cmdPass completes a USER/PASS login. The whole rest of the line is the
 // password, spaces included (RFC 1939 section 7).
 func (s *session) cmdPass(c command) {
+	// PASS is valid only right after a successful USER, and a failed PASS
+	// needs a new USER (RFC 1939 section 7: after -ERR the session is back
+	// at the start of AUTHORIZATION), so the name is used up here whatever
+	// the outcome.
+	user := s.user
+	s.user = ""
 	if !s.authAllowed() {
 		s.refuseInsecure()
 		return
 	}
-	if s.user == "" {
+	if user == "" {
 		s.err("send USER first")
 		return
 	}
@@ -74,10 +79,6 @@ func (s *session) cmdPass(c command) {
 		s.err("PASS takes one argument")
 		return
 	}
-	// A failed PASS needs a new USER (RFC 1939 section 7: after -ERR the
-	// session is back at the start of AUTHORIZATION).
-	user := s.user
-	s.user = ""
 	s.login(user, c.Rest)
 }
 
@@ -87,6 +88,10 @@ var errAuthzID = errors.New("authorization identity differs from authentication 
 // response. AUTH without arguments lists the mechanisms, which some clients
 // still probe with (RFC 1734 style).
 func (s *session) cmdAuth(c command) {
+	// AUTH starts a login of its own: a USER given before it is not
+	// waiting for PASS any more (RFC 1939 section 7, RFC 5034 section 4),
+	// so a PASS after a failed AUTH cannot complete the older name.
+	s.user = ""
 	if !s.authAllowed() {
 		s.refuseInsecure()
 		return
@@ -184,12 +189,12 @@ func (s *session) login(user, pass string) {
 		s.err("[AUTH] invalid user name or password")
 		return
 	case err != nil:
-		s.srv.log.Warn("pop3 authentication error", "remote_ip", s.ip.String(), "err", err)
+		s.srv.log.Warn("pop3 authentication error", "client", s.ip.String(), "err", err)
 		s.err("[SYS/TEMP] cannot check credentials now, try again later")
 		return
 	}
 
-	unlock, ok := s.srv.lock(addr)
+	unlock, ok := s.srv.locks.TryLock(addr)
 	if !ok {
 		// RFC 2449 section 8.1.1.
 		s.err("[IN-USE] maildrop is in use by another session")
@@ -198,7 +203,7 @@ func (s *session) login(user, pass string) {
 	infos, err := s.srv.md.List(addr)
 	if err != nil {
 		unlock()
-		s.srv.log.Warn("pop3 list failed", "remote_ip", s.ip.String(), "user", addr, "err", err)
+		s.srv.log.Warn("pop3 list failed", "client", s.ip.String(), "user", addr, "err", err)
 		s.err("[SYS/TEMP] cannot open maildrop, try again later")
 		return
 	}
@@ -212,18 +217,9 @@ func (s *session) login(user, pass string) {
 }
 
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing; Shutdown cuts it short.
+// longer for a user name that keeps failing.
 func (s *session) failDelay(user string) {
-	d := s.srv.throttle.FailureDelay(user, s.srv.opts.AuthFailDelay)
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-s.srv.closing:
-	}
+	s.srv.wait(s.srv.throttle.FailureDelay(user, s.srv.opts.AuthFailDelay))
 }
 
 // cmdSTLS starts TLS (RFC 2595 section 4).
@@ -244,7 +240,7 @@ func (s *session) cmdSTLS(c command) {
 		return
 	}
 	tc := tls.Server(s.raw, s.srv.opts.TLSConfig)
-	tc.SetDeadline(time.Now().Add(min(s.srv.opts.IdleTimeout, 30*time.Second)))
+	tc.SetDeadline(s.deadline(s.srv.opts.CommandTimeout))
 	if err := tc.Handshake(); err != nil {
 		s.result = resultTLSFailed
 		return

@@ -24,8 +24,11 @@
 // and the session goes on; a session that has collected 20 -ERR replies is
 // dropped.
 //
-// The maildrop lock is an in-memory set of addresses held by sessions, so it
-// vanishes with the session or the process and can never go stale. A second
+// The maildrop lock (Options.Locks, a Locker) is taken at login and held
+// until the session ends. The caller gives every Server over the same
+// mailboxes one Locker, so a maildrop is opened once whichever listener the
+// client comes in through; MaildropLocks keeps the locks in memory, so they
+// vanish with the session or the process and can never go stale. A second
 // login to a locked maildrop gets "-ERR [IN-USE]" and stays in
 // AUTHORIZATION.
 //
@@ -38,9 +41,6 @@
 // after Options.AuthFailDelay and counted in a guard.AuthThrottle (per IP and
 // subnet, shared with SMTP AUTH); a throttled address gets -ERR with the
 // SYS/TEMP response code.
-// Idle sessions are logged out after Options.IdleTimeout (10 minutes by
-// default, the RFC 1939 minimum), command lines are bounded, and
-// guard.ConnLimiter caps concurrent connections.
 //
 // APOP (RFC 1939 section 7) is not offered: it proves knowledge of the
 // password with an MD5 digest of a server challenge and the plaintext
@@ -48,6 +48,28 @@
 // equivalent), where minimail keeps only bcrypt hashes. MD5 challenge
 // response also adds nothing once the session runs over TLS.
 //
-// Each session ends with one log line, "pop3 session", giving remote_ip,
-// tls, user, auth_failures, retrieved, deleted, duration and result.
+// # Time limits
+//
+// Every deadline is held, not renewed by each read, so a client that
+// trickles bytes gains nothing:
+//
+//   - a command line must come in full within Options.IdleTimeout of the
+//     previous reply (the autologout timer of RFC 1939 section 3: 10
+//     minutes by default, the RFC minimum);
+//   - from its first byte it must end within Options.CommandTimeout, and
+//     a TLS handshake (POP3S, STLS) must finish within it too;
+//   - a session that has not logged in is closed Options.LoginTimeout
+//     after it connected, however busy it keeps the server.
+//
+// A timed-out session is closed without a reply (RFC 1939 section 3), and
+// the partial line it was sending is never run. Command lines are bounded
+// in length, and guard.ConnLimiter caps concurrent connections.
+//
+// # Log
+//
+// Each session ends with one log line, "pop3 session", giving client (the
+// IP address, the key every minimail log uses), tls, user, auth_failures,
+// retrieved, deleted, duration and result: quit, dropped, timeout (the
+// autologout or the command time limit), login timeout, shutdown, too many
+// errors, line flood, tls failed or delete failed.
 package pop3

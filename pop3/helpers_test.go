@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -77,6 +78,25 @@ type harness struct {
 // password costs no delay.
 func startServer(t testing.TB, md Maildrop, opts Options) *harness {
 	t.Helper()
+	return startListener(t, md, opts, func(l net.Listener) net.Listener { return l }, nil)
+}
+
+// startServerWith is startServer with setup run on the server before it
+// serves, to replace its unexported hooks.
+func startServerWith(t testing.TB, md Maildrop, opts Options, setup func(*Server)) *harness {
+	t.Helper()
+	return startListener(t, md, opts, func(l net.Listener) net.Listener { return l }, setup)
+}
+
+// startPOP3S is startServer with implicit TLS, as for port 995: the
+// listener is wrapped, the server sees *tls.Conn.
+func startPOP3S(t testing.TB, md Maildrop, opts Options, serverTLS *tls.Config) *harness {
+	t.Helper()
+	return startListener(t, md, opts, func(l net.Listener) net.Listener { return tls.NewListener(l, serverTLS) }, nil)
+}
+
+func startListener(t testing.TB, md Maildrop, opts Options, wrap func(net.Listener) net.Listener, setup func(*Server)) *harness {
+	t.Helper()
 	if opts.Hostname == "" {
 		opts.Hostname = "pop.test"
 	}
@@ -89,8 +109,11 @@ func startServer(t testing.TB, md Maildrop, opts Options) *harness {
 	}
 	h := &harness{srv: NewServer(md, opts), addr: l.Addr().String(), ended: make(chan struct{}, 1024)}
 	h.srv.afterSession = func() { h.ended <- struct{}{} }
+	if setup != nil {
+		setup(h.srv)
+	}
 	served := make(chan error, 1)
-	go func() { served <- h.srv.Serve(l) }()
+	go func() { served <- h.srv.Serve(wrap(l)) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -135,6 +158,17 @@ func dial(t testing.TB, addr string) *client {
 
 func newClient(t testing.TB, conn net.Conn) *client {
 	return &client{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+// dialTLS connects with implicit TLS (POP3S).
+func dialTLS(t testing.TB, addr string, cfg *tls.Config) *client {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return newClient(t, conn)
 }
 
 // greeted dials and checks the greeting.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -37,9 +36,19 @@ type Options struct {
 	TLSConfig *tls.Config
 	// AllowInsecureAuth permits USER/PASS and AUTH without TLS.
 	AllowInsecureAuth bool
-	// IdleTimeout is the autologout timer; 0 means 10 minutes, the minimum
-	// RFC 1939 section 3 allows.
+	// IdleTimeout is the autologout timer (RFC 1939 section 3): a command
+	// line must have come in full within this time of the previous reply.
+	// 0 means 10 minutes, the minimum the RFC allows.
 	IdleTimeout time.Duration
+	// CommandTimeout bounds a command line from its first byte to its end,
+	// and a TLS handshake (POP3S, STLS): a client that trickles bytes and
+	// never ends the line is cut off then, and the partial line is never
+	// run. 0 means IdleTimeout.
+	CommandTimeout time.Duration
+	// LoginTimeout is how long a session may stay in AUTHORIZATION,
+	// counted from connect: time enough to STLS and log in, not to hold a
+	// connection slot without credentials. 0 means DefaultLoginTimeout.
+	LoginTimeout time.Duration
 	// MaxLineLength bounds a command line without its CRLF; 0 means 512.
 	// RFC 2449 section 4 allows 255 octets: we accept more, but not without
 	// bound.
@@ -47,6 +56,11 @@ type Options struct {
 	// MaxConnections and MaxConnectionsPerIP bound concurrent sessions;
 	// 0 means unlimited.
 	MaxConnections, MaxConnectionsPerIP int
+	// Locks holds the maildrop locks; give every Server over the same
+	// Maildrop the same one (the POP3 and the POP3S listener), or a maildrop
+	// opened through one can be opened again through the other. Nil means a
+	// private MaildropLocks, which keeps out sessions of this Server only.
+	Locks Locker
 	// AuthThrottle counts failed logins; share it with SMTP AUTH. Nil means
 	// a private one.
 	AuthThrottle *guard.AuthThrottle
@@ -56,6 +70,13 @@ type Options struct {
 	// Logger gets one line per session; nil discards.
 	Logger *slog.Logger
 }
+
+// DefaultLoginTimeout is Options.LoginTimeout's default: a mail client
+// connects, starts TLS and logs in within seconds; a minute and a half
+// leaves room for a slow link and a few failed-login delays, and frees the
+// slot of a client that has no credentials long before the 10-minute
+// autologout would.
+const DefaultLoginTimeout = 90 * time.Second
 
 // maxBadCommands is how many -ERR replies a session may collect before it
 // is dropped: a real client needs a handful at most, a scanner many.
@@ -69,6 +90,7 @@ type Server struct {
 	log      *slog.Logger
 	throttle *guard.AuthThrottle
 	limiter  *guard.ConnLimiter
+	locks    Locker
 
 	// closing is closed when Shutdown starts.
 	closing chan struct{}
@@ -77,9 +99,11 @@ type Server struct {
 	shutdown  bool
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
-	locks     map[string]struct{} // maildrops in use, by lower-cased address
-	active    sync.WaitGroup      // connection goroutines
+	active    sync.WaitGroup // connection goroutines
 
+	// wait sits out a failed login's delay; tests replace it to record the
+	// delays instead of waiting them.
+	wait func(time.Duration)
 	// afterSession, when set (by tests), runs after a session has ended and
 	// released its lock.
 	afterSession func()
@@ -92,6 +116,12 @@ func NewServer(md Maildrop, opts Options) *Server {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 10 * time.Minute
+	}
+	if opts.CommandTimeout <= 0 {
+		opts.CommandTimeout = opts.IdleTimeout
+	}
+	if opts.LoginTimeout <= 0 {
+		opts.LoginTimeout = DefaultLoginTimeout
 	}
 	if opts.MaxLineLength <= 0 {
 		opts.MaxLineLength = 512
@@ -107,16 +137,35 @@ func NewServer(md Maildrop, opts Options) *Server {
 	if throttle == nil {
 		throttle = &guard.AuthThrottle{}
 	}
-	return &Server{
+	locks := opts.Locks
+	if locks == nil {
+		locks = &MaildropLocks{}
+	}
+	s := &Server{
 		md:        md,
 		opts:      opts,
 		log:       logger,
 		throttle:  throttle,
 		limiter:   &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
+		locks:     locks,
 		closing:   make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[*session]struct{}{},
-		locks:     map[string]struct{}{},
+	}
+	s.wait = s.waitUnlessClosing
+	return s
+}
+
+// waitUnlessClosing waits d, cut short when Shutdown starts.
+func (s *Server) waitUnlessClosing(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.closing:
 	}
 }
 
@@ -209,7 +258,7 @@ func (s *Server) handle(conn net.Conn) {
 	defer conn.Close()
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("pop3 session panic", "remote_ip", guard.IP(conn.RemoteAddr()), "panic", p)
+			s.log.Error("pop3 session panic", "client", guard.IP(conn.RemoteAddr()), "panic", p)
 		}
 	}()
 
@@ -218,7 +267,7 @@ func (s *Server) handle(conn net.Conn) {
 		// RFC 2449 section 8.1.2: [SYS/TEMP] tells the client to retry later.
 		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		fmt.Fprintf(conn, "-ERR [SYS/TEMP] too many connections\r\n")
-		s.log.Info("pop3 rejected", "remote_ip", guard.IP(conn.RemoteAddr()), "reason", "too many connections")
+		s.log.Info("pop3 rejected", "client", guard.IP(conn.RemoteAddr()), "reason", "too many connections")
 		return
 	}
 	defer release() // also on panic; release is idempotent
@@ -238,25 +287,4 @@ func (s *Server) handle(conn net.Conn) {
 	if s.afterSession != nil {
 		s.afterSession()
 	}
-}
-
-// lock takes the maildrop lock for addr (RFC 1939 section 8: a maildrop is
-// opened by one session at a time). The lock lives only in memory, so it
-// goes with the session and with the process: no stale locks.
-func (s *Server) lock(addr string) (unlock func(), ok bool) {
-	key := strings.ToLower(addr)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, held := s.locks[key]; held {
-		return nil, false
-	}
-	s.locks[key] = struct{}{}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			delete(s.locks, key)
-			s.mu.Unlock()
-		})
-	}, true
 }

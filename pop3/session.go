@@ -38,6 +38,7 @@ const (
 	resultQuit         = "quit"
 	resultDropped      = "dropped"
 	resultTimeout      = "timeout"
+	resultLoginTimeout = "login timeout"
 	resultShutdown     = "shutdown"
 	resultTooManyErrs  = "too many errors"
 	resultLineFlood    = "line flood"
@@ -67,6 +68,13 @@ type session struct {
 	start time.Time
 	line  []byte // reused line buffer
 
+	// loginBy ends the AUTHORIZATION state: no deadline before login goes
+	// past it. lineBy is when the line being read must be complete; once
+	// lineStarted (its first byte has come), CommandTimeout shortens it.
+	loginBy     time.Time
+	lineBy      time.Time
+	lineStarted bool
+
 	state  state
 	user   string // from USER, waiting for PASS
 	addr   string // canonical address once logged in
@@ -81,12 +89,14 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
+	now := time.Now()
 	s := &session{
-		srv:   srv,
-		raw:   conn,
-		conn:  conn,
-		ip:    guard.IP(conn.RemoteAddr()),
-		start: time.Now(),
+		srv:     srv,
+		raw:     conn,
+		conn:    conn,
+		ip:      guard.IP(conn.RemoteAddr()),
+		start:   now,
+		loginBy: now.Add(srv.opts.LoginTimeout),
 	}
 	_, s.tls = conn.(*tls.Conn)
 	s.r = bufio.NewReaderSize(connReader{s}, 4096)
@@ -94,20 +104,59 @@ func newSession(srv *Server, conn net.Conn) *session {
 	return s
 }
 
-// connReader and connWriter renew the deadline on every network operation,
-// so the autologout timer (RFC 1939 section 3) runs only while the client is
-// silent, and a slow but live client can still fetch a large message.
+// deadline is d from now, but never past the end of the time allowed to
+// log in while the session is in AUTHORIZATION.
+func (s *session) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if s.state == stateAuthorization && t.After(s.loginBy) {
+		return s.loginBy
+	}
+	return t
+}
+
+// startLine sets the read deadline for the next command line: all of it
+// within IdleTimeout of the previous reply, the autologout timer of RFC
+// 1939 section 3, which only a whole command resets. Bytes already
+// buffered have started the line.
+func (s *session) startLine() {
+	s.lineBy = s.deadline(s.srv.opts.IdleTimeout)
+	s.lineStarted = false
+	if s.r.Buffered() > 0 {
+		s.lineStarted = true
+		s.lineBy = earliest(s.lineBy, s.deadline(s.srv.opts.CommandTimeout))
+	}
+	s.conn.SetReadDeadline(s.lineBy)
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// connReader holds the line being read to its deadline: reads never renew
+// it, so a client trickling a byte at a time gains nothing. The line's
+// first byte starts the CommandTimeout.
 type connReader struct{ s *session }
 
 func (c connReader) Read(p []byte) (int, error) {
-	c.s.conn.SetReadDeadline(time.Now().Add(c.s.srv.opts.IdleTimeout))
-	return c.s.conn.Read(p)
+	s := c.s
+	n, err := s.conn.Read(p)
+	if n > 0 && !s.lineStarted {
+		s.lineStarted = true
+		s.lineBy = earliest(s.lineBy, s.deadline(s.srv.opts.CommandTimeout))
+		s.conn.SetReadDeadline(s.lineBy)
+	}
+	return n, err
 }
 
+// connWriter renews the write deadline on every write, so a slow but live
+// client can still fetch a large message.
 type connWriter struct{ s *session }
 
 func (c connWriter) Write(p []byte) (int, error) {
-	c.s.conn.SetWriteDeadline(time.Now().Add(c.s.srv.opts.IdleTimeout))
+	c.s.conn.SetWriteDeadline(c.s.deadline(c.s.srv.opts.IdleTimeout))
 	return c.s.conn.Write(p)
 }
 
@@ -126,8 +175,9 @@ func (s *session) run() {
 		s.logEnd()
 	}()
 	if tc, ok := s.conn.(*tls.Conn); ok {
-		// POP3S: finish the handshake before the greeting, under a bound.
-		tc.SetDeadline(time.Now().Add(min(s.srv.opts.IdleTimeout, 30*time.Second)))
+		// POP3S: finish the handshake before the greeting, within the
+		// command time limit.
+		tc.SetDeadline(s.deadline(s.srv.opts.CommandTimeout))
 		if err := tc.Handshake(); err != nil {
 			s.result = resultTLSFailed
 			return
@@ -161,6 +211,9 @@ func (s *session) ioResult(err error) string {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// RFC 1939 section 3: on autologout the server closes the
 		// connection without entering UPDATE and without a response.
+		if s.state == stateAuthorization && !time.Now().Before(s.loginBy) {
+			return resultLoginTimeout
+		}
 		return resultTimeout
 	case errors.Is(err, errLineFlood):
 		return resultLineFlood
@@ -174,7 +227,7 @@ func (s *session) logEnd() {
 		s.result = resultDropped
 	}
 	s.srv.log.Info("pop3 session",
-		"remote_ip", s.ip.String(),
+		"client", s.ip.String(),
 		"tls", s.tls,
 		"user", s.addr,
 		"auth_failures", s.authFailures,
@@ -194,6 +247,7 @@ func (s *session) readLine(limit int) (string, error) {
 			return "", err
 		}
 	}
+	s.startLine()
 	s.line = s.line[:0]
 	tooLong, discarded := false, 0
 	for {

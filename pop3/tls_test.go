@@ -3,7 +3,6 @@ package pop3
 import (
 	"bufio"
 	"crypto/tls"
-	"net"
 	"testing"
 
 	"minimail/mta/tlstest"
@@ -106,29 +105,10 @@ func TestSTLS_FailedHandshakeEndsSession(t *testing.T) {
 
 func TestPOP3S_ImplicitTLS(t *testing.T) {
 	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
-	st := fixtureStore(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The caller wraps the listener; the server sees *tls.Conn and counts
 	// TLS as active. TLSConfig stays nil: no STLS on POP3S.
-	srv := NewServer(st, Options{Hostname: "pop.test", AuthFailDelay: -1})
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(tls.NewListener(l, serverTLS)) }()
-	t.Cleanup(func() {
-		srv.Shutdown(t.Context())
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-
-	conn, err := tls.Dial("tcp", l.Addr().String(), clientTLS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := newClient(t, conn)
+	h := startPOP3S(t, fixtureStore(t), Options{}, serverTLS)
+	c := dialTLS(t, h.addr, clientTLS)
 	c.expect("+OK pop.test POP3 server ready")
 	c.send("CAPA")
 	c.expectLines(capaAfterTLS)

@@ -89,7 +89,7 @@ func (s *session) read(m *message) ([]byte, bool) {
 		s.err("message is no longer in the maildrop")
 		return nil, false
 	case err != nil:
-		s.srv.log.Warn("pop3 read failed", "remote_ip", s.ip.String(), "user", s.addr, "id", m.ID, "err", err)
+		s.srv.log.Warn("pop3 read failed", "client", s.ip.String(), "user", s.addr, "id", m.ID, "err", err)
 		s.err("[SYS/TEMP] cannot read message, try again later")
 		return nil, false
 	}
@@ -184,7 +184,7 @@ func (s *session) cmdQuit(c command) {
 			return
 		}
 		if err := s.srv.md.Delete(s.addr, ids); err != nil {
-			s.srv.log.Warn("pop3 delete failed", "remote_ip", s.ip.String(), "user", s.addr, "err", err)
+			s.srv.log.Warn("pop3 delete failed", "client", s.ip.String(), "user", s.addr, "err", err)
 			s.err("[SYS/TEMP] deleted messages not removed, try again later")
 			s.result = resultDeleteFailed
 			return

@@ -235,10 +235,12 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		TLSConfig:           tlsConf,
 		AllowInsecureAuth:   cfg.Auth.AllowInsecureAuth,
 		IdleTimeout:         cfg.Limits.POP3IdleTimeout.Duration,
+		CommandTimeout:      cfg.Limits.CommandTimeout.or(mta.DefaultCommandTimeout), // unset: the same default as SMTP
 		MaxConnections:      cfg.Limits.MaxConnections,
 		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
 		AuthThrottle:        throttle,
 		AuthFailDelay:       cfg.Auth.FailureDelay.Duration,
+		Locks:               &pop3.MaildropLocks{}, // one for both listeners: RFC 1939 section 8
 		Logger:              log,
 	}
 	if _, ok := listeners["listen.pop3"]; ok && tlsConf == nil && !cfg.Auth.AllowInsecureAuth {
