@@ -77,6 +77,7 @@ func TestAttack_LoginNameSpellings(t *testing.T) {
 		{"leading space", " alice@example.org"},
 		{"trailing tab", "alice@example.org\t"},
 		{"spaces and upper case", " ALICE@EXAMPLE.ORG\t"},
+		{"no-break space, which Unicode trimming would drop", "\u00a0alice@example.org"},
 		{"trailing NUL", "alice@example.org\x00"},
 		{"control byte inside", "ali\x01ce@example.org"},
 		{"trailing CR", "alice@example.org\r"},

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,6 +65,11 @@ func CanonicalAddress(addr string) (string, error) {
 	}
 	if strings.ContainsFunc(addr, func(r rune) bool { return r < 0x20 || r == 0x7f || r == utf8.RuneError }) {
 		return "", fmt.Errorf("address %q: contains control characters or invalid UTF-8", addr)
+	}
+	// Key trims Unicode spaces as well: a name holding one (U+00A0, say)
+	// would be looked up as another.
+	if strings.ContainsFunc(addr, unicode.IsSpace) {
+		return "", fmt.Errorf("address %q: contains spaces, quotes or brackets", addr)
 	}
 	return addr[:at] + "@" + strings.ToLower(addr[at+1:]), nil
 }

@@ -134,6 +134,8 @@ func TestAuthenticate(t *testing.T) {
 		{"spaces and other case", " ALICE@EXAMPLE.ORG\t", "open sesame", "", store.ErrBadPassword},
 		{"trailing NUL", "alice@example.org\x00", "open sesame", "", store.ErrBadPassword},
 		{"trailing CRLF", "alice@example.org\r\n", "open sesame", "", store.ErrBadPassword},
+		{"leading no-break space", "\u00a0alice@example.org", "open sesame", "", store.ErrBadPassword},
+		{"trailing ideographic space", "alice@example.org\u3000", "open sesame", "", store.ErrBadPassword},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,6 +161,8 @@ func TestLoginName(t *testing.T) {
 		{" alice@example.org", ""},
 		{"alice@example.org ", ""},
 		{"\talice@example.org", ""},
+		{"\u00a0alice@example.org", ""},
+		{"alice@example.org\u2028", ""},
 		{"alice@example.org\n", ""},
 		{"alice@example.org\x00", ""},
 		{"al\x00ice@example.org", ""},
