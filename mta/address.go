@@ -113,6 +113,26 @@ func validDomain(d string) bool {
 	return true
 }
 
+// isAddressLiteral reports whether domain (as parseAddress returns it)
+// names a host by its IP address rather than by a name: an address literal
+// (RFC 5321 4.1.3: "[192.0.2.1]", "[ipv6:...]"), or a dotted quad written
+// as a domain, which the implicit MX rule (RFC 5321 5.1) dials all the
+// same. No top-level domain is all digits (RFC 3696 2), so a domain whose
+// last label is a number is taken as an IPv4 address in disguise ("127.1",
+// "2130706433", "0x7f.0.0.1" included: some resolvers read those too).
+//
+// Submission refuses such recipients: relaying to them would let any user
+// make the server connect to port 25 of its own loopback, the internal
+// network or a cloud metadata address.
+func isAddressLiteral(domain string) bool {
+	domain = strings.TrimSuffix(domain, ".")
+	if strings.HasPrefix(domain, "[") {
+		return true
+	}
+	last := domain[strings.LastIndexByte(domain, '.')+1:]
+	return last != "" && strings.Trim(last, "0123456789") == ""
+}
+
 // relayTrick reports whether a local part addressed to one of our domains
 // tries to route elsewhere: the percent hack (user%other@local), a bang path
 // (other!user@local) or a quoted local part holding an '@'

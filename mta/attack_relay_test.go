@@ -96,7 +96,19 @@ func TestAttack_SubmissionRecipients(t *testing.T) {
 		{"percent hack on our domain finds no user", "bob%remote.test@example.org", "550 5.1.1"},
 		{"bang path on our domain finds no user", "remote.test!bob@example.org", "550 5.1.1"},
 		{"NUL is refused", "car\x00ol@remote.test", "553 5.1.3"},
-		{"address literal is queued", "carol@[192.0.2.1]", "250 "},
+		// Relaying to an IP would let any user make the server connect
+		// to its own loopback, the internal network or a cloud metadata
+		// address (see TestAttack_SubmissionLiteralAmongGoodRecipients).
+		{"IPv4 literal is refused", "carol@[192.0.2.1]", "550 5.7.1"},
+		{"loopback literal is refused", "x@[127.0.0.1]", "550 5.7.1"},
+		{"cloud metadata literal is refused", "x@[169.254.169.254]", "550 5.7.1"},
+		{"unspecified address literal is refused", "x@[0.0.0.0]", "550 5.7.1"},
+		{"IPv6 loopback literal is refused", "x@[IPv6:::1]", "550 5.7.1"},
+		{"IPv4-mapped IPv6 literal is refused", "x@[ipv6:::ffff:127.0.0.1]", "550 5.7.1"},
+		{"dotted quad as a domain is refused", "x@127.0.0.1", "550 5.7.1"},
+		{"metadata dotted quad as a domain is refused", "x@169.254.169.254", "550 5.7.1"},
+		{"short IPv4 form as a domain is refused", "x@127.1", "550 5.7.1"},
+		{"a name with digits is relayed", "carol@123.remote.test", "250 "},
 		{"upper-case local domain is local", "BOB@EXAMPLE.ORG", "250 "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -77,21 +76,24 @@ func (ss *session) authenticate(authz, user, password string) error {
 	if throttle.Blocked(ss.ip) {
 		return ss.throttled()
 	}
-	addr, err := ss.srv.users.Authenticate(user, password)
+	// One spelling per user for the throttle and the store alike; a name
+	// no user can have fails like a wrong password, without a lookup.
+	name, nameErr := store.LoginName(user)
+	addr, err := "", store.ErrBadPassword
+	if nameErr == nil {
+		addr, err = ss.srv.users.Authenticate(name, password)
+	}
 	switch {
 	case errors.Is(err, store.ErrBadPassword):
 		throttle.Fail(ss.ip)
-		ss.srv.log.Warn("auth failed", "client", ss.ip.String(), "user", logSafe(user))
+		reason := "wrong user or password"
+		if nameErr != nil {
+			reason = "login name is not an address"
+		}
+		ss.srv.log.Warn("auth failed", "client", ss.ip.String(), "user", logSafe(user), "reason", reason)
 		// The delay slows guessing within the throttle's allowance, and
 		// grows for a user name that keeps failing from anywhere.
-		if d := throttle.FailureDelay(user, ss.srv.opts.AuthFailDelay); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-ss.srv.ctx.Done():
-				t.Stop()
-			}
-		}
+		throttle.Pause(throttle.FailureDelay(name, ss.srv.opts.AuthFailDelay), ss.srv.ctx.Done())
 		return errAuthFailed
 	case err != nil:
 		ss.srv.log.Error("auth lookup failed", "client", ss.ip.String(), "user", logSafe(user), "err", err)
@@ -104,12 +106,18 @@ func (ss *session) authenticate(authz, user, password string) error {
 	return nil
 }
 
-// logSafe bounds a client-supplied login name for the log.
+// logSafe bounds client-supplied text (a login name, a header value) for
+// the log, control characters shown as '?'.
 func logSafe(s string) string {
 	if len(s) > 128 {
 		s = s[:128]
 	}
-	return strings.ToValidUTF8(s, "?")
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
 }
 
 var errMalformed = smtpErr(501, smtp.EnhancedCode{5, 5, 2}, "malformed authentication response")

@@ -138,6 +138,81 @@ func checkFrom(fields []headerField, user string) (missing bool, err error) {
 	return missing, nil
 }
 
+// stripBcc removes the Bcc: and Resent-Bcc: fields, continuation lines
+// included, from the header section of a CRLF message that parseHeader
+// accepts. RFC 5322 3.6.3 leaves it to the sender how blind copies stay
+// blind; like sendmail -t, the MSA removes the field from every copy, so
+// that no recipient, To:, Cc: or Bcc:, learns who else got one.
+func stripBcc(msg []byte) []byte {
+	var out []byte // nil until a field is dropped: most messages have none
+	dropping := false
+	pos := 0
+	for pos < len(msg) {
+		next := len(msg)
+		if i := bytes.Index(msg[pos:], crlf); i >= 0 {
+			next = pos + i + 2
+		}
+		line := msg[pos:next]
+		if bytes.Equal(line, crlf) {
+			break // the empty line that ends the header section
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			name, _, _ := bytes.Cut(line, []byte(":"))
+			dropping = strings.EqualFold(string(name), "Bcc") || strings.EqualFold(string(name), "Resent-Bcc")
+		}
+		switch {
+		case dropping && out == nil:
+			out = append(make([]byte, 0, len(msg)), msg[:pos]...)
+		case !dropping && out != nil:
+			out = append(out, line...)
+		}
+		pos = next
+	}
+	if out == nil {
+		return msg
+	}
+	return append(out, msg[pos:]...)
+}
+
+// addressInDisplayName returns an address written in the display name of
+// a mailbox of an originator field value, if it is not the mailbox's own:
+// `"bob@x.test" <alice@x.test>` is alice's, but most clients show it as
+// bob's. Such a name is allowed (it is only a name) but worth a log line.
+func addressInDisplayName(value string) string {
+	list, err := addrParser.ParseList(value)
+	if err != nil {
+		return ""
+	}
+	for _, a := range list {
+		for _, word := range strings.FieldsFunc(a.Name, func(r rune) bool {
+			return r <= ' ' || strings.ContainsRune(`<>()[]"',;:`, r)
+		}) {
+			at := strings.LastIndexByte(word, '@')
+			if at > 0 && at < len(word)-1 && !sameAddress(word, a.Address) {
+				return word
+			}
+		}
+	}
+	return ""
+}
+
+// submissionHeaderEdits makes the changes to a submitted message's header
+// that follow its checks: fields is what checkFrom passed. Blind copies are
+// made blind (stripBcc), and an originator field whose display name holds
+// another address is logged.
+func (ss *session) submissionHeaderEdits(tx *transaction, user string, fields []headerField, msg []byte) []byte {
+	for _, f := range fields {
+		if !strings.EqualFold(f.Name, "From") && !strings.EqualFold(f.Name, "Sender") {
+			continue
+		}
+		if addressInDisplayName(f.Value) != "" {
+			ss.srv.log.Warn("display name holds another address", "id", tx.id, "client", ss.ip.String(),
+				"user", user, "field", f.Name, "value", logSafe(f.Value))
+		}
+	}
+	return stripBcc(msg)
+}
+
 // submissionHeaders returns the fields RFC 6409 8.2 and 8.3 have the MSA
 // add when missing (Date, Message-ID), plus From: when absent.
 func submissionHeaders(fields []headerField, addFrom bool, user, hostname string, now time.Time) []byte {

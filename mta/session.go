@@ -236,6 +236,11 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	if ss.srv.kind == kindMX || ss.srv.queue == nil {
 		return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
 	}
+	if isAddressLiteral(a.Domain) {
+		// A literal makes the queue connect wherever the user says, port
+		// 25 of internal and metadata addresses included.
+		return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay to an IP address denied")
+	}
 	if !isDotAtom(a.Local) {
 		return ss.reject(553, smtp.EnhancedCode{5, 1, 3}, "local part needs quoting, which is not supported")
 	}
@@ -434,6 +439,7 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 		if err != nil {
 			return nil, ss.reject(550, smtp.EnhancedCode{5, 7, 1}, err.Error())
 		}
+		msg = ss.submissionHeaderEdits(tx, user, fields, msg)
 		msg = append(submissionHeaders(fields, addFrom, user, o.Hostname, now), msg...)
 		if len(tx.remote) > 0 && o.Sign != nil {
 			a, _ := parseAddress(user)

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
@@ -41,8 +43,17 @@ type userRecord struct {
 // two people).
 func Key(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
 
+// maxAddress is the longest address a path can carry (RFC 5321 4.5.3.1.3:
+// 256 octets with the angle brackets).
+const maxAddress = 254
+
 // CanonicalAddress validates addr as local@domain and lower-cases the domain.
+// It is the one rule for user names: what it refuses can be neither created
+// nor logged in with (LoginName).
 func CanonicalAddress(addr string) (string, error) {
+	if len(addr) > maxAddress {
+		return "", fmt.Errorf("address %.40q...: longer than %d octets", addr, maxAddress)
+	}
 	at := strings.LastIndexByte(addr, '@')
 	// A second @ is only valid inside a quoted local part (RFC 5321 4.1.2),
 	// and quotes are refused below.
@@ -52,7 +63,27 @@ func CanonicalAddress(addr string) (string, error) {
 	if strings.ContainsAny(addr, " \t\r\n<>\"") {
 		return "", fmt.Errorf("address %q: contains spaces, quotes or brackets", addr)
 	}
+	if strings.ContainsFunc(addr, func(r rune) bool { return r < 0x20 || r == 0x7f || r == utf8.RuneError }) {
+		return "", fmt.Errorf("address %q: contains control characters or invalid UTF-8", addr)
+	}
+	// Key trims Unicode spaces as well: a name holding one (U+00A0, say)
+	// would be looked up as another.
+	if strings.ContainsFunc(addr, unicode.IsSpace) {
+		return "", fmt.Errorf("address %q: contains spaces, quotes or brackets", addr)
+	}
 	return addr[:at] + "@" + strings.ToLower(addr[at+1:]), nil
+}
+
+// LoginName returns the form in which a login name (SMTP AUTH, POP3 USER)
+// is looked up and counted: the address lower-cased, as Key has it. A name
+// that CanonicalAddress refuses, surrounding spaces included, is an error:
+// no user can have it, so callers answer it as they answer a wrong
+// password, and guessers get no fresh spelling of a real name.
+func LoginName(name string) (string, error) {
+	if _, err := CanonicalAddress(name); err != nil {
+		return "", fmt.Errorf("login name: %w", err)
+	}
+	return Key(name), nil
 }
 
 func (s *Store) hash(password string) ([]byte, error) {
@@ -198,9 +229,14 @@ func (s *Store) dummyHash() []byte {
 }
 
 // Authenticate checks a password and returns the user's canonical address.
-// An unknown user and a wrong password both give ErrBadPassword.
-func (s *Store) Authenticate(addr, password string) (string, error) {
-	rec, err := s.userRecord(addr)
+// An unknown user, a login name that is no address (LoginName) and a wrong
+// password all give ErrBadPassword.
+func (s *Store) Authenticate(login, password string) (string, error) {
+	key, err := LoginName(login)
+	if err != nil {
+		return "", ErrBadPassword
+	}
+	rec, err := s.userRecord(key)
 	if errors.Is(err, ErrNoUser) {
 		bcrypt.CompareHashAndPassword(s.dummyHash(), []byte(password))
 		return "", ErrBadPassword

@@ -36,6 +36,11 @@ func TestAddUser(t *testing.T) {
 		{name: "space", addr: "da ve@example.org", pw: "pw", wantSub: "spaces"},
 		{name: "angle brackets", addr: "<dave@example.org>", pw: "pw", wantSub: "brackets"},
 		{name: "newline", addr: "dave@example.org\r\nBcc: x", pw: "pw", wantSub: "spaces"},
+		{name: "NUL", addr: "dave@example.org\x00", pw: "pw", wantSub: "control"},
+		{name: "control byte in the local part", addr: "da\x01ve@example.org", pw: "pw", wantSub: "control"},
+		{name: "DEL", addr: "dave\x7f@example.org", pw: "pw", wantSub: "control"},
+		{name: "invalid UTF-8", addr: "dave\xff@example.org", pw: "pw", wantSub: "UTF-8"},
+		{name: "longer than a path allows", addr: strings.Repeat("d", 243) + "@example.org", pw: "pw", wantSub: "longer than 254"},
 		{name: "empty password", addr: "erin@example.org", pw: "", wantIs: store.ErrEmptyPassword},
 	}
 	for _, tt := range tests {
@@ -121,6 +126,16 @@ func TestAuthenticate(t *testing.T) {
 		{"empty password", "alice@example.org", "", "", store.ErrBadPassword},
 		{"unknown user", "mallory@example.org", "open sesame", "", store.ErrBadPassword},
 		{"not an address", "alice", "open sesame", "", store.ErrBadPassword},
+		// The right password under a name no user can have: refused as a
+		// wrong password is, so that spaces and case cannot spell a real
+		// name anew for every guess.
+		{"leading space", " alice@example.org", "open sesame", "", store.ErrBadPassword},
+		{"trailing tab", "alice@example.org\t", "open sesame", "", store.ErrBadPassword},
+		{"spaces and other case", " ALICE@EXAMPLE.ORG\t", "open sesame", "", store.ErrBadPassword},
+		{"trailing NUL", "alice@example.org\x00", "open sesame", "", store.ErrBadPassword},
+		{"trailing CRLF", "alice@example.org\r\n", "open sesame", "", store.ErrBadPassword},
+		{"leading no-break space", "\u00a0alice@example.org", "open sesame", "", store.ErrBadPassword},
+		{"trailing ideographic space", "alice@example.org\u3000", "open sesame", "", store.ErrBadPassword},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,6 +146,47 @@ func TestAuthenticate(t *testing.T) {
 				t.Errorf("Authenticate(%q, %q) = %q, %v; want %q, %v", tt.addr, tt.pw, got, err, tt.want, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestLoginName(t *testing.T) {
+	tests := []struct {
+		name, want string // want "" = refused
+	}{
+		{"alice@example.org", "alice@example.org"},
+		{"Alice@Example.ORG", "alice@example.org"},
+		{"bücher@exämple.test", "bücher@exämple.test"},
+		{strings.Repeat("a", 64) + "@" + strings.Repeat("b", 189), strings.Repeat("a", 64) + "@" + strings.Repeat("b", 189)},
+		{strings.Repeat("a", 64) + "@" + strings.Repeat("b", 190), ""},
+		{" alice@example.org", ""},
+		{"alice@example.org ", ""},
+		{"\talice@example.org", ""},
+		{"\u00a0alice@example.org", ""},
+		{"alice@example.org\u2028", ""},
+		{"alice@example.org\n", ""},
+		{"alice@example.org\x00", ""},
+		{"al\x00ice@example.org", ""},
+		{"alice@exa\x1bmple.org", ""},
+		{"alice\xc3@example.org", ""},
+		{"alice", ""},
+		{"alice@", ""},
+		{"@example.org", ""},
+		{"", ""},
+		{"a@b@example.org", ""},
+		{"<alice@example.org>", ""},
+		{`"alice"@example.org`, ""},
+	}
+	for _, tt := range tests {
+		got, err := store.LoginName(tt.name)
+		if tt.want == "" {
+			if err == nil {
+				t.Errorf("LoginName(%q) = %q, want an error", tt.name, got)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("LoginName(%q) = %q, %v; want %q", tt.name, got, err, tt.want)
+		}
 	}
 }
 

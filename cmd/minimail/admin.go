@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"minimail/mta/queue"
@@ -39,7 +40,27 @@ type adminQueue interface {
 // when the server runs them).
 type adminOps struct {
 	st    *store.Store
+	cfg   *Config    // the domains a user may be created in
 	queue adminQueue // nil when the server is not running
+}
+
+// userAddress checks the address of `user add` and `user passwd`, whether
+// it comes from the command line or the control socket: an address the
+// store takes (store.CanonicalAddress) in one of the local domains. It
+// returns the canonical form.
+func userAddress(cfg *Config, addr string) (string, error) {
+	canon, err := store.CanonicalAddress(addr)
+	if err != nil {
+		return "", err
+	}
+	if domain := canon[strings.LastIndexByte(canon, '@')+1:]; cfg == nil || !cfg.isLocalDomain(domain) {
+		var domains, path string
+		if cfg != nil {
+			domains, path = strings.Join(cfg.Domains, ", "), cfg.path
+		}
+		return "", fmt.Errorf("address %s: domain %s is not in domains (%s) of %s", canon, domain, domains, path)
+	}
+	return canon, nil
 }
 
 // request is one admin command sent over the control socket.
@@ -61,10 +82,17 @@ func (a *adminOps) do(req request) response {
 	var resp response
 	var err error
 	switch req.Op {
-	case "user.add":
-		err = a.st.AddUser(req.Addr, req.Password)
-	case "user.passwd":
-		err = a.st.SetPassword(req.Addr, req.Password)
+	case "user.add", "user.passwd":
+		// The socket takes the same addresses as the command line.
+		addr, aerr := userAddress(a.cfg, req.Addr)
+		switch {
+		case aerr != nil:
+			err = aerr
+		case req.Op == "user.add":
+			err = a.st.AddUser(addr, req.Password)
+		default:
+			err = a.st.SetPassword(addr, req.Password)
+		}
 	case "user.del":
 		err = a.st.DeleteUser(req.Addr)
 	case "user.list":
@@ -183,7 +211,7 @@ func adminDo(cfg *Config, req request) (response, error) {
 		return resp, err
 	}
 	defer st.Close()
-	ops := &adminOps{st: st}
+	ops := &adminOps{st: st, cfg: cfg}
 	resp = ops.do(req)
 	if resp.Error != "" {
 		return resp, errors.New(resp.Error)

@@ -140,12 +140,9 @@ func userWithPassword(c *cli.Context, op string) error {
 	if err != nil {
 		return err
 	}
-	addr, err := store.CanonicalAddress(a[0])
+	addr, err := userAddress(cfg, a[0])
 	if err != nil {
 		return usagef("%v", err)
-	}
-	if domain := addr[strings.LastIndexByte(addr, '@')+1:]; !cfg.isLocalDomain(domain) {
-		return usagef("address %s: domain %s is not in domains (%s) of %s", addr, domain, strings.Join(cfg.Domains, ", "), cfg.path)
 	}
 	pw := c.String("password")
 	if !c.IsSet("password") {

@@ -262,7 +262,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			log.Error("queue runner stopped", "err", err)
 		}
 	}()
-	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, queue: q}, log)
+	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q}, log)
 	if err != nil {
 		s.stopQueue()
 		<-s.queueDone

@@ -5,6 +5,7 @@
 package guard
 
 import (
+	"container/list"
 	"net"
 	"net/netip"
 	"strings"
@@ -87,44 +88,77 @@ func Subnet(ip netip.Addr) netip.Prefix {
 // further wrong password for that name wait longer, which slows a guesser
 // spread over many addresses while the owner, who knows the password, logs
 // in at once.
+//
+// Memory is bounded whatever clients send: a user name is counted only up
+// to an address's length, each table keeps MaxTracked names or networks
+// (the one that failed least recently is forgotten first), and each of
+// those the failures the limits can use.
 type AuthThrottle struct {
 	MaxPerIP     int           // 0 = 5
 	MaxPerSubnet int           // 0 = 4 * MaxPerIP
 	Window       time.Duration // 0 = 15 minutes
 	MaxDelay     time.Duration // cap of FailureDelay; 0 = 30 seconds
+	MaxTracked   int           // per table (users, IPs, subnets); 0 = 10000
 	Now          func() time.Time
+	// Sleep waits d, or until cancel is closed; nil uses a timer. Tests
+	// set it to record the delays Pause is asked for instead of waiting
+	// them.
+	Sleep func(d time.Duration, cancel <-chan struct{})
 
-	mu        sync.Mutex
-	byIP      map[netip.Addr][]time.Time
-	bySubnet  map[netip.Prefix][]time.Time
-	byUser    map[string][]time.Time
-	lastSweep time.Time
+	mu       sync.Mutex
+	byIP     failureLog[netip.Addr]
+	bySubnet failureLog[netip.Prefix]
+	byUser   failureLog[string]
 }
 
-// FailureDelay records a wrong password for user (any case) and returns how
-// long to wait before answering it: base for a user's first MaxPerIP
-// failures in the window, then doubling with each further one, up to
-// MaxDelay.
+// maxNameBytes is the longest user name FailureDelay counts apart: no
+// address is longer (RFC 5321 4.5.3.1.3: a path is at most 256 octets,
+// angle brackets included). Longer names all share one count.
+const maxNameBytes = 254
+
+// FailureDelay records a wrong password for user and returns how long to
+// wait before answering it: base for a user's first MaxPerIP failures in
+// the window, then doubling with each further one, up to MaxDelay.
+//
+// user should be the login name as the store looks it up (lower case
+// makes no difference here); "" stands for a name that is no address,
+// and all such names share one count.
 func (t *AuthThrottle) FailureDelay(user string, base time.Duration) time.Duration {
 	perIP, _, window := t.limits()
 	maxDelay := t.MaxDelay
 	if maxDelay <= 0 {
 		maxDelay = 30 * time.Second
 	}
-	key := strings.ToLower(user)
+	key := ""
+	if len(user) <= maxNameBytes {
+		key = strings.ToLower(user)
+	}
 	now := t.now()
 	t.mu.Lock()
-	if t.byUser == nil {
-		t.byUser = map[string][]time.Time{}
-	}
-	ts := append(prune(t.byUser, key, now, window), now)
-	t.byUser[key] = ts
+	n := t.byUser.add(key, now, window, t.maxTracked(), t.maxPerKey())
 	t.mu.Unlock()
 	d := base
-	for extra := len(ts) - perIP; extra > 0 && d < maxDelay; extra-- {
+	for extra := n - perIP; extra > 0 && d < maxDelay; extra-- {
 		d = max(2*d, time.Second)
 	}
 	return min(d, max(maxDelay, base))
+}
+
+// Pause waits d (a FailureDelay), or less if cancel is closed first.
+func (t *AuthThrottle) Pause(d time.Duration, cancel <-chan struct{}) {
+	if d <= 0 {
+		return
+	}
+	if t.Sleep != nil {
+		t.Sleep(d, cancel)
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-cancel:
+	}
 }
 
 func (t *AuthThrottle) limits() (perIP, perSubnet int, window time.Duration) {
@@ -141,6 +175,21 @@ func (t *AuthThrottle) limits() (perIP, perSubnet int, window time.Duration) {
 	return
 }
 
+func (t *AuthThrottle) maxTracked() int {
+	if t.MaxTracked <= 0 {
+		return 10000
+	}
+	return t.MaxTracked
+}
+
+// maxPerKey is how many failures of one key are worth keeping: enough to
+// reach either block limit, and the doublings FailureDelay can make (from
+// one second, 64 doublings exceed any Duration).
+func (t *AuthThrottle) maxPerKey() int {
+	perIP, perSubnet, _ := t.limits()
+	return max(perIP, perSubnet) + 64
+}
+
 func (t *AuthThrottle) now() time.Time {
 	if t.Now != nil {
 		return t.Now()
@@ -155,8 +204,8 @@ func (t *AuthThrottle) Blocked(ip netip.Addr) bool {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(prune(t.byIP, ip, now, window)) >= perIP ||
-		len(prune(t.bySubnet, Subnet(ip), now, window)) >= perSubnet
+	return t.byIP.count(ip, now, window) >= perIP ||
+		t.bySubnet.count(Subnet(ip), now, window) >= perSubnet
 }
 
 // Fail records a failed login from ip.
@@ -164,44 +213,89 @@ func (t *AuthThrottle) Fail(ip netip.Addr) {
 	ip = ip.Unmap()
 	_, _, window := t.limits()
 	now := t.now()
+	maxKeys, perKey := t.maxTracked(), t.maxPerKey()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.byIP == nil {
-		t.byIP = map[netip.Addr][]time.Time{}
-		t.bySubnet = map[netip.Prefix][]time.Time{}
-	}
-	// Clients that never come back are only pruned here: sweep everything
-	// once per window so the maps hold no more than a window's failures.
-	if now.Sub(t.lastSweep) >= window {
-		for k := range t.byIP {
-			prune(t.byIP, k, now, window)
-		}
-		for k := range t.bySubnet {
-			prune(t.bySubnet, k, now, window)
-		}
-		for k := range t.byUser {
-			prune(t.byUser, k, now, window)
-		}
-		t.lastSweep = now
-	}
-	t.byIP[ip] = append(prune(t.byIP, ip, now, window), now)
-	sn := Subnet(ip)
-	t.bySubnet[sn] = append(prune(t.bySubnet, sn, now, window), now)
+	t.byIP.add(ip, now, window, maxKeys, perKey)
+	t.bySubnet.add(Subnet(ip), now, window, maxKeys, perKey)
 }
 
-// prune drops failures older than window and forgets keys with none left, so
-// memory stays bounded by recent attackers.
-func prune[K comparable](m map[K][]time.Time, k K, now time.Time, window time.Duration) []time.Time {
-	ts := m[k]
+// failureLog holds the recent failure times of each key, the keys in the
+// order they last failed, so that both forgetting the expired ones and
+// evicting the stalest are cheap.
+type failureLog[K comparable] struct {
+	byKey map[K]*list.Element // of *failures[K]
+	order list.List           // front: least recently failed
+}
+
+type failures[K comparable] struct {
+	key   K
+	times []time.Time // oldest first
+}
+
+// count returns how many failures of k are younger than window.
+func (l *failureLog[K]) count(k K, now time.Time, window time.Duration) int {
+	l.expire(now, window)
+	e, ok := l.byKey[k]
+	if !ok {
+		return 0
+	}
+	f := e.Value.(*failures[K])
+	if f.times = prune(f.times, now, window); len(f.times) == 0 {
+		l.remove(e)
+	}
+	return len(f.times)
+}
+
+// add records a failure of k at now and returns k's count in the window,
+// this one included. The log keeps at most maxKeys keys and perKey
+// failures of each: the oldest go first.
+func (l *failureLog[K]) add(k K, now time.Time, window time.Duration, maxKeys, perKey int) int {
+	l.expire(now, window)
+	if l.byKey == nil {
+		l.byKey = map[K]*list.Element{}
+	}
+	e, ok := l.byKey[k]
+	if !ok {
+		for len(l.byKey) >= maxKeys {
+			l.remove(l.order.Front())
+		}
+		e = l.order.PushBack(&failures[K]{key: k})
+		l.byKey[k] = e
+	}
+	l.order.MoveToBack(e)
+	f := e.Value.(*failures[K])
+	f.times = append(prune(f.times, now, window), now)
+	if over := len(f.times) - perKey; over > 0 {
+		f.times = append(f.times[:0], f.times[over:]...)
+	}
+	return len(f.times)
+}
+
+// expire forgets the keys whose last failure has left the window: clients
+// that never come back.
+func (l *failureLog[K]) expire(now time.Time, window time.Duration) {
+	for e := l.order.Front(); e != nil; e = l.order.Front() {
+		times := e.Value.(*failures[K]).times
+		if len(times) > 0 && now.Sub(times[len(times)-1]) < window {
+			return
+		}
+		l.remove(e)
+	}
+}
+
+func (l *failureLog[K]) remove(e *list.Element) {
+	delete(l.byKey, e.Value.(*failures[K]).key)
+	l.order.Remove(e)
+}
+
+func (l *failureLog[K]) len() int { return len(l.byKey) }
+
+// prune drops the failures older than window.
+func prune(ts []time.Time, now time.Time, window time.Duration) []time.Time {
 	i := 0
 	for i < len(ts) && now.Sub(ts[i]) >= window {
 		i++
 	}
-	ts = ts[i:]
-	if len(ts) == 0 {
-		delete(m, k)
-		return nil
-	}
-	m[k] = ts
-	return ts
+	return ts[i:]
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -342,4 +344,99 @@ func TestFailureDelayGrowsPerUserButNeverBlocks(t *testing.T) {
 	if got := th.FailureDelay("alice@example.test", base); got != base {
 		t.Fatalf("after the window: delay %v, want %v", got, base)
 	}
+}
+
+// TestFailureDelay_NamesLongerThanAnAddressShareOneCount: a name over 254
+// octets is no address, so changing its tail must not buy a fresh delay.
+func TestFailureDelay_NamesLongerThanAnAddressShareOneCount(t *testing.T) {
+	th, _ := newThrottle(1, 0, time.Minute)
+	long := strings.Repeat("a", 300) + "@example.test"
+	base := 10 * time.Millisecond
+	for i, want := range []time.Duration{base, time.Second, 2 * time.Second} {
+		if got := th.FailureDelay(fmt.Sprintf("%s%d", long, i), base); got != want {
+			t.Fatalf("failure %d: delay %v, want %v", i+1, got, want)
+		}
+	}
+	if got := th.FailureDelay("", base); got != 4*time.Second {
+		t.Fatalf(`"" (a name that is no address): delay %v, want the shared count's 4s`, got)
+	}
+}
+
+// TestFailureDelay_ForgetsTheUserThatFailedLeastRecently: with MaxTracked
+// names, a new name evicts the stalest one, and a name that keeps failing
+// keeps its count.
+func TestFailureDelay_ForgetsTheUserThatFailedLeastRecently(t *testing.T) {
+	th, c := newThrottle(1, 0, time.Hour)
+	th.MaxTracked = 3
+	base := 10 * time.Millisecond
+	fail := func(user string, want time.Duration) {
+		t.Helper()
+		c.Advance(time.Second)
+		if got := th.FailureDelay(user, base); got != want {
+			t.Fatalf("FailureDelay(%s) = %v, want %v", user, got, want)
+		}
+	}
+	fail("a@x.test", base)
+	fail("b@x.test", base)
+	fail("c@x.test", base)
+	fail("a@x.test", time.Second) // a is now the freshest
+	fail("d@x.test", base)        // evicts b
+	fail("b@x.test", base)        // b starts again, evicting c
+	fail("a@x.test", 2*time.Second)
+	fail("d@x.test", time.Second)
+}
+
+// TestAuthThrottle_MemoryBoundedForHugeNames: a thousand failures, each for
+// a different 45 KB name, once held 96 MB; the throttle now keeps no more
+// than the first 254 octets' worth of any of them.
+func TestAuthThrottle_MemoryBoundedForHugeNames(t *testing.T) {
+	th, _ := newThrottle(5, 0, time.Hour)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	for i := 0; i < 1000; i++ {
+		name := fmt.Sprintf("%d%s@example.test", i, strings.Repeat("x", 45<<10))
+		th.FailureDelay(name, 0)
+	}
+	for i := 0; i < 30000; i++ {
+		th.FailureDelay(fmt.Sprintf("user%d@example.test", i), 0)
+		th.Fail(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+	}
+	after := heap()
+	runtime.KeepAlive(th)
+	// 3 tables of 10000 keys, each with one failure: a few MB. The names
+	// alone would be 45 MB.
+	if grown := int64(after) - int64(before); grown > 16<<20 {
+		t.Fatalf("throttle holds %d MB after hostile names", grown>>20)
+	}
+}
+
+func TestPause(t *testing.T) {
+	t.Run("Sleep sees the delay instead of a timer", func(t *testing.T) {
+		var got []time.Duration
+		th := &guard.AuthThrottle{Sleep: func(d time.Duration, _ <-chan struct{}) { got = append(got, d) }}
+		th.Pause(time.Hour, nil)
+		th.Pause(0, nil) // no delay: Sleep is not asked
+		if len(got) != 1 || got[0] != time.Hour {
+			t.Fatalf("Sleep called with %v, want [1h]", got)
+		}
+	})
+	t.Run("a closed cancel ends the wait", func(t *testing.T) {
+		cancel := make(chan struct{})
+		close(cancel)
+		done := make(chan struct{})
+		go func() {
+			(&guard.AuthThrottle{}).Pause(time.Hour, cancel)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Pause ignored its cancel channel")
+		}
+	})
 }

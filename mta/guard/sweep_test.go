@@ -15,12 +15,12 @@ func TestAuthThrottle_ForgetsClientsThatNeverReturn(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		th.Fail(netip.MustParseAddr(fmt.Sprintf("2001:db8:%x::1", i)))
 	}
-	if len(th.byIP) != 1000 || len(th.bySubnet) != 1000 {
-		t.Fatalf("sanity: %d IPs, %d subnets tracked", len(th.byIP), len(th.bySubnet))
+	if th.byIP.len() != 1000 || th.bySubnet.len() != 1000 {
+		t.Fatalf("sanity: %d IPs, %d subnets tracked", th.byIP.len(), th.bySubnet.len())
 	}
 	now = now.Add(time.Minute)
 	th.Fail(netip.MustParseAddr("192.0.2.1"))
-	if len(th.byIP) != 1 || len(th.bySubnet) != 1 {
-		t.Errorf("a window later, %d IPs and %d subnets still tracked, want 1 each", len(th.byIP), len(th.bySubnet))
+	if th.byIP.len() != 1 || th.bySubnet.len() != 1 {
+		t.Errorf("a window later, %d IPs and %d subnets still tracked, want 1 each", th.byIP.len(), th.bySubnet.len())
 	}
 }
