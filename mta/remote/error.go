@@ -83,6 +83,10 @@ func errDNS(name string, err error) *Error { // X.4.3 directory server failure
 	return &Error{Enhanced: "4.4.3", Message: "DNS lookup for " + name + " failed", Err: err}
 }
 
+func errProtocol(host string, err error) *Error { // X.5.0 other protocol status
+	return &Error{Enhanced: "4.5.0", Host: host, Message: "unacceptable reply", Err: err}
+}
+
 func errSecurity(host, msg string, err error) *Error { // X.7.0 security
 	return &Error{Enhanced: "4.7.0", Host: host, Message: msg, Err: err}
 }
@@ -92,8 +96,14 @@ func errPermanent(host, enhanced, msg string) *Error {
 }
 
 // replyError turns what go-smtp returned into an *Error: a reply keeps its
-// code and text; anything else is a broken connection.
+// code and text; a reply over our bounds (see limit.go) is a protocol
+// error, temporary as RFC 5321 4.2.1 says of replies we cannot make sense
+// of; anything else is a broken connection.
 func replyError(host string, err error) *Error {
+	var le *replyLimitError
+	if errors.As(err, &le) || errors.Is(err, smtp.ErrTooLongLine) {
+		return errProtocol(host, err)
+	}
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
 		return errConnection(host, err)
