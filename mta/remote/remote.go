@@ -11,6 +11,11 @@
 //  3. DNS: MX hosts in preference order; with no MX, the domain's own
 //     address records (RFC 5321 5.1); a null MX (RFC 7505) fails at once.
 //
+// Addresses that DNS or a recipient's address literal lead to are dialled
+// only when they are public (see isPublic): loopback, private, link-local
+// and other internal addresses are skipped. Routes and the smarthost are
+// the administrator's choice and may name any host.
+//
 // Every host name is resolved through Client.Resolver and every address
 // dialled through Client.Dialer, so tests steer all traffic to loopback.
 //
@@ -67,6 +72,11 @@ type Client struct {
 	// Timeout bounds the connection set-up and each SMTP command; the end
 	// of DATA gets twice as long. 0 means 5 minutes (RFC 5321 4.5.3.2).
 	Timeout time.Duration
+	// AllowInternal lets DNS answers and address literals lead to
+	// loopback, private and other non-public addresses. It exists for
+	// tests, whose MX hosts live on 127.0.0.1 or at documentation
+	// addresses; a server names its internal next hops in Routes.
+	AllowInternal bool
 	// Logger gets one line per SMTP session; nil discards.
 	Logger *slog.Logger
 	// Transcript, when set, gives a writer for each session's conversation
@@ -91,6 +101,11 @@ type hop struct {
 	// implicit marks the domain itself standing in for a missing MX: if
 	// it has no address, the domain does not exist for mail.
 	implicit bool
+	// configured marks a route or the smarthost: any address it has is
+	// dialled, internal or not.
+	configured bool
+	// literal marks a recipient's address literal (RFC 5321 4.1.3).
+	literal bool
 }
 
 // Deliver sends msg from the envelope sender from ("" for the null sender)
@@ -158,18 +173,20 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 	if hp, ok := c.Routes[domain]; ok {
 		h, err := splitHop(hp)
+		h.configured = true
 		return []hop{h}, err
 	}
 	if c.Smarthost != "" {
 		h, err := splitHop(c.Smarthost)
 		h.auth = c.SmarthostUsername != ""
+		h.configured = true
 		return []hop{h}, err
 	}
 	// RFC 5321 4.1.3: an address literal names the host itself.
 	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
 		lit := strings.TrimPrefix(domain[1:len(domain)-1], "ipv6:")
 		if ip, err := netip.ParseAddr(lit); err == nil {
-			return []hop{{name: ip.String(), port: smtpPort}}, nil
+			return []hop{{name: ip.String(), port: smtpPort, literal: true}}, nil
 		}
 		return nil, errPermanent("", "5.1.2", "bad address literal "+domain)
 	}
@@ -205,10 +222,46 @@ func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 	return hops, nil
 }
 
-// addresses resolves a hop to dialable host:port strings.
+// addresses resolves a hop to dialable host:port strings, leaving out the
+// internal addresses of a hop that DNS or an address literal chose.
 func (c *Client) addresses(ctx context.Context, h hop) ([]string, error) {
+	ips, err := c.lookupHop(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(ips))
+	var skipped []string
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if !h.configured && !c.AllowInternal && !isPublic(ip) {
+			c.logger().Warn("internal address skipped", "host", h.name, "addr", ip.String())
+			skipped = append(skipped, ip.String())
+			continue
+		}
+		out = append(out, net.JoinHostPort(ip.String(), h.port))
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	if h.literal {
+		// The literal is the whole destination and will never change:
+		// say so at once rather than after days of retries.
+		return nil, errPermanent("", "5.4.4", "address literal ["+h.name+"] is an internal address; not dialled")
+	}
+	// A temporary error, not a bounce: DNS that points at internal
+	// addresses is a mistake its owner may fix, or an answer that is
+	// wrong for a while (a spoofed or rebinding reply). Deferring keeps
+	// the mail; the sender still hears of the delay and, after the
+	// queue's maximum age, gets the bounce.
+	return nil, &Error{Enhanced: "4.4.4", Host: h.name,
+		Message: "host " + h.name + " has only internal addresses (" + strings.Join(skipped, " ") + "); not dialled"}
+}
+
+// lookupHop returns the addresses of a hop: its own, when its name is an
+// IP address, else what DNS says.
+func (c *Client) lookupHop(ctx context.Context, h hop) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(h.name); err == nil {
-		return []string{net.JoinHostPort(ip.String(), h.port)}, nil
+		return []netip.Addr{ip}, nil
 	}
 	name := h.name
 	if h.fqdn {
@@ -224,11 +277,7 @@ func (c *Client) addresses(ctx context.Context, h hop) ([]string, error) {
 		// may fix: keep retrying.
 		return nil, errDNS(h.name, err)
 	}
-	out := make([]string, 0, len(ips))
-	for _, ip := range ips {
-		out = append(out, net.JoinHostPort(ip.Unmap().String(), h.port))
-	}
-	return out, nil
+	return ips, nil
 }
 
 func (c *Client) resolver() *net.Resolver {
