@@ -83,7 +83,7 @@ func TestDeliverNeverDialsInternalAddressesFromDNS(t *testing.T) {
 			// should not happen shows as a delivery.
 			d := &mapDialer{anyAddr: srv.Addr}
 			var logs bytes.Buffer
-			c := &Client{Hostname: "mx.a.test", Resolver: dns.Resolver(), Dialer: d, Timeout: 5 * time.Second,
+			c := &Client{Hostname: "mx.a.test", DNS: dns.Addr, Dialer: d, Timeout: 5 * time.Second,
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 			res := c.Deliver(context.Background(), "bob@a.test", []string{tt.rcpt}, []byte(testMsg))
 			wantErr(t, 0, res[0], tt.status, tt.temporary)
@@ -103,16 +103,16 @@ func TestDeliverRoutesAndSmarthostMayNameInternalHosts(t *testing.T) {
 	dns := dnstest.Start(t, "relay.internal.test. 60 IN A 127.0.0.1")
 	tests := []struct {
 		name   string
-		client Client
+		client *Client
 	}{
-		{"route by name", Client{Routes: map[string]string{"b.test": "relay.internal.test:" + port}}},
-		{"route by address", Client{Routes: map[string]string{"b.test": srv.Addr}}},
-		{"smarthost by name", Client{Smarthost: "relay.internal.test:" + port}},
+		{"route by name", &Client{Routes: map[string]string{"b.test": "relay.internal.test:" + port}}},
+		{"route by address", &Client{Routes: map[string]string{"b.test": srv.Addr}}},
+		{"smarthost by name", &Client{Smarthost: "relay.internal.test:" + port}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &tt.client
-			c.Hostname, c.Resolver, c.Timeout = "mx.a.test", dns.Resolver(), 5*time.Second
+			c := tt.client
+			c.Hostname, c.DNS, c.Timeout = "mx.a.test", dns.Addr, 5*time.Second
 			res := c.Deliver(context.Background(), "bob@a.test", []string{"x@b.test"}, []byte(testMsg))
 			wantErr(t, 0, res[0], "", false)
 			srv.Wait(t)

@@ -16,7 +16,7 @@
 // and other internal addresses are skipped. Routes and the smarthost are
 // the administrator's choice and may name any host.
 //
-// Every host name is resolved through Client.Resolver and every address
+// Every host name is resolved by the server at Client.DNS and every address
 // dialled through Client.Dialer, so tests steer all traffic to loopback.
 //
 // STARTTLS is opportunistic (RFC 3207): used whenever offered, with the
@@ -39,8 +39,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sort"
 	"strings"
+	"sync"
 	"time"
+
+	"minimail/mta/resolve"
 )
 
 // Dialer opens connections; *net.Dialer satisfies it.
@@ -54,7 +58,8 @@ type Dialer interface {
 type Client struct {
 	// Hostname is our name in EHLO (RFC 5321 4.1.1.1).
 	Hostname string
-	// Routes maps a lower-case recipient domain to host:port.
+	// Routes maps a recipient domain to host:port. Domains match without
+	// regard to case or a trailing dot (RFC 1035 2.3.3).
 	Routes map[string]string
 	// Smarthost, as host:port, takes all mail not covered by Routes.
 	Smarthost string
@@ -62,8 +67,9 @@ type Client struct {
 	// PLAIN, and only over STARTTLS with a verified certificate.
 	SmarthostUsername string
 	SmarthostPassword string
-	// Resolver answers MX and address lookups; nil is the system resolver.
-	Resolver *net.Resolver
+	// DNS is the host:port of the server that answers every MX and
+	// address lookup; "" is the system resolver. DNS errors name it.
+	DNS string
 	// Dialer opens TCP connections; nil is a net.Dialer with Timeout.
 	Dialer Dialer
 	// TLSConfig is the base for STARTTLS (RootCAs, for instance); nil
@@ -83,6 +89,10 @@ type Client struct {
 	// with host (both directions, as go-smtp's DebugWriter writes them).
 	// `minimail demo` prints it; servers leave it nil.
 	Transcript func(host string) io.Writer
+
+	setUp    sync.Once
+	routes   map[string]string // Routes by normalized domain
+	resolver *net.Resolver
 }
 
 // smtpPort is where MX hosts listen (RFC 5321 4.5.4, port 25).
@@ -117,6 +127,10 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 	if len(rcpts) == 0 {
 		return results
 	}
+	c.setUp.Do(func() {
+		c.routes = normalizeRoutes(c.Routes)
+		c.resolver = resolve.New(c.DNS)
+	})
 	fail := func(err error) []error {
 		for i := range results {
 			results[i] = err
@@ -171,7 +185,7 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 
 // route returns the hosts to try for domain, best first.
 func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
-	if hp, ok := c.Routes[domain]; ok {
+	if hp, ok := c.routes[domain]; ok {
 		h, err := splitHop(hp)
 		h.configured = true
 		return []hop{h}, err
@@ -193,7 +207,7 @@ func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 	if domain == "" {
 		return nil, errPermanent("", "5.1.3", "recipient without a domain")
 	}
-	mxs, err := c.resolver().LookupMX(ctx, domain+".")
+	mxs, err := c.resolver.LookupMX(ctx, domain+".")
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
@@ -201,7 +215,7 @@ func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 		// MX. If it has no address either, addresses reports it.
 		return []hop{{name: domain, port: smtpPort, fqdn: true, implicit: true}}, nil
 	case err != nil && len(mxs) == 0:
-		return nil, errDNS(domain, err)
+		return nil, c.errDNS(domain, err)
 	}
 	// RFC 7505 3: a single MX of "." says the domain takes no mail.
 	if len(mxs) == 1 && mxs[0].Host == "." {
@@ -217,7 +231,7 @@ func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 		hops = append(hops, hop{name: strings.TrimSuffix(mx.Host, "."), port: smtpPort, fqdn: true})
 	}
 	if len(hops) == 0 {
-		return nil, errDNS(domain, errors.New("no usable MX host"))
+		return nil, c.errDNS(domain, errors.New("no usable MX host"))
 	}
 	return hops, nil
 }
@@ -267,7 +281,7 @@ func (c *Client) lookupHop(ctx context.Context, h hop) ([]netip.Addr, error) {
 	if h.fqdn {
 		name += "."
 	}
-	ips, err := c.resolver().LookupNetIP(ctx, "ip", name)
+	ips, err := c.resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
 		var dnsErr *net.DNSError
 		if h.implicit && errors.As(err, &dnsErr) && dnsErr.IsNotFound {
@@ -275,16 +289,9 @@ func (c *Client) lookupHop(ctx context.Context, h hop) ([]netip.Addr, error) {
 		}
 		// An MX or route naming a missing host is a DNS mistake someone
 		// may fix: keep retrying.
-		return nil, errDNS(h.name, err)
+		return nil, c.errDNS(h.name, err)
 	}
 	return ips, nil
-}
-
-func (c *Client) resolver() *net.Resolver {
-	if c.Resolver != nil {
-		return c.Resolver
-	}
-	return net.DefaultResolver
 }
 
 func (c *Client) dialer() Dialer {
@@ -318,12 +325,35 @@ func splitHop(hp string) (hop, error) {
 	return hop{name: host, port: port}, nil
 }
 
-// domainOf returns the lower-cased domain of an address, without a
-// trailing dot.
+// domainOf returns the normalized domain of an address.
 func domainOf(addr string) string {
 	at := strings.LastIndexByte(addr, '@')
 	if at < 0 {
 		return ""
 	}
-	return strings.TrimSuffix(strings.ToLower(addr[at+1:]), ".")
+	return normalDomain(addr[at+1:])
+}
+
+// normalDomain lower-cases a domain and drops a trailing dot, the form
+// in which domains are compared (RFC 1035 2.3.3: case-insensitive).
+func normalDomain(d string) string { return strings.TrimSuffix(strings.ToLower(d), ".") }
+
+// normalizeRoutes keys routes by normalized domain. Should two keys name
+// the same domain (configuration validation refuses that), the one already
+// normalized wins, else the first in sorted order, so the choice is stable.
+func normalizeRoutes(routes map[string]string) map[string]string {
+	keys := make([]string, 0, len(routes))
+	for k := range routes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make(map[string]string, len(routes))
+	for _, k := range keys {
+		d := normalDomain(k)
+		if _, taken := out[d]; taken && k != d {
+			continue
+		}
+		out[d] = routes[k]
+	}
+	return out
 }
