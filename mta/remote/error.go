@@ -110,8 +110,8 @@ func errPermanent(host, enhanced, msg string) *Error {
 
 // replyError turns what go-smtp returned into an *Error: a reply keeps its
 // code and text; a reply over our bounds (see limit.go) is a protocol
-// error, temporary as RFC 5321 4.2.1 says of replies we cannot make sense
-// of; anything else is a broken connection.
+// error, temporary so that a misbehaving next hop delays the mail rather
+// than bounces it; anything else is a broken connection.
 func replyError(host string, err error) *Error {
 	var le *replyLimitError
 	if errors.As(err, &le) || errors.Is(err, smtp.ErrTooLongLine) {

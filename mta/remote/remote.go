@@ -26,6 +26,10 @@
 // plain-text attempt. The exception is a smarthost with credentials: there
 // TLS must be offered and verified, or the credentials are not sent.
 //
+// Whoever controls a recipient's DNS chooses our next hop, so every reply
+// is read under bounds (see limit.go): a server that sends too much gets a
+// temporary failure, not our memory.
+//
 // A message with 8-bit content goes out even to a server that does not
 // offer 8BITMIME (see session); a message over the server's SIZE, or with
 // a non-ASCII address for a server without SMTPUTF8, fails permanently.
