@@ -247,13 +247,31 @@ func (c *Config) validate() error {
 		return c.fail("limits.pop3_idle_timeout", "%s is below the 10 minutes RFC 1939 3 requires", t)
 	}
 
-	for dom, hostport := range c.Relay.Routes {
+	// Recipient domains are compared lower-cased and without a trailing
+	// dot, so route keys are stored that way (RFC 1035 2.3.3). Keys are
+	// checked in sorted order so the same mistake is always reported.
+	keys := make([]string, 0, len(c.Relay.Routes))
+	for dom := range c.Relay.Routes {
+		keys = append(keys, dom)
+	}
+	sort.Strings(keys)
+	routes := make(map[string]string, len(keys))
+	for _, dom := range keys {
+		hostport := c.Relay.Routes[dom]
 		if !validDomain(dom) {
 			return c.fail("relay.routes", "%q is not a domain name", dom)
 		}
 		if _, _, err := net.SplitHostPort(hostport); err != nil {
 			return c.fail("relay.routes", "%s = %q: want host:port", dom, hostport)
 		}
+		norm := strings.ToLower(strings.TrimSuffix(dom, "."))
+		if _, dup := routes[norm]; dup {
+			return c.fail("relay.routes", "%q names %s, which another key already names", dom, norm)
+		}
+		routes[norm] = hostport
+	}
+	if c.Relay.Routes != nil {
+		c.Relay.Routes = routes
 	}
 	for key, hp := range map[string]string{"relay.smarthost": c.Relay.Smarthost, "relay.dns": c.Relay.DNS} {
 		if hp == "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,21 @@ command_timeout = "2m"
 	}
 }
 
+func TestLoadConfigNormalizesRouteDomains(t *testing.T) {
+	p := writeConfig(t, minimalConfig+`
+[relay]
+routes = { "Sink.Test" = "127.0.0.1:2525", "OTHER.test." = "127.0.0.1:2526" }
+`)
+	c, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"sink.test": "127.0.0.1:2525", "other.test": "127.0.0.1:2526"}
+	if fmt.Sprint(c.Relay.Routes) != fmt.Sprint(want) {
+		t.Errorf("routes = %v, want %v: keys lower-cased, without a trailing dot", c.Relay.Routes, want)
+	}
+}
+
 func TestLoadConfigRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name, body, wantKey string
@@ -88,6 +104,7 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"bad duration", minimalConfig + "[limits]\ndata_timeout = \"soon\"\n", "data_timeout"},
 		{"short pop3 timeout", minimalConfig + "[limits]\npop3_idle_timeout = \"1m\"\n", "limits.pop3_idle_timeout"},
 		{"bad route", minimalConfig + "[relay]\nroutes = { \"b.test\" = \"nohostport\" }\n", "relay.routes"},
+		{"two route keys for one domain", minimalConfig + "[relay]\nroutes = { \"b.test\" = \"h:25\", \"B.Test.\" = \"h:26\" }\n", "relay.routes"},
 		{"bad smarthost", minimalConfig + "[relay]\nsmarthost = \"relay.example\"\n", "relay.smarthost"},
 		{"smarthost user without password", minimalConfig + "[relay]\nsmarthost = \"r.example:587\"\nsmarthost_username = \"u\"\n", "relay.smarthost_password"},
 		{"dkim selector without key", minimalConfig + "[dkim]\nselector = \"mail\"\n", "dkim.key"},

@@ -163,7 +163,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			Smarthost:         cfg.Relay.Smarthost,
 			SmarthostUsername: cfg.Relay.SmarthostUsername,
 			SmarthostPassword: cfg.Relay.SmarthostPassword,
-			Resolver:          resolver,
+			DNS:               cfg.Relay.DNS,
 			Logger:            log,
 			Transcript:        relayTranscript,
 		},

@@ -3,6 +3,7 @@ package remote
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -79,8 +80,24 @@ func errConnection(host string, err error) *Error { // X.4.2 bad connection
 	return &Error{Enhanced: "4.4.2", Host: host, Message: "connection failed", Err: err}
 }
 
-func errDNS(name string, err error) *Error { // X.4.3 directory server failure
-	return &Error{Enhanced: "4.4.3", Message: "DNS lookup for " + name + " failed", Err: err}
+func errProtocol(host string, err error) *Error { // X.5.0 other protocol status
+	return &Error{Enhanced: "4.5.0", Host: host, Message: "unacceptable reply", Err: err}
+}
+
+// errDNS is a failed lookup of name, naming the server that was asked.
+// Go's resolver names the first server of /etc/resolv.conf in its errors
+// even when every query went to c.DNS, so that name is dropped then.
+func (c *Client) errDNS(name string, err error) *Error { // X.4.3 directory server failure
+	via := "system resolver"
+	if c.DNS != "" {
+		via = c.DNS
+		if dnsErr, ok := err.(*net.DNSError); ok {
+			e := *dnsErr
+			e.Server = ""
+			err = &e
+		}
+	}
+	return &Error{Enhanced: "4.4.3", Message: "DNS lookup for " + name + " via " + via + " failed", Err: err}
 }
 
 func errSecurity(host, msg string, err error) *Error { // X.7.0 security
@@ -92,8 +109,14 @@ func errPermanent(host, enhanced, msg string) *Error {
 }
 
 // replyError turns what go-smtp returned into an *Error: a reply keeps its
-// code and text; anything else is a broken connection.
+// code and text; a reply over our bounds (see limit.go) is a protocol
+// error, temporary so that a misbehaving next hop delays the mail rather
+// than bounces it; anything else is a broken connection.
 func replyError(host string, err error) *Error {
+	var le *replyLimitError
+	if errors.As(err, &le) || errors.Is(err, smtp.ErrTooLongLine) {
+		return errProtocol(host, err)
+	}
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
 		return errConnection(host, err)

@@ -11,7 +11,12 @@
 //  3. DNS: MX hosts in preference order; with no MX, the domain's own
 //     address records (RFC 5321 5.1); a null MX (RFC 7505) fails at once.
 //
-// Every host name is resolved through Client.Resolver and every address
+// Addresses that DNS or a recipient's address literal lead to are dialled
+// only when they are public (see isPublic): loopback, private, link-local
+// and other internal addresses are skipped. Routes and the smarthost are
+// the administrator's choice and may name any host.
+//
+// Every host name is resolved by the server at Client.DNS and every address
 // dialled through Client.Dialer, so tests steer all traffic to loopback.
 //
 // STARTTLS is opportunistic (RFC 3207): used whenever offered, with the
@@ -20,6 +25,10 @@
 // could verify (RFC 7435), and a failed handshake is followed by a
 // plain-text attempt. The exception is a smarthost with credentials: there
 // TLS must be offered and verified, or the credentials are not sent.
+//
+// Whoever controls a recipient's DNS chooses our next hop, so every reply
+// is read under bounds (see limit.go): a server that sends too much gets a
+// temporary failure, not our memory.
 //
 // A message with 8-bit content goes out even to a server that does not
 // offer 8BITMIME (see session); a message over the server's SIZE, or with
@@ -34,8 +43,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sort"
 	"strings"
+	"sync"
 	"time"
+
+	"minimail/mta/resolve"
 )
 
 // Dialer opens connections; *net.Dialer satisfies it.
@@ -49,7 +62,8 @@ type Dialer interface {
 type Client struct {
 	// Hostname is our name in EHLO (RFC 5321 4.1.1.1).
 	Hostname string
-	// Routes maps a lower-case recipient domain to host:port.
+	// Routes maps a recipient domain to host:port. Domains match without
+	// regard to case or a trailing dot (RFC 1035 2.3.3).
 	Routes map[string]string
 	// Smarthost, as host:port, takes all mail not covered by Routes.
 	Smarthost string
@@ -57,8 +71,9 @@ type Client struct {
 	// PLAIN, and only over STARTTLS with a verified certificate.
 	SmarthostUsername string
 	SmarthostPassword string
-	// Resolver answers MX and address lookups; nil is the system resolver.
-	Resolver *net.Resolver
+	// DNS is the host:port of the server that answers every MX and
+	// address lookup; "" is the system resolver. DNS errors name it.
+	DNS string
 	// Dialer opens TCP connections; nil is a net.Dialer with Timeout.
 	Dialer Dialer
 	// TLSConfig is the base for STARTTLS (RootCAs, for instance); nil
@@ -67,12 +82,21 @@ type Client struct {
 	// Timeout bounds the connection set-up and each SMTP command; the end
 	// of DATA gets twice as long. 0 means 5 minutes (RFC 5321 4.5.3.2).
 	Timeout time.Duration
+	// AllowInternal lets DNS answers and address literals lead to
+	// loopback, private and other non-public addresses. It exists for
+	// tests, whose MX hosts live on 127.0.0.1 or at documentation
+	// addresses; a server names its internal next hops in Routes.
+	AllowInternal bool
 	// Logger gets one line per SMTP session; nil discards.
 	Logger *slog.Logger
 	// Transcript, when set, gives a writer for each session's conversation
 	// with host (both directions, as go-smtp's DebugWriter writes them).
 	// `minimail demo` prints it; servers leave it nil.
 	Transcript func(host string) io.Writer
+
+	setUp    sync.Once
+	routes   map[string]string // Routes by normalized domain
+	resolver *net.Resolver
 }
 
 // smtpPort is where MX hosts listen (RFC 5321 4.5.4, port 25).
@@ -91,6 +115,11 @@ type hop struct {
 	// implicit marks the domain itself standing in for a missing MX: if
 	// it has no address, the domain does not exist for mail.
 	implicit bool
+	// configured marks a route or the smarthost: any address it has is
+	// dialled, internal or not.
+	configured bool
+	// literal marks a recipient's address literal (RFC 5321 4.1.3).
+	literal bool
 }
 
 // Deliver sends msg from the envelope sender from ("" for the null sender)
@@ -102,6 +131,10 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 	if len(rcpts) == 0 {
 		return results
 	}
+	c.setUp.Do(func() {
+		c.routes = normalizeRoutes(c.Routes)
+		c.resolver = resolve.New(c.DNS)
+	})
 	fail := func(err error) []error {
 		for i := range results {
 			results[i] = err
@@ -156,27 +189,29 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 
 // route returns the hosts to try for domain, best first.
 func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
-	if hp, ok := c.Routes[domain]; ok {
+	if hp, ok := c.routes[domain]; ok {
 		h, err := splitHop(hp)
+		h.configured = true
 		return []hop{h}, err
 	}
 	if c.Smarthost != "" {
 		h, err := splitHop(c.Smarthost)
 		h.auth = c.SmarthostUsername != ""
+		h.configured = true
 		return []hop{h}, err
 	}
 	// RFC 5321 4.1.3: an address literal names the host itself.
 	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
 		lit := strings.TrimPrefix(domain[1:len(domain)-1], "ipv6:")
 		if ip, err := netip.ParseAddr(lit); err == nil {
-			return []hop{{name: ip.String(), port: smtpPort}}, nil
+			return []hop{{name: ip.String(), port: smtpPort, literal: true}}, nil
 		}
 		return nil, errPermanent("", "5.1.2", "bad address literal "+domain)
 	}
 	if domain == "" {
 		return nil, errPermanent("", "5.1.3", "recipient without a domain")
 	}
-	mxs, err := c.resolver().LookupMX(ctx, domain+".")
+	mxs, err := c.resolver.LookupMX(ctx, domain+".")
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
@@ -184,7 +219,7 @@ func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 		// MX. If it has no address either, addresses reports it.
 		return []hop{{name: domain, port: smtpPort, fqdn: true, implicit: true}}, nil
 	case err != nil && len(mxs) == 0:
-		return nil, errDNS(domain, err)
+		return nil, c.errDNS(domain, err)
 	}
 	// RFC 7505 3: a single MX of "." says the domain takes no mail.
 	if len(mxs) == 1 && mxs[0].Host == "." {
@@ -200,21 +235,57 @@ func (c *Client) route(ctx context.Context, domain string) ([]hop, error) {
 		hops = append(hops, hop{name: strings.TrimSuffix(mx.Host, "."), port: smtpPort, fqdn: true})
 	}
 	if len(hops) == 0 {
-		return nil, errDNS(domain, errors.New("no usable MX host"))
+		return nil, c.errDNS(domain, errors.New("no usable MX host"))
 	}
 	return hops, nil
 }
 
-// addresses resolves a hop to dialable host:port strings.
+// addresses resolves a hop to dialable host:port strings, leaving out the
+// internal addresses of a hop that DNS or an address literal chose.
 func (c *Client) addresses(ctx context.Context, h hop) ([]string, error) {
+	ips, err := c.lookupHop(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(ips))
+	var skipped []string
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if !h.configured && !c.AllowInternal && !isPublic(ip) {
+			c.logger().Warn("internal address skipped", "host", h.name, "addr", ip.String())
+			skipped = append(skipped, ip.String())
+			continue
+		}
+		out = append(out, net.JoinHostPort(ip.String(), h.port))
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	if h.literal {
+		// The literal is the whole destination and will never change:
+		// say so at once rather than after days of retries.
+		return nil, errPermanent("", "5.4.4", "address literal ["+h.name+"] is an internal address; not dialled")
+	}
+	// A temporary error, not a bounce: DNS that points at internal
+	// addresses is a mistake its owner may fix, or an answer that is
+	// wrong for a while (a spoofed or rebinding reply). Deferring keeps
+	// the mail; the sender still hears of the delay and, after the
+	// queue's maximum age, gets the bounce.
+	return nil, &Error{Enhanced: "4.4.4", Host: h.name,
+		Message: "host " + h.name + " has only internal addresses (" + strings.Join(skipped, " ") + "); not dialled"}
+}
+
+// lookupHop returns the addresses of a hop: its own, when its name is an
+// IP address, else what DNS says.
+func (c *Client) lookupHop(ctx context.Context, h hop) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(h.name); err == nil {
-		return []string{net.JoinHostPort(ip.String(), h.port)}, nil
+		return []netip.Addr{ip}, nil
 	}
 	name := h.name
 	if h.fqdn {
 		name += "."
 	}
-	ips, err := c.resolver().LookupNetIP(ctx, "ip", name)
+	ips, err := c.resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
 		var dnsErr *net.DNSError
 		if h.implicit && errors.As(err, &dnsErr) && dnsErr.IsNotFound {
@@ -222,20 +293,9 @@ func (c *Client) addresses(ctx context.Context, h hop) ([]string, error) {
 		}
 		// An MX or route naming a missing host is a DNS mistake someone
 		// may fix: keep retrying.
-		return nil, errDNS(h.name, err)
+		return nil, c.errDNS(h.name, err)
 	}
-	out := make([]string, 0, len(ips))
-	for _, ip := range ips {
-		out = append(out, net.JoinHostPort(ip.Unmap().String(), h.port))
-	}
-	return out, nil
-}
-
-func (c *Client) resolver() *net.Resolver {
-	if c.Resolver != nil {
-		return c.Resolver
-	}
-	return net.DefaultResolver
+	return ips, nil
 }
 
 func (c *Client) dialer() Dialer {
@@ -269,12 +329,35 @@ func splitHop(hp string) (hop, error) {
 	return hop{name: host, port: port}, nil
 }
 
-// domainOf returns the lower-cased domain of an address, without a
-// trailing dot.
+// domainOf returns the normalized domain of an address.
 func domainOf(addr string) string {
 	at := strings.LastIndexByte(addr, '@')
 	if at < 0 {
 		return ""
 	}
-	return strings.TrimSuffix(strings.ToLower(addr[at+1:]), ".")
+	return normalDomain(addr[at+1:])
+}
+
+// normalDomain lower-cases a domain and drops a trailing dot, the form
+// in which domains are compared (RFC 1035 2.3.3: case-insensitive).
+func normalDomain(d string) string { return strings.TrimSuffix(strings.ToLower(d), ".") }
+
+// normalizeRoutes keys routes by normalized domain. Should two keys name
+// the same domain (configuration validation refuses that), the one already
+// normalized wins, else the first in sorted order, so the choice is stable.
+func normalizeRoutes(routes map[string]string) map[string]string {
+	keys := make([]string, 0, len(routes))
+	for k := range routes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make(map[string]string, len(routes))
+	for _, k := range keys {
+		d := normalDomain(k)
+		if _, taken := out[d]; taken && k != d {
+			continue
+		}
+		out[d] = routes[k]
+	}
+	return out
 }

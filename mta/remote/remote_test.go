@@ -22,17 +22,22 @@ import (
 const testMsg = "From: bob@a.test\r\nTo: x@b.test\r\nSubject: hi\r\n\r\nhello\r\n.\r\n..dots\r\n"
 
 // mapDialer sends each dialled address to a real loopback listener and
-// records the order of the attempts; unknown addresses are refused.
+// records the order of the attempts; unknown addresses go to anyAddr,
+// or are refused when it is "".
 type mapDialer struct {
-	mu     sync.Mutex
-	to     map[string]string
-	dialed []string
+	mu      sync.Mutex
+	to      map[string]string
+	anyAddr string
+	dialed  []string
 }
 
 func (d *mapDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d.mu.Lock()
 	d.dialed = append(d.dialed, addr)
 	target, ok := d.to[addr]
+	if !ok && d.anyAddr != "" {
+		target, ok = d.anyAddr, true
+	}
 	d.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("dial %s: connection refused", addr)
@@ -154,7 +159,9 @@ func TestDeliverMXPreferenceOrder(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := &mapDialer{to: tt.up}
-			c := &Client{Hostname: "mx.a.test", Resolver: dns.Resolver(), Dialer: d, Timeout: 5 * time.Second}
+			// The MX hosts live at documentation addresses, which only
+			// tests may dial.
+			c := &Client{Hostname: "mx.a.test", DNS: dns.Addr, Dialer: d, AllowInternal: true, Timeout: 5 * time.Second}
 			res := c.Deliver(context.Background(), "bob@a.test", []string{"x@b.test"}, []byte(testMsg))
 			wantErr(t, 0, res[0], "", false)
 			if got := d.Dialed(); strings.Join(got, " ") != strings.Join(tt.dialed, " ") {
@@ -193,7 +200,7 @@ func TestDeliverDNSOutcomes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := &mapDialer{to: map[string]string{"192.0.2.3:25": srv.Addr, "192.0.2.4:25": srv.Addr}}
-			c := &Client{Hostname: "mx.a.test", Resolver: dns.Resolver(), Dialer: d, Timeout: 5 * time.Second}
+			c := &Client{Hostname: "mx.a.test", DNS: dns.Addr, Dialer: d, AllowInternal: true, Timeout: 5 * time.Second}
 			res := c.Deliver(context.Background(), "bob@a.test", []string{tt.rcpt}, []byte(testMsg))
 			wantErr(t, 0, res[0], tt.status, tt.temporary)
 			if got := d.Dialed(); strings.Join(got, " ") != strings.Join(tt.dialed, " ") {
@@ -206,7 +213,7 @@ func TestDeliverDNSOutcomes(t *testing.T) {
 func TestDeliverDNSTimeoutIsTemporary(t *testing.T) {
 	dns := dnstest.Start(t)
 	dns.Hang("slow.test")
-	c := &Client{Hostname: "mx.a.test", Resolver: dns.Resolver(), Dialer: &mapDialer{}}
+	c := &Client{Hostname: "mx.a.test", DNS: dns.Addr, Dialer: &mapDialer{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	res := c.Deliver(ctx, "bob@a.test", []string{"x@slow.test"}, []byte(testMsg))
@@ -352,6 +359,68 @@ func TestDeliverRoutesBeforeSmarthost(t *testing.T) {
 	}
 	if len(routedSrv.Messages()) != 1 || len(smart.Messages()) != 1 || smart.Messages()[0].Rcpts[0] != "x@c.test" {
 		t.Fatalf("route got %v, smarthost got %v", routedSrv.Messages(), smart.Messages())
+	}
+}
+
+func TestDeliverRouteKeysMatchAnyCaseAndTrailingDot(t *testing.T) {
+	tests := []struct {
+		name string
+		key  string
+		rcpt string
+	}{
+		{"mixed-case key", "Sink.Test", "x@sink.test"},
+		{"key with a trailing dot", "sink.test.", "x@sink.test"},
+		{"upper-case key with a trailing dot", "SINK.TEST.", "x@Sink.Test."},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := smtptest.Start(t, smtptest.Options{})
+			// A route that does not match falls through to DNS, which
+			// knows no sink.test.
+			dns := dnstest.Start(t)
+			c := &Client{Hostname: "mx.a.test", Routes: map[string]string{tt.key: srv.Addr}, DNS: dns.Addr, Timeout: 5 * time.Second}
+			res := c.Deliver(context.Background(), "bob@a.test", []string{tt.rcpt}, []byte(testMsg))
+			wantErr(t, 0, res[0], "", false)
+			if len(srv.Messages()) != 1 {
+				t.Errorf("the route's server got %d messages, want 1", len(srv.Messages()))
+			}
+		})
+	}
+	t.Run("a normalized key wins over one that only matches", func(t *testing.T) {
+		srv := smtptest.Start(t, smtptest.Options{})
+		c := &Client{Hostname: "mx.a.test", Timeout: 5 * time.Second,
+			Routes: map[string]string{"Sink.Test": smtptest.DownAddr(t), "sink.test": srv.Addr, "SINK.TEST.": smtptest.DownAddr(t)}}
+		res := c.Deliver(context.Background(), "bob@a.test", []string{"x@sink.test"}, []byte(testMsg))
+		wantErr(t, 0, res[0], "", false)
+	})
+}
+
+func TestDNSErrorsNameTheResolverAsked(t *testing.T) {
+	dns := dnstest.Start(t, "nohost.test. 60 IN MX 10 gone.nohost.test.")
+	dns.Fail("broken.test")
+	for _, rcpt := range []string{"x@broken.test", "x@nohost.test"} {
+		t.Run(rcpt, func(t *testing.T) {
+			c := &Client{Hostname: "mx.a.test", DNS: dns.Addr, Dialer: &mapDialer{}}
+			res := c.Deliver(context.Background(), "bob@a.test", []string{rcpt}, []byte(testMsg))
+			wantErr(t, 0, res[0], "4.4.3", true)
+			var dnsErr *net.DNSError
+			if !strings.Contains(res[0].Error(), " via "+dns.Addr+" ") || !errors.As(res[0], &dnsErr) || dnsErr.Server != "" {
+				t.Errorf("error %q should name %s and no other server", res[0], dns.Addr)
+			}
+		})
+	}
+	// Go's own error names a server of /etc/resolv.conf: true of the
+	// system resolver, so it stays, but false of relay.dns.
+	goErr := &net.DNSError{Err: "server misbehaving", Name: "b.test.", Server: "127.0.0.53:53"}
+	tests := []struct{ dns, want string }{
+		{"", "DNS lookup for b.test via system resolver failed: lookup b.test. on 127.0.0.53:53: server misbehaving"},
+		{"192.0.2.53:53", "DNS lookup for b.test via 192.0.2.53:53 failed: lookup b.test.: server misbehaving"},
+	}
+	for _, tt := range tests {
+		c := &Client{DNS: tt.dns}
+		if got := c.errDNS("b.test", goErr).Error(); got != tt.want {
+			t.Errorf("DNS %q: error %q, want %q", tt.dns, got, tt.want)
+		}
 	}
 }
 

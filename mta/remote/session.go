@@ -179,7 +179,7 @@ func fillPending(results []error, err *Error, sessErr *error) []error {
 }
 
 func (c *Client) newSMTP(conn net.Conn, host string) *smtp.Client {
-	sc := smtp.NewClient(conn)
+	sc := smtp.NewClient(limitReplies(conn))
 	if c.Transcript != nil {
 		sc.DebugWriter = &skipFakeGreeting{w: c.Transcript(host)}
 	}
@@ -235,10 +235,13 @@ func (g *greetedConn) Read(p []byte) (int, error) { return g.r.Read(p) }
 func (c *Client) startTLS(ctx context.Context, conn net.Conn, h hop) (*tls.Conn, bool, error) {
 	conn.SetDeadline(time.Now().Add(c.timeout()))
 	defer conn.SetDeadline(time.Time{})
-	if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
+	// The reply is read with the bounds go-smtp's replies get; the
+	// handshake then runs on conn itself, as TLS records bound themselves.
+	lc := limitReplies(conn)
+	if _, err := io.WriteString(lc, "STARTTLS\r\n"); err != nil {
 		return nil, false, errConnection(h.name, err)
 	}
-	code, msg, err := textproto.NewReader(bufio.NewReaderSize(conn, 512)).ReadResponse(220)
+	code, msg, err := textproto.NewReader(bufio.NewReaderSize(lc, 512)).ReadResponse(220)
 	if c.Transcript != nil {
 		// This exchange bypasses go-smtp, so its DebugWriter misses it.
 		fmt.Fprintf(c.Transcript(h.name), "STARTTLS\r\n%d %s\r\n", code, msg)
@@ -248,7 +251,7 @@ func (c *Client) startTLS(ctx context.Context, conn net.Conn, h hop) (*tls.Conn,
 		if errors.As(err, &pe) {
 			return nil, false, replyError(h.name, &smtp.SMTPError{Code: pe.Code, Message: pe.Msg})
 		}
-		return nil, false, errConnection(h.name, err)
+		return nil, false, replyError(h.name, err)
 	}
 	cfg := &tls.Config{}
 	if c.TLSConfig != nil {
