@@ -33,6 +33,18 @@ func (f field) value() string {
 	return strings.TrimSpace(string(v))
 }
 
+// dkimName returns the field's name as the DKIM library reads it, to find
+// signatures and the fields h= names: the text before the first colon, which
+// may be on a continuation line, white space trimmed; the whole field when it
+// has no colon.
+func (f field) dkimName() string {
+	name := f.raw
+	if i := bytes.IndexByte(name, ':'); i >= 0 {
+		name = name[:i]
+	}
+	return strings.TrimSpace(string(name))
+}
+
 // splitHeader cuts msg into its header fields and the rest (the empty line
 // ending the header section and the body). Bare LF line endings are accepted
 // like CRLF. The concatenation of every field's raw bytes and rest is msg.
