@@ -1,11 +1,12 @@
-"""Verify the first DKIM-Signature of the message on stdin with dkimpy.
+"""Verify the first DKIM-Signature of each message file with dkimpy.
 
-Usage: dkimpy_verify.py NAME RECORD
+Usage: dkimpy_verify.py NAME RECORD FILE...
 
 The key record RECORD is the answer for the TXT name NAME (for example
 mail._domainkey.a.test); every other name has no record. dkimpy's own
 dkimverify command has no way to pass a key, and tests never use the system
-resolver. Prints "pass" or "fail"; exits 0 either way, 2 on bad usage.
+resolver. Prints "pass" or "fail" for each FILE, one a line, in order; exits
+2 on bad usage.
 """
 import sys
 
@@ -13,7 +14,7 @@ import dkim
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 4:
         print(__doc__, file=sys.stderr)
         return 2
     name, record = sys.argv[1].rstrip("."), sys.argv[2].encode()
@@ -23,8 +24,10 @@ def main():
             qname = qname.decode()
         return record if qname.rstrip(".").lower() == name.lower() else None
 
-    msg = sys.stdin.buffer.read()
-    print("pass" if dkim.verify(msg, dnsfunc=dnsfunc) else "fail")
+    for path in sys.argv[3:]:
+        with open(path, "rb") as f:
+            msg = f.read()
+        print("pass" if dkim.verify(msg, dnsfunc=dnsfunc) else "fail")
     return 0
 
 
