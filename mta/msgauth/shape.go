@@ -67,7 +67,7 @@ func MeasureHeader(msg []byte) HeaderShape {
 				i++
 				break
 			}
-			if c < ' ' && c != '\t' && !(c == '\r' && i+1 < len(msg) && msg[i+1] == '\n') || c == 0x7f {
+			if isControl(msg, i) {
 				s.Control = true
 			}
 		}
@@ -99,4 +99,28 @@ func checkFieldScans(fields, names int) error {
 		return fmt.Errorf("%w: %d field names to find among %d fields", errHeaderShape, names, fields)
 	}
 	return nil
+}
+
+// isControl reports whether b[i] is a control byte other than TAB, LF and
+// the CR of a CRLF.
+func isControl(b []byte, i int) bool {
+	c := b[i]
+	switch {
+	case c == '\t' || c == '\n':
+		return false
+	case c == '\r':
+		return i+1 == len(b) || b[i+1] != '\n'
+	}
+	return c < ' ' || c == 0x7f
+}
+
+// hasControl reports whether b holds a control byte in the sense of
+// isControl.
+func hasControl(b []byte) bool {
+	for i := range b {
+		if isControl(b, i) {
+			return true
+		}
+	}
+	return false
 }

@@ -314,6 +314,8 @@ func TestVerifyStripsOurAuthResults(t *testing.T) {
 		"Authentication-Results:\r\n  mx.b.test;\r\n\tdmarc=pass header.from=bank.test",
 		`Authentication-Results: (forged) "mx.b.test."; dmarc=pass`,
 		"Authentication-Results : mx.b.test; dmarc=pass",
+		"Authentication-Results: mx.b.test\x00; spf=pass",
+		"Authentication-Results: mx.b.test\x00.example; dkim=pass header.d=bank.test",
 		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example",
 		"Authentication-Results: mx.b.test.example; dkim=pass",
 		"From: ceo@bank.test",
