@@ -72,6 +72,15 @@ func splitHeader(msg []byte) (fields []field, rest []byte) {
 	return fields, msg[i:]
 }
 
+// errContinuationFirst explains why we add no field above a message.
+var errContinuationFirst = errors.New("message header starts with a continuation line")
+
+// startsWithContinuation reports whether msg starts with SP or TAB: a field
+// prepended to it would continue on its first line (RFC 5322 section 2.2.3).
+func startsWithContinuation(msg []byte) bool {
+	return len(msg) > 0 && (msg[0] == ' ' || msg[0] == '\t')
+}
+
 // lineLen is the length of the first line of b, its LF included.
 func lineLen(b []byte) int {
 	if i := bytes.IndexByte(b, '\n'); i >= 0 {

@@ -59,6 +59,9 @@ func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
 	if s.Key == nil || s.Selector == "" {
 		return nil, fmt.Errorf("dkim sign for %s: no key or selector configured", domain)
 	}
+	if startsWithContinuation(msg) {
+		return nil, fmt.Errorf("dkim sign for %s: %w", domain, errContinuationFirst)
+	}
 	// Bound the library's work before it starts (see MaxHeaderBytes).
 	shape := MeasureHeader(msg)
 	if err := shape.check(); err != nil {

@@ -30,6 +30,16 @@ func TestSignWithoutKeyFails(t *testing.T) {
 	}
 }
 
+// A signature prepended to a message starting with WSP would take the first
+// line for its own continuation, and break.
+func TestSignRefusesAContinuationLineFirst(t *testing.T) {
+	s := &Signer{Selector: "mail", Key: key(t), Domains: []string{"a.test"}}
+	msg := append([]byte(" x\r\n"), plainMessage("alice@a.test")...)
+	if out, err := s.Sign("a.test", msg); !errors.Is(err, errContinuationFirst) {
+		t.Fatalf("Sign = %v\n%s\nwant %v", err, out, errContinuationFirst)
+	}
+}
+
 func TestSignTags(t *testing.T) {
 	s := &Signer{Selector: "mail", Key: key(t), Domains: []string{"a.test"}}
 	out, err := s.Sign("A.TEST.", plainMessage("alice@a.test"))

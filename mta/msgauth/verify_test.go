@@ -424,3 +424,18 @@ func TestVerifyKeepsCostlyHeadersFromTheLibrary(t *testing.T) {
 		})
 	}
 }
+
+// A first line starting with WSP would continue the field we prepend: the
+// sender could append results to ours.
+func TestVerifyRefusesAContinuationLineFirst(t *testing.T) {
+	srv := world(t)
+	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, Timeout: 10 * time.Second}
+	for _, lead := range []string{" ", "\t"} {
+		msg := append([]byte(lead+"; dkim=pass header.d=bank.test\r\n"), plainMessage("ceo@bank.test")...)
+		out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 6, 0}) {
+			t.Errorf("Verify(%q...) = %v\n%s\nwant 550 5.6.0", lead, err, out)
+		}
+	}
+}
