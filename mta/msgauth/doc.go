@@ -13,6 +13,12 @@
 // Suffix List in golang.org/x/net/publicsuffix; names under suffixes the list
 // does not know fall back to their last two labels.
 //
+// go-msgauth's DKIM code does work quadratic in the size of some hostile
+// headers (a field folded over many lines, h= naming a field per header
+// field). Verify and Sign measure the header first (MeasureHeader) and keep
+// anything beyond MaxHeaderBytes, MaxFieldLines or a bound on that scanning
+// from the library: dkim=permerror when verifying, an error when signing.
+//
 // Messages are plain byte slices: they are bounded by max_message_bytes, and
 // both signing and checking need the whole message anyway.
 package msgauth

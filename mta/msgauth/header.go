@@ -20,17 +20,33 @@ type field struct {
 	raw  []byte
 }
 
-// value returns the field body unfolded (RFC 5322 section 2.2.3: CRLF
-// followed by WSP is removed), without the name and colon.
+// value returns the field body unfolded, without the name and colon.
 func (f field) value() string {
 	i := bytes.IndexByte(f.raw, ':')
 	if f.name == "" || i < 0 {
 		return ""
 	}
-	v := f.raw[i+1:]
+	return unfold(f.raw[i+1:])
+}
+
+// unfold removes the line breaks of folding (RFC 5322 section 2.2.3: CRLF
+// followed by WSP is removed) and the white space around the text.
+func unfold(v []byte) string {
 	v = bytes.ReplaceAll(v, []byte("\r\n"), nil)
 	v = bytes.ReplaceAll(v, []byte("\n"), nil)
 	return strings.TrimSpace(string(v))
+}
+
+// dkimName returns the field's name as the DKIM library reads it, to find
+// signatures and the fields h= names: the text before the first colon, which
+// may be on a continuation line, white space trimmed; the whole field when it
+// has no colon.
+func (f field) dkimName() string {
+	name := f.raw
+	if i := bytes.IndexByte(name, ':'); i >= 0 {
+		name = name[:i]
+	}
+	return strings.TrimSpace(string(name))
 }
 
 // splitHeader cuts msg into its header fields and the rest (the empty line
@@ -54,6 +70,15 @@ func splitHeader(msg []byte) (fields []field, rest []byte) {
 		fields = append(fields, field{name: fieldName(msg[start:i]), raw: msg[start:i:i]})
 	}
 	return fields, msg[i:]
+}
+
+// errContinuationFirst explains why we add no field above a message.
+var errContinuationFirst = errors.New("message header starts with a continuation line")
+
+// startsWithContinuation reports whether msg starts with SP or TAB: a field
+// prepended to it would continue on its first line (RFC 5322 section 2.2.3).
+func startsWithContinuation(msg []byte) bool {
+	return len(msg) > 0 && (msg[0] == ' ' || msg[0] == '\t')
 }
 
 // lineLen is the length of the first line of b, its LF included.
@@ -92,9 +117,9 @@ func lineEnding(msg []byte) string {
 }
 
 // stripAuthResults returns the message without the Authentication-Results
-// fields whose authserv-id is authServID (compared case-insensitively, as
-// host names are): RFC 8601 section 5 requires removing such fields, which
-// only we may add, before adding our own. Fields of other authserv-ids stay.
+// fields that claim authServID: RFC 8601 section 5 requires removing such
+// fields, which only we may add, before adding our own. Fields of other
+// authserv-ids stay.
 func stripAuthResults(msg []byte, authServID string) []byte {
 	fields, rest := splitHeader(msg)
 	out := make([]byte, 0, len(msg))
@@ -107,39 +132,94 @@ func stripAuthResults(msg []byte, authServID string) []byte {
 	return append(out, rest...)
 }
 
+// claimsAuthServID reports whether f is an Authentication-Results field that
+// must go as a claim of authServID: one whose authserv-id is exactly that
+// (compared case-insensitively, as host names are, a final dot ignored), or
+// one with a control byte anywhere. RFC 5322 allows no control byte in a
+// field, and a reader that cuts the field at one may see our authserv-id
+// where the grammar sees another. The name is matched with white space and
+// control bytes dropped, so that "Authentication-Results\x00:" or a colon
+// on a continuation line does not hide a field from us that a lax reader
+// takes for one.
 func claimsAuthServID(f field, authServID string) bool {
-	if !strings.EqualFold(f.name, "Authentication-Results") {
+	name, value, ok := bytes.Cut(f.raw, []byte(":"))
+	if !ok || !strings.EqualFold(printable(name), "Authentication-Results") {
 		return false
 	}
-	id := authServIDOf(f.value())
-	return strings.EqualFold(strings.TrimSuffix(id, "."), strings.TrimSuffix(authServID, "."))
+	if hasControl(f.raw) {
+		return true
+	}
+	id, ok := authServIDOf(unfold(value))
+	return ok && strings.EqualFold(strings.TrimSuffix(id, "."), strings.TrimSuffix(authServID, "."))
 }
 
-// authServIDOf extracts the authserv-id that starts an Authentication-Results
-// value: [CFWS] (token / quoted-string), RFC 8601 section 2.2.
-func authServIDOf(v string) string {
-	v = skipCFWS(v)
-	if strings.HasPrefix(v, `"`) {
-		var b strings.Builder
-		for i := 1; i < len(v); i++ {
-			switch v[i] {
-			case '\\':
-				if i+1 < len(v) {
-					i++
-					b.WriteByte(v[i])
-				}
-			case '"':
-				return b.String()
-			default:
-				b.WriteByte(v[i])
-			}
+// printable returns b without white space and control bytes.
+func printable(b []byte) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c > ' ' && c != 0x7f {
+			out = append(out, c)
 		}
-		return b.String()
 	}
-	if i := strings.IndexAny(v, " \t;()\""); i >= 0 {
-		v = v[:i]
+	return string(out)
+}
+
+// authServIDOf returns the authserv-id that starts an Authentication-Results
+// value, and whether there is one by the grammar of RFC 8601 section 2.2:
+// [CFWS] authserv-id, where authserv-id is a value, a token or a
+// quoted-string (RFC 2045 section 5.1), followed by CFWS, the ";" before the
+// results, or nothing. Anything else ("mx.example/x", an unterminated quoted
+// string, a token with 8-bit bytes) is no authserv-id at all, so none of ours.
+func authServIDOf(v string) (string, bool) {
+	v = skipCFWS(v)
+	var id, rest string
+	if strings.HasPrefix(v, `"`) {
+		var ok bool
+		if id, rest, ok = quotedString(v); !ok {
+			return "", false
+		}
+	} else {
+		n := 0
+		for n < len(v) && isTokenChar(v[n]) {
+			n++
+		}
+		if n == 0 {
+			return "", false
+		}
+		id, rest = v[:n], v[n:]
 	}
-	return v
+	if rest != "" && !strings.ContainsRune(" \t(;", rune(rest[0])) {
+		return "", false
+	}
+	return id, true
+}
+
+// isTokenChar reports whether c may appear in an RFC 2045 token: US-ASCII
+// except SPACE, CTLs and tspecials.
+func isTokenChar(c byte) bool {
+	return c > ' ' && c < 0x7f && !strings.ContainsRune(`()<>@,;:\"/[]?=`, rune(c))
+}
+
+// quotedString reads the quoted-string starting v (RFC 5322 section 3.2.4)
+// and returns its content, quoted-pairs resolved, and what follows it; ok is
+// false when it does not end.
+func quotedString(v string) (content, rest string, ok bool) {
+	var b strings.Builder
+	for i := 1; i < len(v); i++ {
+		switch v[i] {
+		case '\\':
+			if i+1 == len(v) {
+				return "", "", false
+			}
+			i++
+			b.WriteByte(v[i])
+		case '"':
+			return b.String(), v[i+1:], true
+		default:
+			b.WriteByte(v[i])
+		}
+	}
+	return "", "", false
 }
 
 // skipCFWS drops leading white space and (nested) comments.

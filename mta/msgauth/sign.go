@@ -10,14 +10,33 @@ import (
 
 // signedHeaders are the fields covered by our signatures: the ones RFC 6376
 // section 5.4.1 recommends, minus the trace fields that change in transit.
-// Fields listed but absent from a message are signed as empty, so that they
-// cannot be added later without breaking the signature. From appears twice
-// ("oversigned", RFC 6376 section 8.15): a second From added in transit, the
-// classic way to show a reader another sender, breaks the signature too.
+// Each is oversigned (RFC 6376 section 8.15): h= names it once more than the
+// message has it, and a verifier finds nothing for the extra name (section
+// 5.4.2), so a field of any of these names added anywhere in transit breaks
+// the signature. That is what stops a second From, To or Subject, placed
+// above ours where a reader shows it, from riding on our signature; and a
+// field absent when signing is named once, so that adding it breaks too.
 var signedHeaders = []string{
-	"From", "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To",
+	"From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To",
 	"In-Reply-To", "References", "MIME-Version", "Content-Type",
 	"Content-Transfer-Encoding",
+}
+
+// headerKeys returns the h= list for a message with these fields: each of
+// signedHeaders as many times as it occurs, plus once. Occurrences are
+// counted with the library's reading of field names, so that none is missed.
+func headerKeys(fields []field) []string {
+	count := make(map[string]int, len(signedHeaders))
+	for _, f := range fields {
+		count[strings.ToLower(f.dkimName())]++
+	}
+	var keys []string
+	for _, name := range signedHeaders {
+		for range count[strings.ToLower(name)] + 1 {
+			keys = append(keys, name)
+		}
+	}
+	return keys
 }
 
 // Signer DKIM-signs (RFC 6376) outgoing messages for the local domains.
@@ -40,13 +59,26 @@ func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
 	if s.Key == nil || s.Selector == "" {
 		return nil, fmt.Errorf("dkim sign for %s: no key or selector configured", domain)
 	}
+	if startsWithContinuation(msg) {
+		return nil, fmt.Errorf("dkim sign for %s: %w", domain, errContinuationFirst)
+	}
+	// Bound the library's work before it starts (see MaxHeaderBytes).
+	shape := MeasureHeader(msg)
+	if err := shape.check(); err != nil {
+		return nil, fmt.Errorf("dkim sign for %s: %w", domain, err)
+	}
+	fields, _ := splitHeader(msg)
+	keys := headerKeys(fields)
+	if err := checkFieldScans(shape.Fields, len(keys)); err != nil {
+		return nil, fmt.Errorf("dkim sign for %s: %w", domain, err)
+	}
 	opts := &dkim.SignOptions{
 		Domain:                 strings.ToLower(strings.TrimSuffix(domain, ".")),
 		Selector:               s.Selector,
 		Signer:                 s.Key,
 		HeaderCanonicalization: dkim.CanonicalizationRelaxed,
 		BodyCanonicalization:   dkim.CanonicalizationRelaxed,
-		HeaderKeys:             signedHeaders,
+		HeaderKeys:             keys,
 	}
 	signer, err := dkim.NewSigner(opts)
 	if err != nil {

@@ -46,6 +46,10 @@ type Verifier struct {
 //		dmarc=pass header.from=example.com
 //
 // The errors are *smtp.SMTPError replies for the DATA command:
+//   - 550 5.6.0 when the message starts with a continuation line (RFC 5322
+//     section 2.2: a field starts with its name). Prepended, our field would
+//     take that line for its own continuation, and with it whatever results
+//     the sender wrote there.
 //   - 550 5.7.1 when the message has no single usable From domain (RFC 7489
 //     section 6.6.1: such messages cannot be evaluated and are "typically
 //     rejected"; RFC 5322 section 3.6 requires exactly one From field). This
@@ -64,6 +68,10 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	log := v.logger().With("ip", ip.String(), "helo", helo, "mail_from", mailFrom)
 	if v.AuthServID == "" {
 		return nil, errors.New("msgauth: Verifier.AuthServID is not set")
+	}
+	if startsWithContinuation(msg) {
+		log.Info("rejected", "reason", errContinuationFirst.Error())
+		return nil, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: capitalize(errContinuationFirst.Error())}
 	}
 	fields, rest := splitHeader(msg)
 	from, err := fromDomain(fields)
@@ -218,12 +226,26 @@ type dkimOutcome struct {
 func checkDKIM(ctx context.Context, res resolver, fields []field, rest, msg []byte) []dkimOutcome {
 	var sigs []field
 	for _, f := range fields {
-		if strings.EqualFold(f.name, "DKIM-Signature") {
+		if strings.EqualFold(f.dkimName(), "DKIM-Signature") {
 			sigs = append(sigs, f)
 		}
 	}
 	if len(sigs) == 0 {
 		return nil
+	}
+	// Bound the library's work before it starts (see MaxHeaderBytes): the
+	// colon after each signature's name stands for the last name in its h=.
+	names := 0
+	for _, sig := range sigs[:min(len(sigs), maxSignatures)] {
+		names += bytes.Count(sig.raw, []byte(":"))
+	}
+	shape := MeasureHeader(msg)
+	err := shape.check()
+	if err == nil {
+		err = checkFieldScans(shape.Fields, names)
+	}
+	if err != nil {
+		return []dkimOutcome{{value: authres.ResultPermError, reason: err.Error()}}
 	}
 	m := toCRLF(msg)
 	if len(rest) == 0 {

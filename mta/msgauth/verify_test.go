@@ -28,7 +28,7 @@ const ourID = "mx.b.test"
 //	pct.test      p=reject pct=0
 //	nodmarc.test  no DMARC record
 //	broken.test   an invalid DMARC record
-func world(t *testing.T) *dnstest.Server {
+func world(t testing.TB) *dnstest.Server {
 	t.Helper()
 	pub := key(t).Public()
 	a, err := Records("a.test", "mx.a.test", "mail", pub)
@@ -113,6 +113,18 @@ func TestVerify(t *testing.T) {
 		name: "body changed and foreign IP fails DMARC, p=quarantine delivers", ip: "192.0.2.9", mailFrom: "alice@a.test",
 		msg:  func(t *testing.T) []byte { return changeBody(signed(t, "a.test", plainMessage("alice@a.test"))) },
 		want: []string{"spf=fail", "dkim=fail", `dmarc=fail reason="policy quarantine" header.from=a.test`},
+	}, {
+		name: "Subject prepended to a message we signed fails DKIM and DMARC", ip: "192.0.2.9", mailFrom: "alice@a.test",
+		msg: func(t *testing.T) []byte {
+			return prependField(signed(t, "a.test", plainMessage("alice@a.test")), "Subject: pay this invoice")
+		},
+		want: []string{"spf=fail", `dkim=fail reason="signature did not verify`, "dmarc=fail"},
+	}, {
+		name: "To prepended to a message we signed fails DKIM and DMARC", ip: "192.0.2.9", mailFrom: "alice@a.test",
+		msg: func(t *testing.T) []byte {
+			return prependField(signed(t, "a.test", plainMessage("alice@a.test")), "To: victim@c.test")
+		},
+		want: []string{"spf=fail", `dkim=fail reason="signature did not verify`, "dmarc=fail"},
 	}, {
 		name: "forged From of a p=reject domain is refused", mailFrom: "x@evil.test",
 		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
@@ -302,6 +314,8 @@ func TestVerifyStripsOurAuthResults(t *testing.T) {
 		"Authentication-Results:\r\n  mx.b.test;\r\n\tdmarc=pass header.from=bank.test",
 		`Authentication-Results: (forged) "mx.b.test."; dmarc=pass`,
 		"Authentication-Results : mx.b.test; dmarc=pass",
+		"Authentication-Results: mx.b.test\x00; spf=pass",
+		"Authentication-Results: mx.b.test\x00.example; dkim=pass header.d=bank.test",
 		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example",
 		"Authentication-Results: mx.b.test.example; dkim=pass",
 		"From: ceo@bank.test",
@@ -357,5 +371,71 @@ func TestVerifyLookupPanicIsTemporary(t *testing.T) {
 	}
 	if !strings.HasPrefix(err.Error(), "451") && !strings.Contains(err.Error(), "4.7.0") {
 		t.Fatalf("err = %v, want a temporary failure", err)
+	}
+}
+
+// A field folded over many lines, or a signature naming a field for every
+// field of a large header, costs the DKIM library time quadratic in the
+// header size before any key is fetched. Such messages get dkim=permerror
+// from us without reaching the library.
+func TestVerifyKeepsCostlyHeadersFromTheLibrary(t *testing.T) {
+	srv := world(t)
+	addField := func(m []byte, field string) []byte {
+		i := bytes.Index(m, []byte("From: "))
+		return append(append(append([]byte{}, m[:i]...), field+"\r\n"...), m[i:]...)
+	}
+	folded := func(lines int) string { return "X-Long: start" + strings.Repeat("\r\n x", lines-1) }
+	// listing returns a message signed by the forger's own key (here: ours)
+	// naming n absent fields in h=, above n header fields.
+	listing := func(t *testing.T, n int) []byte {
+		m := signed(t, "a.test", plainMessage("alice@a.test"))
+		m = bytes.Replace(m, []byte("h=From:"), []byte("h="+strings.Repeat("X-Absent:", n)+"From:"), 1)
+		return addField(m, strings.Repeat("X: y\r\n", n-1)+"X: y")
+	}
+	tests := []struct {
+		name string
+		msg  func(t *testing.T) []byte
+		want string
+	}{
+		{"folded over MaxFieldLines lines", func(t *testing.T) []byte {
+			return addField(signed(t, "a.test", plainMessage("alice@a.test")), folded(MaxFieldLines))
+		}, "dkim=pass"},
+		{"folded over one line more", func(t *testing.T) []byte {
+			return addField(signed(t, "a.test", plainMessage("alice@a.test")), folded(MaxFieldLines+1))
+		}, `dkim=permerror reason="header too costly to process: a field folded over 1001 lines, more than 1000"`},
+		{"header section over MaxHeaderBytes", func(t *testing.T) []byte {
+			return addField(signed(t, "a.test", plainMessage("alice@a.test")), "X: "+strings.Repeat("x", MaxHeaderBytes))
+		}, `dkim=permerror reason="header too costly to process: header section of`},
+		{"h= naming 1000 fields above 1000 fields", func(t *testing.T) []byte { return listing(t, 1000) },
+			`dkim=fail reason="signature did not verify`},
+		{"h= naming 3000 fields above 3000 fields", func(t *testing.T) []byte { return listing(t, 3000) },
+			`dkim=permerror reason="header too costly to process:`},
+	}
+	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, Timeout: 10 * time.Second}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", tc.msg(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ar := authResults(t, out); !strings.Contains(ar, tc.want) {
+				t.Errorf("Authentication-Results %q lacks %q", ar, tc.want)
+			}
+		})
+	}
+}
+
+// A first line starting with WSP would continue the field we prepend: the
+// sender could append results to ours.
+func TestVerifyRefusesAContinuationLineFirst(t *testing.T) {
+	srv := world(t)
+	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, Timeout: 10 * time.Second}
+	for _, lead := range []string{" ", "\t"} {
+		msg := append([]byte(lead+"; dkim=pass header.d=bank.test\r\n"), plainMessage("ceo@bank.test")...)
+		out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 6, 0}) {
+			t.Errorf("Verify(%q...) = %v\n%s\nwant 550 5.6.0", lead, err, out)
+		}
 	}
 }
