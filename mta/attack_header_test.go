@@ -87,6 +87,25 @@ func TestAttack_HostileHeaders(t *testing.T) {
 	}
 }
 
+// TestAttack_MessageStartingWithAContinuationLine: such a first line
+// would continue the server's own Received (or Authentication-Results)
+// field with the client's text.
+func TestAttack_MessageStartingWithAContinuationLine(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, first := range []string{" ; dkim=pass header.d=bank.test\r\n", "\tby forged.test\r\n"} {
+		cl := dial(t, e.mxAddr)
+		cl.cmd("EHLO client.test", "250 ")
+		if got := cl.send("bob@other.test", []string{"alice@example.org"}, first+"Subject: x\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "550 5.6.0") {
+			t.Errorf("MX: %q", got)
+		}
+		cl = dialTLS(t, e.subsAddr, e.clientTLS)
+		cl.login("alice@example.org")
+		if got := cl.send("alice@example.org", []string{"bob@example.org"}, first+"From: alice@example.org\r\n\r\nbody\r\n"); !strings.HasPrefix(got, "550 5.6.0") {
+			t.Errorf("submission: %q", got)
+		}
+	}
+}
+
 // BenchmarkHostileHeader_MX times the MX's answer to a message with a
 // DKIM-Signature and one field folded over as many lines as the limit
 // allows, at growing header sizes: the time must grow linearly.

@@ -40,6 +40,11 @@ func (s *Server) checkHeader(msg []byte) *smtp.SMTPError {
 			return smtpErr(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("message header exceeds %d bytes", limit))
 		}
 		if line[0] == ' ' || line[0] == '\t' {
+			if pos == 0 {
+				// It would continue whatever field the server prepends
+				// (Received, Authentication-Results) with the client's text.
+				return smtpErr(550, smtp.EnhancedCode{5, 6, 0}, "message starts with a continuation line")
+			}
 			if folded++; folded >= MaxFoldedLines {
 				return smtpErr(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("header field folded over more than %d lines", MaxFoldedLines))
 			}

@@ -179,7 +179,12 @@ func (s *session) login(user, pass string) {
 		s.err("[SYS/TEMP] too many failed logins from your address, try again later")
 		return
 	}
-	addr, err := s.srv.md.Authenticate(user, pass)
+	// One spelling per user for the throttle and the store alike.
+	name, nameErr := store.LoginName(user)
+	addr, err := "", store.ErrBadPassword
+	if nameErr == nil {
+		addr, err = s.srv.md.Authenticate(name, pass)
+	}
 	switch {
 	case errors.Is(err, store.ErrBadPassword):
 		s.srv.throttle.Fail(s.ip)
@@ -217,9 +222,12 @@ func (s *session) login(user, pass string) {
 }
 
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing.
+// longer for a user name that keeps failing. Names that are no address
+// share one count (store.LoginName gives them the same "").
 func (s *session) failDelay(user string) {
-	s.srv.wait(s.srv.throttle.FailureDelay(user, s.srv.opts.AuthFailDelay))
+	name, _ := store.LoginName(user)
+	t := s.srv.throttle
+	t.Pause(t.FailureDelay(name, s.srv.opts.AuthFailDelay), s.srv.closing)
 }
 
 // cmdSTLS starts TLS (RFC 2595 section 4).

@@ -78,24 +78,17 @@ type harness struct {
 // password costs no delay.
 func startServer(t testing.TB, md Maildrop, opts Options) *harness {
 	t.Helper()
-	return startListener(t, md, opts, func(l net.Listener) net.Listener { return l }, nil)
-}
-
-// startServerWith is startServer with setup run on the server before it
-// serves, to replace its unexported hooks.
-func startServerWith(t testing.TB, md Maildrop, opts Options, setup func(*Server)) *harness {
-	t.Helper()
-	return startListener(t, md, opts, func(l net.Listener) net.Listener { return l }, setup)
+	return startListener(t, md, opts, func(l net.Listener) net.Listener { return l })
 }
 
 // startPOP3S is startServer with implicit TLS, as for port 995: the
 // listener is wrapped, the server sees *tls.Conn.
 func startPOP3S(t testing.TB, md Maildrop, opts Options, serverTLS *tls.Config) *harness {
 	t.Helper()
-	return startListener(t, md, opts, func(l net.Listener) net.Listener { return tls.NewListener(l, serverTLS) }, nil)
+	return startListener(t, md, opts, func(l net.Listener) net.Listener { return tls.NewListener(l, serverTLS) })
 }
 
-func startListener(t testing.TB, md Maildrop, opts Options, wrap func(net.Listener) net.Listener, setup func(*Server)) *harness {
+func startListener(t testing.TB, md Maildrop, opts Options, wrap func(net.Listener) net.Listener) *harness {
 	t.Helper()
 	if opts.Hostname == "" {
 		opts.Hostname = "pop.test"
@@ -109,9 +102,6 @@ func startListener(t testing.TB, md Maildrop, opts Options, wrap func(net.Listen
 	}
 	h := &harness{srv: NewServer(md, opts), addr: l.Addr().String(), ended: make(chan struct{}, 1024)}
 	h.srv.afterSession = func() { h.ended <- struct{}{} }
-	if setup != nil {
-		setup(h.srv)
-	}
 	served := make(chan error, 1)
 	go func() { served <- h.srv.Serve(wrap(l)) }()
 	t.Cleanup(func() {

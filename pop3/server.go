@@ -101,9 +101,6 @@ type Server struct {
 	sessions  map[*session]struct{}
 	active    sync.WaitGroup // connection goroutines
 
-	// wait sits out a failed login's delay; tests replace it to record the
-	// delays instead of waiting them.
-	wait func(time.Duration)
 	// afterSession, when set (by tests), runs after a session has ended and
 	// released its lock.
 	afterSession func()
@@ -152,21 +149,7 @@ func NewServer(md Maildrop, opts Options) *Server {
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[*session]struct{}{},
 	}
-	s.wait = s.waitUnlessClosing
 	return s
-}
-
-// waitUnlessClosing waits d, cut short when Shutdown starts.
-func (s *Server) waitUnlessClosing(d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-s.closing:
-	}
 }
 
 // Serve accepts connections on l until Shutdown, then returns nil. Any other

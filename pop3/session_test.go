@@ -478,15 +478,13 @@ func TestWrongPasswordsForOneUserSlowDownButNeverLockOut(t *testing.T) {
 		defer mu.Unlock()
 		return slices.Clone(delays)
 	}
-	h := startServerWith(t, fixtureStore(t),
-		Options{AllowInsecureAuth: true, AuthThrottle: throttle, AuthFailDelay: time.Millisecond},
-		func(s *Server) {
-			s.wait = func(d time.Duration) {
-				mu.Lock()
-				delays = append(delays, d)
-				mu.Unlock()
-			}
-		})
+	throttle.Sleep = func(d time.Duration, _ <-chan struct{}) {
+		mu.Lock()
+		delays = append(delays, d)
+		mu.Unlock()
+	}
+	h := startServer(t, fixtureStore(t),
+		Options{AllowInsecureAuth: true, AuthThrottle: throttle, AuthFailDelay: time.Millisecond})
 	from := func(ip byte) *client {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, ip)}}
 		conn, err := d.Dial("tcp", h.addr)

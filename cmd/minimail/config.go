@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"minimail/mta/msgauth"
 )
 
 // Config is the TOML file, as in SPEC.md plus the keys README's reference
@@ -239,6 +241,9 @@ func (c *Config) validate() error {
 	}
 	if n := c.Limits.MaxHeaderBytes; n != 0 && n < 1000 {
 		return c.fail("limits.max_header_bytes", "%d is below one 1000-octet header line (RFC 5322 2.1.1)", n)
+	}
+	if n := c.Limits.MaxHeaderBytes; n > msgauth.MaxHeaderBytes {
+		return c.fail("limits.max_header_bytes", "%d is above %d, the largest header the DKIM checks take", n, msgauth.MaxHeaderBytes)
 	}
 	if n := c.Limits.MaxLineLength; n != 0 && n < 1000 {
 		return c.fail("limits.max_line_length", "%d is below the 1000 octets RFC 5321 4.5.3.1.6 requires", n)

@@ -100,6 +100,7 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"bad session time", minimalConfig + "[limits]\nmax_session_time = \"-1m\"\n", "max_session_time"},
 		{"tiny line length", minimalConfig + "[limits]\nmax_line_length = 100\n", "limits.max_line_length"},
 		{"tiny header limit", minimalConfig + "[limits]\nmax_header_bytes = 100\n", "limits.max_header_bytes"},
+		{"header limit above the DKIM checks", minimalConfig + "[limits]\nmax_header_bytes = 2000000\n", "limits.max_header_bytes"},
 		{"negative header limit", minimalConfig + "[limits]\nmax_header_bytes = -1\n", "limits.max_header_bytes"},
 		{"bad duration", minimalConfig + "[limits]\ndata_timeout = \"soon\"\n", "data_timeout"},
 		{"short pop3 timeout", minimalConfig + "[limits]\npop3_idle_timeout = \"1m\"\n", "limits.pop3_idle_timeout"},

@@ -186,7 +186,14 @@ func checkSPF(ctx context.Context, res resolver, ip net.IP, helo, mailFrom strin
 	o := spfOutcome{mailFrom: mailFrom, helo: helo}
 	sender := mailFrom
 	if at := strings.LastIndexByte(mailFrom, '@'); at >= 0 && at < len(mailFrom)-1 {
+		// mailFrom is an RFC 5321 path, whose local part may be quoted and
+		// hold '@' ("x@evil.test>, <ceo"@paypal.test): the domain is after
+		// the last '@'. The SPF library splits at the first, so it gets a
+		// local part it cannot misread: RFC 7208 4.3's "postmaster".
 		o.domain = mailFrom[at+1:]
+		if strings.ContainsRune(mailFrom[:at], '@') || strings.HasPrefix(mailFrom, `"`) {
+			sender = "postmaster@" + o.domain
+		}
 	} else {
 		o.domain, sender, o.mailFrom = helo, "postmaster@"+helo, ""
 	}

@@ -138,6 +138,12 @@ func TestVerify(t *testing.T) {
 		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("ceo@bank.test")) },
 		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
 	}, {
+		// The path as mta hands it over: one parse, quotes kept. SPF checks
+		// the domain after the last '@' (bank.test, -all), not evil.test.
+		name: "quoted local part holding '@': SPF checks the real domain", mailFrom: `"x@evil.test>, <ceo"@bank.test`, lenient: true,
+		msg:  func(*testing.T) []byte { return plainMessage("x@evil.test") },
+		want: []string{`spf=fail smtp.mailfrom="\"x@evil.test>, <ceo\"@bank.test"`},
+	}, {
 		name: "aligned DKIM alone passes DMARC", mailFrom: "x@evil.test",
 		msg:  func(t *testing.T) []byte { return signed(t, "bank.test", plainMessage("ceo@bank.test")) },
 		want: []string{"dkim=pass header.d=bank.test header.s=mail", "dmarc=pass header.from=bank.test"},
