@@ -151,7 +151,10 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		}
 	}()
 
-	resolver := resolve.New(cfg.Relay.DNS)
+	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
+	// and addresses of outbound.
+	dnsCache := resolve.NewCache(resolve.CacheOptions{})
+	resolver := dnsCache.Resolver(cfg.Relay.DNS)
 	agent := &mda.Agent{Mailboxes: s.st}
 	q := queue.New(s.st, queue.Options{
 		Hostname:     cfg.Hostname,
@@ -164,6 +167,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			SmarthostUsername: cfg.Relay.SmarthostUsername,
 			SmarthostPassword: cfg.Relay.SmarthostPassword,
 			DNS:               cfg.Relay.DNS,
+			DNSCache:          dnsCache,
 			Logger:            log,
 			Transcript:        relayTranscript,
 		},

@@ -23,7 +23,15 @@ type Server struct {
 	records map[string][]dns.RR // by lower-cased FQDN
 	fail    map[string]bool
 	hang    map[string]bool
+	queries int
 	servers []*dns.Server
+}
+
+// Queries reports how many queries the server has answered or dropped.
+func (s *Server) Queries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queries
 }
 
 // New starts a server on a free loopback port; Close stops it.
@@ -94,6 +102,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	name := strings.ToLower(q.Name)
 	s.mu.Lock()
+	s.queries++
 	rrs, hang, fail := s.records[name], s.hang[name], s.fail[name]
 	exists := len(rrs) > 0
 	var answer []dns.RR
@@ -115,10 +124,34 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		m.Rcode = dns.RcodeServerFailure
 	case !exists:
 		m.Rcode = dns.RcodeNameError
+		m.Ns = s.soaFor(name)
 	default:
 		m.Answer = answer
+		if len(answer) == 0 {
+			m.Ns = s.soaFor(name)
+		}
 	}
 	w.WriteMsg(m)
+}
+
+// soaFor returns the SOA record of the closest enclosing zone among the
+// records, for negative answers (RFC 2308 3), or nothing.
+func (s *Server) soaFor(name string) []dns.RR {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for zone := name; zone != ""; {
+		for _, rr := range s.records[zone] {
+			if rr.Header().Rrtype == dns.TypeSOA {
+				return []dns.RR{dns.Copy(rr)}
+			}
+		}
+		_, rest, ok := strings.Cut(zone, ".")
+		if !ok {
+			break
+		}
+		zone = rest
+	}
+	return nil
 }
 
 // listenUDPAndTCP binds one free loopback port for both UDP and TCP. The

@@ -74,6 +74,9 @@ type Client struct {
 	// DNS is the host:port of the server that answers every MX and
 	// address lookup; "" is the system resolver. DNS errors name it.
 	DNS string
+	// DNSCache, when set, keeps answers for their TTL (shared with the
+	// inbound checks).
+	DNSCache *resolve.Cache
 	// Dialer opens TCP connections; nil is a net.Dialer with Timeout.
 	Dialer Dialer
 	// TLSConfig is the base for STARTTLS (RootCAs, for instance); nil
@@ -134,6 +137,9 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 	c.setUp.Do(func() {
 		c.routes = normalizeRoutes(c.Routes)
 		c.resolver = resolve.New(c.DNS)
+		if c.DNSCache != nil {
+			c.resolver = c.DNSCache.Resolver(c.DNS)
+		}
 	})
 	fail := func(err error) []error {
 		for i := range results {
