@@ -116,6 +116,28 @@ type Options struct {
 	// BcryptCost is the password hash cost; 0 means bcrypt.DefaultCost.
 	// Tests lower it to keep suites fast.
 	BcryptCost int
+
+	// freelist, when set, replaces productionFreelist: the benchmark that
+	// chose it compares the alternatives.
+	freelist *freelistSettings
+}
+
+// freelistSettings are bbolt's two freelist knobs.
+type freelistSettings struct {
+	noSync bool // bbolt's NoFreelistSync
+	kind   bolt.FreelistType
+}
+
+// productionFreelist is etcd's choice (mvcc/backend): a hashmap freelist,
+// not written to the file. Once large mail is deleted the freelist holds
+// every freed page, and bbolt's default (an array, synced) rewrites and
+// fsyncs all of it on each commit and scans it on each allocation;
+// BenchmarkAppendAfterChurn measured 4 KiB deliveries at 0.2 ms on a fresh
+// store, 2.1 ms after 512 MiB of 1 MiB messages came and went, and 0.23 ms
+// with this setting. The price is paid at Open, which rebuilds the freelist
+// by walking the pages in use (22 ms for that 533 MiB file).
+func productionFreelist() freelistSettings {
+	return freelistSettings{kind: bolt.FreelistMapType, noSync: true}
 }
 
 // Store is an open database. It is safe for concurrent use.
@@ -173,7 +195,11 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	db, err := openBolt(path, opts.LockTimeout, false)
+	freelist := productionFreelist()
+	if opts.freelist != nil {
+		freelist = *opts.freelist
+	}
+	db, err := openBolt(path, opts.LockTimeout, false, freelist)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +226,7 @@ func Open(dir string, opts Options) (*Store, error) {
 
 // openBolt opens path and turns bbolt's errors into ones an operator can act
 // on.
-func openBolt(path string, lockTimeout time.Duration, readOnly bool) (db *bolt.DB, err error) {
+func openBolt(path string, lockTimeout time.Duration, readOnly bool, freelist freelistSettings) (db *bolt.DB, err error) {
 	var file *os.File
 	defer func() {
 		// bbolt panics, rather than failing, on some corrupt pages (a bad
@@ -214,8 +240,10 @@ func openBolt(path string, lockTimeout time.Duration, readOnly bool) (db *bolt.D
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:  lockTimeout,
-		ReadOnly: readOnly,
+		Timeout:        lockTimeout,
+		ReadOnly:       readOnly,
+		NoFreelistSync: freelist.noSync,
+		FreelistType:   freelist.kind,
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, perm)
 			file = f
@@ -252,7 +280,7 @@ func errCorrupt(fn func() error) (err error) {
 // carries our schema version. A bbolt file without our meta bucket belongs to
 // some other program.
 func checkExisting(path string, lockTimeout time.Duration) error {
-	db, err := openBolt(path, lockTimeout, true)
+	db, err := openBolt(path, lockTimeout, true, productionFreelist())
 	if err != nil {
 		return err
 	}
