@@ -2,6 +2,11 @@
 // adds the trace headers a mailbox copy carries (Return-Path, Delivered-To),
 // normalises line endings to CRLF and appends one copy per recipient to the
 // store, all recipients in a single durable transaction.
+//
+// The copies differ only in their trace headers, so each recipient's
+// Delivery carries its own few header lines and shares one message slice
+// with the others, which the store keeps once: memory for a delivery does
+// not grow with the recipients beyond their headers.
 package mda
 
 import (
@@ -72,7 +77,7 @@ func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 			results[i] = err
 			continue
 		}
-		ds = append(ds, store.Delivery{Address: addr, Message: withTrace(from, addr, body)})
+		ds = append(ds, store.Delivery{Address: addr, Header: traceHeader(from, addr), Message: body})
 		idx = append(idx, i)
 	}
 	if len(ds) == 0 {
@@ -112,17 +117,10 @@ func appendError(rcpt string, err error) error {
 	return &Error{Rcpt: rcpt, Err: err, temporary: true}
 }
 
-// withTrace prepends Return-Path (RFC 5321 4.4) and Delivered-To.
-func withTrace(from, rcpt string, body []byte) []byte {
-	var b bytes.Buffer
-	b.Grow(len(body) + len(from) + len(rcpt) + 32)
-	b.WriteString("Return-Path: <")
-	b.WriteString(from)
-	b.WriteString(">\r\nDelivered-To: ")
-	b.WriteString(rcpt)
-	b.WriteString("\r\n")
-	b.Write(body)
-	return b.Bytes()
+// traceHeader is what goes before the message in rcpt's copy: Return-Path
+// (RFC 5321 4.4) and Delivered-To.
+func traceHeader(from, rcpt string) []byte {
+	return []byte("Return-Path: <" + from + ">\r\nDelivered-To: " + rcpt + "\r\n")
 }
 
 // NormalizeCRLF returns msg with every line ending (CRLF, bare LF, bare CR)

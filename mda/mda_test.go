@@ -74,7 +74,7 @@ func (f *fakeMailboxes) stored() []string {
 			continue
 		}
 		for _, d := range call {
-			out = append(out, d.Address+"|"+string(d.Message))
+			out = append(out, d.Address+"|"+string(d.Header)+string(d.Message))
 		}
 	}
 	return out

@@ -1,9 +1,9 @@
 package store
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -19,12 +19,32 @@ type MessageInfo struct {
 	// endings, before any dot-stuffing), which is what POP3 LIST reports.
 	Size    int64
 	Arrived time.Time
+
+	// epoch is the epoch of the open that stored the message; 0 for a
+	// schema 1 message.
+	epoch uint64
 }
 
-// Delivery is one message for one mailbox.
+// UIDL returns the message's POP3 unique id (RFC 1939 section 7: 1 to 70
+// octets in 0x21-0x7E): "<epoch>-<id>", or the decimal id alone for a
+// message stored under schema 1. The package doc says why it never repeats.
+func (m MessageInfo) UIDL() string {
+	if m.epoch == 0 {
+		return strconv.FormatUint(m.ID, 10)
+	}
+	return fmt.Sprintf("%016x-%d", m.epoch, m.ID)
+}
+
+// Delivery is one message for one mailbox: Header, the lines only this
+// mailbox's copy carries (trace fields such as Delivered-To; may be empty),
+// followed by Message. Both use CRLF line endings.
+//
+// Deliveries in one AppendMany call that pass the same Message slice share
+// one stored copy of it, so a message for many mailboxes is written once.
 type Delivery struct {
 	Address string // the user, as known to LookupUser
-	Message []byte // CRLF line endings
+	Header  []byte
+	Message []byte
 }
 
 // Append stores msg at the end of addr's mailbox and returns its id once it
@@ -44,25 +64,41 @@ func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
 	now := time.Now().UTC()
 	err := s.update(func(tx *bolt.Tx) error {
 		mailboxes := tx.Bucket(bucketMailboxes)
+		bodies := newBodyWriter(tx)
 		for i, d := range ds {
-			mb := mailboxes.Bucket([]byte(Key(d.Address)))
-			if mb == nil {
-				return fmt.Errorf("%s: %w", d.Address, ErrNoUser)
+			mb, err := mailbox(tx, d.Address)
+			if err != nil {
+				return err
 			}
 			id, err := mailboxes.NextSequence()
 			if err != nil {
 				return err
 			}
 			ids[i] = id
-			info := encodeInfo(int64(len(d.Message)), now)
-			if err := mb.Bucket(bucketIndex).Put(idKey(id), info); err != nil {
+			bodyID, err := bodies.add(d.Message)
+			if err != nil {
 				return err
 			}
-			if err := mb.Bucket(bucketBody).Put(idKey(id), d.Message); err != nil {
+			e := indexEntry{
+				size:    int64(len(d.Header) + len(d.Message)),
+				arrived: now,
+				epoch:   s.epoch,
+				body:    bodyID,
+			}
+			if err := mb.Bucket(bucketIndex).Put(idKey(id), e.encode()); err != nil {
 				return err
+			}
+			if len(d.Header) > 0 {
+				heads, err := mb.CreateBucketIfNotExists(bucketHead)
+				if err != nil {
+					return err
+				}
+				if err := heads.Put(idKey(id), d.Header); err != nil {
+					return err
+				}
 			}
 		}
-		return nil
+		return bodies.writeRefs()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("append: %w", err)
@@ -70,64 +106,184 @@ func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
 	return ids, nil
 }
 
+// bodyWriter stores each distinct Message of one AppendMany call once and
+// counts the copies that refer to it.
+type bodyWriter struct {
+	bodies, refs *bolt.Bucket
+	ids          map[sliceID]uint64
+	order        []uint64          // body ids in the order stored
+	counts       map[uint64]uint64 // body id -> copies referring to it
+}
+
+// sliceID identifies a slice by its memory: two slices with the same start
+// and length hold the same bytes, without comparing them.
+type sliceID struct {
+	start *byte
+	n     int
+}
+
+func idOf(b []byte) sliceID {
+	if len(b) == 0 {
+		return sliceID{}
+	}
+	return sliceID{&b[0], len(b)}
+}
+
+func newBodyWriter(tx *bolt.Tx) *bodyWriter {
+	return &bodyWriter{
+		bodies: tx.Bucket(bucketBodies),
+		refs:   tx.Bucket(bucketBodyRefs),
+		ids:    map[sliceID]uint64{},
+		counts: map[uint64]uint64{},
+	}
+}
+
+// add returns the body id for msg, storing msg if this call has not stored
+// it yet. bbolt keeps a reference to msg until the commit copies it into
+// its pages: the caller's slice is written once, however many copies.
+func (w *bodyWriter) add(msg []byte) (uint64, error) {
+	key := idOf(msg)
+	id, ok := w.ids[key]
+	if !ok {
+		n, err := w.bodies.NextSequence()
+		if err != nil {
+			return 0, err
+		}
+		id = n
+		if err := w.bodies.Put(idKey(id), msg); err != nil {
+			return 0, fmt.Errorf("body %d: %w", id, err)
+		}
+		w.ids[key] = id
+		w.order = append(w.order, id)
+	}
+	w.counts[id]++
+	return id, nil
+}
+
+// writeRefs records how many copies refer to each body stored.
+func (w *bodyWriter) writeRefs() error {
+	for _, id := range w.order {
+		if err := w.refs.Put(idKey(id), encodeCount(w.counts[id])); err != nil {
+			return fmt.Errorf("body %d references: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// releaseBody drops one reference to a shared body, and the body with the
+// last one.
+func releaseBody(tx *bolt.Tx, bodyID uint64) error {
+	refs := tx.Bucket(bucketBodyRefs)
+	k := idKey(bodyID)
+	n, err := decodeCount(k, refs.Get(k))
+	if err != nil {
+		return err
+	}
+	if n > 1 {
+		return refs.Put(k, encodeCount(n-1))
+	}
+	if err := refs.Delete(k); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketBodies).Delete(k)
+}
+
+// mailbox returns addr's mailbox bucket, or an error wrapping ErrNoUser.
+// Its index bucket is there: callers may use it without a check.
+func mailbox(tx *bolt.Tx, addr string) (*bolt.Bucket, error) {
+	mb := tx.Bucket(bucketMailboxes).Bucket([]byte(Key(addr)))
+	if mb == nil {
+		return nil, fmt.Errorf("%s: %w", addr, ErrNoUser)
+	}
+	if mb.Bucket(bucketIndex) == nil {
+		return nil, fmt.Errorf("mailbox %s: no index: corrupt", Key(addr))
+	}
+	return mb, nil
+}
+
 // List returns the messages in addr's mailbox in arrival order. It reads only
 // the index, never message bodies.
 func (s *Store) List(addr string) ([]MessageInfo, error) {
 	var out []MessageInfo
 	err := s.db.View(func(tx *bolt.Tx) error {
-		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(Key(addr)))
-		if mb == nil {
-			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
 		}
-		idx := mb.Bucket(bucketIndex)
-		return idx.ForEach(func(k, v []byte) error {
-			if len(v) != 16 || len(k) != 8 {
-				return fmt.Errorf("message index entry %x: corrupt", k)
+		return mb.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
+			e, err := decodeIndexEntry(k, v)
+			if err != nil {
+				return err
 			}
-			out = append(out, MessageInfo{
-				ID:      keyID(k),
-				Size:    int64(binary.BigEndian.Uint64(v)),
-				Arrived: time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))).UTC(),
-			})
+			out = append(out, e.info(keyID(k)))
 			return nil
 		})
 	})
 	return out, err
 }
 
-// Read returns a copy of one message's bytes.
+// Read returns a copy of one message's bytes: its head, then its body.
 func (s *Store) Read(addr string, id uint64) ([]byte, error) {
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
-		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(Key(addr)))
-		if mb == nil {
-			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
 		}
-		v := mb.Bucket(bucketBody).Get(idKey(id))
+		k := idKey(id)
+		v := mb.Bucket(bucketIndex).Get(k)
 		if v == nil {
 			return fmt.Errorf("message %d: %w", id, ErrNoMessage)
 		}
-		// bbolt's slice dies with the transaction: copy it out.
-		out = append(make([]byte, 0, len(v)), v...)
+		e, err := decodeIndexEntry(k, v)
+		if err != nil {
+			return err
+		}
+		head, body, err := messageParts(tx, mb, id, e)
+		if err != nil {
+			return err
+		}
+		// bbolt's slices die with the transaction: copy them out.
+		out = make([]byte, 0, e.size)
+		out = append(append(out, head...), body...)
 		return nil
 	})
 	return out, err
 }
 
+// messageParts finds the stored bytes of message id, valid for tx's life.
+// A schema 1 message is all body.
+func messageParts(tx *bolt.Tx, mb *bolt.Bucket, id uint64, e indexEntry) (head, body []byte, err error) {
+	k := idKey(id)
+	if e.schemaV1() {
+		if legacy := mb.Bucket(bucketBody); legacy != nil {
+			body = legacy.Get(k)
+		}
+	} else {
+		if heads := mb.Bucket(bucketHead); heads != nil {
+			head = heads.Get(k)
+		}
+		body = tx.Bucket(bucketBodies).Get(idKey(e.body))
+	}
+	// The size in the index is what LIST promised; bytes that do not add up
+	// to it are a missing or damaged record (an empty body reads as nil).
+	if int64(len(head)+len(body)) != e.size {
+		return nil, nil, fmt.Errorf("message %d: stored %d octets, index says %d: corrupt", id, len(head)+len(body), e.size)
+	}
+	return head, body, nil
+}
+
 // Delete removes the given ids from addr's mailbox in one transaction. Ids
-// already gone are ignored, so a retried delete is harmless.
+// already gone are ignored, so a retried delete is harmless. A shared body
+// goes with the last copy that refers to it.
 func (s *Store) Delete(addr string, ids []uint64) error {
 	return s.update(func(tx *bolt.Tx) error {
-		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(Key(addr)))
-		if mb == nil {
-			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
 		}
-		idx, body := mb.Bucket(bucketIndex), mb.Bucket(bucketBody)
 		for _, id := range ids {
-			if err := idx.Delete(idKey(id)); err != nil {
-				return err
-			}
-			if err := body.Delete(idKey(id)); err != nil {
+			if err := deleteMessage(tx, mb, id); err != nil {
 				return err
 			}
 		}
@@ -135,10 +291,55 @@ func (s *Store) Delete(addr string, ids []uint64) error {
 	})
 }
 
-// encodeInfo packs an index entry: size and arrival time, 8 bytes each.
-func encodeInfo(size int64, arrived time.Time) []byte {
-	v := make([]byte, 16)
-	binary.BigEndian.PutUint64(v, uint64(size))
-	binary.BigEndian.PutUint64(v[8:], uint64(arrived.UnixNano()))
-	return v
+func deleteMessage(tx *bolt.Tx, mb *bolt.Bucket, id uint64) error {
+	k := idKey(id)
+	idx := mb.Bucket(bucketIndex)
+	v := idx.Get(k)
+	if v == nil {
+		return nil
+	}
+	e, err := decodeIndexEntry(k, v)
+	if err != nil {
+		return err
+	}
+	if err := idx.Delete(k); err != nil {
+		return err
+	}
+	if e.schemaV1() {
+		if legacy := mb.Bucket(bucketBody); legacy != nil {
+			return legacy.Delete(k)
+		}
+		return nil
+	}
+	if heads := mb.Bucket(bucketHead); heads != nil {
+		if err := heads.Delete(k); err != nil {
+			return err
+		}
+	}
+	return releaseBody(tx, e.body)
+}
+
+// releaseMailbox drops the references a mailbox's messages hold on shared
+// bodies, before the mailbox bucket is deleted.
+func releaseMailbox(tx *bolt.Tx, mb *bolt.Bucket) error {
+	var bodies []uint64
+	err := mb.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
+		e, err := decodeIndexEntry(k, v)
+		if err != nil {
+			return err
+		}
+		if !e.schemaV1() {
+			bodies = append(bodies, e.body)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range bodies {
+		if err := releaseBody(tx, id); err != nil {
+			return err
+		}
+	}
+	return nil
 }

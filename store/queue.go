@@ -91,9 +91,9 @@ func (s *Store) QueueEntries() ([]QueueEntry, error) {
 	var out []QueueEntry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketQueue).ForEach(func(k, v []byte) error {
-			var e QueueEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("queue entry %d: %w", keyID(k), err)
+			e, err := decodeQueueEntry(k, v)
+			if err != nil {
+				return err
 			}
 			out = append(out, e)
 			return nil
@@ -109,11 +109,14 @@ func (s *Store) QueueEntries() ([]QueueEntry, error) {
 func (s *Store) QueueEntry(id uint64) (QueueEntry, error) {
 	var e QueueEntry
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketQueue).Get(idKey(id))
+		k := idKey(id)
+		v := tx.Bucket(bucketQueue).Get(k)
 		if v == nil {
 			return fmt.Errorf("queue entry %d: %w", id, ErrNoQueueEntry)
 		}
-		return json.Unmarshal(v, &e)
+		var err error
+		e, err = decodeQueueEntry(k, v)
+		return err
 	})
 	return e, err
 }

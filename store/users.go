@@ -128,7 +128,7 @@ func (s *Store) AddUser(addr, password string) error {
 		if _, err := mb.CreateBucketIfNotExists(bucketIndex); err != nil {
 			return err
 		}
-		_, err = mb.CreateBucketIfNotExists(bucketBody)
+		_, err = mb.CreateBucketIfNotExists(bucketHead)
 		return err
 	})
 }
@@ -142,13 +142,13 @@ func (s *Store) SetPassword(addr, password string) error {
 	key := []byte(Key(addr))
 	return s.update(func(tx *bolt.Tx) error {
 		users := tx.Bucket(bucketUsers)
-		var rec userRecord
 		v := users.Get(key)
 		if v == nil {
 			return fmt.Errorf("%s: %w", addr, ErrNoUser)
 		}
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("user %s: %w", addr, err)
+		rec, err := decodeUserRecord(key, v)
+		if err != nil {
+			return err
 		}
 		rec.Hash = h
 		b, _ := json.Marshal(rec)
@@ -156,7 +156,8 @@ func (s *Store) SetPassword(addr, password string) error {
 	})
 }
 
-// DeleteUser removes a user and their mailbox with all its messages.
+// DeleteUser removes a user and their mailbox with all its messages, and
+// every shared body no other mailbox refers to.
 func (s *Store) DeleteUser(addr string) error {
 	key := []byte(Key(addr))
 	return s.update(func(tx *bolt.Tx) error {
@@ -167,10 +168,18 @@ func (s *Store) DeleteUser(addr string) error {
 		if err := users.Delete(key); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMailboxes).DeleteBucket(key); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+		mailboxes := tx.Bucket(bucketMailboxes)
+		if mailboxes.Bucket(key) == nil {
+			return nil
+		}
+		mb, err := mailbox(tx, addr)
+		if err != nil {
 			return err
 		}
-		return nil
+		if err := releaseMailbox(tx, mb); err != nil {
+			return err
+		}
+		return mailboxes.DeleteBucket(key)
 	})
 }
 
@@ -179,9 +188,9 @@ func (s *Store) Users() ([]User, error) {
 	var out []User
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
-			var rec userRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("user %s: %w", k, err)
+			rec, err := decodeUserRecord(k, v)
+			if err != nil {
+				return err
 			}
 			out = append(out, User{Address: rec.Address, Created: rec.Created})
 			return nil
@@ -203,11 +212,14 @@ func (s *Store) LookupUser(addr string) (string, error) {
 func (s *Store) userRecord(addr string) (userRecord, error) {
 	var rec userRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketUsers).Get([]byte(Key(addr)))
+		k := []byte(Key(addr))
+		v := tx.Bucket(bucketUsers).Get(k)
 		if v == nil {
 			return fmt.Errorf("%s: %w", addr, ErrNoUser)
 		}
-		return json.Unmarshal(v, &rec)
+		var err error
+		rec, err = decodeUserRecord(k, v)
+		return err
 	})
 	return rec, err
 }

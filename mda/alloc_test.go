@@ -1,0 +1,84 @@
+package mda_test
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"minimail/mda"
+	"minimail/store"
+)
+
+// storeWithUsers opens a real store holding n users, u0@example.org and on.
+func storeWithUsers(t testing.TB, n int) (*store.Store, []string) {
+	t.Helper()
+	st, err := store.Open(t.TempDir(), store.Options{BcryptCost: bcrypt.MinCost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rcpts := make([]string, n)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("u%d@example.org", i)
+		if err := st.AddUser(rcpts[i], "pw"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st, rcpts
+}
+
+// deliverAllocs delivers msg to every user of a fresh store and returns
+// the bytes allocated meanwhile by the whole process (the store's committer
+// included, where bbolt copies values into its pages).
+func deliverAllocs(t *testing.T, recipients int, msg []byte) uint64 {
+	st, rcpts := storeWithUsers(t, recipients)
+	a := &mda.Agent{Mailboxes: st}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i, err := range a.Deliver("bob@b.test", rcpts, msg) {
+		if err != nil {
+			t.Fatalf("recipient %d: %v", i, err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestDeliver_MemoryDoesNotGrowWithRecipients: a 1 MiB message for 100
+// mailboxes costs a small multiple of one delivery, not 100 copies: each
+// recipient adds its trace headers and index records, the body is shared.
+func TestDeliver_MemoryDoesNotGrowWithRecipients(t *testing.T) {
+	msg := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcd\r\n"), 1<<15)...)
+	one := deliverAllocs(t, 1, msg)
+	hundred := deliverAllocs(t, 100, msg)
+	t.Logf("1 MiB message: %d bytes allocated for 1 recipient, %d for 100", one, hundred)
+	if hundred > 4*one {
+		t.Errorf("100 recipients allocated %d bytes, %.1f times one recipient's %d; want at most 4 times",
+			hundred, float64(hundred)/float64(one), one)
+	}
+}
+
+// BenchmarkDeliver delivers a 1 MiB message to 1 and to 100 mailboxes;
+// B/op shows what the recipients add.
+func BenchmarkDeliver(b *testing.B) {
+	msg := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcd\r\n"), 1<<15)...)
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("recipients=%d", n), func(b *testing.B) {
+			st, rcpts := storeWithUsers(b, n)
+			a := &mda.Agent{Mailboxes: st}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(msg)))
+			for b.Loop() {
+				for _, err := range a.Deliver("bob@b.test", rcpts, msg) {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}

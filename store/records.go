@@ -1,0 +1,121 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// The encodings of stored values, and their decoders. A value read from the
+// file may be damaged: every decoder checks lengths before it slices and
+// returns an error naming the record, so a corrupt record is reported, never
+// a panic.
+
+// indexEntry is a message's record in its mailbox's index bucket.
+type indexEntry struct {
+	size    int64 // head and body together
+	arrived time.Time
+	epoch   uint64 // 0: a schema 1 message, whole in the body bucket
+	body    uint64 // the shared body's id in the bodies bucket
+}
+
+// Index entry lengths: schema 1 had size and arrival time; schema 2 adds the
+// epoch and the body id.
+const (
+	indexEntryV1Len = 16
+	indexEntryLen   = 32
+)
+
+func (e indexEntry) schemaV1() bool { return e.epoch == 0 }
+
+func (e indexEntry) encode() []byte {
+	v := make([]byte, indexEntryLen)
+	binary.BigEndian.PutUint64(v, uint64(e.size))
+	binary.BigEndian.PutUint64(v[8:], uint64(e.arrived.UnixNano()))
+	binary.BigEndian.PutUint64(v[16:], e.epoch)
+	binary.BigEndian.PutUint64(v[24:], e.body)
+	return v
+}
+
+func (e indexEntry) info(id uint64) MessageInfo {
+	return MessageInfo{ID: id, Size: e.size, Arrived: e.arrived, epoch: e.epoch}
+}
+
+// maxStoredSize bounds a believable message size: bbolt refuses values
+// above 2 GiB, and a head is small.
+const maxStoredSize = 1 << 32
+
+func decodeIndexEntry(k, v []byte) (indexEntry, error) {
+	if len(k) != 8 {
+		return indexEntry{}, fmt.Errorf("message index entry %x: key of %d bytes: corrupt", k, len(k))
+	}
+	id := keyID(k)
+	if len(v) != indexEntryV1Len && len(v) != indexEntryLen {
+		return indexEntry{}, fmt.Errorf("message index entry %d: %d bytes: corrupt", id, len(v))
+	}
+	e := indexEntry{
+		size:    int64(binary.BigEndian.Uint64(v)),
+		arrived: time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))).UTC(),
+	}
+	if e.size < 0 || e.size > maxStoredSize {
+		return indexEntry{}, fmt.Errorf("message index entry %d: size %d: corrupt", id, e.size)
+	}
+	if len(v) == indexEntryLen {
+		e.epoch = binary.BigEndian.Uint64(v[16:])
+		e.body = binary.BigEndian.Uint64(v[24:])
+		if e.epoch == 0 {
+			return indexEntry{}, fmt.Errorf("message index entry %d: epoch 0: corrupt", id)
+		}
+	}
+	return e, nil
+}
+
+func encodeCount(n uint64) []byte { return idKey(n) }
+
+// decodeCount reads a shared body's reference count; k is the body's key.
+func decodeCount(k, v []byte) (uint64, error) {
+	if len(k) != 8 {
+		return 0, fmt.Errorf("body reference count %x: key of %d bytes: corrupt", k, len(k))
+	}
+	if v == nil {
+		return 0, fmt.Errorf("body %d: no reference count: corrupt", keyID(k))
+	}
+	if len(v) != 8 || binary.BigEndian.Uint64(v) == 0 {
+		return 0, fmt.Errorf("body %d: reference count %x: corrupt", keyID(k), v)
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// decodeUserRecord reads the users bucket's value for key k.
+func decodeUserRecord(k, v []byte) (userRecord, error) {
+	var rec userRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return userRecord{}, fmt.Errorf("user record %q: %w", k, err)
+	}
+	if rec.Address == "" || Key(rec.Address) != string(k) {
+		return userRecord{}, fmt.Errorf("user record %q: address %q does not match its key: corrupt", k, rec.Address)
+	}
+	if len(rec.Hash) == 0 {
+		return userRecord{}, fmt.Errorf("user record %q: no password hash: corrupt", k)
+	}
+	return rec, nil
+}
+
+// decodeQueueEntry reads the queue bucket's value for key k.
+func decodeQueueEntry(k, v []byte) (QueueEntry, error) {
+	if len(k) != 8 {
+		return QueueEntry{}, fmt.Errorf("queue entry %x: key of %d bytes: corrupt", k, len(k))
+	}
+	id := keyID(k)
+	var e QueueEntry
+	if err := json.Unmarshal(v, &e); err != nil {
+		return QueueEntry{}, fmt.Errorf("queue entry %d: %w", id, err)
+	}
+	// UpdateQueueEntry writes back under e.ID: an id that disagrees with
+	// the key would overwrite another entry.
+	if e.ID != id {
+		return QueueEntry{}, fmt.Errorf("queue entry %d: holds id %d: corrupt", id, e.ID)
+	}
+	return e, nil
+}
