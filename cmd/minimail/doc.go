@@ -1,0 +1,31 @@
+// How a message flows through minimail. Each step names the package that
+// owns it; only this package (serve.go) knows more than one of them.
+//
+// Inbound, from another server to a local mailbox:
+//
+//	mta/guard    accept: connection limits per server and per address
+//	mta          MX session (go-smtp under mta's shims): EHLO, STARTTLS,
+//	             MAIL (sender parsed once), RCPT (local recipients only,
+//	             through mda's Resolve), DATA (time and size limits, CRLF
+//	             only, header limits)
+//	mta/msgauth  SPF, DKIM, DMARC: Authentication-Results, or a refusal
+//	             (lookups through mta/resolve, cached)
+//	mda          Return-Path and Delivered-To per recipient, every copy in
+//	             one commit
+//	store        one bbolt transaction, fsync'd: then, and only then, 250
+//	pop3         the owner logs in, lists, retrieves and deletes (store)
+//
+// Outbound, from a local user to anyone:
+//
+//	mta          submission session (587 STARTTLS, 465 TLS): AUTH (store),
+//	             MAIL must be the user's address, From: checked, Bcc
+//	             removed, Date and Message-ID added
+//	mta/msgauth  DKIM signature for the sender's domain
+//	mda          local recipients, as above
+//	mta/queue    the remote recipients, stored (store) before the 250
+//	mta/remote   queue runner: route, smarthost or MX (mta/resolve), never
+//	             an internal address, STARTTLS, per-recipient results
+//	mta/queue    retries with backoff, delay notices, and in the end a
+//	             bounce (RFC 3464), delivered through mda to a local sender
+//	             or queued to a remote one; never a bounce for a bounce
+package main
