@@ -1,3 +1,7 @@
+// Command minimail is a small mail server for a self-hosted domain: SMTP for
+// other servers (MX) and for mail clients (submission), an outbound queue,
+// local delivery into a bbolt store, and POP3. See README.md.
+//
 // How a message flows through minimail. Each step names the package that
 // owns it; only this package (serve.go) knows more than one of them.
 //

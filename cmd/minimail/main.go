@@ -1,6 +1,3 @@
-// Command minimail is a small mail server for a self-hosted domain: SMTP for
-// other servers (MX) and for mail clients (submission), an outbound queue,
-// local delivery into a bbolt store, and POP3. See README.md.
 package main
 
 import (
