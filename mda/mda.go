@@ -2,6 +2,11 @@
 // adds the trace headers a mailbox copy carries (Return-Path, Delivered-To),
 // normalises line endings to CRLF and appends one copy per recipient to the
 // store, all recipients in a single durable transaction.
+//
+// Each failure is an *Error that says whether to retry (Temporary) and the
+// RFC 3463 status to report (Status), so that callers act on it without
+// knowing this package: a recipient with no mailbox is permanent, storage
+// trouble temporary.
 package mda
 
 import (
@@ -19,7 +24,9 @@ type Mailboxes interface {
 }
 
 // Error is a delivery failure for one recipient. Temporary failures (storage
-// trouble) should be retried; permanent ones (no such user) bounced.
+// trouble) should be retried; permanent ones (no such user) bounced. The
+// verdict travels inside the error (Temporary), so callers need no
+// sentinel of this package (see minimail/mta/delivery for the rule).
 type Error struct {
 	Rcpt      string
 	Err       error
@@ -30,14 +37,18 @@ func (e *Error) Error() string   { return fmt.Sprintf("deliver to %s: %v", e.Rcp
 func (e *Error) Unwrap() error   { return e.Err }
 func (e *Error) Temporary() bool { return e.temporary }
 
+// Status returns the RFC 3463 status a delivery status notification
+// reports: 5.1.1 (bad destination mailbox) for a recipient with no
+// mailbox, the mere class for storage trouble.
+func (e *Error) Status() string {
+	if e.temporary {
+		return "4.0.0"
+	}
+	return "5.1.1"
+}
+
 // ErrUnknownUser is wrapped by the Error for a recipient with no mailbox.
 var ErrUnknownUser = errors.New("no such user here")
-
-// IsTemporary reports whether err says to try again later.
-func IsTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
-}
 
 // Agent delivers to local mailboxes.
 type Agent struct {

@@ -204,6 +204,12 @@ type tempError struct{ msg string }
 func (e tempError) Error() string   { return e.msg }
 func (e tempError) Temporary() bool { return true }
 
+// permError is a failure that says no retry will help.
+type permError struct{ msg string }
+
+func (e permError) Error() string   { return e.msg }
+func (e permError) Temporary() bool { return false }
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -52,9 +52,11 @@ import (
 	"minimail/mta/guard"
 )
 
-// Local delivers to local mailboxes; *mda.Agent satisfies it. Resolve
-// returns an error wrapping mda.ErrUnknownUser for an unknown recipient;
-// any other error is taken as temporary.
+// Local delivers to local mailboxes; *mda.Agent satisfies it. An error,
+// from Resolve or for one recipient of Deliver, that says it is permanent
+// (a Temporary() bool method returning false) means there is no such
+// mailbox: 550 5.1.1. Any other error is a 451, the rule of
+// minimail/mta/delivery.
 type Local interface {
 	Resolve(rcpt string) (string, error)
 	Deliver(from string, rcpts []string, msg []byte) []error

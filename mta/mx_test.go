@@ -274,6 +274,28 @@ func TestMX_TooManyErrorsDrops(t *testing.T) {
 	cl.expectClosed()
 }
 
+// TestMX_LocalVerdictTravelsInTheError: the MX knows an unknown recipient
+// by the verdict its error carries, not by a sentinel of the package that
+// produced it: any permanent error is 550 5.1.1, at RCPT and at DATA.
+func TestMX_LocalVerdictTravelsInTheError(t *testing.T) {
+	var fail *failingLocal
+	e := newEnv(t, func(_ *Options, l *Local) {
+		fail = &failingLocal{Local: *l}
+		*l = fail
+	})
+	cl := dial(t, e.mxAddr)
+	cl.cmd("EHLO client.test", "250 ")
+	fail.resolveErr = fmt.Errorf("lookup: %w", permError{"mailbox gone"})
+	cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+	cl.cmd("RCPT TO:<alice@example.org>", "550 5.1.1 no such user here")
+	cl.cmd("RSET", "250 ")
+	fail.resolveErr = nil
+	fail.deliverErr = permError{"mailbox gone"}
+	if got := cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: x\r\n\r\nx\r\n"); !strings.HasPrefix(got, "550 5.1.1") {
+		t.Fatalf("permanent store failure: %s", got)
+	}
+}
+
 func TestMX_StoreFailureIsTemporary(t *testing.T) {
 	var fail *failingLocal
 	e := newEnv(t, func(_ *Options, l *Local) {

@@ -18,8 +18,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"minimail/mda"
+	"minimail/mta/delivery"
 	"minimail/mta/guard"
-	"minimail/store"
 )
 
 // session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, after
@@ -248,12 +248,12 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	return nil
 }
 
-// permanent reports whether a delivery or lookup error says the mailbox
-// does not exist. Anything else is treated as temporary: a 4xx costs the
-// sender a retry, a wrong 5xx loses the message.
-func permanent(err error) bool {
-	return err != nil && (errors.Is(err, mda.ErrUnknownUser) || errors.Is(err, store.ErrNoUser))
-}
+// permanent reports whether a delivery or lookup error is a verdict that
+// no retry can change; for Local that means the mailbox does not exist.
+// The rule is delivery.Temporary's: an error that says nothing is
+// temporary, since a 4xx costs the sender a retry and a wrong 5xx loses
+// the message.
+func permanent(err error) bool { return err != nil && !delivery.Temporary(err) }
 
 func appendNew(list []string, addr string) []string {
 	for _, a := range list {

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"minimail/mda"
+	"minimail/mta/delivery"
 	"minimail/store"
 )
 
@@ -151,7 +151,7 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 	for i, j := range g.idx {
 		r := &es.e.Rcpts[j]
 		err := res[i]
-		temporary := err != nil && isTemporary(err)
+		temporary := delivery.Temporary(err)
 		if temporary && shutdown {
 			// Cut short by shutdown, not the remote's verdict: leave the
 			// recipient as it was, to be retried after the restart.
@@ -297,7 +297,8 @@ func setFailure(r *store.QueueRcpt, err error) {
 
 // describe extracts what a DSN reports from a delivery error: the RFC 3463
 // status, the Diagnostic-Code and the remote MTA, where the error knows them
-// (remote.Error does); local failures get a status from their kind.
+// (remote's errors know all three, mda's the status); an error that says
+// none gets the bare class of its verdict.
 func describe(err error) (status, diagnostic, remoteMTA string) {
 	var st interface{ Status() string }
 	if errors.As(err, &st) {
@@ -312,24 +313,10 @@ func describe(err error) (status, diagnostic, remoteMTA string) {
 		remoteMTA = rm.RemoteMTA()
 	}
 	if status == "" {
-		switch {
-		case errors.Is(err, mda.ErrUnknownUser):
-			status = "5.1.1" // bad destination mailbox address
-		case isTemporary(err):
+		status = "5.0.0"
+		if delivery.Temporary(err) {
 			status = "4.0.0"
-		default:
-			status = "5.0.0"
 		}
 	}
 	return status, diagnostic, remoteMTA
-}
-
-// isTemporary reads the verdict inside err. An error that carries none is
-// taken as temporary: retrying is safer than bouncing.
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	if errors.As(err, &t) {
-		return t.Temporary()
-	}
-	return true
 }

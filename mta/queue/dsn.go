@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"minimail/mda"
+	"minimail/mta/delivery"
 	"minimail/store"
 )
 
@@ -75,7 +76,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 		case err == nil:
 			log.Info("dsn", "via", "local", "rcpts", len(rcpts))
 			return true
-		case !isTemporary(err):
+		case !delivery.Temporary(err):
 			// The sender's mailbox is gone: there is no one left to
 			// tell, and a notice about a notice is never sent.
 			log.Info("dsn", "via", "local", "rcpts", len(rcpts), "err", err.Error(), "result", "discarded")

@@ -11,6 +11,11 @@
 // the next hop accepted is never sent again; a crash between the remote 250
 // and that commit is the one window where RFC 5321 6.1 allows a duplicate.
 //
+// Whether a failure is final travels inside the error: a Temporary() bool
+// method of either deliverer's errors decides, and an error without one is
+// temporary (minimail/mta/delivery holds that one rule). A DSN reports the
+// Status(), Diagnostic() and RemoteMTA() an error has.
+//
 // A 5xx fails a recipient at once; a 4xx or an unreachable host leaves it
 // pending, retried with exponential backoff from RetryMin up to RetryMax
 // until MaxAge, when it fails as expired. Failed recipients are reported to
@@ -39,13 +44,14 @@ import (
 )
 
 // Deliverer sends to remote servers: one call per destination domain,
-// returning one error per recipient (nil = accepted). Errors say whether to
-// retry with a Temporary() bool method; *remote.Client satisfies it.
+// returning one error per recipient (nil = accepted); *remote.Client
+// satisfies it.
 type Deliverer interface {
 	Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error
 }
 
-// LocalDeliverer stores mail in local mailboxes; *mda.Agent satisfies it.
+// LocalDeliverer stores mail in local mailboxes, one error per recipient;
+// *mda.Agent satisfies it.
 type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }

@@ -30,6 +30,11 @@
 // is read under bounds (see limit.go): a server that sends too much gets a
 // temporary failure, not our memory.
 //
+// Each refused recipient gets an *Error that says whether to retry
+// (Temporary: a 4xx, or no server reached) and what a delivery status
+// notification reports; the queue reads those through methods, so it need
+// not know this package.
+//
 // A message with 8-bit content goes out even to a server that does not
 // offer 8BITMIME (see session); a message over the server's SIZE, or with
 // a non-ASCII address for a server without SMTPUTF8, fails permanently.
