@@ -1,7 +1,9 @@
 // Package mda is the local delivery agent: it resolves local recipients,
-// adds the trace headers a mailbox copy carries (Return-Path, Delivered-To),
-// normalises line endings to CRLF and appends one copy per recipient to the
-// store, all recipients in a single durable transaction.
+// adds the trace headers a mailbox copy carries (Return-Path, Delivered-To)
+// and appends one copy per recipient to the store, all recipients in a
+// single durable transaction. Messages arrive CRLF-only (the SMTP server
+// normalises each once, and the queue's notices are written so) and are
+// stored as they arrive.
 //
 // Each failure is an *Error that says whether to retry (Temporary) and the
 // RFC 3463 status to report (Status), so that callers act on it without
@@ -69,12 +71,11 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 }
 
 // Deliver stores msg for each recipient. from is the envelope sender ("" for
-// the null sender). msg should already carry the caller's Received line.
-// The result has one entry per recipient, in order: nil for a durable copy,
+// the null sender). msg must be CRLF-only and should already carry the
+// caller's Received line. The result has one entry per recipient, in order: nil for a durable copy,
 // else an *Error. Copies for all resolvable recipients are committed together.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 	results := make([]error, len(rcpts))
-	body := NormalizeCRLF(msg)
 	var ds []store.Delivery
 	var idx []int
 	for i, rcpt := range rcpts {
@@ -83,7 +84,7 @@ func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 			results[i] = err
 			continue
 		}
-		ds = append(ds, store.Delivery{Address: addr, Message: withTrace(from, addr, body)})
+		ds = append(ds, store.Delivery{Address: addr, Message: withTrace(from, addr, msg)})
 		idx = append(idx, i)
 	}
 	if len(ds) == 0 {
@@ -134,51 +135,4 @@ func withTrace(from, rcpt string, body []byte) []byte {
 	b.WriteString("\r\n")
 	b.Write(body)
 	return b.Bytes()
-}
-
-// NormalizeCRLF returns msg with every line ending (CRLF, bare LF, bare CR)
-// written as CRLF, and a final CRLF if the last line lacked one. It returns
-// msg itself when nothing needs changing.
-func NormalizeCRLF(msg []byte) []byte {
-	if isCRLF(msg) {
-		return msg
-	}
-	out := make([]byte, 0, len(msg)+len(msg)/32+2)
-	for i := 0; i < len(msg); i++ {
-		switch c := msg[i]; c {
-		case '\r':
-			out = append(out, '\r', '\n')
-			if i+1 < len(msg) && msg[i+1] == '\n' {
-				i++
-			}
-		case '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, c)
-		}
-	}
-	if len(out) > 0 && out[len(out)-1] != '\n' {
-		out = append(out, '\r', '\n')
-	}
-	return out
-}
-
-// isCRLF reports whether every CR and LF in msg is part of a CRLF pair and
-// msg is empty or ends in CRLF.
-func isCRLF(msg []byte) bool {
-	if len(msg) > 0 && !bytes.HasSuffix(msg, []byte("\r\n")) {
-		return false
-	}
-	for i := 0; i < len(msg); i++ {
-		switch msg[i] {
-		case '\r':
-			if i+1 >= len(msg) || msg[i+1] != '\n' {
-				return false
-			}
-			i++
-		case '\n':
-			return false
-		}
-	}
-	return true
 }

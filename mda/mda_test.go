@@ -167,16 +167,6 @@ func TestDeliver(t *testing.T) {
 			wantCopy:  []string{"alice@example.org|Return-Path: <bob@b.test>\r\nDelivered-To: alice@example.org\r\n" + msg},
 		},
 		{
-			name:      "bare LF message stored with CRLF",
-			from:      "bob@b.test",
-			rcpts:     []string{"alice@example.org"},
-			msg:       "Subject: lf\n\nline\nlast",
-			want:      []string{"ok"},
-			wantCalls: 1,
-			wantCopy: []string{"alice@example.org|Return-Path: <bob@b.test>\r\nDelivered-To: alice@example.org\r\n" +
-				"Subject: lf\r\n\r\nline\r\nlast\r\n"},
-		},
-		{
 			name:      "no recipients",
 			from:      "bob@b.test",
 			rcpts:     nil,
@@ -301,7 +291,7 @@ func TestDeliver_RealStore(t *testing.T) {
 	}
 	a := &mda.Agent{Mailboxes: s}
 	errs := a.Deliver("bob@b.test", []string{"alice@example.org", "nobody@example.org", "carol@EXAMPLE.org"},
-		[]byte("Subject: hi\n\nhello\n"))
+		[]byte("Subject: hi\r\n\r\nhello\r\n"))
 	if errs[0] != nil || !errors.Is(errs[1], mda.ErrUnknownUser) || errs[2] != nil {
 		t.Fatalf("Deliver = %v", errs)
 	}

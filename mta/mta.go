@@ -159,11 +159,13 @@ type Options struct {
 	AuthFailDelay time.Duration
 
 	// Sign DKIM-signs mail relayed for a local sender (submission only; the
-	// domain is the sender's). nil = no signing.
+	// domain is the sender's). It is given CRLF-only text and must return
+	// CRLF-only text: nothing normalises it again. nil = no signing.
 	Sign func(domain string, msg []byte) ([]byte, error)
 	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and returns the
-	// message with an Authentication-Results field. A *smtp.SMTPError is sent
-	// to the client as is; any other error is a 451 4.3.0. nil = no checks.
+	// message with an Authentication-Results field. It is given CRLF-only
+	// text and must return CRLF-only text. A *smtp.SMTPError is sent to the
+	// client as is; any other error is a 451 4.3.0. nil = no checks.
 	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) ([]byte, error)
 
 	Now    func() time.Time

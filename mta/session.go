@@ -17,7 +17,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"minimail/mda"
 	"minimail/mta/delivery"
 	"minimail/mta/guard"
 )
@@ -296,10 +295,8 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	if err != nil {
 		return ss.finish(tx, user, len(raw), "", err)
 	}
-	// Store and relay only CRLF: a bare CR or LF never ends DATA in go-smtp,
-	// and normalising here means no later hop can be made to see an end of
-	// data (SMTP smuggling) that we did not.
-	msg := mda.NormalizeCRLF(raw)
+	// The one place that makes messages CRLF-only (see crlf.go).
+	msg := normalizeCRLF(raw)
 	if se := ss.srv.checkHeader(msg); se != nil {
 		return ss.finish(tx, user, len(raw), "", se)
 	}
@@ -428,7 +425,7 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 				ss.srv.log.Error("verify failed", "id", tx.id, "err", err)
 				return nil, smtpErr(451, codeTransient, "temporary failure checking message, try again later")
 			}
-			msg = mda.NormalizeCRLF(out)
+			msg = out
 		}
 	} else {
 		fields, err := parseHeader(msg, "From", "Sender", "Date", "Message-ID")
@@ -448,7 +445,7 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 				ss.srv.log.Error("dkim signing failed", "id", tx.id, "err", err)
 				return nil, smtpErr(451, codeTransient, "temporary failure signing message, try again later")
 			}
-			msg = mda.NormalizeCRLF(signed)
+			msg = signed
 		}
 	}
 	rcv := received(trace{

@@ -7,7 +7,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"minimail/mda"
 	"minimail/mta/delivery"
 	"minimail/store"
 )
@@ -241,11 +240,10 @@ func validStatus(s string) bool {
 	return true
 }
 
-// originalHeader returns the header section of msg, up to and including
-// the empty line, with CRLF line endings; at most maxHeaderCopy octets,
-// cut at a line end.
+// originalHeader returns the header section of msg (CRLF-only, as every
+// queued message is), up to and including the empty line; at most
+// maxHeaderCopy octets, cut at a line end.
 func originalHeader(msg []byte) []byte {
-	msg = mda.NormalizeCRLF(msg)
 	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
 		msg = msg[:i+2]
 	} else if bytes.HasPrefix(msg, []byte("\r\n")) {

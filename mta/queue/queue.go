@@ -39,7 +39,6 @@ import (
 	"sync"
 	"time"
 
-	"minimail/mda"
 	"minimail/store"
 )
 
@@ -167,7 +166,9 @@ func ParseID(s string) (uint64, error) {
 }
 
 // Enqueue stores a message for from ("" for the null sender) to rcpts and
-// returns its id once it is on disk, then wakes the runner.
+// returns its id once it is on disk, then wakes the runner. msg must be
+// CRLF-only, as the SMTP server and buildDSN write it: it is sent on as it
+// is stored.
 func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error) {
 	if len(rcpts) == 0 {
 		return "", errors.New("enqueue: no recipients")
@@ -177,13 +178,12 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 	for _, r := range rcpts {
 		e.Rcpts = append(e.Rcpts, store.QueueRcpt{Addr: r, State: store.RcptPending})
 	}
-	body := mda.NormalizeCRLF(msg)
-	n, err := q.st.EnqueueMessage(e, body)
+	n, err := q.st.EnqueueMessage(e, msg)
 	if err != nil {
 		return "", err
 	}
 	id := FormatID(n)
-	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(body))
+	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(msg))
 	q.mu.Lock()
 	if len(q.fresh) < maxFresh {
 		q.fresh = append(q.fresh, n)
