@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"minimail/mda"
+	"minimail/mta/msgauth"
 	"minimail/mta/tlstest"
 	"minimail/store"
 )
@@ -196,6 +197,20 @@ func (f *failingLocal) Deliver(from string, rcpts []string, msg []byte) []error 
 		return append(errs, f.partial)
 	}
 	return f.Local.Deliver(from, rcpts, msg)
+}
+
+// verifyWith runs the real checks of v on the MX. Only their Deliver is
+// taken as such; any other verdict defers the message with msgauth's
+// reason, so no test expecting a 250 passes on one (serve.go maps each
+// verdict to its own reply; TestMX_VerifyHook pins those replies).
+func verifyWith(v *msgauth.Verifier) func(context.Context, net.IP, string, string, []byte) (Verdict, error) {
+	return func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error) {
+		got, err := v.Verify(ctx, ip, helo, mailFrom, msg)
+		if err != nil || got.Disposition != msgauth.Deliver {
+			return Verdict{Disposition: Defer, Reason: "msgauth: " + got.Reason}, err
+		}
+		return Verdict{Message: got.Message}, nil
+	}
 }
 
 // tempError is a storage failure that says it is temporary.

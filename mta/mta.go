@@ -162,11 +162,12 @@ type Options struct {
 	// domain is the sender's). It is given CRLF-only text and must return
 	// CRLF-only text: nothing normalises it again. nil = no signing.
 	Sign func(domain string, msg []byte) ([]byte, error)
-	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and returns the
-	// message with an Authentication-Results field. It is given CRLF-only
-	// text and must return CRLF-only text. A *smtp.SMTPError is sent to the
-	// client as is; any other error is a 451 4.3.0. nil = no checks.
-	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) ([]byte, error)
+	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and decides
+	// what becomes of it (see Verdict); an accepted message usually comes
+	// back with an Authentication-Results field. It is given CRLF-only text
+	// and must return CRLF-only text. An error says the checks could not
+	// run at all: 451 4.3.0. nil = no checks.
+	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error)
 
 	Now    func() time.Time
 	Logger *slog.Logger // nil discards

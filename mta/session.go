@@ -413,19 +413,16 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 	now := o.Now()
 	if ss.srv.kind == kindMX {
 		if o.Verify != nil {
-			out, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, msg)
-			var se *smtp.SMTPError
+			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, msg)
 			switch {
-			case errors.As(err, &se):
-				if se.Code >= 500 {
-					return nil, ss.reject(se.Code, se.EnhancedCode, se.Message)
-				}
-				return nil, se
 			case err != nil:
 				ss.srv.log.Error("verify failed", "id", tx.id, "err", err)
 				return nil, smtpErr(451, codeTransient, "temporary failure checking message, try again later")
+			case v.Disposition != Accept:
+				return nil, v.reply()
+			case v.Message != nil:
+				msg = v.Message
 			}
-			msg = out
 		}
 	} else {
 		fields, err := parseHeader(msg, "From", "Sender", "Date", "Message-ID")
