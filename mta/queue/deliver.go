@@ -29,8 +29,8 @@ type entryState struct {
 
 // loadBody reads the message once, when a delivery slot is free: a long
 // queue waiting for slots does not hold every body in memory.
-func (es *entryState) loadBody(st *store.Store) ([]byte, error) {
-	es.bodyOnce.Do(func() { es.body, es.bodyErr = st.QueueBody(es.e.ID) })
+func (es *entryState) loadBody(spool Spool) ([]byte, error) {
+	es.bodyOnce.Do(func() { es.body, es.bodyErr = spool.QueueBody(es.e.ID) })
 	return es.body, es.bodyErr
 }
 
@@ -46,7 +46,7 @@ type group struct {
 // older than the last attempt's results. Unless force is set (Flush), an
 // entry that is not due is left alone.
 func (q *Queue) process(ctx context.Context, id uint64, force bool) {
-	e, err := q.st.QueueEntry(id)
+	e, err := q.spool.QueueEntry(id)
 	if err != nil {
 		if !errors.Is(err, store.ErrNoQueueEntry) {
 			q.log.Error("queue read failed", "id", FormatID(id), "err", err)
@@ -103,7 +103,7 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 		rcpts[i] = es.e.Rcpts[j].Addr // Addr never changes: no lock needed
 	}
 	from := es.e.From
-	body, err := es.loadBody(q.st)
+	body, err := es.loadBody(q.spool)
 	var res []error
 	switch {
 	case err != nil:
@@ -193,7 +193,7 @@ func (q *Queue) save(es *entryState) {
 	if es.dropped {
 		return
 	}
-	if err := q.st.UpdateQueueEntry(es.e); err != nil {
+	if err := q.spool.UpdateQueueEntry(es.e); err != nil {
 		if errors.Is(err, store.ErrNoQueueEntry) {
 			es.dropped = true
 			es.log.Info("dropped during delivery")
@@ -252,7 +252,7 @@ func (q *Queue) finish(es *entryState) {
 
 	q.notify(es, now)
 	if done(e) {
-		if err := q.st.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
+		if err := q.spool.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
 			es.log.Error("queue delete failed", "err", err)
 			return
 		}

@@ -52,7 +52,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 	e := &es.e
 	// Without the body the notice still names the recipients and why;
 	// only the returned header is missing.
-	body, _ := es.loadBody(q.st)
+	body, _ := es.loadBody(q.spool)
 	rcpts := make([]store.QueueRcpt, len(idx))
 	for i, j := range idx {
 		rcpts[i] = e.Rcpts[j]

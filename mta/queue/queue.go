@@ -55,6 +55,18 @@ type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
+// Spool is the durable storage of queued messages; *store.Store satisfies
+// it. Each call commits to disk before it returns. An entry that is not
+// there (any more) is an error wrapping store.ErrNoQueueEntry.
+type Spool interface {
+	EnqueueMessage(e store.QueueEntry, body []byte) (id uint64, err error)
+	QueueEntries() ([]store.QueueEntry, error) // without bodies
+	QueueEntry(id uint64) (store.QueueEntry, error)
+	QueueBody(id uint64) ([]byte, error)
+	UpdateQueueEntry(e store.QueueEntry) error
+	DeleteQueueEntry(id uint64) error
+}
+
 // Options configure a Queue. Zero durations and limits take the defaults
 // named on each field.
 type Options struct {
@@ -84,10 +96,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Queue is the outbound queue over one store. It is safe for concurrent
+// Queue is the outbound queue over one spool. It is safe for concurrent
 // use; Run (or RunOnce) does the deliveries.
 type Queue struct {
-	st    *store.Store
+	spool Spool
 	opts  Options
 	log   *slog.Logger
 	local map[string]bool
@@ -110,9 +122,9 @@ type domainSlots struct {
 	users int
 }
 
-// New returns a queue over st. Entries already in st (from before a crash
-// or restart) are picked up by the first pass.
-func New(st *store.Store, opts Options) *Queue {
+// New returns a queue over spool. Entries already in it (from before a
+// crash or restart) are picked up by the first pass.
+func New(spool Spool, opts Options) *Queue {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -131,7 +143,7 @@ func New(st *store.Store, opts Options) *Queue {
 		log = slog.New(slog.DiscardHandler)
 	}
 	q := &Queue{
-		st:       st,
+		spool:    spool,
 		opts:     opts,
 		log:      log,
 		local:    map[string]bool{},
@@ -178,7 +190,7 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 	for _, r := range rcpts {
 		e.Rcpts = append(e.Rcpts, store.QueueRcpt{Addr: r, State: store.RcptPending})
 	}
-	n, err := q.st.EnqueueMessage(e, msg)
+	n, err := q.spool.EnqueueMessage(e, msg)
 	if err != nil {
 		return "", err
 	}
@@ -196,7 +208,7 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 }
 
 // List returns every queued entry, without bodies.
-func (q *Queue) List() ([]store.QueueEntry, error) { return q.st.QueueEntries() }
+func (q *Queue) List() ([]store.QueueEntry, error) { return q.spool.QueueEntries() }
 
 // Drop removes an entry. A delivery already under way for it may still
 // complete, but nothing about it is recorded or retried afterwards.
@@ -205,7 +217,7 @@ func (q *Queue) Drop(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := q.st.DeleteQueueEntry(n); err != nil {
+	if err := q.spool.DeleteQueueEntry(n); err != nil {
 		return fmt.Errorf("drop %s: %w", id, err)
 	}
 	q.log.Info("dropped", "id", id)
@@ -298,7 +310,7 @@ func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) error {
 	q.notes = time.Time{}
 	q.mu.Unlock()
 
-	entries, err := q.st.QueueEntries()
+	entries, err := q.spool.QueueEntries()
 	if err != nil {
 		q.mu.Lock()
 		q.flush = q.flush || flush

@@ -497,3 +497,26 @@ func BenchmarkEnqueue(b *testing.B) {
 		})
 	}
 }
+
+// failingSpool is a Spool that cannot read or write, as on a broken disk.
+type failingSpool struct {
+	Spool
+	err error
+}
+
+func (f failingSpool) EnqueueMessage(store.QueueEntry, []byte) (uint64, error) { return 0, f.err }
+func (f failingSpool) QueueEntries() ([]store.QueueEntry, error)               { return nil, f.err }
+
+// TestQueue_SpoolFailureIsTheCallersToSee: Enqueue says the message is not
+// on disk (the SMTP server then answers 451), and a pass says it could not
+// read the queue.
+func TestQueue_SpoolFailureIsTheCallersToSee(t *testing.T) {
+	broken := errors.New("input/output error")
+	q := New(failingSpool{err: broken}, Options{Hostname: "mx.a.test"})
+	if id, err := q.Enqueue("a@a.test", []string{"b@b.test"}, []byte("Subject: x\r\n\r\nx\r\n")); !errors.Is(err, broken) {
+		t.Errorf("Enqueue = %q, %v; want the spool's error", id, err)
+	}
+	if err := q.RunOnce(context.Background()); !errors.Is(err, broken) {
+		t.Errorf("RunOnce = %v; want the spool's error", err)
+	}
+}
