@@ -50,6 +50,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"minimail/mta/guard"
+	"minimail/mta/mailaddr"
 )
 
 // Local delivers to local mailboxes; *mda.Agent satisfies it. An error,
@@ -336,7 +337,7 @@ func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Ser
 		conns:     map[*trackedConn]struct{}{},
 	}
 	for _, d := range opts.Domains {
-		s.domains[strings.ToLower(strings.TrimSuffix(d, "."))] = true
+		s.domains[mailaddr.NormalDomain(d)] = true
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if opts.TLSConfig != nil {

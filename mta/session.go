@@ -19,6 +19,7 @@ import (
 
 	"minimail/mta/delivery"
 	"minimail/mta/guard"
+	"minimail/mta/mailaddr"
 )
 
 // session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, after
@@ -73,7 +74,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 
 // validHelo bounds the HELO/EHLO name, which goes into Received fields,
 // logs and the SPF HELO check.
-func validHelo(h string) bool { return len(h) <= maxDomain && !hasControl(h) }
+func validHelo(h string) bool { return len(h) <= mailaddr.MaxDomain && !hasControl(h) }
 
 func hasControl(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -131,7 +132,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return ss.reject(501, smtp.EnhancedCode{5, 5, 2}, "invalid HELO/EHLO argument, send EHLO again")
 	case mailLineLen(from, opts) > maxCommandLine:
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
-	case !opts.UTF8 && hasNonASCII(from):
+	case !opts.UTF8 && !mailaddr.IsASCII(from):
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
 	case opts.Size > ss.srv.opts.MaxMessageBytes:
 		return ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
@@ -205,13 +206,13 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	if len("RCPT TO:<>\r\n")+len(to) > maxCommandLine {
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
 	}
-	if !tx.utf8 && hasNonASCII(to) {
+	if !tx.utf8 && !mailaddr.IsASCII(to) {
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
 	}
 	// RFC 5321 4.1.1.3 and 4.5.1: a bare "Postmaster" (any case) names the
 	// postmaster of this server, which is that of its first local domain.
 	if strings.EqualFold(to, "postmaster") && len(ss.srv.opts.Domains) > 0 {
-		to = "postmaster@" + strings.ToLower(strings.TrimSuffix(ss.srv.opts.Domains[0], "."))
+		to = "postmaster@" + mailaddr.NormalDomain(ss.srv.opts.Domains[0])
 	}
 	a, err := parseAddress(to)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"minimail/mta/delivery"
+	"minimail/mta/mailaddr"
 	"minimail/store"
 )
 
@@ -79,7 +80,7 @@ func (q *Queue) groups(e store.QueueEntry) []group {
 		if r.State != store.RcptPending {
 			continue
 		}
-		d := domainOf(r.Addr)
+		d := mailaddr.Domain(r.Addr)
 		if q.local[d] {
 			d = ""
 		}

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"minimail/mta/delivery"
+	"minimail/mta/mailaddr"
 	"minimail/store"
 )
 
@@ -149,7 +150,7 @@ func buildDSN(p dsnParams) []byte {
 		addr := clean(r.Addr)
 		// RFC 6533 3: a non-ASCII address is reported as type utf-8.
 		addrType := "rfc822"
-		if !isASCII(addr) {
+		if !mailaddr.IsASCII(addr) {
 			addrType, utf8Addrs = "utf-8", true
 		}
 		reason := clean(r.LastError)
@@ -179,7 +180,7 @@ func buildDSN(p dsnParams) []byte {
 	if utf8Addrs {
 		statusType = "message/global-delivery-status" // RFC 6533 6.1
 	}
-	if !isASCII(string(headers)) {
+	if !mailaddr.IsASCII(string(headers)) {
 		headersType = "message/global-headers" // RFC 6533 6.3
 	}
 
@@ -202,7 +203,7 @@ func buildDSN(p dsnParams) []byte {
 	part := func(contentType string, body []byte) {
 		fmt.Fprintf(&b, "\r\n--%s\r\n", boundary)
 		fmt.Fprintf(&b, "Content-Type: %s\r\n", contentType)
-		if !isASCII(string(body)) {
+		if !mailaddr.IsASCII(string(body)) {
 			b.WriteString("Content-Transfer-Encoding: 8bit\r\n")
 		}
 		b.WriteString("\r\n")
@@ -294,13 +295,4 @@ func pickBoundary(id string, now time.Time, parts ...[]byte) string {
 		}
 		b = fmt.Sprintf("%s_%d", base, n)
 	}
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }

@@ -39,6 +39,7 @@ import (
 	"sync"
 	"time"
 
+	"minimail/mta/mailaddr"
 	"minimail/store"
 )
 
@@ -153,7 +154,7 @@ func New(spool Spool, opts Options) *Queue {
 		domains:  map[string]*domainSlots{},
 	}
 	for _, d := range opts.LocalDomains {
-		q.local[normDomain(d)] = true
+		q.local[mailaddr.NormalDomain(d)] = true
 	}
 	return q
 }
@@ -425,20 +426,7 @@ func (q *Queue) acquire(ctx context.Context, domain string) (release func(), ok 
 	}, true
 }
 
-// domainOf returns the lower-cased domain of an address.
-func domainOf(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return ""
-	}
-	return normDomain(addr[at+1:])
-}
-
-func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
-}
-
-func (q *Queue) isLocal(addr string) bool { return q.local[domainOf(addr)] }
+func (q *Queue) isLocal(addr string) bool { return q.local[mailaddr.Domain(addr)] }
 
 // sortedKeys keeps delivery order stable, for logs and tests.
 func sortedKeys[V any](m map[string]V) []string {

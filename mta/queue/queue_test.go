@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"minimail/mta/mailaddr"
 	"minimail/mta/remote/smtptest"
 	"minimail/store"
 )
@@ -421,7 +422,7 @@ type gate struct {
 }
 
 func (g *gate) Deliver(_ context.Context, _ string, rcpts []string, _ []byte) []error {
-	d := domainOf(rcpts[0])
+	d := mailaddr.Domain(rcpts[0])
 	g.mu.Lock()
 	g.active[d]++
 	g.total++

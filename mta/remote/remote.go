@@ -53,6 +53,7 @@ import (
 	"sync"
 	"time"
 
+	"minimail/mta/mailaddr"
 	"minimail/mta/resolve"
 )
 
@@ -156,9 +157,9 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			return fail(errPermanent("", "5.1.3", "bad recipient address"))
 		}
 	}
-	domain := domainOf(rcpts[0])
+	domain := mailaddr.Domain(rcpts[0])
 	for _, r := range rcpts[1:] {
-		if domainOf(r) != domain {
+		if mailaddr.Domain(r) != domain {
 			return fail(errPermanent("", "5.1.3", "recipients of one delivery must share a domain"))
 		}
 	}
@@ -334,19 +335,6 @@ func splitHop(hp string) (hop, error) {
 	return hop{name: host, port: port}, nil
 }
 
-// domainOf returns the normalized domain of an address.
-func domainOf(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return ""
-	}
-	return normalDomain(addr[at+1:])
-}
-
-// normalDomain lower-cases a domain and drops a trailing dot, the form
-// in which domains are compared (RFC 1035 2.3.3: case-insensitive).
-func normalDomain(d string) string { return strings.TrimSuffix(strings.ToLower(d), ".") }
-
 // normalizeRoutes keys routes by normalized domain. Should two keys name
 // the same domain (configuration validation refuses that), the one already
 // normalized wins, else the first in sorted order, so the choice is stable.
@@ -358,7 +346,7 @@ func normalizeRoutes(routes map[string]string) map[string]string {
 	sort.Strings(keys)
 	out := make(map[string]string, len(routes))
 	for _, k := range keys {
-		d := normalDomain(k)
+		d := mailaddr.NormalDomain(k)
 		if _, taken := out[d]; taken && k != d {
 			continue
 		}

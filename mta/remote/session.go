@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"minimail/mta/mailaddr"
 )
 
 // errHandshake marks a failed STARTTLS handshake.
@@ -101,7 +103,7 @@ func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []
 		return all(errPermanent(h.name, "5.3.4", fmt.Sprintf("message of %d bytes exceeds the server's SIZE limit of %d", len(msg), limit))), nil
 	}
 	opts := &smtp.MailOptions{Size: int64(len(msg))}
-	if !isASCII(from) || !allASCII(rcpts) {
+	if !mailaddr.IsASCII(from) || !allASCII(rcpts) {
 		// RFC 6531 3.2: a non-ASCII address needs SMTPUTF8 end to end.
 		if ok, _ := sc.Extension("SMTPUTF8"); !ok {
 			c.hangUp(sc, &handedOff)
@@ -305,18 +307,9 @@ func (c *Client) auth(sc *smtp.Client, h hop, verifiedTLS bool) error {
 	return nil
 }
 
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
 func allASCII(ss []string) bool {
 	for _, s := range ss {
-		if !isASCII(s) {
+		if !mailaddr.IsASCII(s) {
 			return false
 		}
 	}
