@@ -76,7 +76,7 @@ func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []
 			tlsState = "verified"
 		}
 		// RFC 3207 4.2: forget what was learnt before TLS and greet again.
-		sc = c.newSMTP(&greetedConn{Conn: tconn, r: io.MultiReader(strings.NewReader(fakeGreeting), tconn)}, h.name)
+		sc = c.newSMTP(WithGreeting(tconn, fakeGreeting), h.name)
 		if err := sc.Hello(c.Hostname); err != nil {
 			sessErr = replyError(h.name, err)
 			return nil, sessErr
@@ -223,7 +223,14 @@ func (s *skipFakeGreeting) Write(b []byte) (int, error) {
 	return s.w.Write(b)
 }
 
-// greetedConn replays a greeting in front of a connection.
+// WithGreeting returns conn with greeting to be read first. go-smtp's
+// client reads a greeting before anything else; this hands it a connection
+// whose real greeting was read before STARTTLS (RFC 3207 4.2: none follows
+// the handshake).
+func WithGreeting(conn net.Conn, greeting string) net.Conn {
+	return &greetedConn{Conn: conn, r: io.MultiReader(strings.NewReader(greeting), conn)}
+}
+
 type greetedConn struct {
 	net.Conn
 	r io.Reader
