@@ -196,28 +196,13 @@ func (o *Options) setDefaults() {
 	if o.DataTimeout <= 0 {
 		o.DataTimeout = DefaultDataTimeout
 	}
-	switch {
-	case o.MaxBufferedBytes == 0:
-		o.MaxBufferedBytes = 8 * o.MaxMessageBytes
-	case o.MaxBufferedBytes < 0:
-		o.MaxBufferedBytes = 0
-	}
+	o.MaxBufferedBytes = orDefault(o.MaxBufferedBytes, 8*o.MaxMessageBytes)
 	o.MinDataRate = orDefault(o.MinDataRate, DefaultMinDataRate)
-	switch {
-	case o.MaxSessionTime == 0:
-		o.MaxSessionTime = DefaultMaxSessionTime
-	case o.MaxSessionTime < 0:
-		o.MaxSessionTime = 0
-	}
+	o.MaxSessionTime = orDefault(o.MaxSessionTime, DefaultMaxSessionTime)
 	o.MaxConnections = orDefault(o.MaxConnections, DefaultMaxConnections)
 	o.MaxConnectionsPerIP = orDefault(o.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
 	o.MaxErrors = orDefault(o.MaxErrors, DefaultMaxErrors)
-	switch {
-	case o.AuthFailDelay == 0:
-		o.AuthFailDelay = DefaultAuthFailDelay
-	case o.AuthFailDelay < 0:
-		o.AuthFailDelay = 0
-	}
+	o.AuthFailDelay = orDefault(o.AuthFailDelay, DefaultAuthFailDelay)
 	if o.AuthThrottle == nil {
 		o.AuthThrottle = &guard.AuthThrottle{}
 	}
@@ -229,8 +214,9 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// orDefault maps 0 to def and a negative value to 0 (guard's "unlimited").
-func orDefault(v, def int) int {
+// orDefault maps 0 (unset) to def and a negative value to 0, which the
+// limits read as "unlimited" (guard's too) and the delays as "none".
+func orDefault[T int | int64 | time.Duration](v, def T) T {
 	switch {
 	case v == 0:
 		return def

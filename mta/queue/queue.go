@@ -129,16 +129,16 @@ func New(spool Spool, opts Options) *Queue {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	opts.RetryMin = orDefault(opts.RetryMin, 5*time.Minute)
-	opts.RetryMax = max(orDefault(opts.RetryMax, time.Hour), opts.RetryMin)
-	opts.MaxAge = orDefault(opts.MaxAge, 5*24*time.Hour)
-	opts.DelayNotice = orDefault(opts.DelayNotice, 4*time.Hour)
-	if opts.MaxConcurrent <= 0 {
-		opts.MaxConcurrent = 20
+	// Unset (zero) or meaningless (negative) values take the defaults; only
+	// DelayNotice has a meaning for a negative value: no notice.
+	opts.RetryMin = positiveOr(opts.RetryMin, 5*time.Minute)
+	opts.RetryMax = max(positiveOr(opts.RetryMax, time.Hour), opts.RetryMin)
+	opts.MaxAge = positiveOr(opts.MaxAge, 5*24*time.Hour)
+	if opts.DelayNotice == 0 {
+		opts.DelayNotice = 4 * time.Hour
 	}
-	if opts.MaxPerDomain <= 0 {
-		opts.MaxPerDomain = 4
-	}
+	opts.MaxConcurrent = positiveOr(opts.MaxConcurrent, 20)
+	opts.MaxPerDomain = positiveOr(opts.MaxPerDomain, 4)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -159,11 +159,12 @@ func New(spool Spool, opts Options) *Queue {
 	return q
 }
 
-func orDefault(d, def time.Duration) time.Duration {
-	if d == 0 {
+// positiveOr returns v, or def when v is not positive.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v <= 0 {
 		return def
 	}
-	return d
+	return v
 }
 
 // FormatID is how queue ids are shown to people; ParseID reads them back.

@@ -119,6 +119,21 @@ func TestQueueBackoffDoublesUpToTheCap(t *testing.T) {
 	}
 }
 
+// TestQueueNegativeDurationsTakeTheDefaults: a negative retry delay or
+// maximum age means nothing a queue can do, so it is taken as unset, like
+// zero; before, it retried at once in a busy loop, or bounced every
+// message on its first deferral. A negative DelayNotice still sends none.
+func TestQueueNegativeDurationsTakeTheDefaults(t *testing.T) {
+	q := New(nil, Options{RetryMin: -time.Minute, RetryMax: -time.Hour, MaxAge: -time.Hour, DelayNotice: -1})
+	if q.backoff(1) != 5*time.Minute || q.backoff(100) != time.Hour || q.opts.MaxAge != 5*24*time.Hour || q.opts.DelayNotice > 0 {
+		t.Errorf("backoff %v..%v, max age %v, delay notice %v", q.backoff(1), q.backoff(100), q.opts.MaxAge, q.opts.DelayNotice)
+	}
+	q = New(nil, Options{})
+	if q.opts.DelayNotice != 4*time.Hour {
+		t.Errorf("default delay notice %v", q.opts.DelayNotice)
+	}
+}
+
 func TestQueueDownThenUpAndFlushDeliversExactlyOnce(t *testing.T) {
 	addr := smtptest.DownAddr(t)
 	e := newEnv(t, map[string]string{"b.test": addr}, nil)
