@@ -174,12 +174,13 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			last = err
 			continue
 		}
+		env := envelope{from: from, rcpts: rcpts, msg: msg}
 		for _, addr := range addrs {
-			res, err := c.session(ctx, h, addr, from, rcpts, msg, false)
+			res, err := c.session(ctx, target{hop: h, addr: addr}, env)
 			if res == nil && !h.auth && errors.Is(err, errHandshake) && ctx.Err() == nil {
 				// RFC 7435: opportunistic TLS must not leave mail less
 				// deliverable than plain text would. Try again without.
-				res, err = c.session(ctx, h, addr, from, rcpts, msg, true)
+				res, err = c.session(ctx, target{hop: h, addr: addr, plainText: true}, env)
 			}
 			if res != nil {
 				return res
