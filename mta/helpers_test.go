@@ -169,6 +169,16 @@ func (q *fakeQueue) entries() []queued {
 	return append([]queued(nil), q.got...)
 }
 
+// newFailingEnv is newEnv with a failingLocal in front of the store.
+func newFailingEnv(t *testing.T) (*env, *failingLocal) {
+	var fail *failingLocal
+	e := newEnv(t, func(_ *Options, l *Local) {
+		fail = &failingLocal{Local: *l}
+		*l = fail
+	})
+	return e, fail
+}
+
 // failingLocal wraps a Local and fails Resolve or Deliver on demand;
 // partial fails Deliver for the last recipient only, after storing the
 // others.

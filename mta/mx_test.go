@@ -278,11 +278,7 @@ func TestMX_TooManyErrorsDrops(t *testing.T) {
 // by the verdict its error carries, not by a sentinel of the package that
 // produced it: any permanent error is 550 5.1.1, at RCPT and at DATA.
 func TestMX_LocalVerdictTravelsInTheError(t *testing.T) {
-	var fail *failingLocal
-	e := newEnv(t, func(_ *Options, l *Local) {
-		fail = &failingLocal{Local: *l}
-		*l = fail
-	})
+	e, fail := newFailingEnv(t)
 	cl := dial(t, e.mxAddr)
 	cl.cmd("EHLO client.test", "250 ")
 	fail.resolveErr = fmt.Errorf("lookup: %w", permError{"mailbox gone"})
@@ -297,11 +293,7 @@ func TestMX_LocalVerdictTravelsInTheError(t *testing.T) {
 }
 
 func TestMX_StoreFailureIsTemporary(t *testing.T) {
-	var fail *failingLocal
-	e := newEnv(t, func(_ *Options, l *Local) {
-		fail = &failingLocal{Local: *l}
-		*l = fail
-	})
+	e, fail := newFailingEnv(t)
 	cl := dial(t, e.mxAddr)
 	cl.cmd("EHLO client.test", "250 ")
 
