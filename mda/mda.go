@@ -1,16 +1,22 @@
 // Package mda is the local delivery agent: it resolves local recipients,
-// adds the trace headers a mailbox copy carries (Return-Path, Delivered-To),
-// normalises line endings to CRLF and appends one copy per recipient to the
-// store, all recipients in a single durable transaction.
+// adds the trace headers a mailbox copy carries (Return-Path, Delivered-To)
+// and appends one copy per recipient to the store, all recipients in a
+// single durable transaction. Messages arrive CRLF-only (the SMTP server
+// normalises each once, and the queue's notices are written so) and are
+// stored as they arrive.
 //
 // The copies differ only in their trace headers, so each recipient's
 // Delivery carries its own few header lines and shares one message slice
 // with the others, which the store keeps once: memory for a delivery does
 // not grow with the recipients beyond their headers.
+//
+// Each failure is an *Error that says whether to retry (Temporary) and the
+// RFC 3463 status to report (Status), so that callers act on it without
+// knowing this package: a recipient with no mailbox is permanent, storage
+// trouble temporary.
 package mda
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 
@@ -24,7 +30,9 @@ type Mailboxes interface {
 }
 
 // Error is a delivery failure for one recipient. Temporary failures (storage
-// trouble) should be retried; permanent ones (no such user) bounced.
+// trouble) should be retried; permanent ones (no such user) bounced. The
+// verdict travels inside the error (Temporary), so callers need no
+// sentinel of this package (see minimail/mta/delivery for the rule).
 type Error struct {
 	Rcpt      string
 	Err       error
@@ -35,14 +43,18 @@ func (e *Error) Error() string   { return fmt.Sprintf("deliver to %s: %v", e.Rcp
 func (e *Error) Unwrap() error   { return e.Err }
 func (e *Error) Temporary() bool { return e.temporary }
 
+// Status returns the RFC 3463 status a delivery status notification
+// reports: 5.1.1 (bad destination mailbox) for a recipient with no
+// mailbox, the mere class for storage trouble.
+func (e *Error) Status() string {
+	if e.temporary {
+		return "4.0.0"
+	}
+	return "5.1.1"
+}
+
 // ErrUnknownUser is wrapped by the Error for a recipient with no mailbox.
 var ErrUnknownUser = errors.New("no such user here")
-
-// IsTemporary reports whether err says to try again later.
-func IsTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
-}
 
 // Agent delivers to local mailboxes.
 type Agent struct {
@@ -63,12 +75,11 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 }
 
 // Deliver stores msg for each recipient. from is the envelope sender ("" for
-// the null sender). msg should already carry the caller's Received line.
-// The result has one entry per recipient, in order: nil for a durable copy,
-// else an *Error. Copies for all resolvable recipients are committed together.
+// the null sender). msg must be CRLF-only and should already carry the
+// caller's Received line. The result has one entry per recipient, in
+// order: nil for a durable copy, else an *Error. Copies for all resolvable recipients are committed together.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 	results := make([]error, len(rcpts))
-	body := NormalizeCRLF(msg)
 	var ds []store.Delivery
 	var idx []int
 	for i, rcpt := range rcpts {
@@ -77,7 +88,7 @@ func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 			results[i] = err
 			continue
 		}
-		ds = append(ds, store.Delivery{Address: addr, Header: traceHeader(from, addr), Message: body})
+		ds = append(ds, store.Delivery{Address: addr, Header: traceHeader(from, addr), Message: msg})
 		idx = append(idx, i)
 	}
 	if len(ds) == 0 {
@@ -121,51 +132,4 @@ func appendError(rcpt string, err error) error {
 // (RFC 5321 4.4) and Delivered-To.
 func traceHeader(from, rcpt string) []byte {
 	return []byte("Return-Path: <" + from + ">\r\nDelivered-To: " + rcpt + "\r\n")
-}
-
-// NormalizeCRLF returns msg with every line ending (CRLF, bare LF, bare CR)
-// written as CRLF, and a final CRLF if the last line lacked one. It returns
-// msg itself when nothing needs changing.
-func NormalizeCRLF(msg []byte) []byte {
-	if isCRLF(msg) {
-		return msg
-	}
-	out := make([]byte, 0, len(msg)+len(msg)/32+2)
-	for i := 0; i < len(msg); i++ {
-		switch c := msg[i]; c {
-		case '\r':
-			out = append(out, '\r', '\n')
-			if i+1 < len(msg) && msg[i+1] == '\n' {
-				i++
-			}
-		case '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, c)
-		}
-	}
-	if len(out) > 0 && out[len(out)-1] != '\n' {
-		out = append(out, '\r', '\n')
-	}
-	return out
-}
-
-// isCRLF reports whether every CR and LF in msg is part of a CRLF pair and
-// msg is empty or ends in CRLF.
-func isCRLF(msg []byte) bool {
-	if len(msg) > 0 && !bytes.HasSuffix(msg, []byte("\r\n")) {
-		return false
-	}
-	for i := 0; i < len(msg); i++ {
-		switch msg[i] {
-		case '\r':
-			if i+1 >= len(msg) || msg[i+1] != '\n' {
-				return false
-			}
-			i++
-		case '\n':
-			return false
-		}
-	}
-	return true
 }

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"minimail/mda"
+	"minimail/mta/delivery"
 	"minimail/store"
 )
 
@@ -92,9 +93,9 @@ func outcome(t *testing.T, rcpt string, err error) string {
 		t.Errorf("error for %s is %T %v, want an *mda.Error naming it", rcpt, err, err)
 	}
 	switch {
-	case mda.IsTemporary(err) && errors.Is(err, mda.ErrUnknownUser):
+	case delivery.Temporary(err) && errors.Is(err, mda.ErrUnknownUser):
 		return "temporary but unknown user"
-	case mda.IsTemporary(err):
+	case delivery.Temporary(err):
 		return "temporary"
 	case errors.Is(err, mda.ErrUnknownUser):
 		return "unknown"
@@ -164,16 +165,6 @@ func TestDeliver(t *testing.T) {
 			want:      []string{"ok"},
 			wantCalls: 1,
 			wantCopy:  []string{"alice@example.org|Return-Path: <bob@b.test>\r\nDelivered-To: alice@example.org\r\n" + msg},
-		},
-		{
-			name:      "bare LF message stored with CRLF",
-			from:      "bob@b.test",
-			rcpts:     []string{"alice@example.org"},
-			msg:       "Subject: lf\n\nline\nlast",
-			want:      []string{"ok"},
-			wantCalls: 1,
-			wantCopy: []string{"alice@example.org|Return-Path: <bob@b.test>\r\nDelivered-To: alice@example.org\r\n" +
-				"Subject: lf\r\n\r\nline\r\nlast\r\n"},
 		},
 		{
 			name:      "no recipients",
@@ -251,37 +242,39 @@ func TestResolve(t *testing.T) {
 		t.Errorf("Resolve = %q, %v", got, err)
 	}
 	_, err := a.Resolve("nobody@example.org")
-	if !errors.Is(err, mda.ErrUnknownUser) || mda.IsTemporary(err) {
-		t.Errorf("Resolve(unknown) = %v, temporary %v; want permanent ErrUnknownUser", err, mda.IsTemporary(err))
+	if !errors.Is(err, mda.ErrUnknownUser) || delivery.Temporary(err) {
+		t.Errorf("Resolve(unknown) = %v, temporary %v; want permanent ErrUnknownUser", err, delivery.Temporary(err))
 	}
 	f.lookupErr = errors.New("database is in use")
-	if _, err := a.Resolve("alice@example.org"); !mda.IsTemporary(err) || errors.Is(err, mda.ErrUnknownUser) {
+	if _, err := a.Resolve("alice@example.org"); !delivery.Temporary(err) || errors.Is(err, mda.ErrUnknownUser) {
 		t.Errorf("Resolve with a broken store = %v, want temporary", err)
 	}
 }
 
-func TestIsTemporary(t *testing.T) {
-	tests := []struct {
-		name string
-		err  error
-		want bool
+// TestError_CarriesItsVerdict: callers read the verdict and the DSN status
+// from the error itself, never from a sentinel of this package.
+func TestError_CarriesItsVerdict(t *testing.T) {
+	f := newFake("alice@example.org")
+	a := &mda.Agent{Mailboxes: f}
+	_, unknown := a.Resolve("nobody@example.org")
+	f.lookupErr = errors.New("database is in use")
+	_, storage := a.Resolve("alice@example.org")
+	for _, tt := range []struct {
+		name      string
+		err       error
+		temporary bool
+		status    string
 	}{
-		{"nil", nil, false},
-		{"plain error", errors.New("x"), false},
-		{"wrapped temporary", fmt.Errorf("ctx: %w", tempErr{}), true},
-		{"unknown user", &mda.Error{Rcpt: "a@b", Err: mda.ErrUnknownUser}, false},
-	}
-	for _, tt := range tests {
-		if got := mda.IsTemporary(tt.err); got != tt.want {
-			t.Errorf("%s: IsTemporary = %v, want %v", tt.name, got, tt.want)
+		{"unknown user", unknown, false, "5.1.1"},
+		{"storage trouble", storage, true, "4.0.0"},
+		{"wrapped storage trouble", fmt.Errorf("queue: %w", storage), true, "4.0.0"},
+	} {
+		var st interface{ Status() string }
+		if !errors.As(tt.err, &st) || st.Status() != tt.status || delivery.Temporary(tt.err) != tt.temporary {
+			t.Errorf("%s: %v: temporary %v, want %v, status %v", tt.name, tt.err, delivery.Temporary(tt.err), tt.temporary, tt.status)
 		}
 	}
 }
-
-type tempErr struct{}
-
-func (tempErr) Error() string   { return "try later" }
-func (tempErr) Temporary() bool { return true }
 
 // TestDeliver_RealStore runs the agent on a real store: each recipient reads
 // back exactly its own copy.
@@ -298,7 +291,7 @@ func TestDeliver_RealStore(t *testing.T) {
 	}
 	a := &mda.Agent{Mailboxes: s}
 	errs := a.Deliver("bob@b.test", []string{"alice@example.org", "nobody@example.org", "carol@EXAMPLE.org"},
-		[]byte("Subject: hi\n\nhello\n"))
+		[]byte("Subject: hi\r\n\r\nhello\r\n"))
 	if errs[0] != nil || !errors.Is(errs[1], mda.ErrUnknownUser) || errs[2] != nil {
 		t.Fatalf("Deliver = %v", errs)
 	}

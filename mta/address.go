@@ -4,12 +4,13 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+
+	"minimail/mta/mailaddr"
 )
 
 // RFC 5321 4.5.3.1 size limits.
 const (
 	maxLocalPart   = 64
-	maxDomain      = 255
 	maxPath        = 256 // including the angle brackets
 	maxCommandLine = 512 // including CRLF
 )
@@ -80,37 +81,25 @@ func parseAddress(s string) (address, error) {
 	return a, nil
 }
 
-// validDomain accepts a dot-separated name of letters, digits, hyphens,
-// underscores (seen in the wild) and UTF-8 (RFC 6531 U-labels), or an
-// address literal (RFC 5321 4.1.3).
+// validDomain accepts a domain name (mailaddr.ValidDomain) or an address
+// literal (RFC 5321 4.1.3).
 func validDomain(d string) bool {
-	if d == "" || len(d) > maxDomain {
+	if !strings.HasPrefix(d, "[") {
+		return mailaddr.ValidDomain(d)
+	}
+	if len(d) > mailaddr.MaxDomain {
 		return false
 	}
-	if d[0] == '[' {
-		if d[len(d)-1] != ']' {
-			return false
-		}
-		lit := d[1 : len(d)-1]
-		if v6, ok := strings.CutPrefix(lit, "ipv6:"); ok {
-			ip, err := netip.ParseAddr(v6)
-			return err == nil && ip.Is6() && ip.Zone() == ""
-		}
-		ip, err := netip.ParseAddr(lit)
-		return err == nil && ip.Is4()
+	if d[len(d)-1] != ']' {
+		return false
 	}
-	for label := range strings.SplitSeq(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c >= 0x80) {
-				return false
-			}
-		}
+	lit := d[1 : len(d)-1]
+	if v6, ok := strings.CutPrefix(lit, "ipv6:"); ok {
+		ip, err := netip.ParseAddr(v6)
+		return err == nil && ip.Is6() && ip.Zone() == ""
 	}
-	return true
+	ip, err := netip.ParseAddr(lit)
+	return err == nil && ip.Is4()
 }
 
 // isAddressLiteral reports whether domain (as parseAddress returns it)
@@ -165,13 +154,3 @@ func isDotAtom(local string) bool {
 // sameAddress compares addresses the way the store keys users: case
 // insensitively, local part included.
 func sameAddress(a, b string) bool { return strings.ToLower(a) == strings.ToLower(b) }
-
-// hasNonASCII reports whether s needs SMTPUTF8 (RFC 6531 3.4).
-func hasNonASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return true
-		}
-	}
-	return false
-}

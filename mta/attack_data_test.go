@@ -355,11 +355,11 @@ func TestAttack_FailuresAreTemporary(t *testing.T) {
 		*l = fail
 		// This test's own log: the env fails any test that logs a panic.
 		o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
-		o.Verify = func(_ context.Context, _ net.IP, _, _ string, msg []byte) ([]byte, error) {
+		o.Verify = func(_ context.Context, _ net.IP, _, _ string, msg []byte) (Verdict, error) {
 			if panicVerify.Load() {
 				panic("verify exploded")
 			}
-			return msg, nil
+			return Verdict{Message: msg}, nil
 		}
 		o.Sign = func(_ string, msg []byte) ([]byte, error) {
 			if panicSign.Load() {

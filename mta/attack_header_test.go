@@ -26,7 +26,7 @@ func headerEnv(t testing.TB, maxHeader int) *env {
 	signer := &msgauth.Signer{Selector: "mail", Key: key, Domains: []string{"example.org"}}
 	return newEnv(t, func(o *Options, _ *Local) {
 		o.MaxHeaderBytes = maxHeader
-		o.Verify = verifier.Verify
+		o.Verify = verifyWith(verifier)
 		o.Sign = signer.Sign
 	})
 }
@@ -134,6 +134,6 @@ func newEnvB(b *testing.B, maxHeader int) *env {
 	verifier := &msgauth.Verifier{Resolver: resolve.New(dns.Addr), AuthServID: testHost, Timeout: 2 * time.Second}
 	return newEnv(b, func(o *Options, _ *Local) {
 		o.MaxHeaderBytes = maxHeader
-		o.Verify = verifier.Verify
+		o.Verify = verifyWith(verifier)
 	})
 }

@@ -18,11 +18,11 @@ func TestAttack_QuotedSenderIsReadOnce(t *testing.T) {
 	var mu sync.Mutex
 	var verified []string
 	e := newEnv(t, func(o *Options, _ *Local) {
-		o.Verify = func(_ context.Context, _ net.IP, _, mailFrom string, msg []byte) ([]byte, error) {
+		o.Verify = func(_ context.Context, _ net.IP, _, mailFrom string, msg []byte) (Verdict, error) {
 			mu.Lock()
 			verified = append(verified, mailFrom)
 			mu.Unlock()
-			return msg, nil
+			return Verdict{Message: msg}, nil
 		}
 	})
 	for i, c := range []struct{ sent, path string }{

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"minimail/mda"
+	"minimail/mta/msgauth"
 	"minimail/mta/tlstest"
 	"minimail/store"
 )
@@ -168,6 +169,16 @@ func (q *fakeQueue) entries() []queued {
 	return append([]queued(nil), q.got...)
 }
 
+// newFailingEnv is newEnv with a failingLocal in front of the store.
+func newFailingEnv(t *testing.T) (*env, *failingLocal) {
+	var fail *failingLocal
+	e := newEnv(t, func(_ *Options, l *Local) {
+		fail = &failingLocal{Local: *l}
+		*l = fail
+	})
+	return e, fail
+}
+
 // failingLocal wraps a Local and fails Resolve or Deliver on demand;
 // partial fails Deliver for the last recipient only, after storing the
 // others.
@@ -198,11 +209,31 @@ func (f *failingLocal) Deliver(from string, rcpts []string, msg []byte) []error 
 	return f.Local.Deliver(from, rcpts, msg)
 }
 
+// verifyWith runs the real checks of v on the MX. Only their Deliver is
+// taken as such; any other verdict defers the message with msgauth's
+// reason, so no test expecting a 250 passes on one (serve.go maps each
+// verdict to its own reply; TestMX_VerifyHook pins those replies).
+func verifyWith(v *msgauth.Verifier) func(context.Context, net.IP, string, string, []byte) (Verdict, error) {
+	return func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error) {
+		got, err := v.Verify(ctx, ip, helo, mailFrom, msg)
+		if err != nil || got.Disposition != msgauth.Deliver {
+			return Verdict{Disposition: Defer, Reason: "msgauth: " + got.Reason}, err
+		}
+		return Verdict{Message: got.Message}, nil
+	}
+}
+
 // tempError is a storage failure that says it is temporary.
 type tempError struct{ msg string }
 
 func (e tempError) Error() string   { return e.msg }
 func (e tempError) Temporary() bool { return true }
+
+// permError is a failure that says no retry will help.
+type permError struct{ msg string }
+
+func (e permError) Error() string   { return e.msg }
+func (e permError) Temporary() bool { return false }
 
 type syncBuffer struct {
 	mu sync.Mutex

@@ -50,11 +50,14 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"minimail/mta/guard"
+	"minimail/mta/mailaddr"
 )
 
-// Local delivers to local mailboxes; *mda.Agent satisfies it. Resolve
-// returns an error wrapping mda.ErrUnknownUser for an unknown recipient;
-// any other error is taken as temporary.
+// Local delivers to local mailboxes; *mda.Agent satisfies it. An error,
+// from Resolve or for one recipient of Deliver, that says it is permanent
+// (a Temporary() bool method returning false) means there is no such
+// mailbox: 550 5.1.1. Any other error is a 451, the rule of
+// minimail/mta/delivery.
 type Local interface {
 	Resolve(rcpt string) (string, error)
 	Deliver(from string, rcpts []string, msg []byte) []error
@@ -157,12 +160,15 @@ type Options struct {
 	AuthFailDelay time.Duration
 
 	// Sign DKIM-signs mail relayed for a local sender (submission only; the
-	// domain is the sender's). nil = no signing.
+	// domain is the sender's). It is given CRLF-only text and must return
+	// CRLF-only text: nothing normalises it again. nil = no signing.
 	Sign func(domain string, msg []byte) ([]byte, error)
-	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and returns the
-	// message with an Authentication-Results field. A *smtp.SMTPError is sent
-	// to the client as is; any other error is a 451 4.3.0. nil = no checks.
-	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) ([]byte, error)
+	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and decides
+	// what becomes of it (see Verdict); an accepted message usually comes
+	// back with an Authentication-Results field. It is given CRLF-only text
+	// and must return CRLF-only text. An error says the checks could not
+	// run at all: 451 4.3.0. nil = no checks.
+	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error)
 
 	Now    func() time.Time
 	Logger *slog.Logger // nil discards
@@ -190,28 +196,13 @@ func (o *Options) setDefaults() {
 	if o.DataTimeout <= 0 {
 		o.DataTimeout = DefaultDataTimeout
 	}
-	switch {
-	case o.MaxBufferedBytes == 0:
-		o.MaxBufferedBytes = 8 * o.MaxMessageBytes
-	case o.MaxBufferedBytes < 0:
-		o.MaxBufferedBytes = 0
-	}
+	o.MaxBufferedBytes = orDefault(o.MaxBufferedBytes, 8*o.MaxMessageBytes)
 	o.MinDataRate = orDefault(o.MinDataRate, DefaultMinDataRate)
-	switch {
-	case o.MaxSessionTime == 0:
-		o.MaxSessionTime = DefaultMaxSessionTime
-	case o.MaxSessionTime < 0:
-		o.MaxSessionTime = 0
-	}
+	o.MaxSessionTime = orDefault(o.MaxSessionTime, DefaultMaxSessionTime)
 	o.MaxConnections = orDefault(o.MaxConnections, DefaultMaxConnections)
 	o.MaxConnectionsPerIP = orDefault(o.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
 	o.MaxErrors = orDefault(o.MaxErrors, DefaultMaxErrors)
-	switch {
-	case o.AuthFailDelay == 0:
-		o.AuthFailDelay = DefaultAuthFailDelay
-	case o.AuthFailDelay < 0:
-		o.AuthFailDelay = 0
-	}
+	o.AuthFailDelay = orDefault(o.AuthFailDelay, DefaultAuthFailDelay)
 	if o.AuthThrottle == nil {
 		o.AuthThrottle = &guard.AuthThrottle{}
 	}
@@ -223,8 +214,9 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// orDefault maps 0 to def and a negative value to 0 (guard's "unlimited").
-func orDefault(v, def int) int {
+// orDefault maps 0 (unset) to def and a negative value to 0, which the
+// limits read as "unlimited" (guard's too) and the delays as "none".
+func orDefault[T int | int64 | time.Duration](v, def T) T {
 	switch {
 	case v == 0:
 		return def
@@ -331,7 +323,7 @@ func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Ser
 		conns:     map[*trackedConn]struct{}{},
 	}
 	for _, d := range opts.Domains {
-		s.domains[strings.ToLower(strings.TrimSuffix(d, "."))] = true
+		s.domains[mailaddr.NormalDomain(d)] = true
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if opts.TLSConfig != nil {

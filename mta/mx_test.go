@@ -274,12 +274,26 @@ func TestMX_TooManyErrorsDrops(t *testing.T) {
 	cl.expectClosed()
 }
 
+// TestMX_LocalVerdictTravelsInTheError: the MX knows an unknown recipient
+// by the verdict its error carries, not by a sentinel of the package that
+// produced it: any permanent error is 550 5.1.1, at RCPT and at DATA.
+func TestMX_LocalVerdictTravelsInTheError(t *testing.T) {
+	e, fail := newFailingEnv(t)
+	cl := dial(t, e.mxAddr)
+	cl.cmd("EHLO client.test", "250 ")
+	fail.resolveErr = fmt.Errorf("lookup: %w", permError{"mailbox gone"})
+	cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
+	cl.cmd("RCPT TO:<alice@example.org>", "550 5.1.1 no such user here")
+	cl.cmd("RSET", "250 ")
+	fail.resolveErr = nil
+	fail.deliverErr = permError{"mailbox gone"}
+	if got := cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: x\r\n\r\nx\r\n"); !strings.HasPrefix(got, "550 5.1.1") {
+		t.Fatalf("permanent store failure: %s", got)
+	}
+}
+
 func TestMX_StoreFailureIsTemporary(t *testing.T) {
-	var fail *failingLocal
-	e := newEnv(t, func(_ *Options, l *Local) {
-		fail = &failingLocal{Local: *l}
-		*l = fail
-	})
+	e, fail := newFailingEnv(t)
 	cl := dial(t, e.mxAddr)
 	cl.cmd("EHLO client.test", "250 ")
 
@@ -430,14 +444,16 @@ func sendMail(addr, from string, rcpts []string, msg string) error {
 }
 
 func TestMX_VerifyHook(t *testing.T) {
-	var verdict error
+	var verdict Verdict
+	var verifyErr error
+	keep := false // Accept without a message of its own
 	e := newEnv(t, func(o *Options, _ *Local) {
-		o.Verify = func(_ context.Context, ip net.IP, helo, from string, msg []byte) ([]byte, error) {
-			if verdict != nil {
-				return nil, verdict
+		o.Verify = func(_ context.Context, ip net.IP, helo, from string, msg []byte) (Verdict, error) {
+			if verifyErr != nil || verdict.Disposition != Accept || keep {
+				return verdict, verifyErr
 			}
 			ar := fmt.Sprintf("Authentication-Results: %s; spf=pass smtp.mailfrom=%s (ip=%s helo=%s)\r\n", testHost, from, ip, helo)
-			return append([]byte(ar), msg...), nil
+			return Verdict{Message: append([]byte(ar), msg...)}, nil
 		}
 	})
 	cl := dial(t, e.mxAddr)
@@ -447,13 +463,35 @@ func TestMX_VerifyHook(t *testing.T) {
 	if len(m) != 1 || !bytes.Contains(m[0], []byte("\r\nAuthentication-Results: mx.example.org; spf=pass smtp.mailfrom=bob@other.test (ip=127.0.0.1 helo=mx.other.test)\r\nSubject: v")) {
 		t.Fatalf("stored %q", m)
 	}
-	verdict = smtpErr(550, [3]int{5, 7, 1}, "rejected by DMARC policy")
-	if got := cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: v\r\n\r\nv\r\n"); got != "550 5.7.1 rejected by DMARC policy" {
-		t.Fatalf("SMTPError from Verify: %s", got)
+	// The replies msgauth's verdicts get (serve.go maps them one to one).
+	for _, c := range []struct {
+		verdict Verdict
+		want    string
+	}{
+		{Verdict{Disposition: RejectMalformed, Reason: "Message header starts with a continuation line"},
+			"550 5.6.0 Message header starts with a continuation line"},
+		{Verdict{Disposition: RejectUnevaluable, Reason: "Message has no From field"},
+			"550 5.7.1 Message has no From field"},
+		{Verdict{Disposition: RejectPolicy, Reason: "Rejected by the DMARC policy of bank.test"},
+			"550 5.7.1 Rejected by the DMARC policy of bank.test"},
+		{Verdict{Disposition: Defer, Reason: "DMARC check of bank.test failed temporarily, try again later"},
+			"451 4.7.0 DMARC check of bank.test failed temporarily, try again later"},
+		{Verdict{Disposition: Defer + 1, Reason: "a verdict from a newer checker"},
+			"451 4.3.0 temporary failure checking message, try again later"},
+	} {
+		verdict = c.verdict
+		if got := cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: v\r\n\r\nv\r\n"); got != c.want {
+			t.Errorf("verdict %+v: got %q, want %q", c.verdict, got, c.want)
+		}
 	}
-	verdict = fmt.Errorf("dns timeout")
+	verdict, verifyErr = Verdict{}, fmt.Errorf("dns timeout")
 	if got := cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: v\r\n\r\nv\r\n"); !strings.HasPrefix(got, "451 4.3.0") {
 		t.Fatalf("plain error from Verify: %s", got)
+	}
+	verifyErr, keep = nil, true
+	cl.send("bob@other.test", []string{"alice@example.org"}, "Subject: kept\r\n\r\nv\r\n")
+	if m := e.mailbox("alice@example.org"); len(m) != 2 || !bytes.Contains(m[1], []byte("Subject: kept")) || bytes.Contains(m[1], []byte("Authentication-Results")) {
+		t.Fatalf("stored %q", m)
 	}
 }
 

@@ -17,9 +17,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"minimail/mda"
+	"minimail/mta/delivery"
 	"minimail/mta/guard"
-	"minimail/store"
+	"minimail/mta/mailaddr"
 )
 
 // session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, after
@@ -74,7 +74,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 
 // validHelo bounds the HELO/EHLO name, which goes into Received fields,
 // logs and the SPF HELO check.
-func validHelo(h string) bool { return len(h) <= maxDomain && !hasControl(h) }
+func validHelo(h string) bool { return len(h) <= mailaddr.MaxDomain && !hasControl(h) }
 
 func hasControl(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -132,7 +132,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return ss.reject(501, smtp.EnhancedCode{5, 5, 2}, "invalid HELO/EHLO argument, send EHLO again")
 	case mailLineLen(from, opts) > maxCommandLine:
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
-	case !opts.UTF8 && hasNonASCII(from):
+	case !opts.UTF8 && !mailaddr.IsASCII(from):
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
 	case opts.Size > ss.srv.opts.MaxMessageBytes:
 		return ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
@@ -206,13 +206,13 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	if len("RCPT TO:<>\r\n")+len(to) > maxCommandLine {
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
 	}
-	if !tx.utf8 && hasNonASCII(to) {
+	if !tx.utf8 && !mailaddr.IsASCII(to) {
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
 	}
 	// RFC 5321 4.1.1.3 and 4.5.1: a bare "Postmaster" (any case) names the
 	// postmaster of this server, which is that of its first local domain.
 	if strings.EqualFold(to, "postmaster") && len(ss.srv.opts.Domains) > 0 {
-		to = "postmaster@" + strings.ToLower(strings.TrimSuffix(ss.srv.opts.Domains[0], "."))
+		to = "postmaster@" + mailaddr.NormalDomain(ss.srv.opts.Domains[0])
 	}
 	a, err := parseAddress(to)
 	if err != nil {
@@ -248,12 +248,12 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	return nil
 }
 
-// permanent reports whether a delivery or lookup error says the mailbox
-// does not exist. Anything else is treated as temporary: a 4xx costs the
-// sender a retry, a wrong 5xx loses the message.
-func permanent(err error) bool {
-	return err != nil && (errors.Is(err, mda.ErrUnknownUser) || errors.Is(err, store.ErrNoUser))
-}
+// permanent reports whether a delivery or lookup error is a verdict that
+// no retry can change; for Local that means the mailbox does not exist.
+// The rule is delivery.Temporary's: an error that says nothing is
+// temporary, since a 4xx costs the sender a retry and a wrong 5xx loses
+// the message.
+func permanent(err error) bool { return err != nil && !delivery.Temporary(err) }
 
 func appendNew(list []string, addr string) []string {
 	for _, a := range list {
@@ -296,10 +296,8 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	if err != nil {
 		return ss.finish(tx, user, len(raw), "", err)
 	}
-	// Store and relay only CRLF: a bare CR or LF never ends DATA in go-smtp,
-	// and normalising here means no later hop can be made to see an end of
-	// data (SMTP smuggling) that we did not.
-	msg := mda.NormalizeCRLF(raw)
+	// The one place that makes messages CRLF-only (see crlf.go).
+	msg := normalizeCRLF(raw)
 	if se := ss.srv.checkHeader(msg); se != nil {
 		return ss.finish(tx, user, len(raw), "", se)
 	}
@@ -416,19 +414,16 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 	now := o.Now()
 	if ss.srv.kind == kindMX {
 		if o.Verify != nil {
-			out, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, msg)
-			var se *smtp.SMTPError
+			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, msg)
 			switch {
-			case errors.As(err, &se):
-				if se.Code >= 500 {
-					return nil, ss.reject(se.Code, se.EnhancedCode, se.Message)
-				}
-				return nil, se
 			case err != nil:
 				ss.srv.log.Error("verify failed", "id", tx.id, "err", err)
 				return nil, smtpErr(451, codeTransient, "temporary failure checking message, try again later")
+			case v.Disposition != Accept:
+				return nil, v.reply()
+			case v.Message != nil:
+				msg = v.Message
 			}
-			msg = mda.NormalizeCRLF(out)
 		}
 	} else {
 		fields, err := parseHeader(msg, "From", "Sender", "Date", "Message-ID")
@@ -448,7 +443,7 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 				ss.srv.log.Error("dkim signing failed", "id", tx.id, "err", err)
 				return nil, smtpErr(451, codeTransient, "temporary failure signing message, try again later")
 			}
-			msg = mda.NormalizeCRLF(signed)
+			msg = signed
 		}
 	}
 	rcv := received(trace{

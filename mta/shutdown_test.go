@@ -76,10 +76,10 @@ func TestShutdown_ClosesWhatIsLeftAtDeadline(t *testing.T) {
 func TestShutdown_DeadlineHoldsWhileAHandlerIsBusy(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	e := newEnv(t, func(o *Options, _ *Local) {
-		o.Verify = func(_ context.Context, _ net.IP, _, _ string, msg []byte) ([]byte, error) {
+		o.Verify = func(_ context.Context, _ net.IP, _, _ string, msg []byte) (Verdict, error) {
 			close(entered)
 			<-release
-			return msg, nil
+			return Verdict{Message: msg}, nil
 		}
 	})
 	cl := openTransaction(t, e, nil)

@@ -266,11 +266,7 @@ func TestSubmission_DateAndMessageIDAdded(t *testing.T) {
 }
 
 func TestSubmission_PartialFailureStoresNothingUnacknowledged(t *testing.T) {
-	var fail *failingLocal
-	e := newEnv(t, func(_ *Options, l *Local) {
-		fail = &failingLocal{Local: *l}
-		*l = fail
-	})
+	e, fail := newFailingEnv(t)
 	cl := dialTLS(t, e.subsAddr, e.clientTLS)
 	cl.login("alice@example.org")
 	msg := "From: alice@example.org\r\nSubject: x\r\n\r\nx\r\n"

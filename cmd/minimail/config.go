@@ -12,6 +12,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"minimail/mta/mailaddr"
 	"minimail/mta/msgauth"
 )
 
@@ -172,7 +173,7 @@ func (c *Config) validate() error {
 		if !validDomain(d) {
 			return c.fail("domains", "%q is not a domain name", d)
 		}
-		c.Domains[i] = strings.ToLower(strings.TrimSuffix(d, "."))
+		c.Domains[i] = mailaddr.NormalDomain(d)
 	}
 	if c.DataDir == "" {
 		return c.fail("data_dir", "required")
@@ -269,7 +270,7 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(hostport); err != nil {
 			return c.fail("relay.routes", "%s = %q: want host:port", dom, hostport)
 		}
-		norm := strings.ToLower(strings.TrimSuffix(dom, "."))
+		norm := mailaddr.NormalDomain(dom)
 		if _, dup := routes[norm]; dup {
 			return c.fail("relay.routes", "%q names %s, which another key already names", dom, norm)
 		}
@@ -336,20 +337,6 @@ func (c *Config) isLocalDomain(domain string) bool {
 	return false
 }
 
-func validDomain(d string) bool {
-	d = strings.TrimSuffix(d, ".")
-	if d == "" || len(d) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, r := range label {
-			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= 0x80) {
-				return false
-			}
-		}
-	}
-	return true
-}
+// validDomain checks a domain of the config: a name by the one rule the
+// server also reads mail domains by, written absolute or not.
+func validDomain(d string) bool { return mailaddr.ValidDomain(strings.TrimSuffix(d, ".")) }

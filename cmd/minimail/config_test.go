@@ -79,6 +79,27 @@ routes = { "Sink.Test" = "127.0.0.1:2525", "OTHER.test." = "127.0.0.1:2526" }
 	}
 }
 
+// TestLoadConfigTakesEveryDomainTheServerTakesMailFor: the config reads
+// domains by the rule the SMTP server reads recipients by, so a domain with
+// an underscore, which the server takes mail for and relays to, can be a
+// local domain or a route key.
+func TestLoadConfigTakesEveryDomainTheServerTakesMailFor(t *testing.T) {
+	p := writeConfig(t, `
+hostname = "mx.example.org"
+domains = ["Mail_1.example.org."]
+data_dir = "data"
+[relay]
+routes = { "Lists_2.Example.org" = "127.0.0.1:2525" }
+`)
+	c, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(c.Domains) != "[mail_1.example.org]" || c.Relay.Routes["lists_2.example.org"] != "127.0.0.1:2525" {
+		t.Errorf("domains %v, routes %v", c.Domains, c.Relay.Routes)
+	}
+}
+
 func TestLoadConfigRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name, body, wantKey string

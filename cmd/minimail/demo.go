@@ -22,6 +22,7 @@ import (
 
 	"minimail/mta/loopdns"
 	"minimail/mta/msgauth"
+	"minimail/mta/remote"
 )
 
 func demoCommand() *cli.Command {
@@ -314,7 +315,7 @@ func submit(w io.Writer, bob *demoSite, rcpt string, msg []byte) error {
 		return fmt.Errorf("STARTTLS handshake: %w", err)
 	}
 	fmt.Fprintf(w, "  (%s established, certificate for %s verified)\n", tls.VersionName(tc.ConnectionState().Version), bob.hostname)
-	c := smtp.NewClient(&greetedConn{Conn: &recordingConn{Conn: tc, t: tr}, greeting: "220 (TLS)\r\n"})
+	c := smtp.NewClient(remote.WithGreeting(&recordingConn{Conn: tc, t: tr}, "220 (TLS)\r\n"))
 	defer c.Close()
 	if err := c.Hello("bobs-laptop.gmail.test"); err != nil {
 		return err
@@ -326,22 +327,6 @@ func submit(w io.Writer, bob *demoSite, rcpt string, msg []byte) error {
 		return err
 	}
 	return c.Quit()
-}
-
-// greetedConn replays a greeting in front of a connection whose real
-// greeting was read before STARTTLS (RFC 3207 4.2: no new greeting follows).
-type greetedConn struct {
-	net.Conn
-	greeting string
-}
-
-func (g *greetedConn) Read(p []byte) (int, error) {
-	if g.greeting != "" {
-		n := copy(p, g.greeting)
-		g.greeting = g.greeting[n:]
-		return n, nil
-	}
-	return g.Conn.Read(p)
 }
 
 // waitForMail waits for the first message in the site's mailbox.

@@ -207,7 +207,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 	mxOpts := opts
 	verifier := &msgauth.Verifier{Resolver: resolver, AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
-	mxOpts.Verify = verifier.Verify
+	mxOpts.Verify = verifyOnMX(verifier)
 
 	serveOn := func(key string, serve func(net.Listener) error, shutdown func(context.Context) error) {
 		l, ok := listeners[key]
@@ -280,6 +280,32 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		go s.certs.watch(cfg.TLS.ReloadInterval.or(time.Minute), s.stopWatch)
 	}
 	return s, nil
+}
+
+// verifyOnMX gives the MX msgauth's verdicts in the MX's own terms, one
+// disposition for each.
+func verifyOnMX(v *msgauth.Verifier) func(context.Context, net.IP, string, string, []byte) (mta.Verdict, error) {
+	return func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (mta.Verdict, error) {
+		got, err := v.Verify(ctx, ip, helo, mailFrom, msg)
+		if err != nil {
+			return mta.Verdict{}, err
+		}
+		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message}, nil
+	}
+}
+
+func mxDisposition(d msgauth.Disposition) mta.Disposition {
+	switch d {
+	case msgauth.Deliver:
+		return mta.Accept
+	case msgauth.RejectMalformed:
+		return mta.RejectMalformed
+	case msgauth.RejectUnevaluable:
+		return mta.RejectUnevaluable
+	case msgauth.RejectPolicy:
+		return mta.RejectPolicy
+	}
+	return mta.Defer // msgauth.Temporary, and anything newer: a retry is safe
 }
 
 func (s *server) reloadTLS() {

@@ -7,7 +7,13 @@
 // Every DNS lookup goes through the injected *net.Resolver, so tests and
 // `[relay] dns` point all of them at one server. DNS trouble never becomes a
 // pass: it is temperror in the results and, where it leaves a p=reject
-// verdict open, a 451 reply so that the sender retries.
+// verdict open, a Temporary verdict so that the server defers the message.
+//
+// Verify answers with a Verdict (deliver, reject for a reason, or defer),
+// not in SMTP terms: the SMTP server maps each Disposition to its reply.
+//
+// Sign and Verify keep the line endings of the message they are given: a
+// CRLF-only message comes back CRLF-only.
 //
 // The organizational domain (RFC 7489 section 3.2) comes from the Public
 // Suffix List in golang.org/x/net/publicsuffix; names under suffixes the list

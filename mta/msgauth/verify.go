@@ -13,7 +13,6 @@ import (
 	"blitiri.com.ar/go/spf"
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/emersion/go-msgauth/dkim"
-	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 )
 
@@ -35,49 +34,75 @@ type Verifier struct {
 	Logger      *slog.Logger  // one line per message; nil discards
 }
 
+// Disposition is what a receiving server should do with a message, as
+// Verify decides it.
+type Disposition int
+
+const (
+	// Deliver: deliver Verdict.Message, which records the results.
+	Deliver Disposition = iota
+	// RejectMalformed: the message starts with a continuation line (RFC
+	// 5322 section 2.2: a field starts with its name). Prepended, our field
+	// would take that line for its own continuation, and with it whatever
+	// results the sender wrote there.
+	RejectMalformed
+	// RejectUnevaluable: the message has no single usable From domain (RFC
+	// 7489 section 6.6.1: such messages cannot be evaluated and are
+	// "typically rejected"; RFC 5322 section 3.6 requires exactly one From
+	// field). This does not depend on RejectDMARC: it is a malformed
+	// message, not a policy.
+	RejectUnevaluable
+	// RejectPolicy: DMARC fails and the From domain's policy is reject, with
+	// RejectDMARC set (RFC 7489 sections 6.6.4, 10.3: reject during SMTP).
+	RejectPolicy
+	// Temporary: RejectDMARC is set and DNS trouble leaves the DMARC verdict
+	// open while it could be a reject: deferring is the only way that is
+	// neither a silent pass nor a wrong rejection (RFC 7489 section 6.6.2,
+	// temperror).
+	Temporary
+)
+
+// Verdict is the outcome of Verify.
+type Verdict struct {
+	Disposition Disposition
+	// Reason says why a message is not delivered, in a sentence fit for
+	// the reply to the sender; "" for Deliver.
+	Reason string
+	// Message is the message to deliver (Deliver only): the one given,
+	// every Authentication-Results field claiming AuthServID removed and
+	// one new field prepended, with the line endings of the rest.
+	Message []byte
+}
+
 // Verify authenticates msg, received from ip after HELO helo and MAIL FROM
-// mailFrom ("" for the null sender), and returns it with every
-// Authentication-Results field claiming AuthServID removed and one new field
-// prepended, e.g.
+// mailFrom ("" for the null sender), and decides what to do with it. A
+// message to deliver comes back with every Authentication-Results field
+// claiming AuthServID removed and one new field prepended, e.g.
 //
 //	Authentication-Results: mx.example.org;
 //		spf=pass smtp.mailfrom=bob@example.com;
 //		dkim=pass header.d=example.com header.s=mail;
 //		dmarc=pass header.from=example.com
 //
-// The errors are *smtp.SMTPError replies for the DATA command:
-//   - 550 5.6.0 when the message starts with a continuation line (RFC 5322
-//     section 2.2: a field starts with its name). Prepended, our field would
-//     take that line for its own continuation, and with it whatever results
-//     the sender wrote there.
-//   - 550 5.7.1 when the message has no single usable From domain (RFC 7489
-//     section 6.6.1: such messages cannot be evaluated and are "typically
-//     rejected"; RFC 5322 section 3.6 requires exactly one From field). This
-//     does not depend on RejectDMARC: it is a malformed message, not a policy.
-//   - 550 5.7.1 when DMARC fails and the From domain's policy is reject, if
-//     RejectDMARC is set (RFC 7489 section 6.6.4, 10.3: reject during SMTP).
-//   - 451 4.7.0 when RejectDMARC is set and DNS trouble leaves the DMARC
-//     verdict open while it could be a reject: deferring is the only way
-//     that is neither a silent pass nor a wrong rejection (RFC 7489 section
-//     6.6.2, temperror).
-//
-// Everything else is delivered, with the results recorded; a DMARC failure
-// under p=quarantine is recorded as dmarc=fail with reason "policy
-// quarantine", for the mailbox owner's filters.
-func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) ([]byte, error) {
+// See Disposition for the messages refused or deferred. Everything else is
+// delivered, with the results recorded; a DMARC failure under p=quarantine
+// is recorded as dmarc=fail with reason "policy quarantine", for the
+// mailbox owner's filters. The error is for a Verifier that cannot check
+// at all (no AuthServID).
+func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error) {
 	log := v.logger().With("ip", ip.String(), "helo", helo, "mail_from", mailFrom)
 	if v.AuthServID == "" {
-		return nil, errors.New("msgauth: Verifier.AuthServID is not set")
+		return Verdict{}, errors.New("msgauth: Verifier.AuthServID is not set")
 	}
 	if startsWithContinuation(msg) {
 		log.Info("rejected", "reason", errContinuationFirst.Error())
-		return nil, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: capitalize(errContinuationFirst.Error())}
+		return Verdict{Disposition: RejectMalformed, Reason: capitalize(errContinuationFirst.Error())}, nil
 	}
 	fields, rest := splitHeader(msg)
 	from, err := fromDomain(fields)
 	if err != nil {
 		log.Info("rejected", "reason", err.Error())
-		return nil, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: capitalize(err.Error())}
+		return Verdict{Disposition: RejectUnevaluable, Reason: capitalize(err.Error())}, nil
 	}
 	timeout := v.Timeout
 	if timeout <= 0 {
@@ -135,19 +160,17 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	switch {
 	case dm.value == authres.ResultFail && dm.policy == policyReject && v.RejectDMARC:
 		log.Info("rejected", "reason", "dmarc")
-		return nil, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "Rejected by the DMARC policy of " + from}
+		return Verdict{Disposition: RejectPolicy, Reason: "Rejected by the DMARC policy of " + from}, nil
 	case dm.value == authres.ResultTempError && dm.mayReject && v.RejectDMARC:
 		log.Info("deferred", "reason", "dmarc temperror")
-		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: "DMARC check of " + from + " failed temporarily, try again later"}
+		return Verdict{Disposition: Temporary, Reason: "DMARC check of " + from + " failed temporarily, try again later"}, nil
 	}
 	log.Info("authenticated")
 
 	stripped := stripAuthResults(msg, v.AuthServID)
 	h := formatAuthResults(v.AuthServID, results, lineEnding(msg))
 	out := make([]byte, 0, len(h)+len(stripped))
-	return append(append(out, h...), stripped...), nil
+	return Verdict{Disposition: Deliver, Message: append(append(out, h...), stripped...)}, nil
 }
 
 func (v *Verifier) logger() *slog.Logger {

@@ -3,13 +3,10 @@ package msgauth
 import (
 	"bytes"
 	"context"
-	"errors"
 	"net"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"minimail/mta/dnstest"
 )
@@ -99,8 +96,7 @@ func TestVerify(t *testing.T) {
 		lenient  bool // RejectDMARC false
 		hang     bool // a lookup hangs: Verify's timeout is short
 		want     []string
-		code     int // a refusal; then enh is its enhanced code
-		enh      smtp.EnhancedCode
+		refused  Disposition // not Deliver: the message is refused or deferred
 	}{{
 		name: "signed message from the MX passes all three", mailFrom: "alice@a.test",
 		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("alice@a.test")) },
@@ -127,16 +123,16 @@ func TestVerify(t *testing.T) {
 		want: []string{"spf=fail", `dkim=fail reason="signature did not verify`, "dmarc=fail"},
 	}, {
 		name: "forged From of a p=reject domain is refused", mailFrom: "x@evil.test",
-		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
-		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+		msg:     func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		refused: RejectPolicy,
 	}, {
 		name: "forged From of a p=reject domain is delivered marked when not rejecting", mailFrom: "x@evil.test", lenient: true,
 		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
 		want: []string{"spf=pass smtp.mailfrom=x@evil.test; dkim=none; dmarc=fail", "header.from=bank.test"},
 	}, {
 		name: "forged From with a valid but unaligned signature is refused", mailFrom: "x@evil.test",
-		msg:  func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("ceo@bank.test")) },
-		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+		msg:     func(t *testing.T) []byte { return signed(t, "a.test", plainMessage("ceo@bank.test")) },
+		refused: RejectPolicy,
 	}, {
 		// The path as mta hands it over: one parse, quotes kept. SPF checks
 		// the domain after the last '@' (bank.test, -all), not evil.test.
@@ -157,9 +153,9 @@ func TestVerify(t *testing.T) {
 		want: []string{"spf=fail smtp.helo=mx.a.test;"},
 	}, {
 		name: "SPF SERVFAIL for a p=reject domain defers", mailFrom: "x@bank.test",
-		dns:  func(s *dnstest.Server) { s.Fail("bank.test") },
-		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
-		code: 451, enh: smtp.EnhancedCode{4, 7, 0},
+		dns:     func(s *dnstest.Server) { s.Fail("bank.test") },
+		msg:     func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		refused: Temporary,
 	}, {
 		name: "SPF SERVFAIL is temperror, never pass", mailFrom: "x@bank.test", lenient: true,
 		dns:  func(s *dnstest.Server) { s.Fail("bank.test") },
@@ -172,9 +168,9 @@ func TestVerify(t *testing.T) {
 		want: []string{"spf=temperror", "dkim=pass", "dmarc=pass"},
 	}, {
 		name: "DMARC record timeout defers", mailFrom: "x@evil.test", hang: true,
-		dns:  func(s *dnstest.Server) { s.Hang("_dmarc.bank.test") },
-		msg:  func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
-		code: 451, enh: smtp.EnhancedCode{4, 7, 0},
+		dns:     func(s *dnstest.Server) { s.Hang("_dmarc.bank.test") },
+		msg:     func(*testing.T) []byte { return plainMessage("ceo@bank.test") },
+		refused: Temporary,
 	}, {
 		name: "DMARC record timeout is temperror when not rejecting", mailFrom: "x@evil.test", lenient: true, hang: true,
 		dns:  func(s *dnstest.Server) { s.Hang("_dmarc.bank.test") },
@@ -187,9 +183,9 @@ func TestVerify(t *testing.T) {
 		want: []string{"dkim=pass", "dmarc=temperror"},
 	}, {
 		name: "DKIM key SERVFAIL for a p=reject domain defers", mailFrom: "x@evil.test",
-		dns:  func(s *dnstest.Server) { s.Fail("mail._domainkey.bank.test") },
-		msg:  func(t *testing.T) []byte { return signed(t, "bank.test", plainMessage("ceo@bank.test")) },
-		code: 451, enh: smtp.EnhancedCode{4, 7, 0},
+		dns:     func(s *dnstest.Server) { s.Fail("mail._domainkey.bank.test") },
+		msg:     func(t *testing.T) []byte { return signed(t, "bank.test", plainMessage("ceo@bank.test")) },
+		refused: Temporary,
 	}, {
 		name: "DKIM key SERVFAIL under p=quarantine delivers temperror", mailFrom: "alice@a.test", ip: "192.0.2.9",
 		dns:  func(s *dnstest.Server) { s.Fail("mail._domainkey.a.test") },
@@ -197,16 +193,16 @@ func TestVerify(t *testing.T) {
 		want: []string{"spf=fail", `dkim=temperror reason="key unavailable" header.d=a.test`, "dmarc=temperror"},
 	}, {
 		name: "subdomain without a record inherits p=reject", mailFrom: "x@evil.test",
-		msg:  func(*testing.T) []byte { return plainMessage("news@news.bank.test") },
-		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+		msg:     func(*testing.T) []byte { return plainMessage("news@news.bank.test") },
+		refused: RejectPolicy,
 	}, {
 		name: "sp=none spares subdomains", mailFrom: "x@evil.test",
 		msg:  func(*testing.T) []byte { return plainMessage("x@sub.lists.test") },
 		want: []string{`dmarc=fail reason="policy none" header.from=sub.lists.test`},
 	}, {
 		name: "strict alignment refuses a subdomain's SPF pass", mailFrom: "x@mail.strict.test",
-		msg:  func(*testing.T) []byte { return plainMessage("x@strict.test") },
-		code: 550, enh: smtp.EnhancedCode{5, 7, 1},
+		msg:     func(*testing.T) []byte { return plainMessage("x@strict.test") },
+		refused: RejectPolicy,
 	}, {
 		name: "relaxed alignment accepts a subdomain's SPF pass", mailFrom: "x@mail.relaxed.test",
 		msg:  func(*testing.T) []byte { return plainMessage("x@relaxed.test") },
@@ -252,17 +248,20 @@ func TestVerify(t *testing.T) {
 			}
 			v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: !tc.lenient, Timeout: timeout}
 			msg := tc.msg(t)
-			out, err := v.Verify(context.Background(), net.ParseIP(ip), helo, tc.mailFrom, msg)
-			if tc.code != 0 {
-				var se *smtp.SMTPError
-				if !errors.As(err, &se) || se.Code != tc.code || se.EnhancedCode != tc.enh {
-					t.Fatalf("Verify = %v, want %d %v", err, tc.code, tc.enh)
-				}
-				return
-			}
+			verdict, err := v.Verify(context.Background(), net.ParseIP(ip), helo, tc.mailFrom, msg)
 			if err != nil {
 				t.Fatalf("Verify: %v", err)
 			}
+			if verdict.Disposition != tc.refused {
+				t.Fatalf("Verify = %+v, want disposition %v", verdict, tc.refused)
+			}
+			if tc.refused != Deliver {
+				if want := reasons[tc.refused]; !strings.HasPrefix(verdict.Reason, want) || verdict.Message != nil {
+					t.Fatalf("Verify = %+v, want reason %q and no message", verdict, want)
+				}
+				return
+			}
+			out := verdict.Message
 			ar := authResults(t, out)
 			for _, w := range tc.want {
 				if !strings.Contains(ar, w) {
@@ -277,6 +276,12 @@ func TestVerify(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reasons are the starts of the reasons of the refusals TestVerify makes.
+var reasons = map[Disposition]string{
+	RejectPolicy: "Rejected by the DMARC policy of ",
+	Temporary:    "DMARC check of ",
 }
 
 // RFC 7489 section 6.6.1: without exactly one From domain there is nothing
@@ -302,11 +307,10 @@ func TestVerifyFromMustNameOneDomain(t *testing.T) {
 		for _, reject := range []bool{true, false} {
 			v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: reject, Timeout: 10 * time.Second}
 			msg := message("hi\r\n", append(tc.header, "Subject: hi")...)
-			_, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", msg)
-			var se *smtp.SMTPError
-			refused := errors.As(err, &se) && se.Code == 550 && se.EnhancedCode == smtp.EnhancedCode{5, 7, 1}
-			if tc.ok && err != nil || !tc.ok && !refused {
-				t.Errorf("%s (RejectDMARC %v): Verify = %v, want ok %v", tc.name, reject, err, tc.ok)
+			verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", msg)
+			refused := err == nil && verdict.Disposition == RejectUnevaluable && verdict.Reason != ""
+			if tc.ok && (err != nil || verdict.Disposition != Deliver) || !tc.ok && !refused {
+				t.Errorf("%s (RejectDMARC %v): Verify = %+v, %v, want ok %v", tc.name, reject, verdict, err, tc.ok)
 			}
 		}
 	}
@@ -328,10 +332,11 @@ func TestVerifyStripsOurAuthResults(t *testing.T) {
 		"Subject: urgent",
 	)
 	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: false, Timeout: 10 * time.Second}
-	out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
-	if err != nil {
-		t.Fatal(err)
+	verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
+	if err != nil || verdict.Disposition != Deliver {
+		t.Fatal(verdict, err)
 	}
+	out := verdict.Message
 	ar := authResults(t, out) // fails unless exactly one claims our id
 	if !strings.Contains(ar, "dmarc=fail") {
 		t.Errorf("our results %q: want dmarc=fail, the forged passes must not count", ar)
@@ -368,15 +373,16 @@ func TestVerifyLookupPanicIsTemporary(t *testing.T) {
 	}
 	v := &Verifier{Resolver: panicky, AuthServID: "mx.example.test", RejectDMARC: true, Timeout: 5 * time.Second}
 	msg := []byte("From: a@example.org\r\nTo: b@example.test\r\nSubject: x\r\n\r\nhi\r\n")
-	out, err := v.Verify(context.Background(), net.ParseIP("192.0.2.1"), "mail.example.org", "a@example.org", msg)
-	if err == nil {
-		if !bytes.Contains(out, []byte("spf=temperror")) {
-			t.Fatalf("no temperror recorded:\n%s", out)
+	verdict, err := v.Verify(context.Background(), net.ParseIP("192.0.2.1"), "mail.example.org", "a@example.org", msg)
+	switch {
+	case err != nil:
+		t.Fatalf("Verify: %v", err)
+	case verdict.Disposition == Deliver:
+		if !bytes.Contains(verdict.Message, []byte("spf=temperror")) {
+			t.Fatalf("no temperror recorded:\n%s", verdict.Message)
 		}
-		return
-	}
-	if !strings.HasPrefix(err.Error(), "451") && !strings.Contains(err.Error(), "4.7.0") {
-		t.Fatalf("err = %v, want a temporary failure", err)
+	case verdict.Disposition != Temporary:
+		t.Fatalf("Verify = %+v, want a temporary failure", verdict)
 	}
 }
 
@@ -420,11 +426,11 @@ func TestVerifyKeepsCostlyHeadersFromTheLibrary(t *testing.T) {
 	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, Timeout: 10 * time.Second}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", tc.msg(t))
-			if err != nil {
-				t.Fatal(err)
+			verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", tc.msg(t))
+			if err != nil || verdict.Disposition != Deliver {
+				t.Fatal(verdict, err)
 			}
-			if ar := authResults(t, out); !strings.Contains(ar, tc.want) {
+			if ar := authResults(t, verdict.Message); !strings.Contains(ar, tc.want) {
 				t.Errorf("Authentication-Results %q lacks %q", ar, tc.want)
 			}
 		})
@@ -438,10 +444,42 @@ func TestVerifyRefusesAContinuationLineFirst(t *testing.T) {
 	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, Timeout: 10 * time.Second}
 	for _, lead := range []string{" ", "\t"} {
 		msg := append([]byte(lead+"; dkim=pass header.d=bank.test\r\n"), plainMessage("ceo@bank.test")...)
-		out, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 6, 0}) {
-			t.Errorf("Verify(%q...) = %v\n%s\nwant 550 5.6.0", lead, err, out)
+		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "x@evil.test", msg)
+		if err != nil || verdict.Disposition != RejectMalformed || verdict.Reason != "Message header starts with a continuation line" {
+			t.Errorf("Verify(%q...) = %+v, %v, want RejectMalformed", lead, verdict, err)
 		}
 	}
+}
+
+// TestSignAndVerifyKeepCRLF: the SMTP server normalises a message once,
+// before Verify or Sign sees it, and relies on both to hand back CRLF-only
+// text (see the package comment).
+func TestSignAndVerifyKeepCRLF(t *testing.T) {
+	srv := world(t)
+	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, Timeout: 10 * time.Second}
+	s := &Signer{Selector: "mail", Key: key(t), Domains: []string{"a.test"}}
+	for name, msg := range map[string][]byte{
+		"plain":  plainMessage("alice@a.test"),
+		"signed": signed(t, "a.test", plainMessage("alice@a.test")),
+		"ours to strip, folded": message("hi\r\n", "Authentication-Results: mx.b.test;\r\n\tdkim=pass",
+			"From: Alice\r\n <alice@a.test>", "Subject: hi"),
+	} {
+		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", msg)
+		if err != nil || verdict.Disposition != Deliver || !onlyCRLF(verdict.Message) {
+			t.Errorf("%s: Verify = %+v, %v: want a CRLF-only message", name, verdict, err)
+		}
+		out, err := s.Sign("a.test", msg)
+		if err != nil || !onlyCRLF(out) {
+			t.Errorf("%s: Sign = %q, %v: want a CRLF-only message", name, out, err)
+		}
+	}
+}
+
+func onlyCRLF(b []byte) bool {
+	for i, c := range b {
+		if c == '\r' && (i+1 == len(b) || b[i+1] != '\n') || c == '\n' && (i == 0 || b[i-1] != '\r') {
+			return false
+		}
+	}
+	return true
 }

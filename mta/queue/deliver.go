@@ -8,7 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"minimail/mda"
+	"minimail/mta/delivery"
+	"minimail/mta/mailaddr"
 	"minimail/store"
 )
 
@@ -29,8 +30,8 @@ type entryState struct {
 
 // loadBody reads the message once, when a delivery slot is free: a long
 // queue waiting for slots does not hold every body in memory.
-func (es *entryState) loadBody(st *store.Store) ([]byte, error) {
-	es.bodyOnce.Do(func() { es.body, es.bodyErr = st.QueueBody(es.e.ID) })
+func (es *entryState) loadBody(spool Spool) ([]byte, error) {
+	es.bodyOnce.Do(func() { es.body, es.bodyErr = spool.QueueBody(es.e.ID) })
 	return es.body, es.bodyErr
 }
 
@@ -46,7 +47,7 @@ type group struct {
 // older than the last attempt's results. Unless force is set (Flush), an
 // entry that is not due is left alone.
 func (q *Queue) process(ctx context.Context, id uint64, force bool) {
-	e, err := q.st.QueueEntry(id)
+	e, err := q.spool.QueueEntry(id)
 	if err != nil {
 		if !errors.Is(err, store.ErrNoQueueEntry) {
 			q.log.Error("queue read failed", "id", FormatID(id), "err", err)
@@ -79,7 +80,7 @@ func (q *Queue) groups(e store.QueueEntry) []group {
 		if r.State != store.RcptPending {
 			continue
 		}
-		d := domainOf(r.Addr)
+		d := mailaddr.Domain(r.Addr)
 		if q.local[d] {
 			d = ""
 		}
@@ -103,7 +104,7 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 		rcpts[i] = es.e.Rcpts[j].Addr // Addr never changes: no lock needed
 	}
 	from := es.e.From
-	body, err := es.loadBody(q.st)
+	body, err := es.loadBody(q.spool)
 	var res []error
 	switch {
 	case err != nil:
@@ -151,7 +152,7 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 	for i, j := range g.idx {
 		r := &es.e.Rcpts[j]
 		err := res[i]
-		temporary := err != nil && isTemporary(err)
+		temporary := delivery.Temporary(err)
 		if temporary && shutdown {
 			// Cut short by shutdown, not the remote's verdict: leave the
 			// recipient as it was, to be retried after the restart.
@@ -193,7 +194,7 @@ func (q *Queue) save(es *entryState) {
 	if es.dropped {
 		return
 	}
-	if err := q.st.UpdateQueueEntry(es.e); err != nil {
+	if err := q.spool.UpdateQueueEntry(es.e); err != nil {
 		if errors.Is(err, store.ErrNoQueueEntry) {
 			es.dropped = true
 			es.log.Info("dropped during delivery")
@@ -252,7 +253,7 @@ func (q *Queue) finish(es *entryState) {
 
 	q.notify(es, now)
 	if done(e) {
-		if err := q.st.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
+		if err := q.spool.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
 			es.log.Error("queue delete failed", "err", err)
 			return
 		}
@@ -297,7 +298,8 @@ func setFailure(r *store.QueueRcpt, err error) {
 
 // describe extracts what a DSN reports from a delivery error: the RFC 3463
 // status, the Diagnostic-Code and the remote MTA, where the error knows them
-// (remote.Error does); local failures get a status from their kind.
+// (remote's errors know all three, mda's the status); an error that says
+// none gets the bare class of its verdict.
 func describe(err error) (status, diagnostic, remoteMTA string) {
 	var st interface{ Status() string }
 	if errors.As(err, &st) {
@@ -312,24 +314,10 @@ func describe(err error) (status, diagnostic, remoteMTA string) {
 		remoteMTA = rm.RemoteMTA()
 	}
 	if status == "" {
-		switch {
-		case errors.Is(err, mda.ErrUnknownUser):
-			status = "5.1.1" // bad destination mailbox address
-		case isTemporary(err):
+		status = "5.0.0"
+		if delivery.Temporary(err) {
 			status = "4.0.0"
-		default:
-			status = "5.0.0"
 		}
 	}
 	return status, diagnostic, remoteMTA
-}
-
-// isTemporary reads the verdict inside err. An error that carries none is
-// taken as temporary: retrying is safer than bouncing.
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	if errors.As(err, &t) {
-		return t.Temporary()
-	}
-	return true
 }

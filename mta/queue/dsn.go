@@ -7,7 +7,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"minimail/mda"
+	"minimail/mta/delivery"
+	"minimail/mta/mailaddr"
 	"minimail/store"
 )
 
@@ -52,7 +53,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 	e := &es.e
 	// Without the body the notice still names the recipients and why;
 	// only the returned header is missing.
-	body, _ := es.loadBody(q.st)
+	body, _ := es.loadBody(q.spool)
 	rcpts := make([]store.QueueRcpt, len(idx))
 	for i, j := range idx {
 		rcpts[i] = e.Rcpts[j]
@@ -75,7 +76,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 		case err == nil:
 			log.Info("dsn", "via", "local", "rcpts", len(rcpts))
 			return true
-		case !isTemporary(err):
+		case !delivery.Temporary(err):
 			// The sender's mailbox is gone: there is no one left to
 			// tell, and a notice about a notice is never sent.
 			log.Info("dsn", "via", "local", "rcpts", len(rcpts), "err", err.Error(), "result", "discarded")
@@ -125,94 +126,112 @@ const maxHeaderCopy = 64 * 1024
 // null sender's envelope, and says Auto-Submitted (RFC 3834 5).
 func buildDSN(p dsnParams) []byte {
 	host := clean(p.Hostname)
+	text := explanation(p, host)
+	status, utf8Addrs := deliveryStatus(p, host)
 	headers := originalHeader(p.Original)
-
-	var text, status bytes.Buffer
-	if p.Action == dsnDelayed {
-		fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\n", host)
-		fmt.Fprintf(&text, "Your message has not been delivered yet to the recipients below.\r\n")
-		fmt.Fprintf(&text, "It will be retried until %s; you do not need to send it again.\r\n\r\n", p.RetryUntil.Format(time.RFC1123Z))
-	} else {
-		fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\n", host)
-		fmt.Fprintf(&text, "Your message could not be delivered to the recipients below.\r\n")
-		fmt.Fprintf(&text, "This is a permanent failure; the technical details follow.\r\n\r\n")
-	}
-
-	// RFC 3464 2.2: per-message fields.
-	fmt.Fprintf(&status, "Reporting-MTA: dns; %s\r\n", host)
-	fmt.Fprintf(&status, "X-Minimail-Queue-ID: %s\r\n", clean(p.QueueID))
-	if !p.Arrival.IsZero() {
-		fmt.Fprintf(&status, "Arrival-Date: %s\r\n", p.Arrival.Format(time.RFC1123Z))
-	}
-	utf8Addrs := false
-	for _, r := range p.Rcpts {
-		addr := clean(r.Addr)
-		// RFC 6533 3: a non-ASCII address is reported as type utf-8.
-		addrType := "rfc822"
-		if !isASCII(addr) {
-			addrType, utf8Addrs = "utf-8", true
-		}
-		reason := clean(r.LastError)
-		if reason == "" {
-			reason = "no reason given"
-		}
-		fmt.Fprintf(&text, "<%s>: %s\r\n", addr, reason)
-
-		// RFC 3464 2.3: per-recipient fields, one block each.
-		fmt.Fprintf(&status, "\r\nFinal-Recipient: %s; %s\r\n", addrType, addr)
-		fmt.Fprintf(&status, "Action: %s\r\n", p.Action)
-		fmt.Fprintf(&status, "Status: %s\r\n", statusCode(r.Status, p.Action))
-		if m := clean(r.RemoteMTA); m != "" {
-			fmt.Fprintf(&status, "Remote-MTA: dns; %s\r\n", m)
-		}
-		if d := clean(r.Diagnostic); d != "" {
-			fmt.Fprintf(&status, "Diagnostic-Code: %s\r\n", d)
-		}
-		fmt.Fprintf(&status, "Last-Attempt-Date: %s\r\n", p.Now.Format(time.RFC1123Z))
-		if p.Action == dsnDelayed && !p.RetryUntil.IsZero() {
-			fmt.Fprintf(&status, "Will-Retry-Until: %s\r\n", p.RetryUntil.Format(time.RFC1123Z))
-		}
-	}
-	text.WriteString("\r\nThe header of your message is attached.\r\n")
 
 	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
 	if utf8Addrs {
 		statusType = "message/global-delivery-status" // RFC 6533 6.1
 	}
-	if !isASCII(string(headers)) {
+	if !mailaddr.IsASCII(string(headers)) {
 		headersType = "message/global-headers" // RFC 6533 6.3
 	}
+	boundary := pickBoundary(p.QueueID, p.Now, text, status, headers)
 
-	boundary := pickBoundary(p.QueueID, p.Now, text.Bytes(), status.Bytes(), headers)
+	var b bytes.Buffer
+	writeReportHeader(&b, p, host, boundary)
+	writePart(&b, boundary, "text/plain; charset=utf-8", text)
+	writePart(&b, boundary, statusType, status)
+	writePart(&b, boundary, headersType, headers)
+	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
+	return b.Bytes()
+}
+
+// explanation is the human part: what happened, and why for each
+// recipient.
+func explanation(p dsnParams, host string) []byte {
+	var text bytes.Buffer
+	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\n", host)
+	if p.Action == dsnDelayed {
+		fmt.Fprintf(&text, "Your message has not been delivered yet to the recipients below.\r\n")
+		fmt.Fprintf(&text, "It will be retried until %s; you do not need to send it again.\r\n\r\n", p.RetryUntil.Format(time.RFC1123Z))
+	} else {
+		fmt.Fprintf(&text, "Your message could not be delivered to the recipients below.\r\n")
+		fmt.Fprintf(&text, "This is a permanent failure; the technical details follow.\r\n\r\n")
+	}
+	for _, r := range p.Rcpts {
+		reason := clean(r.LastError)
+		if reason == "" {
+			reason = "no reason given"
+		}
+		fmt.Fprintf(&text, "<%s>: %s\r\n", clean(r.Addr), reason)
+	}
+	text.WriteString("\r\nThe header of your message is attached.\r\n")
+	return text.Bytes()
+}
+
+// deliveryStatus is the machine-readable part (RFC 3464 2.2 and 2.3): the
+// per-message fields, then a block per recipient. It also reports whether
+// any address is not ASCII, which makes the part global (RFC 6533).
+func deliveryStatus(p dsnParams, host string) (status []byte, utf8Addrs bool) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\n", host)
+	fmt.Fprintf(&b, "X-Minimail-Queue-ID: %s\r\n", clean(p.QueueID))
+	if !p.Arrival.IsZero() {
+		fmt.Fprintf(&b, "Arrival-Date: %s\r\n", p.Arrival.Format(time.RFC1123Z))
+	}
+	for _, r := range p.Rcpts {
+		addr := clean(r.Addr)
+		// RFC 6533 3: a non-ASCII address is reported as type utf-8.
+		addrType := "rfc822"
+		if !mailaddr.IsASCII(addr) {
+			addrType, utf8Addrs = "utf-8", true
+		}
+		fmt.Fprintf(&b, "\r\nFinal-Recipient: %s; %s\r\n", addrType, addr)
+		fmt.Fprintf(&b, "Action: %s\r\n", p.Action)
+		fmt.Fprintf(&b, "Status: %s\r\n", statusCode(r.Status, p.Action))
+		if m := clean(r.RemoteMTA); m != "" {
+			fmt.Fprintf(&b, "Remote-MTA: dns; %s\r\n", m)
+		}
+		if d := clean(r.Diagnostic); d != "" {
+			fmt.Fprintf(&b, "Diagnostic-Code: %s\r\n", d)
+		}
+		fmt.Fprintf(&b, "Last-Attempt-Date: %s\r\n", p.Now.Format(time.RFC1123Z))
+		if p.Action == dsnDelayed && !p.RetryUntil.IsZero() {
+			fmt.Fprintf(&b, "Will-Retry-Until: %s\r\n", p.RetryUntil.Format(time.RFC1123Z))
+		}
+	}
+	return b.Bytes(), utf8Addrs
+}
+
+// writeReportHeader writes the notice's own header fields and the
+// multipart preamble.
+func writeReportHeader(b *bytes.Buffer, p dsnParams, host, boundary string) {
 	subject := "Undelivered Mail Returned to Sender"
 	if p.Action == dsnDelayed {
 		subject = "Delayed Mail (still being retried)"
 	}
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", host)
-	fmt.Fprintf(&b, "To: <%s>\r\n", clean(p.Sender))
-	fmt.Fprintf(&b, "Subject: %s\r\n", subject)
-	fmt.Fprintf(&b, "Date: %s\r\n", p.Now.Format(time.RFC1123Z))
-	fmt.Fprintf(&b, "Message-ID: <dsn.%s.%d@%s>\r\n", clean(p.QueueID), p.Now.UnixNano(), host)
+	fmt.Fprintf(b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", host)
+	fmt.Fprintf(b, "To: <%s>\r\n", clean(p.Sender))
+	fmt.Fprintf(b, "Subject: %s\r\n", subject)
+	fmt.Fprintf(b, "Date: %s\r\n", p.Now.Format(time.RFC1123Z))
+	fmt.Fprintf(b, "Message-ID: <dsn.%s.%d@%s>\r\n", clean(p.QueueID), p.Now.UnixNano(), host)
 	b.WriteString("Auto-Submitted: auto-replied\r\n")
 	b.WriteString("MIME-Version: 1.0\r\n")
-	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n", boundary)
+	fmt.Fprintf(b, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n", boundary)
 	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification.\r\n")
+}
 
-	part := func(contentType string, body []byte) {
-		fmt.Fprintf(&b, "\r\n--%s\r\n", boundary)
-		fmt.Fprintf(&b, "Content-Type: %s\r\n", contentType)
-		if !isASCII(string(body)) {
-			b.WriteString("Content-Transfer-Encoding: 8bit\r\n")
-		}
-		b.WriteString("\r\n")
-		b.Write(body)
+// writePart writes one body part of the report.
+func writePart(b *bytes.Buffer, boundary, contentType string, body []byte) {
+	fmt.Fprintf(b, "\r\n--%s\r\n", boundary)
+	fmt.Fprintf(b, "Content-Type: %s\r\n", contentType)
+	if !mailaddr.IsASCII(string(body)) {
+		b.WriteString("Content-Transfer-Encoding: 8bit\r\n")
 	}
-	part("text/plain; charset=utf-8", text.Bytes())
-	part(statusType, status.Bytes())
-	part(headersType, headers)
-	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
-	return b.Bytes()
+	b.WriteString("\r\n")
+	b.Write(body)
 }
 
 // statusCode returns a well-formed RFC 3463 code for the action, whatever
@@ -240,11 +259,10 @@ func validStatus(s string) bool {
 	return true
 }
 
-// originalHeader returns the header section of msg, up to and including
-// the empty line, with CRLF line endings; at most maxHeaderCopy octets,
-// cut at a line end.
+// originalHeader returns the header section of msg (CRLF-only, as every
+// queued message is), up to and including the empty line; at most
+// maxHeaderCopy octets, cut at a line end.
 func originalHeader(msg []byte) []byte {
-	msg = mda.NormalizeCRLF(msg)
 	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
 		msg = msg[:i+2]
 	} else if bytes.HasPrefix(msg, []byte("\r\n")) {
@@ -295,13 +313,4 @@ func pickBoundary(id string, now time.Time, parts ...[]byte) string {
 		}
 		b = fmt.Sprintf("%s_%d", base, n)
 	}
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }

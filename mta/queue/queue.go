@@ -11,6 +11,11 @@
 // the next hop accepted is never sent again; a crash between the remote 250
 // and that commit is the one window where RFC 5321 6.1 allows a duplicate.
 //
+// Whether a failure is final travels inside the error: a Temporary() bool
+// method of either deliverer's errors decides, and an error without one is
+// temporary (minimail/mta/delivery holds that one rule). A DSN reports the
+// Status(), Diagnostic() and RemoteMTA() an error has.
+//
 // A 5xx fails a recipient at once; a 4xx or an unreachable host leaves it
 // pending, retried with exponential backoff from RetryMin up to RetryMax
 // until MaxAge, when it fails as expired. Failed recipients are reported to
@@ -34,20 +39,33 @@ import (
 	"sync"
 	"time"
 
-	"minimail/mda"
+	"minimail/mta/mailaddr"
 	"minimail/store"
 )
 
 // Deliverer sends to remote servers: one call per destination domain,
-// returning one error per recipient (nil = accepted). Errors say whether to
-// retry with a Temporary() bool method; *remote.Client satisfies it.
+// returning one error per recipient (nil = accepted); *remote.Client
+// satisfies it.
 type Deliverer interface {
 	Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error
 }
 
-// LocalDeliverer stores mail in local mailboxes; *mda.Agent satisfies it.
+// LocalDeliverer stores mail in local mailboxes, one error per recipient;
+// *mda.Agent satisfies it.
 type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
+}
+
+// Spool is the durable storage of queued messages; *store.Store satisfies
+// it. Each call commits to disk before it returns. An entry that is not
+// there (any more) is an error wrapping store.ErrNoQueueEntry.
+type Spool interface {
+	EnqueueMessage(e store.QueueEntry, body []byte) (id uint64, err error)
+	QueueEntries() ([]store.QueueEntry, error) // without bodies
+	QueueEntry(id uint64) (store.QueueEntry, error)
+	QueueBody(id uint64) ([]byte, error)
+	UpdateQueueEntry(e store.QueueEntry) error
+	DeleteQueueEntry(id uint64) error
 }
 
 // Options configure a Queue. Zero durations and limits take the defaults
@@ -79,10 +97,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Queue is the outbound queue over one store. It is safe for concurrent
+// Queue is the outbound queue over one spool. It is safe for concurrent
 // use; Run (or RunOnce) does the deliveries.
 type Queue struct {
-	st    *store.Store
+	spool Spool
 	opts  Options
 	log   *slog.Logger
 	local map[string]bool
@@ -105,28 +123,28 @@ type domainSlots struct {
 	users int
 }
 
-// New returns a queue over st. Entries already in st (from before a crash
-// or restart) are picked up by the first pass.
-func New(st *store.Store, opts Options) *Queue {
+// New returns a queue over spool. Entries already in it (from before a
+// crash or restart) are picked up by the first pass.
+func New(spool Spool, opts Options) *Queue {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	opts.RetryMin = orDefault(opts.RetryMin, 5*time.Minute)
-	opts.RetryMax = max(orDefault(opts.RetryMax, time.Hour), opts.RetryMin)
-	opts.MaxAge = orDefault(opts.MaxAge, 5*24*time.Hour)
-	opts.DelayNotice = orDefault(opts.DelayNotice, 4*time.Hour)
-	if opts.MaxConcurrent <= 0 {
-		opts.MaxConcurrent = 20
+	// Unset (zero) or meaningless (negative) values take the defaults; only
+	// DelayNotice has a meaning for a negative value: no notice.
+	opts.RetryMin = positiveOr(opts.RetryMin, 5*time.Minute)
+	opts.RetryMax = max(positiveOr(opts.RetryMax, time.Hour), opts.RetryMin)
+	opts.MaxAge = positiveOr(opts.MaxAge, 5*24*time.Hour)
+	if opts.DelayNotice == 0 {
+		opts.DelayNotice = 4 * time.Hour
 	}
-	if opts.MaxPerDomain <= 0 {
-		opts.MaxPerDomain = 4
-	}
+	opts.MaxConcurrent = positiveOr(opts.MaxConcurrent, 20)
+	opts.MaxPerDomain = positiveOr(opts.MaxPerDomain, 4)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	q := &Queue{
-		st:       st,
+		spool:    spool,
 		opts:     opts,
 		log:      log,
 		local:    map[string]bool{},
@@ -136,16 +154,17 @@ func New(st *store.Store, opts Options) *Queue {
 		domains:  map[string]*domainSlots{},
 	}
 	for _, d := range opts.LocalDomains {
-		q.local[normDomain(d)] = true
+		q.local[mailaddr.NormalDomain(d)] = true
 	}
 	return q
 }
 
-func orDefault(d, def time.Duration) time.Duration {
-	if d == 0 {
+// positiveOr returns v, or def when v is not positive.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v <= 0 {
 		return def
 	}
-	return d
+	return v
 }
 
 // FormatID is how queue ids are shown to people; ParseID reads them back.
@@ -161,7 +180,9 @@ func ParseID(s string) (uint64, error) {
 }
 
 // Enqueue stores a message for from ("" for the null sender) to rcpts and
-// returns its id once it is on disk, then wakes the runner.
+// returns its id once it is on disk, then wakes the runner. msg must be
+// CRLF-only, as the SMTP server and buildDSN write it: it is sent on as it
+// is stored.
 func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error) {
 	if len(rcpts) == 0 {
 		return "", errors.New("enqueue: no recipients")
@@ -171,13 +192,12 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 	for _, r := range rcpts {
 		e.Rcpts = append(e.Rcpts, store.QueueRcpt{Addr: r, State: store.RcptPending})
 	}
-	body := mda.NormalizeCRLF(msg)
-	n, err := q.st.EnqueueMessage(e, body)
+	n, err := q.spool.EnqueueMessage(e, msg)
 	if err != nil {
 		return "", err
 	}
 	id := FormatID(n)
-	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(body))
+	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(msg))
 	q.mu.Lock()
 	if len(q.fresh) < maxFresh {
 		q.fresh = append(q.fresh, n)
@@ -190,7 +210,7 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 }
 
 // List returns every queued entry, without bodies.
-func (q *Queue) List() ([]store.QueueEntry, error) { return q.st.QueueEntries() }
+func (q *Queue) List() ([]store.QueueEntry, error) { return q.spool.QueueEntries() }
 
 // Drop removes an entry. A delivery already under way for it may still
 // complete, but nothing about it is recorded or retried afterwards.
@@ -199,7 +219,7 @@ func (q *Queue) Drop(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := q.st.DeleteQueueEntry(n); err != nil {
+	if err := q.spool.DeleteQueueEntry(n); err != nil {
 		return fmt.Errorf("drop %s: %w", id, err)
 	}
 	q.log.Info("dropped", "id", id)
@@ -292,7 +312,7 @@ func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) error {
 	q.notes = time.Time{}
 	q.mu.Unlock()
 
-	entries, err := q.st.QueueEntries()
+	entries, err := q.spool.QueueEntries()
 	if err != nil {
 		q.mu.Lock()
 		q.flush = q.flush || flush
@@ -407,20 +427,7 @@ func (q *Queue) acquire(ctx context.Context, domain string) (release func(), ok 
 	}, true
 }
 
-// domainOf returns the lower-cased domain of an address.
-func domainOf(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return ""
-	}
-	return normDomain(addr[at+1:])
-}
-
-func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
-}
-
-func (q *Queue) isLocal(addr string) bool { return q.local[domainOf(addr)] }
+func (q *Queue) isLocal(addr string) bool { return q.local[mailaddr.Domain(addr)] }
 
 // sortedKeys keeps delivery order stable, for logs and tests.
 func sortedKeys[V any](m map[string]V) []string {

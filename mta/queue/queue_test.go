@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"minimail/mta/mailaddr"
 	"minimail/mta/remote/smtptest"
 	"minimail/store"
 )
@@ -115,6 +116,21 @@ func TestQueueBackoffDoublesUpToTheCap(t *testing.T) {
 	}
 	if got := q.backoff(1000); got != time.Hour {
 		t.Errorf("backoff(1000) = %v", got)
+	}
+}
+
+// TestQueueNegativeDurationsTakeTheDefaults: a negative retry delay or
+// maximum age means nothing a queue can do, so it is taken as unset, like
+// zero; before, it retried at once in a busy loop, or bounced every
+// message on its first deferral. A negative DelayNotice still sends none.
+func TestQueueNegativeDurationsTakeTheDefaults(t *testing.T) {
+	q := New(nil, Options{RetryMin: -time.Minute, RetryMax: -time.Hour, MaxAge: -time.Hour, DelayNotice: -1})
+	if q.backoff(1) != 5*time.Minute || q.backoff(100) != time.Hour || q.opts.MaxAge != 5*24*time.Hour || q.opts.DelayNotice > 0 {
+		t.Errorf("backoff %v..%v, max age %v, delay notice %v", q.backoff(1), q.backoff(100), q.opts.MaxAge, q.opts.DelayNotice)
+	}
+	q = New(nil, Options{})
+	if q.opts.DelayNotice != 4*time.Hour {
+		t.Errorf("default delay notice %v", q.opts.DelayNotice)
 	}
 }
 
@@ -421,7 +437,7 @@ type gate struct {
 }
 
 func (g *gate) Deliver(_ context.Context, _ string, rcpts []string, _ []byte) []error {
-	d := domainOf(rcpts[0])
+	d := mailaddr.Domain(rcpts[0])
 	g.mu.Lock()
 	g.active[d]++
 	g.total++
@@ -495,5 +511,28 @@ func BenchmarkEnqueue(b *testing.B) {
 			wg.Wait()
 			b.ReportMetric(float64(st.Commits()-before)/float64(per*callers), "commits/op")
 		})
+	}
+}
+
+// failingSpool is a Spool that cannot read or write, as on a broken disk.
+type failingSpool struct {
+	Spool
+	err error
+}
+
+func (f failingSpool) EnqueueMessage(store.QueueEntry, []byte) (uint64, error) { return 0, f.err }
+func (f failingSpool) QueueEntries() ([]store.QueueEntry, error)               { return nil, f.err }
+
+// TestQueue_SpoolFailureIsTheCallersToSee: Enqueue says the message is not
+// on disk (the SMTP server then answers 451), and a pass says it could not
+// read the queue.
+func TestQueue_SpoolFailureIsTheCallersToSee(t *testing.T) {
+	broken := errors.New("input/output error")
+	q := New(failingSpool{err: broken}, Options{Hostname: "mx.a.test"})
+	if id, err := q.Enqueue("a@a.test", []string{"b@b.test"}, []byte("Subject: x\r\n\r\nx\r\n")); !errors.Is(err, broken) {
+		t.Errorf("Enqueue = %q, %v; want the spool's error", id, err)
+	}
+	if err := q.RunOnce(context.Background()); !errors.Is(err, broken) {
+		t.Errorf("RunOnce = %v; want the spool's error", err)
 	}
 }

@@ -30,6 +30,11 @@
 // is read under bounds (see limit.go): a server that sends too much gets a
 // temporary failure, not our memory.
 //
+// Each refused recipient gets an *Error that says whether to retry
+// (Temporary: a 4xx, or no server reached) and what a delivery status
+// notification reports; the queue reads those through methods, so it need
+// not know this package.
+//
 // A message with 8-bit content goes out even to a server that does not
 // offer 8BITMIME (see session); a message over the server's SIZE, or with
 // a non-ASCII address for a server without SMTPUTF8, fails permanently.
@@ -48,6 +53,7 @@ import (
 	"sync"
 	"time"
 
+	"minimail/mta/mailaddr"
 	"minimail/mta/resolve"
 )
 
@@ -157,9 +163,9 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			return fail(errPermanent("", "5.1.3", "bad recipient address"))
 		}
 	}
-	domain := domainOf(rcpts[0])
+	domain := mailaddr.Domain(rcpts[0])
 	for _, r := range rcpts[1:] {
-		if domainOf(r) != domain {
+		if mailaddr.Domain(r) != domain {
 			return fail(errPermanent("", "5.1.3", "recipients of one delivery must share a domain"))
 		}
 	}
@@ -174,12 +180,13 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			last = err
 			continue
 		}
+		env := envelope{from: from, rcpts: rcpts, msg: msg}
 		for _, addr := range addrs {
-			res, err := c.session(ctx, h, addr, from, rcpts, msg, false)
+			res, err := c.session(ctx, target{hop: h, addr: addr}, env)
 			if res == nil && !h.auth && errors.Is(err, errHandshake) && ctx.Err() == nil {
 				// RFC 7435: opportunistic TLS must not leave mail less
 				// deliverable than plain text would. Try again without.
-				res, err = c.session(ctx, h, addr, from, rcpts, msg, true)
+				res, err = c.session(ctx, target{hop: h, addr: addr, plainText: true}, env)
 			}
 			if res != nil {
 				return res
@@ -335,19 +342,6 @@ func splitHop(hp string) (hop, error) {
 	return hop{name: host, port: port}, nil
 }
 
-// domainOf returns the normalized domain of an address.
-func domainOf(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return ""
-	}
-	return normalDomain(addr[at+1:])
-}
-
-// normalDomain lower-cases a domain and drops a trailing dot, the form
-// in which domains are compared (RFC 1035 2.3.3: case-insensitive).
-func normalDomain(d string) string { return strings.TrimSuffix(strings.ToLower(d), ".") }
-
 // normalizeRoutes keys routes by normalized domain. Should two keys name
 // the same domain (configuration validation refuses that), the one already
 // normalized wins, else the first in sorted order, so the choice is stable.
@@ -359,7 +353,7 @@ func normalizeRoutes(routes map[string]string) map[string]string {
 	sort.Strings(keys)
 	out := make(map[string]string, len(routes))
 	for _, k := range keys {
-		d := normalDomain(k)
+		d := mailaddr.NormalDomain(k)
 		if _, taken := out[d]; taken && k != d {
 			continue
 		}

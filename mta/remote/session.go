@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"minimail/mta/mailaddr"
 )
 
 // errHandshake marks a failed STARTTLS handshake.
@@ -23,159 +25,256 @@ var errHandshake = errors.New("TLS handshake")
 // quitTimeout bounds the courtesy QUIT sent after a transaction.
 const quitTimeout = 10 * time.Second
 
-// session runs one SMTP transaction with the server at addr. A nil result
-// means this server gave no verdict on the recipients (no connection, a
-// refused session, TLS or AUTH trouble): err says why and the caller tries
-// the next address. Otherwise the result has one entry per recipient.
-//
-// With plain set, STARTTLS is not attempted even when offered: the retry
-// after a failed handshake.
-func (c *Client) session(ctx context.Context, h hop, addr, from string, rcpts []string, msg []byte, plain bool) ([]error, error) {
-	start := time.Now()
-	tlsState := "none"
-	accepted := 0
-	var sessErr error
-	defer func() {
-		c.logger().Info("remote session", "host", h.name, "addr", addr, "tls", tlsState,
-			"rcpts", len(rcpts), "accepted", accepted, "err", sessErr, "took", time.Since(start).Round(time.Millisecond))
-	}()
+// envelope is what one delivery sends: the envelope sender ("" for the
+// null sender), the recipients, all of one domain, and the message.
+type envelope struct {
+	from  string
+	rcpts []string
+	msg   []byte
+}
 
-	dctx, cancel := context.WithTimeout(ctx, c.timeout())
-	conn, err := c.dialer().DialContext(dctx, "tcp", addr)
+// target is where one session goes: one address of a hop.
+type target struct {
+	hop  hop
+	addr string // host:port
+	// plainText skips STARTTLS even when offered: the retry after a
+	// failed handshake (RFC 7435).
+	plainText bool
+}
+
+// conversation is one SMTP session, from the dial to the hang-up, and
+// what its log line reports.
+type conversation struct {
+	c    *Client
+	to   target
+	raw  net.Conn // the TCP connection, under TLS once STARTTLS is done
+	conn net.Conn // what the session speaks over: raw, or TLS over it
+	sc   *smtp.Client
+
+	stopAbort func() bool // stops closing raw when ctx is done
+	handedOff bool        // hangUp owns the connection now
+
+	tlsState string // "none", "unverified" or "verified"
+	accepted int    // recipients the server took, once DATA succeeded
+	err      error  // why the session failed, if it did
+}
+
+// session runs one SMTP transaction for env with the server at t. A nil
+// result means this server gave no verdict on the recipients (no
+// connection, a refused session, TLS or AUTH trouble): err says why and the
+// caller tries the next address. Otherwise the result has one entry per
+// recipient.
+func (c *Client) session(ctx context.Context, t target, env envelope) ([]error, error) {
+	s := &conversation{c: c, to: t, tlsState: "none"}
+	defer s.logDone(time.Now(), len(env.rcpts))
+	if err := s.dial(ctx); err != nil {
+		return nil, s.fail(err)
+	}
+	defer s.release()
+	if err := s.greet(ctx); err != nil {
+		return nil, s.fail(err)
+	}
+	return s.transact(env)
+}
+
+func (s *conversation) logDone(start time.Time, rcpts int) {
+	s.c.logger().Info("remote session", "host", s.to.hop.name, "addr", s.to.addr, "tls", s.tlsState,
+		"rcpts", rcpts, "accepted", s.accepted, "err", s.err, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// fail records err as the session's failure and returns it.
+func (s *conversation) fail(err error) error {
+	s.err = err
+	return err
+}
+
+// dial connects to the target. Cancelling ctx then aborts the session by
+// closing the connection.
+func (s *conversation) dial(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, s.c.timeout())
+	conn, err := s.c.dialer().DialContext(dctx, "tcp", s.to.addr)
 	cancel()
 	if err != nil {
-		sessErr = errNoAnswer(h.name, err)
-		return nil, sessErr
+		return errNoAnswer(s.to.hop.name, err)
 	}
-	// Cancelling ctx aborts the session by closing the connection.
-	raw := conn
-	stopAbort := context.AfterFunc(ctx, func() { raw.Close() })
-	handedOff := false
-	defer func() {
-		if stopAbort() && !handedOff {
-			raw.Close()
-		}
-	}()
+	s.raw, s.conn = conn, conn
+	s.stopAbort = context.AfterFunc(ctx, func() { conn.Close() })
+	return nil
+}
 
-	sc := c.newSMTP(conn, h.name)
-	if err := sc.Hello(c.Hostname); err != nil {
-		sessErr = replyError(h.name, err)
-		return nil, sessErr
+// release closes the connection at the end of the session, unless hangUp
+// has taken it over or a cancelled ctx has closed it already.
+func (s *conversation) release() {
+	if s.stopAbort() && !s.handedOff {
+		s.raw.Close()
 	}
-	if ok, _ := sc.Extension("STARTTLS"); ok && !plain {
-		tconn, verified, err := c.startTLS(ctx, conn, h)
-		if err != nil {
-			sessErr = err
-			return nil, err
-		}
-		conn = tconn
-		tlsState = "unverified"
-		if verified {
-			tlsState = "verified"
-		}
-		// RFC 3207 4.2: forget what was learnt before TLS and greet again.
-		sc = c.newSMTP(&greetedConn{Conn: tconn, r: io.MultiReader(strings.NewReader(fakeGreeting), tconn)}, h.name)
-		if err := sc.Hello(c.Hostname); err != nil {
-			sessErr = replyError(h.name, err)
-			return nil, sessErr
+}
+
+// greet says EHLO, moves to TLS when the server offers it (unless the
+// target says plain text), and authenticates to a smarthost.
+func (s *conversation) greet(ctx context.Context) error {
+	h := s.to.hop
+	s.sc = s.c.newSMTP(s.conn, h.name)
+	if err := s.sc.Hello(s.c.Hostname); err != nil {
+		return replyError(h.name, err)
+	}
+	if ok, _ := s.sc.Extension("STARTTLS"); ok && !s.to.plainText {
+		if err := s.startTLS(ctx); err != nil {
+			return err
 		}
 	}
 	if h.auth {
-		if err := c.auth(sc, h, tlsState == "verified"); err != nil {
-			sessErr = err
-			return nil, err
-		}
+		return s.c.auth(s.sc, h, s.tlsState == "verified")
 	}
+	return nil
+}
 
-	results := make([]error, len(rcpts))
-	all := func(err *Error) []error {
-		sessErr = err
-		for i := range results {
-			results[i] = err
-		}
-		return results
+// startTLS runs STARTTLS and greets again inside TLS.
+func (s *conversation) startTLS(ctx context.Context) error {
+	h := s.to.hop
+	tconn, verified, err := s.c.startTLS(ctx, s.conn, h)
+	if err != nil {
+		return err
 	}
-	// RFC 1870 6: no point sending what the server has said it will refuse.
-	if limit, ok := sc.MaxMessageSize(); ok && limit > 0 && len(msg) > limit {
-		c.hangUp(sc, &handedOff)
-		return all(errPermanent(h.name, "5.3.4", fmt.Sprintf("message of %d bytes exceeds the server's SIZE limit of %d", len(msg), limit))), nil
+	s.conn = tconn
+	s.tlsState = "unverified"
+	if verified {
+		s.tlsState = "verified"
 	}
-	opts := &smtp.MailOptions{Size: int64(len(msg))}
-	if !isASCII(from) || !allASCII(rcpts) {
-		// RFC 6531 3.2: a non-ASCII address needs SMTPUTF8 end to end.
-		if ok, _ := sc.Extension("SMTPUTF8"); !ok {
-			c.hangUp(sc, &handedOff)
-			return all(errPermanent(h.name, "5.6.7", "non-ASCII address but the server does not offer SMTPUTF8")), nil
-		}
-		opts.UTF8 = true
+	// RFC 3207 4.2: forget what was learnt before TLS and greet again.
+	s.sc = s.c.newSMTP(WithGreeting(tconn, fakeGreeting), h.name)
+	if err := s.sc.Hello(s.c.Hostname); err != nil {
+		return replyError(h.name, err)
+	}
+	return nil
+}
+
+// transact sends MAIL, RCPT for each recipient and the message, and
+// returns one result per recipient; or no result and the error when the
+// server refused MAIL temporarily, so that the next address gets a try.
+func (s *conversation) transact(env envelope) ([]error, error) {
+	h := s.to.hop
+	results := make([]error, len(env.rcpts))
+	opts, refusal := s.mailOptions(env)
+	if refusal != nil {
+		s.hangUp()
+		return s.failAll(results, refusal), nil
 	}
 	// An 8-bit body goes out even when 8BITMIME is not offered, as
 	// Postfix and most MTAs do: downgrading to 7 bits would mean
 	// rewriting (and breaking the DKIM signature of) the message, and
 	// bouncing it would punish the sender for the receiver's age.
-	if err := sc.Mail(from, opts); err != nil {
+	if err := s.sc.Mail(env.from, opts); err != nil {
 		e := replyError(h.name, err)
 		if e.Code >= 500 {
-			c.hangUp(sc, &handedOff)
-			return all(e), nil
+			s.hangUp()
+			return s.failAll(results, e), nil
 		}
-		sessErr = e
-		return nil, e
+		return nil, s.fail(e)
 	}
-	for i, rcpt := range rcpts {
-		if err := sc.Rcpt(rcpt, nil); err != nil {
+	for i, rcpt := range env.rcpts {
+		if err := s.sc.Rcpt(rcpt, nil); err != nil {
 			e := replyError(h.name, err)
 			if e.Code == 0 {
-				return fillPending(results, e, &sessErr), nil
+				return s.failPending(results, e), nil
 			}
 			results[i] = e
 			continue
 		}
-		accepted++
+		s.accepted++
 	}
-	if accepted == 0 {
-		sessErr = errors.New("no recipient accepted")
-		c.hangUp(sc, &handedOff)
+	if s.accepted == 0 {
+		s.err = errors.New("no recipient accepted")
+		s.hangUp()
 		return results, nil
 	}
-	w, err := sc.Data()
-	if err != nil {
-		accepted = 0
-		e := replyError(h.name, err)
-		if e.Code != 0 {
-			c.hangUp(sc, &handedOff)
-		}
-		return fillPending(results, e, &sessErr), nil
-	}
-	// go-smtp sets no deadline while the body is written.
-	conn.SetWriteDeadline(time.Now().Add(2 * c.timeout()))
-	if _, err := w.Write(msg); err != nil {
-		accepted = 0
-		return fillPending(results, errConnection(h.name, err), &sessErr), nil
-	}
-	if _, err := w.CloseWithResponse(); err != nil {
-		accepted = 0
-		e := replyError(h.name, err)
-		if e.Code != 0 {
-			c.hangUp(sc, &handedOff)
-		}
-		return fillPending(results, e, &sessErr), nil
+	if e := s.data(env.msg); e != nil {
+		s.accepted = 0
+		return s.failPending(results, e), nil
 	}
 	// The recipients are accepted. The caller must record that before
 	// anything else happens, so QUIT goes on in the background.
-	c.hangUp(sc, &handedOff)
+	s.hangUp()
 	return results, nil
 }
 
-// fillPending sets err for every recipient without a verdict yet.
-func fillPending(results []error, err *Error, sessErr *error) []error {
-	*sessErr = err
+// mailOptions returns the MAIL parameters for env, or the permanent
+// failure of a message the server has said it will not take.
+func (s *conversation) mailOptions(env envelope) (*smtp.MailOptions, *Error) {
+	h := s.to.hop
+	// RFC 1870 6: no point sending what the server has said it will refuse.
+	if limit, ok := s.sc.MaxMessageSize(); ok && limit > 0 && len(env.msg) > limit {
+		return nil, errPermanent(h.name, "5.3.4", fmt.Sprintf("message of %d bytes exceeds the server's SIZE limit of %d", len(env.msg), limit))
+	}
+	opts := &smtp.MailOptions{Size: int64(len(env.msg))}
+	if !mailaddr.IsASCII(env.from) || !allASCII(env.rcpts) {
+		// RFC 6531 3.2: a non-ASCII address needs SMTPUTF8 end to end.
+		if ok, _ := s.sc.Extension("SMTPUTF8"); !ok {
+			return nil, errPermanent(h.name, "5.6.7", "non-ASCII address but the server does not offer SMTPUTF8")
+		}
+		opts.UTF8 = true
+	}
+	return opts, nil
+}
+
+// data sends the message after DATA and reads the server's verdict; nil
+// means the server took it.
+func (s *conversation) data(msg []byte) *Error {
+	h := s.to.hop
+	w, err := s.sc.Data()
+	if err != nil {
+		return s.replied(replyError(h.name, err))
+	}
+	// go-smtp sets no deadline while the body is written.
+	s.conn.SetWriteDeadline(time.Now().Add(2 * s.c.timeout()))
+	if _, err := w.Write(msg); err != nil {
+		return errConnection(h.name, err)
+	}
+	if _, err := w.CloseWithResponse(); err != nil {
+		return s.replied(replyError(h.name, err))
+	}
+	return nil
+}
+
+// replied hangs up politely after a reply, which leaves the session in
+// step; a broken connection is only closed.
+func (s *conversation) replied(e *Error) *Error {
+	if e.Code != 0 {
+		s.hangUp()
+	}
+	return e
+}
+
+// failAll sets err for every recipient.
+func (s *conversation) failAll(results []error, err *Error) []error {
+	s.err = err
+	for i := range results {
+		results[i] = err
+	}
+	return results
+}
+
+// failPending sets err for every recipient without a verdict yet.
+func (s *conversation) failPending(results []error, err *Error) []error {
+	s.err = err
 	for i := range results {
 		if results[i] == nil {
 			results[i] = err
 		}
 	}
 	return results
+}
+
+// hangUp sends QUIT and closes the connection without waiting for either.
+func (s *conversation) hangUp() {
+	s.handedOff = true
+	sc := s.sc
+	sc.CommandTimeout = min(s.c.timeout(), quitTimeout)
+	go func() {
+		if sc.Quit() != nil {
+			sc.Close()
+		}
+	}()
 }
 
 func (c *Client) newSMTP(conn net.Conn, host string) *smtp.Client {
@@ -186,17 +285,6 @@ func (c *Client) newSMTP(conn net.Conn, host string) *smtp.Client {
 	sc.CommandTimeout = c.timeout()
 	sc.SubmissionTimeout = 2 * c.timeout() // RFC 5321 4.5.3.2.6: 10 minutes
 	return sc
-}
-
-// hangUp sends QUIT and closes the connection without waiting for either.
-func (c *Client) hangUp(sc *smtp.Client, handedOff *bool) {
-	*handedOff = true
-	sc.CommandTimeout = min(c.timeout(), quitTimeout)
-	go func() {
-		if sc.Quit() != nil {
-			sc.Close()
-		}
-	}()
 }
 
 // fakeGreeting stands in for the 220 a server does not repeat after
@@ -221,7 +309,14 @@ func (s *skipFakeGreeting) Write(b []byte) (int, error) {
 	return s.w.Write(b)
 }
 
-// greetedConn replays a greeting in front of a connection.
+// WithGreeting returns conn with greeting to be read first. go-smtp's
+// client reads a greeting before anything else; this hands it a connection
+// whose real greeting was read before STARTTLS (RFC 3207 4.2: none follows
+// the handshake).
+func WithGreeting(conn net.Conn, greeting string) net.Conn {
+	return &greetedConn{Conn: conn, r: io.MultiReader(strings.NewReader(greeting), conn)}
+}
+
 type greetedConn struct {
 	net.Conn
 	r io.Reader
@@ -305,18 +400,9 @@ func (c *Client) auth(sc *smtp.Client, h hop, verifiedTLS bool) error {
 	return nil
 }
 
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
 func allASCII(ss []string) bool {
 	for _, s := range ss {
-		if !isASCII(s) {
+		if !mailaddr.IsASCII(s) {
 			return false
 		}
 	}

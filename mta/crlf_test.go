@@ -1,10 +1,9 @@
-package mda_test
+package mta
 
 import (
 	"bytes"
+	"strings"
 	"testing"
-
-	"minimail/mda"
 )
 
 func TestNormalizeCRLF(t *testing.T) {
@@ -28,8 +27,8 @@ func TestNormalizeCRLF(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := mda.NormalizeCRLF([]byte(tt.in)); string(got) != tt.want {
-				t.Errorf("NormalizeCRLF(%q) = %q, want %q", tt.in, got, tt.want)
+			if got := normalizeCRLF([]byte(tt.in)); string(got) != tt.want {
+				t.Errorf("normalizeCRLF(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
 	}
@@ -39,7 +38,7 @@ func TestNormalizeCRLF(t *testing.T) {
 // SMTP DATA) is passed through without a copy.
 func TestNormalizeCRLF_CleanInputNotCopied(t *testing.T) {
 	in := []byte("Subject: x\r\n\r\nbody\r\n")
-	if out := mda.NormalizeCRLF(in); &out[0] != &in[0] {
+	if out := normalizeCRLF(in); &out[0] != &in[0] {
 		t.Error("clean input was copied")
 	}
 }
@@ -50,20 +49,20 @@ func FuzzNormalizeCRLF(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		orig := bytes.Clone(in)
-		out := mda.NormalizeCRLF(in)
+		out := normalizeCRLF(in)
 		if !bytes.Equal(in, orig) {
 			t.Fatalf("input modified: %q -> %q", orig, in)
 		}
-		if bare(out) {
-			t.Fatalf("NormalizeCRLF(%q) = %q has a bare CR or LF", in, out)
+		if !onlyCRLF(out) {
+			t.Fatalf("normalizeCRLF(%q) = %q has a bare CR or LF", in, out)
 		}
 		if len(out) > 0 && !bytes.HasSuffix(out, []byte("\r\n")) {
-			t.Fatalf("NormalizeCRLF(%q) = %q does not end in CRLF", in, out)
+			t.Fatalf("normalizeCRLF(%q) = %q does not end in CRLF", in, out)
 		}
-		if again := mda.NormalizeCRLF(out); !bytes.Equal(again, out) {
+		if again := normalizeCRLF(out); !bytes.Equal(again, out) {
 			t.Fatalf("not idempotent: %q -> %q -> %q", in, out, again)
 		}
-		if !bare(in) && (len(in) == 0 || bytes.HasSuffix(in, []byte("\r\n"))) && !bytes.Equal(out, in) {
+		if onlyCRLF(in) && (len(in) == 0 || bytes.HasSuffix(in, []byte("\r\n"))) && !bytes.Equal(out, in) {
 			t.Fatalf("clean input changed: %q -> %q", in, out)
 		}
 		// Only line endings change: the text between them is kept.
@@ -87,16 +86,31 @@ func FuzzNormalizeCRLF(f *testing.F) {
 	})
 }
 
-// bare reports whether b holds a CR not followed by LF or an LF not
-// preceded by CR.
-func bare(b []byte) bool {
-	for i, c := range b {
-		if c == '\r' && (i+1 == len(b) || b[i+1] != '\n') {
-			return true
-		}
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
-			return true
-		}
+// TestCRLF_NormalisedOnceBeforeTheHooks: a message with bare CR and LF
+// line ends, through the real DKIM verifier on the MX and the real signer
+// on submission, is stored and queued CRLF-only: Data normalises it once,
+// and the hooks keep it so.
+func TestCRLF_NormalisedOnceBeforeTheHooks(t *testing.T) {
+	e := headerEnv(t, 64<<10)
+	const body = "Subject: mixed\nX-Old: mac\r\rfirst\nsecond\rthird\r\n"
+
+	cl := dial(t, e.mxAddr)
+	cl.cmd("EHLO client.test", "250 ")
+	if got := cl.send("bob@other.test", []string{"alice@example.org"}, "From: bob@other.test\n"+body); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("MX: %s", got)
 	}
-	return false
+	m := e.mailbox("alice@example.org")
+	if len(m) != 1 || !onlyCRLF(m[0]) || !bytes.Contains(m[0], []byte("Authentication-Results: ")) {
+		t.Fatalf("MX stored %q", m)
+	}
+
+	cl = dialTLS(t, e.subsAddr, e.clientTLS)
+	cl.login("alice@example.org")
+	if got := cl.send("alice@example.org", []string{"carol@remote.test"}, "From: alice@example.org\n"+body); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("submission: %s", got)
+	}
+	q := e.queue.entries()
+	if len(q) != 1 || !onlyCRLF(q[0].Msg) || !bytes.Contains(q[0].Msg, []byte("DKIM-Signature: ")) {
+		t.Fatalf("queued %q", q)
+	}
 }
