@@ -117,9 +117,16 @@ type Options struct {
 	// Tests lower it to keep suites fast.
 	BcryptCost int
 
+	// MaxConcurrentHashes bounds the bcrypt computations (logins, new
+	// passwords) running at once; 0 means half of GOMAXPROCS, rounded up.
+	// A burst of logins then leaves cores for deliveries.
+	MaxConcurrentHashes int
+
 	// freelist, when set, replaces productionFreelist: the benchmark that
 	// chose it compares the alternatives.
 	freelist *freelistSettings
+	// compareHash replaces bcrypt.CompareHashAndPassword, for tests.
+	compareHash func(hash, password []byte) error
 }
 
 // freelistSettings are bbolt's two freelist knobs.
@@ -199,10 +206,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.freelist != nil {
 		freelist = *opts.freelist
 	}
-	db, err := openBolt(path, opts.LockTimeout, false, freelist)
+	db, err := openBolt(path, boltOpen{lockTimeout: opts.LockTimeout, freelist: freelist})
 	if err != nil {
 		return nil, err
 	}
+	// Only a Compact killed before its rename leaves this file, and only
+	// the holder of the lock writes it. A file that cannot be removed
+	// harms nothing but disk space; the next Compact reports it.
+	removeCompactLeftover(path)
 	if err := errCorrupt(func() error { return initSchema(db) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -224,10 +235,54 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// boltOpen says how openBolt opens a file.
+type boltOpen struct {
+	lockTimeout time.Duration
+	readOnly    bool // a shared lock, no writes
+	freelist    freelistSettings
+	noSync      bool // no fsync per commit: for Compact's new file, synced once at the end
+
+	// opened, when set, is called with each file opened, before its lock
+	// is taken (tests use it to order an open against a Compact).
+	opened func(*os.File)
+}
+
+// maxReplacedOpens bounds how often openBolt retries a file that was
+// replaced while it waited for the lock: each retry needs a whole Compact
+// to have run in between.
+const maxReplacedOpens = 10
+
 // openBolt opens path and turns bbolt's errors into ones an operator can act
 // on.
-func openBolt(path string, lockTimeout time.Duration, readOnly bool, freelist freelistSettings) (db *bolt.DB, err error) {
-	var file *os.File
+//
+// The lock is taken on the file that was opened, and Compact renames a new
+// file over path while it holds the lock on the old one: an opener that
+// waited for that lock would get a file no longer at path, and mail stored
+// in it would vanish when it closes. So after the lock is taken, the file
+// must still be the one at path, or it is closed and path opened again.
+func openBolt(path string, o boltOpen) (*bolt.DB, error) {
+	for range maxReplacedOpens {
+		db, file, err := openBoltOnce(path, o)
+		if err != nil {
+			return nil, err
+		}
+		held, herr := file.Stat()
+		current, cerr := os.Stat(path)
+		if herr == nil && cerr == nil && os.SameFile(held, current) {
+			return db, nil
+		}
+		db.Close()
+		if cerr != nil && !errors.Is(cerr, os.ErrNotExist) {
+			return nil, fmt.Errorf("open %s: %w", path, cerr)
+		}
+		if herr != nil {
+			return nil, fmt.Errorf("open %s: %w", path, herr)
+		}
+	}
+	return nil, fmt.Errorf("open %s: replaced %d times while waiting for its lock", path, maxReplacedOpens)
+}
+
+func openBoltOnce(path string, o boltOpen) (db *bolt.DB, file *os.File, err error) {
 	defer func() {
 		// bbolt panics, rather than failing, on some corrupt pages (a bad
 		// freelist is read while opening). Closing the file releases its
@@ -240,30 +295,34 @@ func openBolt(path string, lockTimeout time.Duration, readOnly bool, freelist fr
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        lockTimeout,
-		ReadOnly:       readOnly,
-		NoFreelistSync: freelist.noSync,
-		FreelistType:   freelist.kind,
+		Timeout:        o.lockTimeout,
+		ReadOnly:       o.readOnly,
+		NoSync:         o.noSync,
+		NoFreelistSync: o.freelist.noSync,
+		FreelistType:   o.freelist.kind,
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, perm)
+			if err == nil && o.opened != nil {
+				o.opened(f)
+			}
 			file = f
 			return f, err
 		},
 	})
 	if err == nil {
-		return db, nil
+		return db, file, nil
 	}
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+		return nil, nil, fmt.Errorf("open %s: %w", path, ErrLocked)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
-		return nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
+		return nil, nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
 	}
 	var pe *os.PathError
 	if errors.As(err, &pe) {
-		return nil, err // already names the file
+		return nil, nil, err // already names the file
 	}
-	return nil, fmt.Errorf("open %s: %w", path, err)
+	return nil, nil, fmt.Errorf("open %s: %w", path, err)
 }
 
 // errCorrupt reports a bbolt panic on a damaged page as an error.
@@ -280,7 +339,7 @@ func errCorrupt(fn func() error) (err error) {
 // carries our schema version. A bbolt file without our meta bucket belongs to
 // some other program.
 func checkExisting(path string, lockTimeout time.Duration) error {
-	db, err := openBolt(path, lockTimeout, true, productionFreelist())
+	db, err := openBolt(path, boltOpen{lockTimeout: lockTimeout, readOnly: true, freelist: productionFreelist()})
 	if err != nil {
 		return err
 	}
