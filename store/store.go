@@ -74,6 +74,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,12 +171,18 @@ type Store struct {
 
 	dummyOnce sync.Once
 	dummy     []byte // see dummyHash
+
+	hashSlots chan struct{} // see withHashSlot
 }
 
 type writeReq struct {
 	fn  func(*bolt.Tx) error
 	res chan error
 }
+
+// defaultHashSlots is half the cores, rounded up: logins can take half the
+// machine, deliveries keep the rest.
+func defaultHashSlots(procs int) int { return max(1, (procs+1)/2) }
 
 // Open opens (creating if needed) DIR/minimail.db. A file that is not a
 // bbolt database, is corrupt, or carries an unknown schema version gives an
@@ -223,13 +230,18 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	hashes := opts.MaxConcurrentHashes
+	if hashes <= 0 {
+		hashes = defaultHashSlots(runtime.GOMAXPROCS(0))
+	}
 	s := &Store{
-		db:     db,
-		opts:   opts,
-		epoch:  epoch,
-		writes: make(chan *writeReq, 256),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		db:        db,
+		opts:      opts,
+		epoch:     epoch,
+		writes:    make(chan *writeReq, 256),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		hashSlots: make(chan struct{}, hashes),
 	}
 	go s.committer()
 	return s, nil
