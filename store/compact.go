@@ -83,7 +83,9 @@ type CompactResult struct {
 	Before, After int64
 	// Free is the bytes in free pages before: what compaction gives back,
 	// give or take the pages it fills.
-	Free     int64
+	Free int64
+	// Duration is the whole call, from waiting for the lock to the last
+	// fsync.
 	Duration time.Duration
 }
 
@@ -118,6 +120,7 @@ func wasteful(size, free int64) bool {
 }
 
 func compact(dir string, opts CompactOptions, worth func(size, free int64) bool) (CompactResult, error) {
+	start := time.Now()
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = time.Second
 	}
@@ -157,7 +160,6 @@ func compact(dir string, opts CompactOptions, worth func(size, free int64) bool)
 	if !worth(res.Before, res.Free) {
 		return res, nil
 	}
-	start := time.Now()
 	tmp := path + compactSuffix
 	if err := writeCompacted(src, tmp, opts); err != nil {
 		os.Remove(tmp)
