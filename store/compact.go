@@ -1,29 +1,5 @@
 package store
 
-// # Compaction
-//
-// bbolt reuses the pages of deleted mail but never gives them back: after a
-// burst of large mail that POP3 users then delete, the file stays at its
-// high-water mark. Compact writes the live data into a fresh file next to it,
-// DIR/minimail.db.compact, and renames that over minimail.db:
-//
-//  1. Lock minimail.db exclusively, as Open does, so no server or admin
-//     command uses it meanwhile, and remove a minimail.db.compact left by
-//     an earlier crash.
-//  2. Copy every bucket, key, value and bucket sequence in one read
-//     transaction of the old file, then check that the copy holds the same
-//     entries (a SHA-256 over both walks).
-//  3. fsync the new file, then the directory.
-//  4. Rename the new file over minimail.db (rename(2) is atomic: the name
-//     points at one whole file or the other), fsync the directory again.
-//
-// A crash before the rename leaves the old file as it was, plus a partial
-// or complete minimail.db.compact that the next Open or Compact removes; a
-// crash after it leaves the new file, complete and synced. Either way no
-// message is lost or changed: the new file holds the same bytes under the
-// same keys, so UIDLs (stored per message), reference counts of shared
-// bodies, the queue, the id sequences and the schema version carry over.
-
 import (
 	"bytes"
 	"crypto/sha256"
@@ -90,8 +66,8 @@ type CompactResult struct {
 }
 
 // Compact rewrites DIR/minimail.db with only its live data, while no one
-// else has it open (ErrLocked otherwise). See the section on compaction
-// above for why a crash at any point loses nothing.
+// else has it open (ErrLocked otherwise). The package doc (Compaction)
+// says how, and why a crash at any point loses nothing.
 func Compact(dir string, opts CompactOptions) (CompactResult, error) {
 	return compact(dir, opts, func(int64, int64) bool { return true })
 }
