@@ -260,8 +260,9 @@ func (c *copier) visit(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
 			err = b.SetSequence(sub.Sequence())
 		}
 	default:
-		// Keys arrive in order, so full pages are right: nothing is
-		// inserted between them later but in the users bucket.
+		// Full pages: ids only grow, so new keys go after the last
+		// page; only new addresses (users, mailboxes) land between
+		// keys, and there a page splits once.
 		parent.FillPercent = 1.0
 		err = parent.Put(k, v)
 	}
