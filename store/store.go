@@ -65,6 +65,30 @@
 // UIDL is handed out after the upgrade, and schema 2 UIDLs contain "-", so
 // the two kinds never meet. A minimail that reads only schema 1 refuses a
 // schema 2 file.
+//
+// # Compaction
+//
+// bbolt reuses the pages of deleted mail but never gives them back: after a
+// burst of large mail that POP3 users then delete, the file stays at its
+// high-water mark. Compact writes the live data into a fresh file next to it,
+// DIR/minimail.db.compact, and renames that over minimail.db:
+//
+//  1. Lock minimail.db exclusively, as Open does, so no server or admin
+//     command uses it meanwhile, and remove a minimail.db.compact left by
+//     an earlier crash.
+//  2. Copy every bucket, key, value and bucket sequence in one read
+//     transaction of the old file, then check that the copy holds the same
+//     entries (a SHA-256 over both walks).
+//  3. fsync the new file, then the directory.
+//  4. Rename the new file over minimail.db (rename(2) is atomic: the name
+//     points at one whole file or the other), fsync the directory again.
+//
+// A crash before the rename leaves the old file as it was, plus a partial
+// or complete minimail.db.compact that the next Open or Compact removes; a
+// crash after it leaves the new file, complete and synced. Either way no
+// message is lost or changed: the new file holds the same bytes under the
+// same keys, so UIDLs (stored per message), reference counts of shared
+// bodies, the queue, the id sequences and the schema version carry over.
 package store
 
 import (
@@ -74,6 +98,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,9 +142,16 @@ type Options struct {
 	// Tests lower it to keep suites fast.
 	BcryptCost int
 
+	// MaxConcurrentHashes bounds the bcrypt computations (logins, new
+	// passwords) running at once; 0 means half of GOMAXPROCS, rounded up.
+	// A burst of logins then leaves cores for deliveries.
+	MaxConcurrentHashes int
+
 	// freelist, when set, replaces productionFreelist: the benchmark that
 	// chose it compares the alternatives.
 	freelist *freelistSettings
+	// compareHash replaces bcrypt.CompareHashAndPassword, for tests.
+	compareHash func(hash, password []byte) error
 }
 
 // freelistSettings are bbolt's two freelist knobs.
@@ -163,12 +195,18 @@ type Store struct {
 
 	dummyOnce sync.Once
 	dummy     []byte // see dummyHash
+
+	hashSlots chan struct{} // see withHashSlot
 }
 
 type writeReq struct {
 	fn  func(*bolt.Tx) error
 	res chan error
 }
+
+// defaultHashSlots is half the cores, rounded up: logins can take half the
+// machine, deliveries keep the rest.
+func defaultHashSlots(procs int) int { return max(1, (procs+1)/2) }
 
 // Open opens (creating if needed) DIR/minimail.db. A file that is not a
 // bbolt database, is corrupt, or carries an unknown schema version gives an
@@ -199,10 +237,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.freelist != nil {
 		freelist = *opts.freelist
 	}
-	db, err := openBolt(path, opts.LockTimeout, false, freelist)
+	db, err := openBolt(path, boltOpen{lockTimeout: opts.LockTimeout, freelist: freelist})
 	if err != nil {
 		return nil, err
 	}
+	// Only a Compact killed before its rename leaves this file, and only
+	// the holder of the lock writes it. A file that cannot be removed
+	// harms nothing but disk space; the next Compact reports it.
+	removeCompactLeftover(path)
 	if err := errCorrupt(func() error { return initSchema(db) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -212,22 +254,71 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	hashes := opts.MaxConcurrentHashes
+	if hashes <= 0 {
+		hashes = defaultHashSlots(runtime.GOMAXPROCS(0))
+	}
 	s := &Store{
-		db:     db,
-		opts:   opts,
-		epoch:  epoch,
-		writes: make(chan *writeReq, 256),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		db:        db,
+		opts:      opts,
+		epoch:     epoch,
+		writes:    make(chan *writeReq, 256),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		hashSlots: make(chan struct{}, hashes),
 	}
 	go s.committer()
 	return s, nil
 }
 
+// boltOpen says how openBolt opens a file.
+type boltOpen struct {
+	lockTimeout time.Duration
+	readOnly    bool // a shared lock, no writes
+	freelist    freelistSettings
+	noSync      bool // no fsync per commit: for Compact's new file, synced once at the end
+
+	// opened, when set, is called with each file opened, before its lock
+	// is taken (tests use it to order an open against a Compact).
+	opened func(*os.File)
+}
+
+// maxReplacedOpens bounds how often openBolt retries a file that was
+// replaced while it waited for the lock: each retry needs a whole Compact
+// to have run in between.
+const maxReplacedOpens = 10
+
 // openBolt opens path and turns bbolt's errors into ones an operator can act
 // on.
-func openBolt(path string, lockTimeout time.Duration, readOnly bool, freelist freelistSettings) (db *bolt.DB, err error) {
-	var file *os.File
+//
+// The lock is taken on the file that was opened, and Compact renames a new
+// file over path while it holds the lock on the old one: an opener that
+// waited for that lock would get a file no longer at path, and mail stored
+// in it would vanish when it closes. So after the lock is taken, the file
+// must still be the one at path, or it is closed and path opened again.
+func openBolt(path string, o boltOpen) (*bolt.DB, error) {
+	for range maxReplacedOpens {
+		db, file, err := openBoltOnce(path, o)
+		if err != nil {
+			return nil, err
+		}
+		held, herr := file.Stat()
+		current, cerr := os.Stat(path)
+		if herr == nil && cerr == nil && os.SameFile(held, current) {
+			return db, nil
+		}
+		db.Close()
+		if cerr != nil && !errors.Is(cerr, os.ErrNotExist) {
+			return nil, fmt.Errorf("open %s: %w", path, cerr)
+		}
+		if herr != nil {
+			return nil, fmt.Errorf("open %s: %w", path, herr)
+		}
+	}
+	return nil, fmt.Errorf("open %s: replaced %d times while waiting for its lock", path, maxReplacedOpens)
+}
+
+func openBoltOnce(path string, o boltOpen) (db *bolt.DB, file *os.File, err error) {
 	defer func() {
 		// bbolt panics, rather than failing, on some corrupt pages (a bad
 		// freelist is read while opening). Closing the file releases its
@@ -240,30 +331,34 @@ func openBolt(path string, lockTimeout time.Duration, readOnly bool, freelist fr
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        lockTimeout,
-		ReadOnly:       readOnly,
-		NoFreelistSync: freelist.noSync,
-		FreelistType:   freelist.kind,
+		Timeout:        o.lockTimeout,
+		ReadOnly:       o.readOnly,
+		NoSync:         o.noSync,
+		NoFreelistSync: o.freelist.noSync,
+		FreelistType:   o.freelist.kind,
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, perm)
+			if err == nil && o.opened != nil {
+				o.opened(f)
+			}
 			file = f
 			return f, err
 		},
 	})
 	if err == nil {
-		return db, nil
+		return db, file, nil
 	}
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+		return nil, nil, fmt.Errorf("open %s: %w", path, ErrLocked)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
-		return nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
+		return nil, nil, fmt.Errorf("open %s: not a minimail database or corrupt: %w", path, err)
 	}
 	var pe *os.PathError
 	if errors.As(err, &pe) {
-		return nil, err // already names the file
+		return nil, nil, err // already names the file
 	}
-	return nil, fmt.Errorf("open %s: %w", path, err)
+	return nil, nil, fmt.Errorf("open %s: %w", path, err)
 }
 
 // errCorrupt reports a bbolt panic on a damaged page as an error.
@@ -280,7 +375,7 @@ func errCorrupt(fn func() error) (err error) {
 // carries our schema version. A bbolt file without our meta bucket belongs to
 // some other program.
 func checkExisting(path string, lockTimeout time.Duration) error {
-	db, err := openBolt(path, lockTimeout, true, productionFreelist())
+	db, err := openBolt(path, boltOpen{lockTimeout: lockTimeout, readOnly: true, freelist: productionFreelist()})
 	if err != nil {
 		return err
 	}

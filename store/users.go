@@ -86,6 +86,26 @@ func LoginName(name string) (string, error) {
 	return Key(name), nil
 }
 
+// withHashSlot runs fn, one bcrypt computation, once fewer than
+// Options.MaxConcurrentHashes others are running. bcrypt is made to be slow
+// (75 ms a login at the default cost): unbounded, a burst of logins would
+// take every core from deliveries. A login that waits for a slot waits the
+// same whether the user exists or not.
+func (s *Store) withHashSlot(fn func() error) error {
+	s.hashSlots <- struct{}{}
+	defer func() { <-s.hashSlots }()
+	return fn()
+}
+
+// compareHash checks password against hash in a hash slot.
+func (s *Store) compareHash(hash []byte, password string) error {
+	compare := bcrypt.CompareHashAndPassword
+	if s.opts.compareHash != nil {
+		compare = s.opts.compareHash
+	}
+	return s.withHashSlot(func() error { return compare(hash, []byte(password)) })
+}
+
 func (s *Store) hash(password string) ([]byte, error) {
 	if password == "" {
 		return nil, ErrEmptyPassword
@@ -94,7 +114,11 @@ func (s *Store) hash(password string) ([]byte, error) {
 	if cost == 0 {
 		cost = bcrypt.DefaultCost
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	var h []byte
+	err := s.withHashSlot(func() (err error) {
+		h, err = bcrypt.GenerateFromPassword([]byte(password), cost)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("hash password: %w", err)
 	}
@@ -250,13 +274,13 @@ func (s *Store) Authenticate(login, password string) (string, error) {
 	}
 	rec, err := s.userRecord(key)
 	if errors.Is(err, ErrNoUser) {
-		bcrypt.CompareHashAndPassword(s.dummyHash(), []byte(password))
+		s.compareHash(s.dummyHash(), password)
 		return "", ErrBadPassword
 	}
 	if err != nil {
 		return "", err
 	}
-	if bcrypt.CompareHashAndPassword(rec.Hash, []byte(password)) != nil {
+	if s.compareHash(rec.Hash, password) != nil {
 		return "", ErrBadPassword
 	}
 	return rec.Address, nil

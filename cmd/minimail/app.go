@@ -41,6 +41,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			queueCommand(),
 			dnsCommand(),
 			backupCommand(),
+			compactCommand(),
 			demoCommand(),
 		},
 	}

@@ -141,6 +141,9 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		s.addrs[lc.key] = l.Addr().String()
 	}
 
+	// Listeners are bound but not yet accepting: clients wait in the
+	// backlog, rather than being refused, while a compaction runs.
+	compactAtStart(cfg.DataDir, log)
 	s.st, err = store.Open(cfg.DataDir, store.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)

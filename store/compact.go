@@ -1,0 +1,373 @@
+package store
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// compactSuffix names Compact's new file: FileName + compactSuffix.
+const compactSuffix = ".compact"
+
+// When CompactIfWasteful compacts, that is, when serve compacts before it
+// starts. Compaction copies the live data, so it takes as long as writing
+// it: at least half the file being free means the copy writes less than it
+// gives back and needs less free disk space than the file takes. Below
+// autoCompactMinBytes the space at stake does not justify delaying a start.
+const (
+	autoCompactMinBytes  = 64 << 20
+	autoCompactFreeShare = 0.5
+)
+
+// maxCopyTxBytes bounds the data one write transaction of the new file
+// holds before it is committed (bbolt keeps a transaction's pages in
+// memory until then).
+const maxCopyTxBytes = 32 << 20
+
+// CompactOptions tune Compact. The zero value is ready for production.
+type CompactOptions struct {
+	// LockTimeout bounds the wait for the file lock; 0 means 1 second.
+	LockTimeout time.Duration
+
+	// step, when set, is called as compaction proceeds; tests stop or kill
+	// it there.
+	step func(s compactStep, entries int)
+}
+
+// compactStep is where a compaction is.
+type compactStep int
+
+const (
+	stepCopied  compactStep = iota // one more entry (key or bucket) copied
+	stepSynced                     // the new file is complete and synced, not renamed
+	stepRenamed                    // renamed over minimail.db, directory not yet synced
+)
+
+// CompactResult tells what a compaction did.
+type CompactResult struct {
+	Compacted bool
+	// Before and After are the file's sizes in bytes; After is Before when
+	// nothing was done.
+	Before, After int64
+	// Free is the bytes in free pages before: what compaction gives back,
+	// give or take the pages it fills.
+	Free int64
+	// Duration is the whole call, from waiting for the lock to the last
+	// fsync.
+	Duration time.Duration
+}
+
+// Compact rewrites DIR/minimail.db with only its live data, while no one
+// else has it open (ErrLocked otherwise). The package doc (Compaction)
+// says how, and why a crash at any point loses nothing.
+func Compact(dir string, opts CompactOptions) (CompactResult, error) {
+	return compact(dir, opts, func(int64, int64) bool { return true })
+}
+
+// CompactIfWasteful compacts DIR/minimail.db when it is larger than
+// autoCompactMinBytes and more than autoCompactFreeShare of it is free
+// pages; otherwise it changes nothing. A missing file is not an error: Open
+// will create it.
+func CompactIfWasteful(dir string, opts CompactOptions) (CompactResult, error) {
+	fi, err := os.Stat(filepath.Join(dir, FileName))
+	if errors.Is(err, os.ErrNotExist) {
+		return CompactResult{}, nil
+	}
+	if err != nil {
+		return CompactResult{}, fmt.Errorf("compact: %w", err)
+	}
+	if fi.Size() <= autoCompactMinBytes {
+		return CompactResult{Before: fi.Size(), After: fi.Size()}, nil
+	}
+	return compact(dir, opts, wasteful)
+}
+
+// wasteful is CompactIfWasteful's rule.
+func wasteful(size, free int64) bool {
+	return size > autoCompactMinBytes && float64(free) > autoCompactFreeShare*float64(size)
+}
+
+func compact(dir string, opts CompactOptions, worth func(size, free int64) bool) (CompactResult, error) {
+	start := time.Now()
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.step == nil {
+		opts.step = func(compactStep, int) {}
+	}
+	path := filepath.Join(dir, FileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return CompactResult{}, fmt.Errorf("compact: %w", err)
+	}
+	if fi.Size() == 0 {
+		return CompactResult{}, nil // what an interrupted first Open leaves
+	}
+	if err := checkExisting(path, opts.LockTimeout); err != nil {
+		return CompactResult{}, err
+	}
+	src, err := openBolt(path, boltOpen{lockTimeout: opts.LockTimeout, freelist: productionFreelist()})
+	if err != nil {
+		return CompactResult{}, err
+	}
+	// Closed after the rename: the lock on the old file is held to the
+	// end, and openers that waited for it find the new file (openBolt).
+	defer src.Close()
+	if err := removeCompactLeftover(path); err != nil {
+		return CompactResult{}, fmt.Errorf("compact: %w", err)
+	}
+	if fi, err = os.Stat(path); err != nil {
+		return CompactResult{}, fmt.Errorf("compact: %w", err)
+	}
+	stats := src.Stats()
+	res := CompactResult{
+		Before: fi.Size(),
+		After:  fi.Size(),
+		Free:   int64(stats.FreePageN+stats.PendingPageN) * int64(src.Info().PageSize),
+	}
+	if !worth(res.Before, res.Free) {
+		return res, nil
+	}
+	tmp := path + compactSuffix
+	if err := writeCompacted(src, tmp, opts); err != nil {
+		os.Remove(tmp)
+		return res, fmt.Errorf("compact %s: %w", path, err)
+	}
+	opts.step(stepSynced, 0)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return res, fmt.Errorf("compact %s: %w", path, err)
+	}
+	opts.step(stepRenamed, 0)
+	if err := syncDir(dir); err != nil {
+		return res, fmt.Errorf("compact %s: renamed, but the rename may not survive a crash: %w", path, err)
+	}
+	res.Compacted = true
+	res.Duration = time.Since(start)
+	if fi, err := os.Stat(path); err == nil {
+		res.After = fi.Size()
+	}
+	return res, nil
+}
+
+// writeCompacted copies src into a new file tmp, checks the copy and
+// leaves tmp synced, its directory entry too.
+func writeCompacted(src *bolt.DB, tmp string, opts CompactOptions) error {
+	// Created here, empty, so that an existing file is never written
+	// over; bbolt initialises an empty file like a new one.
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	// No fsync per commit: the file means nothing until it is complete,
+	// and it is synced once below.
+	dst, err := openBolt(tmp, boltOpen{lockTimeout: opts.LockTimeout, freelist: productionFreelist(), noSync: true})
+	if err != nil {
+		return err
+	}
+	want, err := copyLive(src, dst, opts.step)
+	if err == nil {
+		var got []byte
+		got, err = digest(dst)
+		if err == nil && !bytes.Equal(got, want) {
+			err = errors.New("the copy differs from the original")
+		}
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := syncFile(tmp); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(tmp))
+}
+
+// copier writes the entries of one walk into dst, committing every
+// maxCopyTxBytes.
+type copier struct {
+	dst     *bolt.DB
+	tx      *bolt.Tx
+	pending int
+	entries int
+	sum     hash.Hash
+	step    func(compactStep, int)
+}
+
+// copyLive copies every entry of src into the empty dst and returns the
+// digest of what it read.
+func copyLive(src, dst *bolt.DB, step func(compactStep, int)) ([]byte, error) {
+	tx, err := dst.Begin(true)
+	if err != nil {
+		return nil, err
+	}
+	c := &copier{dst: dst, tx: tx, sum: sha256.New(), step: step}
+	defer func() { c.tx.Rollback() }() // a no-op once committed
+	err = errCorrupt(func() error {
+		return src.View(func(stx *bolt.Tx) error { return walk(stx, c.visit) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.tx.Commit(); err != nil {
+		return nil, err
+	}
+	return c.sum.Sum(nil), nil
+}
+
+func (c *copier) visit(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
+	addToDigest(c.sum, path, k, v, sub)
+	if c.pending >= maxCopyTxBytes {
+		if err := c.tx.Commit(); err != nil {
+			return err
+		}
+		tx, err := c.dst.Begin(true)
+		if err != nil {
+			return err
+		}
+		c.tx, c.pending = tx, 0
+	}
+	c.pending += len(k) + len(v)
+	var parent *bolt.Bucket
+	for i, name := range path {
+		if i == 0 {
+			parent = c.tx.Bucket(name)
+		} else {
+			parent = parent.Bucket(name)
+		}
+	}
+	var err error
+	switch {
+	case sub != nil && parent == nil:
+		var b *bolt.Bucket
+		if b, err = c.tx.CreateBucket(k); err == nil {
+			err = b.SetSequence(sub.Sequence())
+		}
+	case sub != nil:
+		var b *bolt.Bucket
+		if b, err = parent.CreateBucket(k); err == nil {
+			err = b.SetSequence(sub.Sequence())
+		}
+	default:
+		// Full pages: ids only grow, so new keys go after the last
+		// page; only new addresses (users, mailboxes) land between
+		// keys, and there a page splits once.
+		parent.FillPercent = 1.0
+		err = parent.Put(k, v)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %q/%q: %w", bytes.Join(path, []byte("/")), k, err)
+	}
+	c.entries++
+	c.step(stepCopied, c.entries)
+	return nil
+}
+
+// digest is the SHA-256 of every entry of db, as copyLive computes it.
+func digest(db *bolt.DB) ([]byte, error) {
+	sum := sha256.New()
+	err := db.View(func(tx *bolt.Tx) error {
+		return walk(tx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
+			addToDigest(sum, path, k, v, sub)
+			return nil
+		})
+	})
+	return sum.Sum(nil), err
+}
+
+// addToDigest feeds one entry to h, every part length-prefixed so that no
+// two different entries feed the same bytes.
+func addToDigest(h hash.Hash, path [][]byte, k, v []byte, sub *bolt.Bucket) {
+	var n [binary.MaxVarintLen64]byte
+	put := func(b []byte) {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
+		h.Write(b)
+	}
+	h.Write(n[:binary.PutUvarint(n[:], uint64(len(path)))])
+	for _, p := range path {
+		put(p)
+	}
+	put(k)
+	if sub != nil {
+		h.Write([]byte{'b'})
+		h.Write(n[:binary.PutUvarint(n[:], sub.Sequence())])
+		return
+	}
+	h.Write([]byte{'v'})
+	put(v)
+}
+
+// walk calls fn for every entry of tx, depth first in key order: with sub
+// set for a bucket (before its own entries), with v for a value. path names
+// the buckets above the entry; fn must not keep it.
+func walk(tx *bolt.Tx, fn func(path [][]byte, k, v []byte, sub *bolt.Bucket) error) error {
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error { return walkBucket(nil, name, b, fn) })
+}
+
+// walkBucket visits the bucket b, named name inside path, and everything in
+// it.
+func walkBucket(path [][]byte, name []byte, b *bolt.Bucket, fn func(path [][]byte, k, v []byte, sub *bolt.Bucket) error) error {
+	if err := fn(path, name, nil, b); err != nil {
+		return err
+	}
+	path = append(path, name)
+	return b.ForEach(func(k, v []byte) error {
+		if v == nil {
+			if sub := b.Bucket(k); sub != nil {
+				return walkBucket(path, k, sub, fn)
+			}
+			v = []byte{}
+		}
+		return fn(path, k, v, nil)
+	})
+}
+
+// removeCompactLeftover removes the new file of a Compact that did not get
+// to its rename.
+func removeCompactLeftover(path string) error {
+	err := os.Remove(path + compactSuffix)
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// syncDir makes the directory's entries (a created or renamed file)
+// durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
