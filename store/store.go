@@ -152,6 +152,8 @@ type Options struct {
 	freelist *freelistSettings
 	// compareHash replaces bcrypt.CompareHashAndPassword, for tests.
 	compareHash func(hash, password []byte) error
+	// now is the clock of the verified-password cache, for tests.
+	now func() time.Time
 }
 
 // freelistSettings are bbolt's two freelist knobs.
@@ -197,6 +199,7 @@ type Store struct {
 	dummy     []byte // see dummyHash
 
 	hashSlots chan struct{} // see withHashSlot
+	auths     *authCache    // passwords verified recently
 }
 
 type writeReq struct {
@@ -266,6 +269,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		hashSlots: make(chan struct{}, hashes),
+		auths:     newAuthCache(opts.now),
 	}
 	go s.committer()
 	return s, nil

@@ -280,8 +280,12 @@ func (s *Store) Authenticate(login, password string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if s.auths.verified(rec.Hash, password) {
+		return rec.Address, nil
+	}
 	if s.compareHash(rec.Hash, password) != nil {
 		return "", ErrBadPassword
 	}
+	s.auths.remember(rec.Hash, password)
 	return rec.Address, nil
 }
