@@ -361,11 +361,11 @@ func TestAttack_FailuresAreTemporary(t *testing.T) {
 			}
 			return Verdict{Message: msg}, nil
 		}
-		o.Sign = func(_ string, msg []byte) ([]byte, error) {
+		o.Sign = func(string, []byte) ([]byte, error) {
 			if panicSign.Load() {
 				panic("sign exploded")
 			}
-			return msg, nil
+			return nil, nil
 		}
 	})
 	msg := "From: alice@example.org\r\nSubject: x\r\n\r\nx\r\n"

@@ -27,7 +27,7 @@ func headerEnv(t testing.TB, maxHeader int) *env {
 	return newEnv(t, func(o *Options, _ *Local) {
 		o.MaxHeaderBytes = maxHeader
 		o.Verify = verifyWith(verifier)
-		o.Sign = signer.Sign
+		o.Sign = signer.Signature
 	})
 }
 

@@ -219,7 +219,7 @@ func verifyWith(v *msgauth.Verifier) func(context.Context, net.IP, string, strin
 		if err != nil || got.Disposition != msgauth.Deliver {
 			return Verdict{Disposition: Defer, Reason: "msgauth: " + got.Reason}, err
 		}
-		return Verdict{Message: got.Message}, nil
+		return Verdict{Message: got.Message, Prepend: got.Field}, nil
 	}
 }
 

@@ -160,14 +160,15 @@ type Options struct {
 	AuthFailDelay time.Duration
 
 	// Sign DKIM-signs mail relayed for a local sender (submission only; the
-	// domain is the sender's). It is given CRLF-only text and must return
-	// CRLF-only text: nothing normalises it again. nil = no signing.
-	Sign func(domain string, msg []byte) ([]byte, error)
+	// domain is the sender's): it returns the DKIM-Signature field to put in
+	// front of msg, CRLF-only, and keeps nothing of msg. nil = no signing.
+	Sign func(domain string, msg []byte) (field []byte, err error)
 	// Verify checks inbound mail on the MX (SPF, DKIM, DMARC) and decides
-	// what becomes of it (see Verdict); an accepted message usually comes
-	// back with an Authentication-Results field. It is given CRLF-only text
-	// and must return CRLF-only text. An error says the checks could not
-	// run at all: 451 4.3.0. nil = no checks.
+	// what becomes of it (see Verdict); an accepted message usually gets an
+	// Authentication-Results field (Verdict.Prepend). It is given CRLF-only
+	// text, must return CRLF-only text and keeps nothing of msg once it
+	// returns. An error says the checks could not run at all: 451 4.3.0.
+	// nil = no checks.
 	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error)
 
 	Now    func() time.Time
@@ -262,6 +263,7 @@ type Server struct {
 	queue   Queue
 	users   Users
 	domains map[string]bool
+	bufs    bufPool // message buffers, see msgbuf.go
 	limiter *guard.ConnLimiter
 	log     *slog.Logger
 

@@ -453,7 +453,7 @@ func TestMX_VerifyHook(t *testing.T) {
 				return verdict, verifyErr
 			}
 			ar := fmt.Sprintf("Authentication-Results: %s; spf=pass smtp.mailfrom=%s (ip=%s helo=%s)\r\n", testHost, from, ip, helo)
-			return Verdict{Message: append([]byte(ar), msg...)}, nil
+			return Verdict{Prepend: []byte(ar)}, nil
 		}
 	})
 	cl := dial(t, e.mxAddr)

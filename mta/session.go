@@ -1,7 +1,6 @@
 package mta
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -292,19 +291,21 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	// few times on its way to disk).
 	var held int64
 	defer func() { ss.srv.releaseBuffer(held) }()
-	raw, err := ss.readData(r, tx, &held)
+	mb, err := ss.readData(r, tx, &held)
+	defer ss.srv.bufs.put(mb)
 	if err != nil {
-		return ss.finish(tx, user, len(raw), "", err)
+		return ss.finish(tx, user, 0, "", err)
 	}
+	size := len(mb.bytes())
 	// The one place that makes messages CRLF-only (see crlf.go).
-	msg := normalizeCRLF(raw)
-	if se := ss.srv.checkHeader(msg); se != nil {
-		return ss.finish(tx, user, len(raw), "", se)
+	mb.set(normalizeCRLF(mb.bytes()))
+	if se := ss.srv.checkHeader(mb.bytes()); se != nil {
+		return ss.finish(tx, user, size, "", se)
 	}
-	msg, err = ss.complete(tx, user, msg)
-	if err != nil {
-		return ss.finish(tx, user, len(raw), "", err)
+	if err := ss.complete(tx, user, mb); err != nil {
+		return ss.finish(tx, user, size, "", err)
 	}
+	msg := mb.bytes()
 	if !ss.srv.beginCommit() {
 		// Shutdown gave up on this transaction and cut its connection:
 		// storing now would deliver a message the client will send again.
@@ -317,39 +318,50 @@ func (ss *session) Data(r io.Reader) (reply error) {
 
 // readData reads the message, renewing the read deadline as data arrives
 // (RFC 5321 4.5.3.2.6) and mapping go-smtp's errors to replies.
-func (ss *session) readData(r io.Reader, tx *transaction, held *int64) ([]byte, error) {
+func (ss *session) readData(r io.Reader, tx *transaction, held *int64) (*msgBuf, error) {
 	// Trust the SIZE= hint only so far: it is the client's word, and a
 	// buffer sized by it before any data arrives would be free to demand.
-	size := min(max(tx.sizeHint, 4096), 1<<20) + 1024
-	buf := bytes.NewBuffer(make([]byte, 0, size))
+	size := int(min(max(tx.sizeHint, 4096), 1<<20)) + 1024
+	mb := ss.srv.bufs.get(size)
 	ss.tc.beginData()
 	defer ss.tc.endData()
 	dr := &deadlineReader{r: r, conn: ss.conn.Conn(), tc: ss.tc, timeout: ss.srv.opts.DataTimeout,
 		rate: ss.srv.opts.MinDataRate, start: time.Now(), srv: ss.srv, held: held}
-	_, err := buf.ReadFrom(dr)
+	var err error
+	for {
+		var n int
+		n, err = dr.Read(mb.grow(dataReadSize))
+		mb.b = mb.b[:len(mb.b)+n]
+		if err != nil {
+			break
+		}
+	}
+	if err == io.EOF {
+		err = nil
+	}
 	var ne net.Error
 	switch {
 	case errors.Is(err, errBufferFull):
-		return nil, smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "insufficient system storage, try again later")
-	case err == nil && int64(buf.Len()) <= ss.srv.opts.MaxMessageBytes:
-		return buf.Bytes(), nil
+		return mb, smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "insufficient system storage, try again later")
+	case err == nil && int64(len(mb.bytes())) <= ss.srv.opts.MaxMessageBytes:
+		return mb, nil
 	case err == nil, errors.Is(err, smtp.ErrDataTooLarge):
 		// go-smtp discards the rest of the message; nothing is stored.
-		return nil, ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
+		return mb, ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
 	case errors.Is(err, errEndOfDataMismatch):
-		return nil, ss.drop(550, smtp.EnhancedCode{5, 6, 0}, "bare CR before the end of data, message refused")
+		return mb, ss.drop(550, smtp.EnhancedCode{5, 6, 0}, "bare CR before the end of data, message refused")
 	case errors.Is(err, smtp.ErrTooLongLine):
 		// The stream cannot be resynchronised: answer once and close.
-		return nil, ss.drop(500, smtp.EnhancedCode{5, 5, 2},
+		return mb, ss.drop(500, smtp.EnhancedCode{5, 5, 2},
 			fmt.Sprintf("line longer than %d octets", ss.srv.opts.MaxLineLength))
 	case errors.Is(err, errDataTimeout), errors.As(err, &ne) && ne.Timeout():
 		if dr.tooSlow() {
-			return nil, ss.drop(421, smtp.EnhancedCode{4, 4, 2},
+			return mb, ss.drop(421, smtp.EnhancedCode{4, 4, 2},
 				fmt.Sprintf("message data slower than %d bytes per second", ss.srv.opts.MinDataRate))
 		}
-		return nil, ss.drop(421, smtp.EnhancedCode{4, 4, 2}, "timeout waiting for message data")
+		return mb, ss.drop(421, smtp.EnhancedCode{4, 4, 2}, "timeout waiting for message data")
 	}
-	return nil, smtpErr(451, codeTransient, "message transfer aborted")
+	return mb, smtpErr(451, codeTransient, "message transfer aborted")
 }
 
 func (ss *session) tooBig() string {
@@ -409,41 +421,45 @@ func (d *deadlineReader) tooSlow() bool {
 
 // complete runs the per-listener checks and additions and prepends the
 // Received field.
-func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, error) {
+func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 	o := &ss.srv.opts
 	now := o.Now()
+	var checks []byte // the checks' field (Authentication-Results), MX only
 	if ss.srv.kind == kindMX {
 		if o.Verify != nil {
-			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, msg)
+			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, mb.bytes())
 			switch {
 			case err != nil:
 				ss.srv.log.Error("verify failed", "id", tx.id, "err", err)
-				return nil, smtpErr(451, codeTransient, "temporary failure checking message, try again later")
+				return smtpErr(451, codeTransient, "temporary failure checking message, try again later")
 			case v.Disposition != Accept:
-				return nil, v.reply()
-			case v.Message != nil:
-				msg = v.Message
+				return v.reply()
 			}
+			if v.Message != nil {
+				mb.set(v.Message)
+			}
+			checks = v.Prepend
 		}
 	} else {
+		msg := mb.bytes()
 		fields, err := parseHeader(msg, "From", "Sender", "Date", "Message-ID")
 		if err != nil {
-			return nil, ss.reject(550, smtp.EnhancedCode{5, 6, 0}, "malformed message header")
+			return ss.reject(550, smtp.EnhancedCode{5, 6, 0}, "malformed message header")
 		}
 		addFrom, err := checkFrom(fields, user)
 		if err != nil {
-			return nil, ss.reject(550, smtp.EnhancedCode{5, 7, 1}, err.Error())
+			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, err.Error())
 		}
-		msg = ss.submissionHeaderEdits(tx, user, fields, msg)
-		msg = append(submissionHeaders(fields, addFrom, user, o.Hostname, now), msg...)
+		mb.set(ss.submissionHeaderEdits(tx, user, fields, msg))
+		mb.prepend(submissionHeaders(fields, addFrom, user, o.Hostname, now))
 		if len(tx.remote) > 0 && o.Sign != nil {
 			a, _ := parseAddress(user)
-			signed, err := o.Sign(a.Domain, msg)
+			sig, err := o.Sign(a.Domain, mb.bytes())
 			if err != nil {
 				ss.srv.log.Error("dkim signing failed", "id", tx.id, "err", err)
-				return nil, smtpErr(451, codeTransient, "temporary failure signing message, try again later")
+				return smtpErr(451, codeTransient, "temporary failure signing message, try again later")
 			}
-			msg = signed
+			mb.prepend(sig)
 		}
 	}
 	rcv := received(trace{
@@ -456,8 +472,8 @@ func (ss *session) complete(tx *transaction, user string, msg []byte) ([]byte, e
 		Rcpts:    append(append([]string(nil), tx.local...), tx.remote...),
 		Time:     now,
 	})
-	out := make([]byte, 0, len(rcv)+len(msg))
-	return append(append(out, rcv...), msg...), nil
+	mb.prepend(rcv, checks)
+	return nil
 }
 
 // store makes the message durable: local recipients first, in one commit,

@@ -9,9 +9,12 @@ type Verdict struct {
 	Disposition Disposition
 	// Reason is the text of the reply when the message is not accepted.
 	Reason string
-	// Message replaces the message for Accept (the checks record their
-	// results in it); nil keeps the message as it was.
+	// Message replaces the message for Accept (the checks removed fields
+	// from it); nil keeps the message as it was.
 	Message []byte
+	// Prepend is what the checks add in front of the message for Accept
+	// (their Authentication-Results field), CRLF-terminated.
+	Prepend []byte
 }
 
 // Disposition is what becomes of a message the checks have seen.

@@ -206,7 +206,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		Logger:              log,
 	}
 	if signer != nil {
-		opts.Sign = signer.Sign
+		opts.Sign = signer.Signature
 	}
 	mxOpts := opts
 	verifier := &msgauth.Verifier{Resolver: resolver, AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
@@ -293,7 +293,7 @@ func verifyOnMX(v *msgauth.Verifier) func(context.Context, net.IP, string, strin
 		if err != nil {
 			return mta.Verdict{}, err
 		}
-		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message}, nil
+		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message, Prepend: got.Field}, nil
 	}
 }
 

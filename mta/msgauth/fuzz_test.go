@@ -40,7 +40,7 @@ func FuzzVerify(f *testing.F) {
 			}
 			return
 		}
-		out := verdict.Message
+		out := verdict.delivered()
 		stripped := stripAuthResults(msg, ourID)
 		if !bytes.HasSuffix(out, stripped) {
 			t.Fatalf("output does not end with the stripped message")

@@ -1,6 +1,7 @@
 package msgauth
 
 import (
+	"slices"
 	"bytes"
 	"errors"
 	"fmt"
@@ -122,6 +123,9 @@ func lineEnding(msg []byte) string {
 // authserv-ids stay.
 func stripAuthResults(msg []byte, authServID string) []byte {
 	fields, rest := splitHeader(msg)
+	if !slices.ContainsFunc(fields, func(f field) bool { return claimsAuthServID(f, authServID) }) {
+		return msg
+	}
 	out := make([]byte, 0, len(msg))
 	for _, f := range fields {
 		if claimsAuthServID(f, authServID) {

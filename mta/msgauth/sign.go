@@ -46,15 +46,25 @@ type Signer struct {
 	Domains  []string      // local domains it may sign for
 }
 
-// Sign returns msg with a DKIM-Signature field prepended, d=domain,
-// relaxed/relaxed canonicalization (RFC 6376 section 3.4, which survives the
-// whitespace and header-case changes relays make). A domain that is not one
-// of Domains, or a nil Signer, returns msg unchanged: we only vouch for our
-// own domains. The signature covers msg as sent on the wire, CRLF line
-// endings; a message with bare LF endings gets a field with LF endings.
+// Sign returns msg with a DKIM-Signature field prepended (see Signature).
 func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
+	sig, err := s.Signature(domain, msg)
+	if err != nil || len(sig) == 0 {
+		return msg, err
+	}
+	return append(sig, msg...), nil
+}
+
+// Signature returns the DKIM-Signature field for msg, d=domain,
+// relaxed/relaxed canonicalization (RFC 6376 section 3.4, which survives the
+// whitespace and header-case changes relays make), to be put in front of
+// it. A domain that is not one of Domains, or a nil Signer, gets no field:
+// we only vouch for our own domains. The signature covers msg as sent on
+// the wire, CRLF line endings; a message with bare LF endings gets a field
+// with LF endings.
+func (s *Signer) Signature(domain string, msg []byte) ([]byte, error) {
 	if s == nil || !s.signs(domain) {
-		return msg, nil
+		return nil, nil
 	}
 	if s.Key == nil || s.Selector == "" {
 		return nil, fmt.Errorf("dkim sign for %s: no key or selector configured", domain)
@@ -95,9 +105,7 @@ func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
 	if lineEnding(msg) == "\n" {
 		sig = strings.ReplaceAll(sig, "\r\n", "\n")
 	}
-	out := make([]byte, 0, len(sig)+len(msg))
-	out = append(out, sig...)
-	return append(out, msg...), nil
+	return []byte(sig), nil
 }
 
 func (s *Signer) signs(domain string) bool {

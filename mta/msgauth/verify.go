@@ -68,16 +68,20 @@ type Verdict struct {
 	// Reason says why a message is not delivered, in a sentence fit for
 	// the reply to the sender; "" for Deliver.
 	Reason string
-	// Message is the message to deliver (Deliver only): the one given,
-	// every Authentication-Results field claiming AuthServID removed and
-	// one new field prepended, with the line endings of the rest.
+	// Field is the Authentication-Results field to put in front of
+	// Message (Deliver only), with the line ending of the rest.
+	Field []byte
+	// Message is the message to deliver after Field (Deliver only): the
+	// one given, with every Authentication-Results field claiming
+	// AuthServID removed; the very slice given when there was none, so the
+	// caller can put Field in front without copying the message.
 	Message []byte
 }
 
 // Verify authenticates msg, received from ip after HELO helo and MAIL FROM
 // mailFrom ("" for the null sender), and decides what to do with it. A
 // message to deliver comes back with every Authentication-Results field
-// claiming AuthServID removed and one new field prepended, e.g.
+// claiming AuthServID removed, and one new field to prepend, e.g.
 //
 //	Authentication-Results: mx.example.org;
 //		spf=pass smtp.mailfrom=bob@example.com;
@@ -167,10 +171,8 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	}
 	log.Info("authenticated")
 
-	stripped := stripAuthResults(msg, v.AuthServID)
 	h := formatAuthResults(v.AuthServID, results, lineEnding(msg))
-	out := make([]byte, 0, len(h)+len(stripped))
-	return Verdict{Disposition: Deliver, Message: append(append(out, h...), stripped...)}, nil
+	return Verdict{Disposition: Deliver, Field: []byte(h), Message: stripAuthResults(msg, v.AuthServID)}, nil
 }
 
 func (v *Verifier) logger() *slog.Logger {

@@ -261,7 +261,7 @@ func TestVerify(t *testing.T) {
 				}
 				return
 			}
-			out := verdict.Message
+			out := verdict.delivered()
 			ar := authResults(t, out)
 			for _, w := range tc.want {
 				if !strings.Contains(ar, w) {
@@ -336,7 +336,7 @@ func TestVerifyStripsOurAuthResults(t *testing.T) {
 	if err != nil || verdict.Disposition != Deliver {
 		t.Fatal(verdict, err)
 	}
-	out := verdict.Message
+	out := verdict.delivered()
 	ar := authResults(t, out) // fails unless exactly one claims our id
 	if !strings.Contains(ar, "dmarc=fail") {
 		t.Errorf("our results %q: want dmarc=fail, the forged passes must not count", ar)
@@ -378,8 +378,8 @@ func TestVerifyLookupPanicIsTemporary(t *testing.T) {
 	case err != nil:
 		t.Fatalf("Verify: %v", err)
 	case verdict.Disposition == Deliver:
-		if !bytes.Contains(verdict.Message, []byte("spf=temperror")) {
-			t.Fatalf("no temperror recorded:\n%s", verdict.Message)
+		if !bytes.Contains(verdict.delivered(), []byte("spf=temperror")) {
+			t.Fatalf("no temperror recorded:\n%s", verdict.delivered())
 		}
 	case verdict.Disposition != Temporary:
 		t.Fatalf("Verify = %+v, want a temporary failure", verdict)
@@ -430,7 +430,7 @@ func TestVerifyKeepsCostlyHeadersFromTheLibrary(t *testing.T) {
 			if err != nil || verdict.Disposition != Deliver {
 				t.Fatal(verdict, err)
 			}
-			if ar := authResults(t, verdict.Message); !strings.Contains(ar, tc.want) {
+			if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, tc.want) {
 				t.Errorf("Authentication-Results %q lacks %q", ar, tc.want)
 			}
 		})
@@ -465,7 +465,7 @@ func TestSignAndVerifyKeepCRLF(t *testing.T) {
 			"From: Alice\r\n <alice@a.test>", "Subject: hi"),
 	} {
 		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "alice@a.test", msg)
-		if err != nil || verdict.Disposition != Deliver || !onlyCRLF(verdict.Message) {
+		if err != nil || verdict.Disposition != Deliver || !onlyCRLF(verdict.delivered()) {
 			t.Errorf("%s: Verify = %+v, %v: want a CRLF-only message", name, verdict, err)
 		}
 		out, err := s.Sign("a.test", msg)
@@ -482,4 +482,12 @@ func onlyCRLF(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// delivered is the message as the caller stores it: Field, then Message.
+func (v Verdict) delivered() []byte {
+	if v.Message == nil {
+		return nil
+	}
+	return append(append([]byte(nil), v.Field...), v.Message...)
 }
