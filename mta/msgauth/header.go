@@ -1,13 +1,13 @@
 package msgauth
 
 import (
-	"slices"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/mail"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
