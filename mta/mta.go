@@ -373,9 +373,10 @@ func (s *Server) engine(tlsConfig *tls.Config) *smtp.Server {
 	return e
 }
 
-// Serve accepts connections on l until Shutdown, then returns nil. For
-// implicit TLS (port 465) wrap l with tls.NewListener (using
-// ServerTLSConfig); a *tls.Conn counts as TLS active.
+// Serve accepts connections on l until Shutdown, then returns nil; any
+// other accept error ends it (wrap l in a guard.Listener to ride out
+// temporary ones). For implicit TLS (port 465) wrap l with tls.NewListener
+// (using ServerTLSConfig); a *tls.Conn counts as TLS active.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.draining.Load() {
@@ -398,7 +399,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}()
 
 	for {
-		c, err := guard.Accept(l, s.log)
+		c, err := l.Accept()
 		if err != nil {
 			if s.isDraining() {
 				return nil

@@ -152,8 +152,9 @@ func NewServer(md Maildrop, opts Options) *Server {
 	return s
 }
 
-// Serve accepts connections on l until Shutdown, then returns nil. Any other
-// accept failure that persists is returned.
+// Serve accepts connections on l until Shutdown, then returns nil; any
+// other accept error ends it and is returned. The caller wraps l to ride
+// out temporary accept failures (cmd/minimail uses a guard.Listener).
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.shutdown {
@@ -170,7 +171,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}()
 
 	for {
-		conn, err := guard.Accept(l, s.log)
+		conn, err := l.Accept()
 		if err != nil {
 			if s.isShutdown() {
 				return nil

@@ -130,10 +130,12 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		if lc.addr == "" {
 			continue
 		}
-		l, err := net.Listen("tcp", lc.addr)
+		tcp, err := net.Listen("tcp", lc.addr)
 		if err != nil {
 			return nil, listenError(lc.key, lc.addr, err)
 		}
+		// Every server rides out temporary accept failures the same way.
+		var l net.Listener = &guard.Listener{Listener: tcp, Log: log}
 		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {
 			l = tls.NewListener(l, tlsConf)
 		}
