@@ -7,8 +7,6 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-
-	"minimail/store"
 )
 
 // authAllowed reports whether the client may send credentials: over TLS, or
@@ -179,17 +177,19 @@ func (s *session) login(user, pass string) {
 		s.err("[SYS/TEMP] too many failed logins from your address, try again later")
 		return
 	}
-	// One spelling per user for the throttle and the store alike.
-	name, nameErr := store.LoginName(user)
-	addr, err := "", store.ErrBadPassword
+	// One spelling per user for the throttle and the Maildrop alike.
+	name, nameErr := s.srv.opts.LoginName(user)
+	addr, err := "", ErrAuthFailed
 	if nameErr == nil {
 		addr, err = s.srv.md.Authenticate(name, pass)
+	} else {
+		name = ""
 	}
 	switch {
-	case errors.Is(err, store.ErrBadPassword):
+	case errors.Is(err, ErrAuthFailed):
 		s.srv.throttle.Fail(s.ip)
 		s.authFailures++
-		s.failDelay(user)
+		s.failDelay(name)
 		// RFC 3206 section 4: [AUTH] means the credentials are wrong.
 		s.err("[AUTH] invalid user name or password")
 		return
@@ -222,10 +222,10 @@ func (s *session) login(user, pass string) {
 }
 
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing. Names that are no address
-// share one count (store.LoginName gives them the same "").
-func (s *session) failDelay(user string) {
-	name, _ := store.LoginName(user)
+// longer for a user name that keeps failing. name is the login name as
+// Options.LoginName spells it: names no user can have share the one count
+// of "".
+func (s *session) failDelay(name string) {
 	t := s.srv.throttle
 	t.Pause(t.FailureDelay(name, s.srv.opts.AuthFailDelay), s.srv.closing)
 }

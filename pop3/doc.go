@@ -1,6 +1,9 @@
 // Package pop3 is minimail's POP3 server: RFC 1939 with CAPA and extended
 // response codes (RFC 2449, RFC 3206), STLS (RFC 2595) and SASL PLAIN
-// (RFC 5034, RFC 4616), over any Maildrop (in production, *store.Store).
+// (RFC 5034, RFC 4616), over any Maildrop. The package speaks its own
+// types (Maildrop, MessageInfo, ErrAuthFailed, ConnLimiter, Throttle) and
+// imports nothing of minimail's: cmd/minimail adapts the store and the
+// mta/guard limits to them.
 //
 // # Promise
 //
@@ -9,7 +12,7 @@
 // connection, an autologout, a Shutdown that cuts a session off or a failed
 // Delete removes nothing. Message numbers are fixed for the session (mail
 // that arrives meanwhile shows up in the next session), and a message's
-// UIDL is the store's message id in decimal, which is never reused and
+// UIDL is the Maildrop's message id in decimal, which is never reused and
 // survives restarts and restored backups. RETR sends exactly the stored
 // octets, dot-stuffed on the wire, and reports their count before stuffing.
 //
@@ -38,9 +41,9 @@
 // Options.AllowInsecureAuth is set; before that USER and SASL are not
 // advertised and USER, PASS and AUTH answer "-ERR [AUTH] ... use STLS".
 // Input pipelined behind STLS is discarded. A wrong password is answered
-// after Options.AuthFailDelay and counted in a guard.AuthThrottle (per IP and
-// subnet, shared with SMTP AUTH); a throttled address gets -ERR with the
-// SYS/TEMP response code.
+// after Options.AuthFailDelay and counted in Options.AuthThrottle (in
+// minimail a guard.AuthThrottle, per IP and subnet, shared with SMTP AUTH);
+// a throttled address gets -ERR with the SYS/TEMP response code.
 //
 // APOP (RFC 1939 section 7) is not offered: it proves knowledge of the
 // password with an MD5 digest of a server challenge and the plaintext
@@ -63,7 +66,7 @@
 //
 // A timed-out session is closed without a reply (RFC 1939 section 3), and
 // the partial line it was sending is never run. Command lines are bounded
-// in length, and guard.ConnLimiter caps concurrent connections.
+// in length, and Options.Limiter caps concurrent connections.
 //
 // # Log
 //

@@ -12,9 +12,6 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
-
-	"minimail/mta/guard"
-	"minimail/store"
 )
 
 // state is the RFC 1939 session state. UPDATE has no value of its own: it is
@@ -29,7 +26,7 @@ const (
 // message is one entry of the session's fixed snapshot of the maildrop.
 // Message number n is msgs[n-1] for the whole session (RFC 1939 section 5).
 type message struct {
-	store.MessageInfo
+	MessageInfo
 	deleted bool
 }
 
@@ -94,7 +91,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 		srv:     srv,
 		raw:     conn,
 		conn:    conn,
-		ip:      guard.IP(conn.RemoteAddr()),
+		ip:      clientIP(conn),
 		start:   now,
 		loginBy: now.Add(srv.opts.LoginTimeout),
 	}

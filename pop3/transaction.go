@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-
-	"minimail/store"
 )
 
 // stat counts the messages not marked deleted and their octets.
@@ -19,7 +17,7 @@ func (s *session) stat() (count int, size int64) {
 	return count, size
 }
 
-// uid is the RFC 1939 section 7 unique-id: the store's message id, which is
+// uid is the RFC 1939 section 7 unique-id: the Maildrop's message id, which is
 // never reused and survives restarts and restored backups. Decimal digits
 // are well inside the allowed 0x21-0x7E range and 70 characters.
 func uid(m *message) string { return strconv.FormatUint(m.ID, 10) }
@@ -85,7 +83,7 @@ func (s *session) listing(c command, value func(*message) string) {
 func (s *session) read(m *message) ([]byte, bool) {
 	data, err := s.srv.md.Read(s.addr, m.ID)
 	switch {
-	case errors.Is(err, store.ErrNoMessage), errors.Is(err, store.ErrNoUser):
+	case errors.Is(err, ErrNoMessage):
 		s.err("message is no longer in the maildrop")
 		return nil, false
 	case err != nil:
