@@ -66,10 +66,14 @@ type Queue interface {
 	Enqueue(from string, rcpts []string, msg []byte) (id string, err error)
 }
 
-// Users checks login credentials; *store.Store satisfies it. A wrong user or
-// password is store.ErrBadPassword; any other error is temporary.
+// Users checks login credentials; *store.Store satisfies it. authz is the
+// SASL authorization identity ("" for none, and for LOGIN), passed on as the
+// client sent it with the login and the password: the rule for it is the
+// store's (empty or the login itself). A wrong user or password is
+// store.ErrBadPassword, a refused authz store.ErrNotAuthorized; any other
+// error is temporary.
 type Users interface {
-	Authenticate(user, password string) (addr string, err error)
+	Authenticate(authz, user, password string) (addr string, err error)
 }
 
 // Defaults for zero Options fields.

@@ -77,10 +77,8 @@ func (s *session) cmdPass(c command) {
 		s.err("PASS takes one argument")
 		return
 	}
-	s.login(user, c.Rest)
+	s.login("", user, c.Rest)
 }
-
-var errAuthzID = errors.New("authorization identity differs from authentication identity")
 
 // cmdAuth runs SASL PLAIN (RFC 5034, RFC 4616), with or without an initial
 // response. AUTH without arguments lists the mechanisms, which some clients
@@ -107,13 +105,14 @@ func (s *session) cmdAuth(c command) {
 		return
 	}
 
-	var user, pass string
+	// The three strings go to the Maildrop as they came: the rule for
+	// the authorization identity is its own (Maildrop.Authenticate).
+	var authz, user, pass string
 	server := sasl.NewPlainServer(func(identity, username, password string) error {
-		// We never let one user act for another (RFC 4616 section 2).
-		if identity != "" && identity != username {
-			return errAuthzID
+		if username == "" {
+			return errNoUser // RFC 4616 section 2: authcid = 1*SAFE
 		}
-		user, pass = username, password
+		authz, user, pass = identity, username, password
 		return nil
 	})
 
@@ -146,16 +145,14 @@ func (s *session) cmdAuth(c command) {
 		}
 	}
 
-	_, done, err := server.Next(resp)
-	switch {
-	case errors.Is(err, errAuthzID):
-		s.err("[AUTH] authorization identity must be empty or the user name")
-	case err != nil || !done:
+	if _, done, err := server.Next(resp); err != nil || !done {
 		s.err("malformed PLAIN response")
-	default:
-		s.login(user, pass)
+		return
 	}
+	s.login(authz, user, pass)
 }
+
+var errNoUser = errors.New("empty authentication identity")
 
 // decodeSASL decodes a base64 SASL response; "=" is an empty initial
 // response (RFC 5034 section 4).
@@ -172,24 +169,20 @@ func (s *session) decodeSASL(arg string) ([]byte, bool) {
 }
 
 // login checks credentials, then locks and opens the maildrop.
-func (s *session) login(user, pass string) {
+func (s *session) login(authz, user, pass string) {
 	if s.srv.throttle.Blocked(s.ip) {
 		s.err("[SYS/TEMP] too many failed logins from your address, try again later")
 		return
 	}
-	// One spelling per user for the throttle and the Maildrop alike.
-	name, nameErr := s.srv.opts.LoginName(user)
-	addr, err := "", ErrAuthFailed
-	if nameErr == nil {
-		addr, err = s.srv.md.Authenticate(name, pass)
-	} else {
-		name = ""
-	}
+	addr, err := s.srv.md.Authenticate(authz, user, pass)
 	switch {
+	case errors.Is(err, ErrNotAuthorized):
+		s.err("[AUTH] %v", ErrNotAuthorized)
+		return
 	case errors.Is(err, ErrAuthFailed):
 		s.srv.throttle.Fail(s.ip)
 		s.authFailures++
-		s.failDelay(name)
+		s.failDelay(user)
 		// RFC 3206 section 4: [AUTH] means the credentials are wrong.
 		s.err("[AUTH] invalid user name or password")
 		return
@@ -222,10 +215,14 @@ func (s *session) login(user, pass string) {
 }
 
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing. name is the login name as
-// Options.LoginName spells it: names no user can have share the one count
-// of "".
-func (s *session) failDelay(name string) {
+// longer for a user name that keeps failing: counted as Options.LoginName
+// spells it, so that case and spaces give no fresh count, and names no user
+// can have share the one count of "".
+func (s *session) failDelay(user string) {
+	name, err := s.srv.opts.LoginName(user)
+	if err != nil {
+		name = ""
+	}
 	t := s.srv.throttle
 	t.Pause(t.FailureDelay(name, s.srv.opts.AuthFailDelay), s.srv.closing)
 }

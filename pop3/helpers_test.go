@@ -263,13 +263,18 @@ func (f *fakeMaildrop) add(addr string, msgs ...string) {
 	}
 }
 
-func (f *fakeMaildrop) Authenticate(user, password string) (string, error) {
+// Authenticate has the store's rule for authz, less its spelling checks:
+// empty or the login name in any case.
+func (f *fakeMaildrop) Authenticate(authz, user, password string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.authErr != nil {
 		return "", f.authErr
 	}
 	addr := strings.ToLower(user)
+	if authz != "" && strings.ToLower(authz) != addr {
+		return "", ErrNotAuthorized
+	}
 	if pw, ok := f.users[addr]; !ok || pw != password {
 		return "", ErrAuthFailed
 	}

@@ -15,10 +15,15 @@ import (
 // Maildrop is what the server needs from storage; cmd/minimail adapts the
 // store to it.
 type Maildrop interface {
-	// Authenticate checks a login and returns the canonical address. Wrong
-	// credentials, an unknown user included, give an error wrapping
-	// ErrAuthFailed; any other error is taken as temporary.
-	Authenticate(user, password string) (addr string, err error)
+	// Authenticate checks a login, the three strings as the client sent
+	// them, and returns the canonical address. authz is the SASL PLAIN
+	// authorization identity, "" when the client gave none and for
+	// USER/PASS; which ones a login may give is the Maildrop's rule (in
+	// minimail the store's: empty or the login itself, never another user,
+	// RFC 4616 section 2). Wrong credentials, an unknown user included,
+	// give an error wrapping ErrAuthFailed, a refused authz one wrapping
+	// ErrNotAuthorized; any other error is taken as temporary.
+	Authenticate(authz, user, password string) (addr string, err error)
 	// List returns the maildrop's messages in arrival order, without
 	// bodies.
 	List(addr string) ([]MessageInfo, error)
@@ -46,6 +51,10 @@ var (
 	// in: the client gets -ERR [AUTH] (RFC 3206 section 4) and the failure
 	// is counted.
 	ErrAuthFailed = errors.New("invalid user name or password")
+	// ErrNotAuthorized is a Maildrop's answer to a login that asks to act
+	// as another user. The client gets -ERR [AUTH]; nothing was checked, so
+	// nothing is counted.
+	ErrNotAuthorized = errors.New("authorization identity must be empty or the user name")
 	// ErrNoMessage is a Maildrop's answer to reading a message that is no
 	// longer there.
 	ErrNoMessage = errors.New("no such message")

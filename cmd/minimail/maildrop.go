@@ -12,10 +12,15 @@ import (
 // store's types and errors turned into pop3's.
 type maildrop struct{ st *store.Store }
 
-func (m maildrop) Authenticate(user, password string) (string, error) {
-	addr, err := m.st.Authenticate(user, password)
-	if errors.Is(err, store.ErrBadPassword) {
+// Authenticate is the store's, the one login rule of SMTP and POP3 alike
+// (store.Authenticate: authz empty or the login itself).
+func (m maildrop) Authenticate(authz, user, password string) (string, error) {
+	addr, err := m.st.Authenticate(authz, user, password)
+	switch {
+	case errors.Is(err, store.ErrBadPassword):
 		return "", fmt.Errorf("%w: %w", pop3.ErrAuthFailed, err)
+	case errors.Is(err, store.ErrNotAuthorized):
+		return "", fmt.Errorf("%w: %w", pop3.ErrNotAuthorized, err)
 	}
 	return addr, err
 }

@@ -36,13 +36,16 @@ func TestMaildropSpeaksPOP3Errors(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := maildrop{st}
-	if addr, err := md.Authenticate("Alice@Example.test", "pw"); err != nil || addr != "alice@example.test" {
+	if addr, err := md.Authenticate("", "Alice@Example.test", "pw"); err != nil || addr != "alice@example.test" {
 		t.Errorf("Authenticate with the right password = %q, %v", addr, err)
 	}
 	for _, c := range [][2]string{{"alice@example.test", "wrong"}, {"nobody@example.test", "pw"}, {"alice", "pw"}} {
-		if _, err := md.Authenticate(c[0], c[1]); !errors.Is(err, pop3.ErrAuthFailed) {
+		if _, err := md.Authenticate("", c[0], c[1]); !errors.Is(err, pop3.ErrAuthFailed) {
 			t.Errorf("Authenticate(%q, %q) = %v, want pop3.ErrAuthFailed", c[0], c[1], err)
 		}
+	}
+	if _, err := md.Authenticate("bob@example.test", "alice@example.test", "pw"); !errors.Is(err, pop3.ErrNotAuthorized) {
+		t.Errorf("Authenticate as another user = %v, want pop3.ErrNotAuthorized", err)
 	}
 	infos, err := md.List("alice@example.test")
 	if want := []pop3.MessageInfo{{ID: id, Size: 18}}; err != nil || !slices.Equal(infos, want) {
