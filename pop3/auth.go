@@ -168,32 +168,49 @@ func (s *session) decodeSASL(arg string) ([]byte, bool) {
 	return b, true
 }
 
-// login checks credentials, then locks and opens the maildrop.
+// login checks credentials, then locks and opens the maildrop. Every
+// attempt is logged: "authenticated", or "auth_failed" with the reason.
 func (s *session) login(authz, user, pass string) {
+	// One spelling per user for the throttle and the log; names no user
+	// can have share the one count of "".
+	name, nameErr := s.srv.opts.LoginName(user)
+	if nameErr != nil {
+		name = ""
+	}
+	s.tried = loggable(user)
 	if s.srv.throttle.Blocked(s.ip) {
+		s.authFailed("too many failed logins")
 		s.err("[SYS/TEMP] too many failed logins from your address, try again later")
 		return
 	}
 	addr, err := s.srv.md.Authenticate(authz, user, pass)
 	switch {
 	case errors.Is(err, ErrNotAuthorized):
+		s.authFailed("authorization identity differs")
 		s.err("[AUTH] %v", ErrNotAuthorized)
 		return
 	case errors.Is(err, ErrAuthFailed):
+		reason := "wrong user or password"
+		if nameErr != nil {
+			reason = "login name is not an address"
+		}
+		s.authFailed(reason)
 		s.srv.throttle.Fail(s.ip)
 		s.authFailures++
-		s.failDelay(user)
+		s.failDelay(name)
 		// RFC 3206 section 4: [AUTH] means the credentials are wrong.
 		s.err("[AUTH] invalid user name or password")
 		return
 	case err != nil:
-		s.srv.log.Warn("pop3 authentication error", "client", s.ip.String(), "err", err)
+		s.authFailed("credentials not checked", "err", err)
 		s.err("[SYS/TEMP] cannot check credentials now, try again later")
 		return
 	}
 
+	s.tried = addr
 	unlock, ok := s.srv.locks.TryLock(addr)
 	if !ok {
+		s.authFailed("maildrop in use")
 		// RFC 2449 section 8.1.1.
 		s.err("[IN-USE] maildrop is in use by another session")
 		return
@@ -201,11 +218,13 @@ func (s *session) login(authz, user, pass string) {
 	infos, err := s.srv.md.List(addr)
 	if err != nil {
 		unlock()
-		s.srv.log.Warn("pop3 list failed", "client", s.ip.String(), "user", addr, "err", err)
+		s.authFailed("maildrop not opened", "err", err)
 		s.err("[SYS/TEMP] cannot open maildrop, try again later")
 		return
 	}
 	s.unlock, s.addr, s.state = unlock, addr, stateTransaction
+	s.authResult = "authenticated"
+	s.srv.log.Info("authenticated", "proto", "pop3", "client", s.ip.String(), "user", addr)
 	s.msgs = make([]message, len(infos))
 	for i, info := range infos {
 		s.msgs[i].MessageInfo = info
@@ -214,15 +233,23 @@ func (s *session) login(authz, user, pass string) {
 	s.ok("%s has %d messages (%d octets)", addr, count, size)
 }
 
+// authFailed logs a login that did not open the maildrop, and remembers
+// why for the session line.
+func (s *session) authFailed(reason string, attrs ...any) {
+	s.authResult = reason
+	s.srv.log.Warn("auth_failed", append([]any{"proto", "pop3", "client", s.ip.String(), "user", s.tried, "reason", reason}, attrs...)...)
+}
+
+// loggable bounds a login name the client sent for the log: no address is
+// longer (RFC 5321 section 4.5.3.1.3), and the handler quotes the rest.
+func loggable(user string) string {
+	return strings.ToValidUTF8(user[:min(len(user), 254)], "?")
+}
+
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing: counted as Options.LoginName
-// spells it, so that case and spaces give no fresh count, and names no user
-// can have share the one count of "".
-func (s *session) failDelay(user string) {
-	name, err := s.srv.opts.LoginName(user)
-	if err != nil {
-		name = ""
-	}
+// longer for a user name that keeps failing. name is the login name as
+// Options.LoginName spells it, so that case and spaces give no fresh count.
+func (s *session) failDelay(name string) {
 	t := s.srv.throttle
 	t.Pause(t.FailureDelay(name, s.srv.opts.AuthFailDelay), s.srv.closing)
 }

@@ -70,9 +70,18 @@
 //
 // # Log
 //
-// Each session ends with one log line, "pop3 session", giving client (the
-// IP address, the key every minimail log uses), tls, user, auth_failures,
-// retrieved, deleted, duration and result: quit, dropped, timeout (the
-// autologout or the command time limit), login timeout, shutdown, too many
-// errors, line flood, tls failed or delete failed.
+// Every login attempt logs one line, with proto "pop3", client (the IP
+// address, the key every minimail log uses) and user (the login name tried,
+// or the canonical address once the credentials are good):
+// "authenticated", or "auth_failed" with a reason: wrong user or password,
+// login name is not an address, authorization identity differs, too many
+// failed logins, maildrop in use, or (with err) credentials not checked or
+// maildrop not opened. Passwords are never logged.
+//
+// Each session ends with one line, "pop3 session", giving client, tls,
+// user (of the last login attempt), auth ("authenticated" or the last
+// reason, "" if no login was tried), auth_failures, retrieved, deleted,
+// duration and result: quit, dropped, timeout (the autologout or the
+// command time limit), login timeout, shutdown, too many errors, line
+// flood, tls failed or delete failed.
 package pop3

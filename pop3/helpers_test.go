@@ -325,3 +325,12 @@ func (f *fakeMaildrop) Delete(addr string, ids []uint64) error {
 }
 
 var errInjected = errors.New("injected failure")
+
+// testLoginName stands in for the store's rule: names with spaces are no
+// address, others count in lower case.
+func testLoginName(user string) (string, error) {
+	if strings.ContainsAny(user, " \t") {
+		return "", errors.New("login name: contains spaces")
+	}
+	return strings.ToLower(user), nil
+}

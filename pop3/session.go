@@ -72,11 +72,15 @@ type session struct {
 	lineBy      time.Time
 	lineStarted bool
 
-	state  state
-	user   string // from USER, waiting for PASS
-	addr   string // canonical address once logged in
-	unlock func()
-	msgs   []message
+	state state
+	user  string // from USER, waiting for PASS
+	addr  string // canonical address once logged in
+	// tried is the login name of the last login, bounded for the log (the
+	// canonical address once the credentials are good); authResult is
+	// "authenticated" or why that login failed.
+	tried, authResult string
+	unlock            func()
+	msgs              []message
 
 	errs         int
 	authFailures int
@@ -226,7 +230,8 @@ func (s *session) logEnd() {
 	s.srv.log.Info("pop3 session",
 		"client", s.ip.String(),
 		"tls", s.tls,
-		"user", s.addr,
+		"user", s.tried,
+		"auth", s.authResult,
 		"auth_failures", s.authFailures,
 		"retrieved", s.retrieved,
 		"deleted", s.deleted,

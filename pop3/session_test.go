@@ -3,6 +3,7 @@ package pop3
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"log/slog"
 	"net"
@@ -321,29 +322,106 @@ func TestSessionLogLine(t *testing.T) {
 	if strings.Contains(logs.String(), alicePW) || strings.Contains(logs.String(), "secret-typo") {
 		t.Fatalf("log contains a password: %s", logs.String())
 	}
-	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
-	if len(lines) != 1 {
-		t.Fatalf("want one log line per session, got %d: %s", len(lines), logs.String())
+	recs := logRecords(t, &logs)
+	if len(recs) != 3 {
+		t.Fatalf("want the failed login, the login and the session line, got %d: %s", len(recs), logs.String())
 	}
-	var rec map[string]any
-	if err := json.Unmarshal([]byte(lines[0]), &rec); err != nil {
-		t.Fatal(err)
+	wants := []map[string]any{
+		{"msg": "auth_failed", "proto": "pop3", "client": "127.0.0.1", "user": alice, "reason": "wrong user or password"},
+		{"msg": "authenticated", "proto": "pop3", "client": "127.0.0.1", "user": alice},
+		{
+			"msg": "pop3 session", "user": alice, "client": "127.0.0.1", "tls": false, "auth": "authenticated",
+			"auth_failures": 1.0, "retrieved": 1.0, "deleted": 1.0, "result": "quit",
+		},
 	}
-	want := map[string]any{
-		"msg": "pop3 session", "user": alice, "client": "127.0.0.1", "tls": false,
-		"auth_failures": 1.0, "retrieved": 1.0, "deleted": 1.0, "result": "quit",
-	}
-	for k, v := range want {
-		if rec[k] != v {
-			t.Errorf("log %s = %v, want %v", k, rec[k], v)
+	for i, want := range wants {
+		for k, v := range want {
+			if recs[i][k] != v {
+				t.Errorf("log line %d: %s = %v, want %v", i+1, k, recs[i][k], v)
+			}
 		}
 	}
-	if _, ok := rec["duration"]; !ok {
-		t.Error("log has no duration")
+	if _, ok := recs[2]["duration"]; !ok {
+		t.Error("session line has no duration")
 	}
-	if _, ok := rec["remote_ip"]; ok {
-		t.Error("log names the client remote_ip: the key is client, as in every minimail log")
+	for _, rec := range recs {
+		if _, ok := rec["remote_ip"]; ok {
+			t.Error("log names the client remote_ip: the key is client, as in every minimail log")
+		}
 	}
+}
+
+// TestLogNamesTheUserAndReasonOfRefusedLogins: a login refused for
+// something other than its password (the maildrop in use, the address
+// throttled, another user's authorization identity) still names the user
+// it tried and why, in its auth_failed line and the session line.
+func TestLogNamesTheUserAndReasonOfRefusedLogins(t *testing.T) {
+	// The server writes the log between the test's reads; network I/O
+	// orders them (each session's lines come before its end is reported).
+	var logs bytes.Buffer
+	throttle := &guard.AuthThrottle{MaxPerIP: 1}
+	h := startServer(t, fixtureMaildrop(t), Options{
+		AllowInsecureAuth: true,
+		AuthThrottle:      throttle,
+		LoginName:         testLoginName,
+		Logger:            slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	holder := greeted(t, h.addr)
+	holder.login(alice, alicePW)
+	plain := func(authz, user, pass string) string {
+		return "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte(authz+"\x00"+user+"\x00"+pass))
+	}
+	for _, tc := range []struct {
+		name   string
+		cmds   []string
+		reply  string
+		user   string
+		reason string
+	}{
+		{"maildrop in use", []string{"USER ALICE@example.org", "PASS " + alicePW}, "-ERR [IN-USE]", alice, "maildrop in use"},
+		{"another user's authzid", []string{plain(bob, alice, alicePW)}, "-ERR [AUTH]", alice, "authorization identity differs"},
+		{"name no user can have", []string{plain("", "  x\ty", "pw")}, "-ERR [AUTH]", "  x\ty", "login name is not an address"},
+		{"throttled", []string{"USER " + bob, "PASS " + bobPW}, "-ERR [SYS/TEMP]", bob, "too many failed logins"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs.Reset()
+			c := greeted(t, h.addr)
+			for _, cmd := range tc.cmds[:len(tc.cmds)-1] {
+				c.cmd(cmd, "+OK")
+			}
+			c.cmd(tc.cmds[len(tc.cmds)-1], tc.reply)
+			c.cmd("QUIT", "+OK")
+			h.waitEnded(t, 1)
+			recs := logRecords(t, &logs)
+			if len(recs) != 2 || recs[0]["msg"] != "auth_failed" || recs[1]["msg"] != "pop3 session" {
+				t.Fatalf("want an auth_failed and the session line, got %s", logs.String())
+			}
+			for _, rec := range recs {
+				if rec["user"] != tc.user {
+					t.Errorf("%s: user = %q, want %q", rec["msg"], rec["user"], tc.user)
+				}
+			}
+			if recs[0]["reason"] != tc.reason || recs[1]["auth"] != tc.reason {
+				t.Errorf("reason %q, session auth %q; want %q", recs[0]["reason"], recs[1]["auth"], tc.reason)
+			}
+		})
+	}
+	holder.cmd("QUIT", "+OK") // its session line, too, comes after the reads
+	h.waitEnded(t, 1)
+}
+
+// logRecords decodes JSON log lines.
+func logRecords(t *testing.T, logs interface{ String() string }) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
 }
 
 func TestShutdown(t *testing.T) {
