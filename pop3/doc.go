@@ -12,8 +12,8 @@
 // connection, an autologout, a Shutdown that cuts a session off or a failed
 // Delete removes nothing. Message numbers are fixed for the session (mail
 // that arrives meanwhile shows up in the next session), and a message's
-// UIDL is the Maildrop's message id in decimal, which is never reused and
-// survives restarts and restored backups. RETR sends exactly the stored
+// UIDL is the one the Maildrop gives it (MessageInfo.UIDL), which never
+// changes and never repeats, also after a restored backup. RETR sends exactly the stored
 // octets, dot-stuffed on the wire, and reports their count before stuffing.
 //
 // # States

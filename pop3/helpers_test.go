@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -258,7 +259,7 @@ func (f *fakeMaildrop) add(addr string, msgs ...string) {
 	defer f.mu.Unlock()
 	for _, m := range msgs {
 		f.nextID++
-		f.boxes[addr] = append(f.boxes[addr], MessageInfo{ID: f.nextID, Size: int64(len(m))})
+		f.boxes[addr] = append(f.boxes[addr], MessageInfo{ID: f.nextID, UIDL: strconv.FormatUint(f.nextID, 10), Size: int64(len(m))})
 		f.bodies[f.nextID] = []byte(m)
 	}
 }

@@ -37,10 +37,12 @@ type Maildrop interface {
 
 // MessageInfo is one message as Maildrop.List reports it.
 type MessageInfo struct {
-	// ID is the message's UIDL (RFC 1939 section 7): unique in the
-	// maildrop and never reused, so it must survive restarts and restored
-	// backups.
+	// ID names the message to Read and Delete.
 	ID uint64
+	// UIDL is the message's unique-id (RFC 1939 section 7): 1 to 70
+	// characters 0x21-0x7E that never change and never name another
+	// message of the maildrop, also after a restart or a restored backup.
+	UIDL string
 	// Size is the length in octets of what Read returns, before
 	// dot-stuffing (RFC 1939 section 11).
 	Size int64

@@ -17,10 +17,8 @@ func (s *session) stat() (count int, size int64) {
 	return count, size
 }
 
-// uid is the RFC 1939 section 7 unique-id: the Maildrop's message id, which is
-// never reused and survives restarts and restored backups. Decimal digits
-// are well inside the allowed 0x21-0x7E range and 70 characters.
-func uid(m *message) string { return strconv.FormatUint(m.ID, 10) }
+// uid is the RFC 1939 section 7 unique-id, the one the Maildrop gives.
+func uid(m *message) string { return m.UIDL }
 
 // msgArg resolves a message-number argument, answering -ERR for one that is
 // malformed, out of range or marked deleted (RFC 1939 section 5).

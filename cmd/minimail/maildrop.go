@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
 
 	"minimail/pop3"
 	"minimail/store"
@@ -32,7 +33,9 @@ func (m maildrop) List(addr string) ([]pop3.MessageInfo, error) {
 	}
 	out := make([]pop3.MessageInfo, len(infos))
 	for i, info := range infos {
-		out[i] = pop3.MessageInfo{ID: info.ID, Size: info.Size}
+		// The store's id is never reused (not even after a restored
+		// backup), so in decimal it is a unique-id.
+		out[i] = pop3.MessageInfo{ID: info.ID, UIDL: strconv.FormatUint(info.ID, 10), Size: info.Size}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -48,7 +49,7 @@ func TestMaildropSpeaksPOP3Errors(t *testing.T) {
 		t.Errorf("Authenticate as another user = %v, want pop3.ErrNotAuthorized", err)
 	}
 	infos, err := md.List("alice@example.test")
-	if want := []pop3.MessageInfo{{ID: id, Size: 18}}; err != nil || !slices.Equal(infos, want) {
+	if want := []pop3.MessageInfo{{ID: id, UIDL: strconv.FormatUint(id, 10), Size: 18}}; err != nil || !slices.Equal(infos, want) {
 		t.Errorf("List = %v, %v; want %v", infos, err, want)
 	}
 	if _, err := md.Read("alice@example.test", id+1); !errors.Is(err, pop3.ErrNoMessage) {
