@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -250,6 +249,10 @@ type fakeMaildrop struct {
 	deletes   [][]uint64 // every Delete call
 }
 
+// fakeEpoch stands in for the store's epoch in the UIDLs it gives,
+// <epoch>-<id>.
+const fakeEpoch = 0x5eed
+
 func newFakeMaildrop() *fakeMaildrop {
 	return &fakeMaildrop{users: map[string]string{}, boxes: map[string][]MessageInfo{}, bodies: map[uint64][]byte{}}
 }
@@ -259,7 +262,7 @@ func (f *fakeMaildrop) add(addr string, msgs ...string) {
 	defer f.mu.Unlock()
 	for _, m := range msgs {
 		f.nextID++
-		f.boxes[addr] = append(f.boxes[addr], MessageInfo{ID: f.nextID, UIDL: strconv.FormatUint(f.nextID, 10), Size: int64(len(m))})
+		f.boxes[addr] = append(f.boxes[addr], MessageInfo{ID: f.nextID, UIDL: fmt.Sprintf("%016x-%d", fakeEpoch, f.nextID), Size: int64(len(m))})
 		f.bodies[f.nextID] = []byte(m)
 	}
 }

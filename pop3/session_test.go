@@ -229,7 +229,9 @@ func TestNewMailDuringSessionAppearsInNextSession(t *testing.T) {
 	c = greeted(t, h.addr)
 	c.login(alice, alicePW)
 	c.cmd("STAT", "+OK 4 244")
-	c.cmd("UIDL 4", "+OK 4 5")
+	if got := c.cmd("UIDL 4", "+OK 4 "); !strings.HasSuffix(got, "-5") {
+		t.Errorf("UIDL 4 = %q, want the unique-id of store id 5", got)
+	}
 }
 
 func TestAuthThrottle_SharedAndPerIP(t *testing.T) {

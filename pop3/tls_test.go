@@ -3,6 +3,7 @@ package pop3
 import (
 	"bufio"
 	"crypto/tls"
+	"strings"
 	"testing"
 
 	"minimail/mta/tlstest"
@@ -113,6 +114,8 @@ func TestPOP3S_ImplicitTLS(t *testing.T) {
 	c.send("CAPA")
 	c.expectLines(capaAfterTLS)
 	c.login(alice, alicePW)
-	c.cmd("UIDL 3", "+OK 3 3")
+	if got := c.cmd("UIDL 3", "+OK 3 "); !strings.HasSuffix(got, "-3") {
+		t.Errorf("UIDL 3 = %q, want the unique-id of store id 3", got)
+	}
 	c.cmd("QUIT", "+OK")
 }
