@@ -1,7 +1,6 @@
 package mta
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 
@@ -45,7 +44,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return &plainServer{auth: ss.authenticate}, nil
+		return ss.newPlainServer(), nil
 	case sasl.Login:
 		return &loginServer{auth: ss.authenticate}, nil
 	}
@@ -66,26 +65,22 @@ func (ss *session) authenticate(authz, user, password string) error {
 	if ss.gone() {
 		return errGone
 	}
-	// An authorization identity other than the login would let one user act
-	// as another if anything ever honoured it (CVE-2023-27582); refuse it.
-	if authz != "" && !sameAddress(authz, user) {
-		ss.srv.log.Warn("auth refused", "client", ss.ip.String(), "user", logSafe(user), "reason", "authorization identity differs")
-		return ss.reject(535, smtp.EnhancedCode{5, 7, 8}, "authorization identity must be empty or the login name")
-	}
 	throttle := ss.srv.opts.AuthThrottle
 	if throttle.Blocked(ss.ip) {
 		return ss.throttled()
 	}
-	// One spelling per user for the throttle and the store alike; a name
-	// no user can have fails like a wrong password, without a lookup.
-	name, nameErr := store.LoginName(user)
-	addr, err := "", store.ErrBadPassword
-	if nameErr == nil {
-		addr, err = ss.srv.users.Authenticate(name, password)
-	}
+	addr, err := ss.srv.users.Authenticate(authz, user, password)
 	switch {
+	case errors.Is(err, store.ErrNotAuthorized):
+		// Nothing was checked (the store refuses before the password),
+		// so nothing is counted.
+		ss.srv.log.Warn("auth refused", "client", ss.ip.String(), "user", logSafe(user), "reason", "authorization identity differs")
+		return ss.reject(535, smtp.EnhancedCode{5, 7, 8}, "authorization identity must be empty or the login name")
 	case errors.Is(err, store.ErrBadPassword):
 		throttle.Fail(ss.ip)
+		// One spelling per user for the throttle and the store alike; a
+		// name no user can have counts as "".
+		name, nameErr := store.LoginName(user)
 		reason := "wrong user or password"
 		if nameErr != nil {
 			reason = "login name is not an address"
@@ -122,26 +117,35 @@ func logSafe(s string) string {
 
 var errMalformed = smtpErr(501, smtp.EnhancedCode{5, 5, 2}, "malformed authentication response")
 
-// plainServer is the server side of SASL PLAIN (RFC 4616): one message,
-// authzid NUL authcid NUL password.
+// plainServer is go-sasl's SASL PLAIN server (RFC 4616), the one POP3 uses
+// too, with this server's replies: a response that is not authzid NUL
+// authcid NUL passwd, or has an empty authcid (RFC 4616 section 2: authcid
+// = 1*SAFE), is 501 5.5.2, where go-smtp would answer go-sasl's plain error
+// with 454, a temporary failure. The three strings go to authenticate as
+// they came.
 type plainServer struct {
-	auth func(authz, user, password string) error
-	done bool
+	sasl.Server
+	parsed bool // the response was well formed and went to authenticate
+}
+
+func (ss *session) newPlainServer() *plainServer {
+	p := &plainServer{}
+	p.Server = sasl.NewPlainServer(func(authz, user, password string) error {
+		if user == "" {
+			return errMalformed
+		}
+		p.parsed = true
+		return ss.authenticate(authz, user, password)
+	})
+	return p
 }
 
 func (p *plainServer) Next(response []byte) ([]byte, bool, error) {
-	if p.done {
-		return nil, true, sasl.ErrUnexpectedClientResponse
+	challenge, done, err := p.Server.Next(response)
+	if err != nil && !p.parsed {
+		err = errMalformed
 	}
-	if response == nil {
-		return []byte{}, false, nil // no initial response: empty challenge
-	}
-	p.done = true
-	parts := bytes.Split(response, []byte{0})
-	if len(parts) != 3 || len(parts[1]) == 0 {
-		return nil, true, errMalformed
-	}
-	return nil, true, p.auth(string(parts[0]), string(parts[1]), string(parts[2]))
+	return challenge, done, err
 }
 
 // loginServer is the server side of the obsolete but widespread LOGIN

@@ -69,10 +69,14 @@ type Queue interface {
 	Enqueue(from string, rcpts []string, msg []byte) (id string, err error)
 }
 
-// Users checks login credentials; *store.Store satisfies it. A wrong user or
-// password is store.ErrBadPassword; any other error is temporary.
+// Users checks login credentials; *store.Store satisfies it. authz is the
+// SASL authorization identity ("" for none, and for LOGIN), passed on as the
+// client sent it with the login and the password: the rule for it is the
+// store's (empty or the login itself). A wrong user or password is
+// store.ErrBadPassword, a refused authz store.ErrNotAuthorized; any other
+// error is temporary.
 type Users interface {
-	Authenticate(user, password string) (addr string, err error)
+	Authenticate(authz, user, password string) (addr string, err error)
 }
 
 // Defaults for zero Options fields.
@@ -367,9 +371,10 @@ func (s *Server) engine(tlsConfig *tls.Config) *smtp.Server {
 	return e
 }
 
-// Serve accepts connections on l until Shutdown, then returns nil. For
-// implicit TLS (port 465) wrap l with tls.NewListener (using
-// ServerTLSConfig); a *tls.Conn counts as TLS active.
+// Serve accepts connections on l until Shutdown, then returns nil; any
+// other accept error ends it (wrap l in a guard.Listener to ride out
+// temporary ones). For implicit TLS (port 465) wrap l with tls.NewListener
+// (using ServerTLSConfig); a *tls.Conn counts as TLS active.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.draining.Load() {
@@ -392,7 +397,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}()
 
 	for {
-		c, err := guard.Accept(l, s.log)
+		c, err := l.Accept()
 		if err != nil {
 			if s.isDraining() {
 				return nil

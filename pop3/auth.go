@@ -7,8 +7,6 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-
-	"minimail/store"
 )
 
 // authAllowed reports whether the client may send credentials: over TLS, or
@@ -79,10 +77,8 @@ func (s *session) cmdPass(c command) {
 		s.err("PASS takes one argument")
 		return
 	}
-	s.login(user, c.Rest)
+	s.login("", user, c.Rest)
 }
-
-var errAuthzID = errors.New("authorization identity differs from authentication identity")
 
 // cmdAuth runs SASL PLAIN (RFC 5034, RFC 4616), with or without an initial
 // response. AUTH without arguments lists the mechanisms, which some clients
@@ -109,13 +105,14 @@ func (s *session) cmdAuth(c command) {
 		return
 	}
 
-	var user, pass string
+	// The three strings go to the Maildrop as they came: the rule for
+	// the authorization identity is its own (Maildrop.Authenticate).
+	var authz, user, pass string
 	server := sasl.NewPlainServer(func(identity, username, password string) error {
-		// We never let one user act for another (RFC 4616 section 2).
-		if identity != "" && identity != username {
-			return errAuthzID
+		if username == "" {
+			return errNoUser // RFC 4616 section 2: authcid = 1*SAFE
 		}
-		user, pass = username, password
+		authz, user, pass = identity, username, password
 		return nil
 	})
 
@@ -148,16 +145,14 @@ func (s *session) cmdAuth(c command) {
 		}
 	}
 
-	_, done, err := server.Next(resp)
-	switch {
-	case errors.Is(err, errAuthzID):
-		s.err("[AUTH] authorization identity must be empty or the user name")
-	case err != nil || !done:
+	if _, done, err := server.Next(resp); err != nil || !done {
 		s.err("malformed PLAIN response")
-	default:
-		s.login(user, pass)
+		return
 	}
+	s.login(authz, user, pass)
 }
+
+var errNoUser = errors.New("empty authentication identity")
 
 // decodeSASL decodes a base64 SASL response; "=" is an empty initial
 // response (RFC 5034 section 4).
@@ -173,34 +168,49 @@ func (s *session) decodeSASL(arg string) ([]byte, bool) {
 	return b, true
 }
 
-// login checks credentials, then locks and opens the maildrop.
-func (s *session) login(user, pass string) {
+// login checks credentials, then locks and opens the maildrop. Every
+// attempt is logged: "authenticated", or "auth_failed" with the reason.
+func (s *session) login(authz, user, pass string) {
+	// One spelling per user for the throttle and the log; names no user
+	// can have share the one count of "".
+	name, nameErr := s.srv.opts.LoginName(user)
+	if nameErr != nil {
+		name = ""
+	}
+	s.tried = loggable(user)
 	if s.srv.throttle.Blocked(s.ip) {
+		s.authFailed("too many failed logins")
 		s.err("[SYS/TEMP] too many failed logins from your address, try again later")
 		return
 	}
-	// One spelling per user for the throttle and the store alike.
-	name, nameErr := store.LoginName(user)
-	addr, err := "", store.ErrBadPassword
-	if nameErr == nil {
-		addr, err = s.srv.md.Authenticate(name, pass)
-	}
+	addr, err := s.srv.md.Authenticate(authz, user, pass)
 	switch {
-	case errors.Is(err, store.ErrBadPassword):
+	case errors.Is(err, ErrNotAuthorized):
+		s.authFailed("authorization identity differs")
+		s.err("[AUTH] %v", ErrNotAuthorized)
+		return
+	case errors.Is(err, ErrAuthFailed):
+		reason := "wrong user or password"
+		if nameErr != nil {
+			reason = "login name is not an address"
+		}
+		s.authFailed(reason)
 		s.srv.throttle.Fail(s.ip)
 		s.authFailures++
-		s.failDelay(user)
+		s.failDelay(name)
 		// RFC 3206 section 4: [AUTH] means the credentials are wrong.
 		s.err("[AUTH] invalid user name or password")
 		return
 	case err != nil:
-		s.srv.log.Warn("pop3 authentication error", "client", s.ip.String(), "err", err)
+		s.authFailed("credentials not checked", "err", err)
 		s.err("[SYS/TEMP] cannot check credentials now, try again later")
 		return
 	}
 
+	s.tried = addr
 	unlock, ok := s.srv.locks.TryLock(addr)
 	if !ok {
+		s.authFailed("maildrop in use")
 		// RFC 2449 section 8.1.1.
 		s.err("[IN-USE] maildrop is in use by another session")
 		return
@@ -208,11 +218,13 @@ func (s *session) login(user, pass string) {
 	infos, err := s.srv.md.List(addr)
 	if err != nil {
 		unlock()
-		s.srv.log.Warn("pop3 list failed", "client", s.ip.String(), "user", addr, "err", err)
+		s.authFailed("maildrop not opened", "err", err)
 		s.err("[SYS/TEMP] cannot open maildrop, try again later")
 		return
 	}
 	s.unlock, s.addr, s.state = unlock, addr, stateTransaction
+	s.authResult = "authenticated"
+	s.srv.log.Info("authenticated", "proto", "pop3", "client", s.ip.String(), "user", addr)
 	s.msgs = make([]message, len(infos))
 	for i, info := range infos {
 		s.msgs[i].MessageInfo = info
@@ -221,11 +233,23 @@ func (s *session) login(user, pass string) {
 	s.ok("%s has %d messages (%d octets)", addr, count, size)
 }
 
+// authFailed logs a login that did not open the maildrop, and remembers
+// why for the session line.
+func (s *session) authFailed(reason string, attrs ...any) {
+	s.authResult = reason
+	s.srv.log.Warn("auth_failed", append([]any{"proto", "pop3", "client", s.ip.String(), "user", s.tried, "reason", reason}, attrs...)...)
+}
+
+// loggable bounds a login name the client sent for the log: no address is
+// longer (RFC 5321 section 4.5.3.1.3), and the handler quotes the rest.
+func loggable(user string) string {
+	return strings.ToValidUTF8(user[:min(len(user), 254)], "?")
+}
+
 // failDelay slows down password guessing (RFC 1939 section 13 suggests it),
-// longer for a user name that keeps failing. Names that are no address
-// share one count (store.LoginName gives them the same "").
-func (s *session) failDelay(user string) {
-	name, _ := store.LoginName(user)
+// longer for a user name that keeps failing. name is the login name as
+// Options.LoginName spells it, so that case and spaces give no fresh count.
+func (s *session) failDelay(name string) {
 	t := s.srv.throttle
 	t.Pause(t.FailureDelay(name, s.srv.opts.AuthFailDelay), s.srv.closing)
 }

@@ -8,32 +8,22 @@ import (
 	"net"
 	"strings"
 	"testing"
-
-	"minimail/store"
 )
 
 // BenchmarkRETR downloads a whole 10,000-message mailbox (1-12 KiB each,
-// about 64 MB) from a real store over loopback, once with every RETR
+// about 64 MB) from an in-memory maildrop over loopback, once with every RETR
 // pipelined in one stream and once waiting for each answer. One iteration
 // is one session; msgs/s and MB/s count message octets before stuffing.
 func BenchmarkRETR(b *testing.B) {
 	const count = 10000
-	st := openStore(b)
-	if err := st.AddUser(alice, alicePW); err != nil {
-		b.Fatal(err)
-	}
+	st := newFakeMaildrop()
+	st.users[alice] = alicePW
 	r := rand.New(rand.NewPCG(1, 2))
 	var total int64
-	for batch := 0; batch < count; batch += 500 {
-		ds := make([]store.Delivery, 500)
-		for i := range ds {
-			m := bigMessage(1024+r.IntN(11*1024), uint64(batch+i))
-			ds[i] = store.Delivery{Address: alice, Message: m}
-			total += int64(len(m))
-		}
-		if _, err := st.AppendMany(ds); err != nil {
-			b.Fatal(err)
-		}
+	for i := range count {
+		m := bigMessage(1024+r.IntN(11*1024), uint64(i))
+		st.add(alice, string(m))
+		total += int64(len(m))
 	}
 	h := startServer(b, st, Options{AllowInsecureAuth: true})
 

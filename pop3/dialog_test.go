@@ -12,7 +12,7 @@ import (
 )
 
 // TestDialogs replays every testdata/dialog/*.txt transcript against a
-// server over the fixture store. The format is described in
+// server over the fixture maildrop. The format is described in
 // testdata/dialog/README.
 func TestDialogs(t *testing.T) {
 	files, err := filepath.Glob("testdata/dialog/*.txt")
@@ -54,7 +54,7 @@ func runDialog(t *testing.T, file string) {
 		t.Fatal(err)
 	}
 
-	h := startServer(t, fixtureStore(t), opts)
+	h := startServer(t, fixtureMaildrop(t), opts)
 	c := dial(t, h.addr)
 	var pending []string // C: lines not yet sent: consecutive ones go in one write
 	flush := func() {

@@ -1,6 +1,9 @@
 // Package pop3 is minimail's POP3 server: RFC 1939 with CAPA and extended
 // response codes (RFC 2449, RFC 3206), STLS (RFC 2595) and SASL PLAIN
-// (RFC 5034, RFC 4616), over any Maildrop (in production, *store.Store).
+// (RFC 5034, RFC 4616), over any Maildrop. The package speaks its own
+// types (Maildrop, MessageInfo, ErrAuthFailed, ConnLimiter, Throttle) and
+// imports nothing of minimail's: cmd/minimail adapts the store and the
+// mta/guard limits to them.
 //
 // # Promise
 //
@@ -9,10 +12,9 @@
 // connection, an autologout, a Shutdown that cuts a session off or a failed
 // Delete removes nothing. Message numbers are fixed for the session (mail
 // that arrives meanwhile shows up in the next session), and a message's
-// UIDL is the one the store gives it (store.MessageInfo.UIDL), which never
-// changes and never repeats, also after a restored backup. RETR sends
-// exactly the stored octets, dot-stuffed on the wire, and reports their
-// count before stuffing.
+// UIDL is the one the Maildrop gives it (MessageInfo.UIDL), which never
+// changes and never repeats, also after a restored backup. RETR sends exactly the stored
+// octets, dot-stuffed on the wire, and reports their count before stuffing.
 //
 // # States
 //
@@ -39,9 +41,9 @@
 // Options.AllowInsecureAuth is set; before that USER and SASL are not
 // advertised and USER, PASS and AUTH answer "-ERR [AUTH] ... use STLS".
 // Input pipelined behind STLS is discarded. A wrong password is answered
-// after Options.AuthFailDelay and counted in a guard.AuthThrottle (per IP and
-// subnet, shared with SMTP AUTH); a throttled address gets -ERR with the
-// SYS/TEMP response code.
+// after Options.AuthFailDelay and counted in Options.AuthThrottle (in
+// minimail a guard.AuthThrottle, per IP and subnet, shared with SMTP AUTH);
+// a throttled address gets -ERR with the SYS/TEMP response code.
 //
 // APOP (RFC 1939 section 7) is not offered: it proves knowledge of the
 // password with an MD5 digest of a server challenge and the plaintext
@@ -64,13 +66,22 @@
 //
 // A timed-out session is closed without a reply (RFC 1939 section 3), and
 // the partial line it was sending is never run. Command lines are bounded
-// in length, and guard.ConnLimiter caps concurrent connections.
+// in length, and Options.Limiter caps concurrent connections.
 //
 // # Log
 //
-// Each session ends with one log line, "pop3 session", giving client (the
-// IP address, the key every minimail log uses), tls, user, auth_failures,
-// retrieved, deleted, duration and result: quit, dropped, timeout (the
-// autologout or the command time limit), login timeout, shutdown, too many
-// errors, line flood, tls failed or delete failed.
+// Every login attempt logs one line, with proto "pop3", client (the IP
+// address, the key every minimail log uses) and user (the login name tried,
+// or the canonical address once the credentials are good):
+// "authenticated", or "auth_failed" with a reason: wrong user or password,
+// login name is not an address, authorization identity differs, too many
+// failed logins, maildrop in use, or (with err) credentials not checked or
+// maildrop not opened. Passwords are never logged.
+//
+// Each session ends with one line, "pop3 session", giving client, tls,
+// user (of the last login attempt), auth ("authenticated" or the last
+// reason, "" if no login was tried), auth_failures, retrieved, deleted,
+// duration and result: quit, dropped, timeout (the autologout or the
+// command time limit), login timeout, shutdown, too many errors, line
+// flood, tls failed or delete failed.
 package pop3

@@ -8,8 +8,6 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
-
-	"minimail/store"
 )
 
 func stuffed(msg string) string {
@@ -105,7 +103,7 @@ func bigMessage(size int, seed uint64) []byte {
 }
 
 // TestRETR_ByteExact: what RETR and TOP deliver, once unstuffed, is exactly
-// what the store holds, and the octet count matches.
+// what the maildrop holds, and the octet count matches.
 func TestRETR_ByteExact(t *testing.T) {
 	msgs := [][]byte{
 		[]byte(msg1),
@@ -114,14 +112,10 @@ func TestRETR_ByteExact(t *testing.T) {
 		[]byte("Subject: 8bit\r\n\r\n\x00\x01\xfe\xff\r\n\xc3\xa9t\xc3\xa9\r\n"),
 		bigMessage(5<<20, 1),
 	}
-	st := openStore(t)
-	if err := st.AddUser(alice, alicePW); err != nil {
-		t.Fatal(err)
-	}
+	st := newFakeMaildrop()
+	st.users[alice] = alicePW
 	for _, m := range msgs {
-		if _, err := st.Append(alice, m); err != nil {
-			t.Fatal(err)
-		}
+		st.add(alice, string(m))
 	}
 	h := startServer(t, st, Options{AllowInsecureAuth: true})
 	c := greeted(t, h.addr)
@@ -153,29 +147,26 @@ func firstDiff(a, b []byte) int {
 // TestRETR_Pipelined sends all RETRs in one write and checks the answers
 // arrive whole and in order.
 func TestRETR_Pipelined(t *testing.T) {
-	st := openStore(t)
-	if err := st.AddUser(alice, alicePW); err != nil {
-		t.Fatal(err)
-	}
-	var ds []store.Delivery
+	st := newFakeMaildrop()
+	st.users[alice] = alicePW
+	var msgs [][]byte
 	for i := range 50 {
-		ds = append(ds, store.Delivery{Address: alice, Message: bigMessage(1000+i*997, uint64(i))})
-	}
-	if _, err := st.AppendMany(ds); err != nil {
-		t.Fatal(err)
+		m := bigMessage(1000+i*997, uint64(i))
+		msgs = append(msgs, m)
+		st.add(alice, string(m))
 	}
 	h := startServer(t, st, Options{AllowInsecureAuth: true})
 	c := greeted(t, h.addr)
 	cmds := []string{"USER " + alice, "PASS " + alicePW}
-	for i := range ds {
+	for i := range msgs {
 		cmds = append(cmds, fmt.Sprintf("RETR %d", i+1))
 	}
 	c.send(append(cmds, "QUIT")...)
 	c.expect("+OK send PASS")
 	c.expectPrefix("+OK alice@example.org has 50 messages")
-	for i, d := range ds {
-		c.expect(fmt.Sprintf("+OK %d octets", len(d.Message)))
-		if !bytes.Equal(c.body(), d.Message) {
+	for i, m := range msgs {
+		c.expect(fmt.Sprintf("+OK %d octets", len(m)))
+		if !bytes.Equal(c.body(), m) {
 			t.Fatalf("pipelined RETR %d: wrong body", i+1)
 		}
 	}

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"minimail/store"
 )
 
 // seedCommands seeds the fuzzers with every keyword and the client lines of
@@ -136,7 +134,7 @@ func FuzzSession(f *testing.F) {
 	md.users[alice] = alicePW
 	f.Fuzz(func(t *testing.T, input []byte) {
 		md.mu.Lock()
-		md.boxes, md.bodies, md.nextID = map[string][]store.MessageInfo{}, map[uint64][]byte{}, 0
+		md.boxes, md.bodies, md.nextID = map[string][]MessageInfo{}, map[uint64][]byte{}, 0
 		md.mu.Unlock()
 		md.add(alice, msg1, msg2, msg3)
 		srv := NewServer(md, Options{

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"minimail/store"
 )
 
 // The fixture every transcript test starts from (testdata/dialog/README).
@@ -33,37 +31,17 @@ const (
 	msg3 = "Subject: three\r\n\r\nshort\r\n"
 )
 
-// openStore opens a fresh store in a temporary directory.
-func openStore(t testing.TB) *store.Store {
+// fixtureMaildrop holds alice with msg1..msg3 (ids 1..3), bob with one
+// message and carol with none.
+func fixtureMaildrop(t testing.TB) *fakeMaildrop {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), store.Options{BcryptCost: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
-
-// fixtureStore holds alice with msg1..msg3 (ids 1..3), bob with one message
-// and carol with none.
-func fixtureStore(t testing.TB) *store.Store {
-	t.Helper()
-	st := openStore(t)
+	md := newFakeMaildrop()
 	for _, u := range [][2]string{{alice, alicePW}, {bob, bobPW}, {carol, carolPW}} {
-		if err := st.AddUser(u[0], u[1]); err != nil {
-			t.Fatal(err)
-		}
+		md.users[u[0]] = u[1]
 	}
-	_, err := st.AppendMany([]store.Delivery{
-		{Address: alice, Message: []byte(msg1)},
-		{Address: alice, Message: []byte(msg2)},
-		{Address: alice, Message: []byte(msg3)},
-		{Address: bob, Message: []byte(msg3)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	md.add(alice, msg1, msg2, msg3)
+	md.add(bob, msg3)
+	return md
 }
 
 // harness is a running server on 127.0.0.1.
@@ -255,12 +233,13 @@ func (c *client) login(user, pass string) {
 	c.cmd("PASS "+pass, "+OK")
 }
 
-// fakeMaildrop is an in-memory Maildrop whose operations can be made to
-// fail, for the cases a real store will not produce on demand.
+// fakeMaildrop is an in-memory Maildrop, with the store's promises (ids
+// never reused, login names case-insensitive), whose operations can be made
+// to fail on demand.
 type fakeMaildrop struct {
 	mu        sync.Mutex
 	users     map[string]string // address -> password
-	boxes     map[string][]store.MessageInfo
+	boxes     map[string][]MessageInfo
 	bodies    map[uint64][]byte
 	nextID    uint64
 	authErr   error // returned by Authenticate instead of checking
@@ -270,8 +249,12 @@ type fakeMaildrop struct {
 	deletes   [][]uint64 // every Delete call
 }
 
+// fakeEpoch stands in for the store's epoch in the UIDLs it gives,
+// <epoch>-<id>.
+const fakeEpoch = 0x5eed
+
 func newFakeMaildrop() *fakeMaildrop {
-	return &fakeMaildrop{users: map[string]string{}, boxes: map[string][]store.MessageInfo{}, bodies: map[uint64][]byte{}}
+	return &fakeMaildrop{users: map[string]string{}, boxes: map[string][]MessageInfo{}, bodies: map[uint64][]byte{}}
 }
 
 func (f *fakeMaildrop) add(addr string, msgs ...string) {
@@ -279,25 +262,37 @@ func (f *fakeMaildrop) add(addr string, msgs ...string) {
 	defer f.mu.Unlock()
 	for _, m := range msgs {
 		f.nextID++
-		f.boxes[addr] = append(f.boxes[addr], store.MessageInfo{ID: f.nextID, Size: int64(len(m))})
+		f.boxes[addr] = append(f.boxes[addr], MessageInfo{ID: f.nextID, UIDL: fmt.Sprintf("%016x-%d", fakeEpoch, f.nextID), Size: int64(len(m))})
 		f.bodies[f.nextID] = []byte(m)
 	}
 }
 
-func (f *fakeMaildrop) Authenticate(user, password string) (string, error) {
+// Authenticate has the store's rule for authz, less its spelling checks:
+// empty or the login name in any case.
+func (f *fakeMaildrop) Authenticate(authz, user, password string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.authErr != nil {
 		return "", f.authErr
 	}
 	addr := strings.ToLower(user)
+	if authz != "" && strings.ToLower(authz) != addr {
+		return "", ErrNotAuthorized
+	}
 	if pw, ok := f.users[addr]; !ok || pw != password {
-		return "", store.ErrBadPassword
+		return "", ErrAuthFailed
 	}
 	return addr, nil
 }
 
-func (f *fakeMaildrop) List(addr string) ([]store.MessageInfo, error) {
+// count is how many messages addr's maildrop holds.
+func (f *fakeMaildrop) count(addr string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.boxes[addr])
+}
+
+func (f *fakeMaildrop) List(addr string) ([]MessageInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.listErr != nil {
@@ -314,7 +309,7 @@ func (f *fakeMaildrop) Read(addr string, id uint64) ([]byte, error) {
 	}
 	b, ok := f.bodies[id]
 	if !ok {
-		return nil, fmt.Errorf("message %d: %w", id, store.ErrNoMessage)
+		return nil, fmt.Errorf("message %d: %w", id, ErrNoMessage)
 	}
 	return b, nil
 }
@@ -326,7 +321,7 @@ func (f *fakeMaildrop) Delete(addr string, ids []uint64) error {
 	if f.deleteErr != nil {
 		return f.deleteErr
 	}
-	f.boxes[addr] = slices.DeleteFunc(f.boxes[addr], func(m store.MessageInfo) bool { return slices.Contains(ids, m.ID) })
+	f.boxes[addr] = slices.DeleteFunc(f.boxes[addr], func(m MessageInfo) bool { return slices.Contains(ids, m.ID) })
 	for _, id := range ids {
 		delete(f.bodies, id)
 	}
@@ -334,3 +329,12 @@ func (f *fakeMaildrop) Delete(addr string, ids []uint64) error {
 }
 
 var errInjected = errors.New("injected failure")
+
+// testLoginName stands in for the store's rule: names with spaces are no
+// address, others count in lower case.
+func testLoginName(user string) (string, error) {
+	if strings.ContainsAny(user, " \t") {
+		return "", errors.New("login name: contains spaces")
+	}
+	return strings.ToLower(user), nil
+}

@@ -12,7 +12,7 @@ import (
 // listener each session came through, and succeeds once the first is gone.
 func TestLock_OneMaildropWhateverTheListener(t *testing.T) {
 	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
-	st := fixtureStore(t)
+	st := fixtureMaildrop(t)
 	locks := &MaildropLocks{}
 	plain := startServer(t, st, Options{TLSConfig: serverTLS, Locks: locks})
 	implicit := startPOP3S(t, st, Options{Locks: locks}, serverTLS)

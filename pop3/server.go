@@ -3,28 +3,84 @@ package pop3
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
-
-	"minimail/mta/guard"
-	"minimail/store"
 )
 
-// Maildrop is what the server needs from storage; *store.Store satisfies it.
+// Maildrop is what the server needs from storage; cmd/minimail adapts the
+// store to it.
 type Maildrop interface {
-	// Authenticate checks a login and returns the canonical address. It
-	// returns store.ErrBadPassword for an unknown user or a wrong password.
-	Authenticate(user, password string) (addr string, err error)
-	// List returns ids and sizes in arrival order, without bodies.
-	List(addr string) ([]store.MessageInfo, error)
+	// Authenticate checks a login, the three strings as the client sent
+	// them, and returns the canonical address. authz is the SASL PLAIN
+	// authorization identity, "" when the client gave none and for
+	// USER/PASS; which ones a login may give is the Maildrop's rule (in
+	// minimail the store's: empty or the login itself, never another user,
+	// RFC 4616 section 2). Wrong credentials, an unknown user included,
+	// give an error wrapping ErrAuthFailed, a refused authz one wrapping
+	// ErrNotAuthorized; any other error is taken as temporary.
+	Authenticate(authz, user, password string) (addr string, err error)
+	// List returns the maildrop's messages in arrival order, without
+	// bodies.
+	List(addr string) ([]MessageInfo, error)
 	// Read returns one message with CRLF line endings; its length is the
-	// Size List reported.
+	// Size List reported. A message (or maildrop) gone meanwhile gives an
+	// error wrapping ErrNoMessage.
 	Read(addr string, id uint64) ([]byte, error)
-	// Delete removes the ids in one transaction.
+	// Delete removes the ids in one transaction: all or none.
 	Delete(addr string, ids []uint64) error
+}
+
+// MessageInfo is one message as Maildrop.List reports it.
+type MessageInfo struct {
+	// ID names the message to Read and Delete.
+	ID uint64
+	// UIDL is the message's unique-id (RFC 1939 section 7): 1 to 70
+	// characters 0x21-0x7E that never change and never name another
+	// message of the maildrop, also after a restart or a restored backup.
+	UIDL string
+	// Size is the length in octets of what Read returns, before
+	// dot-stuffing (RFC 1939 section 11).
+	Size int64
+}
+
+var (
+	// ErrAuthFailed is a Maildrop's answer to credentials that do not log
+	// in: the client gets -ERR [AUTH] (RFC 3206 section 4) and the failure
+	// is counted.
+	ErrAuthFailed = errors.New("invalid user name or password")
+	// ErrNotAuthorized is a Maildrop's answer to a login that asks to act
+	// as another user. The client gets -ERR [AUTH]; nothing was checked, so
+	// nothing is counted.
+	ErrNotAuthorized = errors.New("authorization identity must be empty or the user name")
+	// ErrNoMessage is a Maildrop's answer to reading a message that is no
+	// longer there.
+	ErrNoMessage = errors.New("no such message")
+)
+
+// ConnLimiter bounds concurrent connections; *guard.ConnLimiter satisfies
+// it. Acquire returns false when the connection from addr is over a limit;
+// otherwise release is called once when the connection ends.
+type ConnLimiter interface {
+	Acquire(addr net.Addr) (release func(), ok bool)
+}
+
+// Throttle counts failed logins; *guard.AuthThrottle satisfies it.
+type Throttle interface {
+	// Blocked reports whether logins from ip are refused for now.
+	Blocked(ip netip.Addr) bool
+	// Fail records a failed login from ip.
+	Fail(ip netip.Addr)
+	// FailureDelay records a failure for the login name user (as
+	// Options.LoginName spells it, "" for a name no user can have) and
+	// returns how long to wait before answering it, base or more.
+	FailureDelay(user string, base time.Duration) time.Duration
+	// Pause waits d, or less if cancel is closed first.
+	Pause(d time.Duration, cancel <-chan struct{})
 }
 
 // Options configure a Server. The zero value works, with no TLS.
@@ -53,20 +109,26 @@ type Options struct {
 	// RFC 2449 section 4 allows 255 octets: we accept more, but not without
 	// bound.
 	MaxLineLength int
-	// MaxConnections and MaxConnectionsPerIP bound concurrent sessions;
-	// 0 means unlimited.
-	MaxConnections, MaxConnectionsPerIP int
+	// Limiter bounds concurrent sessions; nil means unlimited.
+	Limiter ConnLimiter
 	// Locks holds the maildrop locks; give every Server over the same
 	// Maildrop the same one (the POP3 and the POP3S listener), or a maildrop
 	// opened through one can be opened again through the other. Nil means a
 	// private MaildropLocks, which keeps out sessions of this Server only.
 	Locks Locker
-	// AuthThrottle counts failed logins; share it with SMTP AUTH. Nil means
-	// a private one.
-	AuthThrottle *guard.AuthThrottle
-	// AuthFailDelay is waited before answering a wrong password; 0 means
-	// 1 second, negative means no delay.
+	// AuthThrottle counts failed logins; share it with SMTP AUTH. Nil
+	// means none: no address is refused, and every wrong password waits
+	// AuthFailDelay.
+	AuthThrottle Throttle
+	// AuthFailDelay is waited before answering a wrong password (the base
+	// of AuthThrottle.FailureDelay); 0 means 1 second, negative means no
+	// delay.
 	AuthFailDelay time.Duration
+	// LoginName returns the spelling under which a login name is counted
+	// by AuthThrottle and logged, or an error for a name no user can have
+	// (those all count as ""). Nil takes names as sent. cmd/minimail gives
+	// store.LoginName, the store's own rule.
+	LoginName func(user string) (string, error)
 	// Logger gets one line per session; nil discards.
 	Logger *slog.Logger
 }
@@ -88,8 +150,8 @@ type Server struct {
 	md       Maildrop
 	opts     Options
 	log      *slog.Logger
-	throttle *guard.AuthThrottle
-	limiter  *guard.ConnLimiter
+	throttle Throttle
+	limiter  ConnLimiter
 	locks    Locker
 
 	// closing is closed when Shutdown starts.
@@ -130,9 +192,16 @@ func NewServer(md Maildrop, opts Options) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	throttle := opts.AuthThrottle
-	if throttle == nil {
-		throttle = &guard.AuthThrottle{}
+	var throttle Throttle = noThrottle{}
+	if opts.AuthThrottle != nil {
+		throttle = opts.AuthThrottle
+	}
+	var limiter ConnLimiter = noLimit{}
+	if opts.Limiter != nil {
+		limiter = opts.Limiter
+	}
+	if opts.LoginName == nil {
+		opts.LoginName = func(user string) (string, error) { return user, nil }
 	}
 	locks := opts.Locks
 	if locks == nil {
@@ -143,7 +212,7 @@ func NewServer(md Maildrop, opts Options) *Server {
 		opts:      opts,
 		log:       logger,
 		throttle:  throttle,
-		limiter:   &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
+		limiter:   limiter,
 		locks:     locks,
 		closing:   make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
@@ -152,8 +221,9 @@ func NewServer(md Maildrop, opts Options) *Server {
 	return s
 }
 
-// Serve accepts connections on l until Shutdown, then returns nil. Any other
-// accept failure that persists is returned.
+// Serve accepts connections on l until Shutdown, then returns nil; any
+// other accept error ends it and is returned. The caller wraps l to ride
+// out temporary accept failures (cmd/minimail uses a guard.Listener).
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.shutdown {
@@ -170,7 +240,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}()
 
 	for {
-		conn, err := guard.Accept(l, s.log)
+		conn, err := l.Accept()
 		if err != nil {
 			if s.isShutdown() {
 				return nil
@@ -241,7 +311,7 @@ func (s *Server) handle(conn net.Conn) {
 	defer conn.Close()
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("pop3 session panic", "client", guard.IP(conn.RemoteAddr()), "panic", p)
+			s.log.Error("pop3 session panic", "client", clientIP(conn).String(), "panic", p)
 		}
 	}()
 
@@ -250,7 +320,7 @@ func (s *Server) handle(conn net.Conn) {
 		// RFC 2449 section 8.1.2: [SYS/TEMP] tells the client to retry later.
 		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		fmt.Fprintf(conn, "-ERR [SYS/TEMP] too many connections\r\n")
-		s.log.Info("pop3 rejected", "client", guard.IP(conn.RemoteAddr()), "reason", "too many connections")
+		s.log.Info("pop3 rejected", "client", clientIP(conn).String(), "reason", "too many connections")
 		return
 	}
 	defer release() // also on panic; release is idempotent
@@ -269,5 +339,33 @@ func (s *Server) handle(conn net.Conn) {
 	release()
 	if s.afterSession != nil {
 		s.afterSession()
+	}
+}
+
+// clientIP is the client's address, logged as client and counted by the
+// throttle; the zero Addr for a connection that is not over IP.
+func clientIP(conn net.Conn) netip.Addr {
+	ap, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
+	return ap.Addr().Unmap()
+}
+
+// noLimit is the ConnLimiter of a Server given none.
+type noLimit struct{}
+
+func (noLimit) Acquire(net.Addr) (func(), bool) { return func() {}, true }
+
+// noThrottle is the Throttle of a Server given none: nobody is refused and
+// every failure waits the base delay.
+type noThrottle struct{}
+
+func (noThrottle) Blocked(netip.Addr) bool { return false }
+func (noThrottle) Fail(netip.Addr)         {}
+
+func (noThrottle) FailureDelay(_ string, base time.Duration) time.Duration { return base }
+
+func (noThrottle) Pause(d time.Duration, cancel <-chan struct{}) {
+	select {
+	case <-time.After(d):
+	case <-cancel:
 	}
 }

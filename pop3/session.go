@@ -12,9 +12,6 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
-
-	"minimail/mta/guard"
-	"minimail/store"
 )
 
 // state is the RFC 1939 session state. UPDATE has no value of its own: it is
@@ -29,7 +26,7 @@ const (
 // message is one entry of the session's fixed snapshot of the maildrop.
 // Message number n is msgs[n-1] for the whole session (RFC 1939 section 5).
 type message struct {
-	store.MessageInfo
+	MessageInfo
 	deleted bool
 }
 
@@ -75,11 +72,15 @@ type session struct {
 	lineBy      time.Time
 	lineStarted bool
 
-	state  state
-	user   string // from USER, waiting for PASS
-	addr   string // canonical address once logged in
-	unlock func()
-	msgs   []message
+	state state
+	user  string // from USER, waiting for PASS
+	addr  string // canonical address once logged in
+	// tried is the login name of the last login, bounded for the log (the
+	// canonical address once the credentials are good); authResult is
+	// "authenticated" or why that login failed.
+	tried, authResult string
+	unlock            func()
+	msgs              []message
 
 	errs         int
 	authFailures int
@@ -94,7 +95,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 		srv:     srv,
 		raw:     conn,
 		conn:    conn,
-		ip:      guard.IP(conn.RemoteAddr()),
+		ip:      clientIP(conn),
 		start:   now,
 		loginBy: now.Add(srv.opts.LoginTimeout),
 	}
@@ -229,7 +230,8 @@ func (s *session) logEnd() {
 	s.srv.log.Info("pop3 session",
 		"client", s.ip.String(),
 		"tls", s.tls,
-		"user", s.addr,
+		"user", s.tried,
+		"auth", s.authResult,
 		"auth_failures", s.authFailures,
 		"retrieved", s.retrieved,
 		"deleted", s.deleted,

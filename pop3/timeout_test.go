@@ -73,7 +73,7 @@ func TestCommandTimeout_TricklingClientIsCutOff(t *testing.T) {
 	for _, loggedIn := range []bool{false, true} {
 		name := map[bool]string{false: "AUTHORIZATION", true: "TRANSACTION"}[loggedIn]
 		t.Run(name, func(t *testing.T) {
-			h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true, CommandTimeout: testCommandTimeout})
+			h := startServer(t, fixtureMaildrop(t), Options{AllowInsecureAuth: true, CommandTimeout: testCommandTimeout})
 			c := greeted(t, h.addr)
 			if loggedIn {
 				c.login(alice, alicePW)
@@ -90,7 +90,7 @@ func TestCommandTimeout_TricklingClientIsCutOff(t *testing.T) {
 // after the limit is not run, not even when the rest of the line and a
 // QUIT follow.
 func TestCommandTimeout_PartialDELEIsNeverRun(t *testing.T) {
-	st := fixtureStore(t)
+	st := fixtureMaildrop(t)
 	h := startServer(t, st, Options{AllowInsecureAuth: true, CommandTimeout: testCommandTimeout})
 	c := greeted(t, h.addr)
 	c.login(alice, alicePW)
@@ -101,7 +101,7 @@ func TestCommandTimeout_PartialDELEIsNeverRun(t *testing.T) {
 		t.Fatalf("server answered the partial DELE: %q", got)
 	}
 	h.waitEnded(t, 1)
-	if n := countMessages(t, st, alice); n != 3 {
+	if n := st.count(alice); n != 3 {
 		t.Fatalf("alice has %d messages, want 3: the partial DELE was run", n)
 	}
 }
@@ -122,7 +122,7 @@ func TestCommandTimeout_TLSHandshake(t *testing.T) {
 		{"half a ClientHello", hello[:len(hello)/2]},
 	} {
 		t.Run("POP3S, "+tt.name, func(t *testing.T) {
-			h := startPOP3S(t, fixtureStore(t), opts, serverTLS)
+			h := startPOP3S(t, fixtureMaildrop(t), opts, serverTLS)
 			start := time.Now() // before the server can start its clock
 			c := dial(t, h.addr)
 			c.conn.Write(tt.send)
@@ -131,7 +131,7 @@ func TestCommandTimeout_TLSHandshake(t *testing.T) {
 		t.Run("STLS, "+tt.name, func(t *testing.T) {
 			opts := opts
 			opts.TLSConfig = serverTLS
-			h := startServer(t, fixtureStore(t), opts)
+			h := startServer(t, fixtureMaildrop(t), opts)
 			c := greeted(t, h.addr)
 			start := time.Now()
 			c.cmd("STLS", "+OK begin TLS negotiation")
@@ -166,7 +166,7 @@ func TestLoginTimeout_UnauthenticatedSessionHasALifetime(t *testing.T) {
 	for _, verb := range []string{"NOOP", "CAPA"} {
 		t.Run(verb, func(t *testing.T) {
 			var logs bytes.Buffer
-			h := startServer(t, fixtureStore(t), Options{
+			h := startServer(t, fixtureMaildrop(t), Options{
 				AllowInsecureAuth: true,
 				LoginTimeout:      testLoginTimeout,
 				Logger:            slog.New(slog.NewJSONHandler(&logs, nil)),
@@ -193,7 +193,7 @@ func TestLoginTimeout_UnauthenticatedSessionHasALifetime(t *testing.T) {
 		})
 	}
 	t.Run("logged in", func(t *testing.T) {
-		h := startServer(t, fixtureStore(t), Options{AllowInsecureAuth: true, LoginTimeout: testLoginTimeout})
+		h := startServer(t, fixtureMaildrop(t), Options{AllowInsecureAuth: true, LoginTimeout: testLoginTimeout})
 		c := greeted(t, h.addr)
 		c.login(alice, alicePW)
 		for end := time.Now().Add(3 * testLoginTimeout); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {

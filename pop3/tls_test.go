@@ -49,7 +49,7 @@ func greetedSTLS(t testing.TB, opts Options) (*client, *tls.Config, *harness) {
 	t.Helper()
 	var clientTLS *tls.Config
 	opts.TLSConfig, clientTLS = tlstest.Pair(t, "pop.test")
-	h := startServer(t, fixtureStore(t), opts)
+	h := startServer(t, fixtureMaildrop(t), opts)
 	return greeted(t, h.addr), clientTLS, h
 }
 
@@ -108,7 +108,7 @@ func TestPOP3S_ImplicitTLS(t *testing.T) {
 	serverTLS, clientTLS := tlstest.Pair(t, "pop.test")
 	// The caller wraps the listener; the server sees *tls.Conn and counts
 	// TLS as active. TLSConfig stays nil: no STLS on POP3S.
-	h := startPOP3S(t, fixtureStore(t), Options{}, serverTLS)
+	h := startPOP3S(t, fixtureMaildrop(t), Options{}, serverTLS)
 	c := dialTLS(t, h.addr, clientTLS)
 	c.expect("+OK pop.test POP3 server ready")
 	c.send("CAPA")

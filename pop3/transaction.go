@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-
-	"minimail/store"
 )
 
 // stat counts the messages not marked deleted and their octets.
@@ -19,9 +17,8 @@ func (s *session) stat() (count int, size int64) {
 	return count, size
 }
 
-// uid is the RFC 1939 section 7 unique-id the store gives the message: it
-// never changes and never repeats, also after a restored backup.
-func uid(m *message) string { return m.UIDL() }
+// uid is the RFC 1939 section 7 unique-id, the one the Maildrop gives.
+func uid(m *message) string { return m.UIDL }
 
 // msgArg resolves a message-number argument, answering -ERR for one that is
 // malformed, out of range or marked deleted (RFC 1939 section 5).
@@ -84,7 +81,7 @@ func (s *session) listing(c command, value func(*message) string) {
 func (s *session) read(m *message) ([]byte, bool) {
 	data, err := s.srv.md.Read(s.addr, m.ID)
 	switch {
-	case errors.Is(err, store.ErrNoMessage), errors.Is(err, store.ErrNoUser):
+	case errors.Is(err, ErrNoMessage):
 		s.err("message is no longer in the maildrop")
 		return nil, false
 	case err != nil:

@@ -35,7 +35,7 @@ func TestAuthenticate_VerifiedPasswordsAreCachedNotGuesses(t *testing.T) {
 	login := func(pw string, wantOK bool, wantCompares int32) {
 		t.Helper()
 		before := compares.Load()
-		_, err := st.Authenticate("alice@example.org", pw)
+		_, err := st.Authenticate("", "alice@example.org", pw)
 		if (err == nil) != wantOK {
 			t.Fatalf("Authenticate(%q): %v", pw, err)
 		}

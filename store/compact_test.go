@@ -199,7 +199,7 @@ func TestCompact_KeepsEveryEntryAndGivesBackFreePages(t *testing.T) {
 	if got := uidls(t, s, users); !maps.EqualFunc(got, wantUIDLs, slices.Equal) {
 		t.Errorf("UIDLs after compaction %v, want %v", got, wantUIDLs)
 	}
-	if _, err := s.Authenticate("bob@example.org", "pw-bob@example.org"); err != nil {
+	if _, err := s.Authenticate("", "bob@example.org", "pw-bob@example.org"); err != nil {
 		t.Errorf("login after compaction: %v", err)
 	}
 	id, err := s.Append("carol@example.org", []byte("Subject: new\r\n\r\nx\r\n"))

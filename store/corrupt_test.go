@@ -93,7 +93,7 @@ func TestCorruptRecords_GiveErrorsNamingTheRecord(t *testing.T) {
 		{"user record not JSON", put([]string{"users"}, []byte(bob), []byte("{not json")),
 			func(s *store.Store) error { _, err := s.Users(); return err }, `user record "bob@example.org"`},
 		{"user record under another key", put([]string{"users"}, []byte(bob), []byte(`{"address":"eve@example.org","hash":"eA=="}`)),
-			func(s *store.Store) error { _, err := s.Authenticate(bob, "pw"); return err }, `user record "bob@example.org"`},
+			func(s *store.Store) error { _, err := s.Authenticate("", bob, "pw"); return err }, `user record "bob@example.org"`},
 		{"queue entry not JSON", put([]string{"queue"}, id8(1), []byte("[")),
 			func(s *store.Store) error { _, err := s.QueueEntries(); return err }, "queue entry 1"},
 		{"queue key too short", put([]string{"queue"}, []byte("q"), []byte("[")),

@@ -60,7 +60,7 @@ func TestAuthenticate_AtMostMaxConcurrentHashesAtOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			a := attempts[i%len(attempts)]
-			_, errs[i] = s.Authenticate(a.login, a.password)
+			_, errs[i] = s.Authenticate("", a.login, a.password)
 		}()
 	}
 	// The first slots logins hash at once, and no other starts while they
@@ -112,7 +112,7 @@ func TestAuthenticate_UnknownUserHashesLikeAWrongPassword(t *testing.T) {
 			if err := s.AddUser("alice@example.org", "right"); err != nil {
 				t.Fatal(err)
 			}
-			_, err = s.Authenticate(tc.login, tc.password)
+			_, err = s.Authenticate("", tc.login, tc.password)
 			if tc.password != "right" || tc.login != "alice@example.org" {
 				if !errors.Is(err, ErrBadPassword) {
 					t.Errorf("err = %v, want ErrBadPassword", err)

@@ -57,7 +57,7 @@ func TestOpen_MigratesSchema1KeepingEveryUIDL(t *testing.T) {
 		bob:   {"3", "Subject: bob\r\n\r\nfor bob\r\n"},
 	}
 	for addr, want := range mail {
-		if _, err := s.Authenticate(addr, "pw-"+addr); err != nil {
+		if _, err := s.Authenticate("", addr, "pw-"+addr); err != nil {
 			t.Errorf("Authenticate(%s) after migration: %v", addr, err)
 		}
 		infos, err := s.List(addr)

@@ -438,7 +438,7 @@ func TestBackup_OpensWithAllMessages(t *testing.T) {
 	b := openStore(t, bdir)
 	got := map[uint64][]byte{}
 	for _, addr := range []string{"alice@example.org", "bob@example.org"} {
-		if _, err := b.Authenticate(addr, "pw-"+addr); err != nil {
+		if _, err := b.Authenticate("", addr, "pw-"+addr); err != nil {
 			t.Errorf("backup: Authenticate(%s): %v", addr, err)
 		}
 		infos, err := b.List(addr)

@@ -21,6 +21,9 @@ var (
 	ErrUserExists = errors.New("user already exists")
 	// ErrBadPassword means the password did not match.
 	ErrBadPassword = errors.New("wrong password")
+	// ErrNotAuthorized means a login asked to act as another user: a SASL
+	// authorization identity that is not the login name (Authenticate).
+	ErrNotAuthorized = errors.New("authorization identity is not the login name")
 	// ErrEmptyPassword refuses empty passwords at creation.
 	ErrEmptyPassword = errors.New("empty password")
 )
@@ -264,13 +267,27 @@ func (s *Store) dummyHash() []byte {
 	return s.dummy
 }
 
-// Authenticate checks a password and returns the user's canonical address.
+// Authenticate checks a login and returns the user's canonical address.
 // An unknown user, a login name that is no address (LoginName) and a wrong
 // password all give ErrBadPassword.
-func (s *Store) Authenticate(login, password string) (string, error) {
+//
+// authz is the SASL authorization identity (RFC 4616 section 2), "" when
+// the client gave none and for logins that have none (SMTP AUTH LOGIN,
+// POP3 USER/PASS). A login acts only as itself: authz must be empty or the
+// login name itself, compared as users are looked up (LoginName: case does
+// not matter), or the login is refused with ErrNotAuthorized before the
+// password is checked. A server that let the credentials of one user act
+// as another this way was CVE-2023-27582. Every login of SMTP and POP3
+// alike comes through here, so this is the one place the rule lives.
+func (s *Store) Authenticate(authz, login, password string) (string, error) {
 	key, err := LoginName(login)
 	if err != nil {
 		return "", ErrBadPassword
+	}
+	if authz != "" {
+		if as, err := LoginName(authz); err != nil || as != key {
+			return "", ErrNotAuthorized
+		}
 	}
 	rec, err := s.userRecord(key)
 	if errors.Is(err, ErrNoUser) {

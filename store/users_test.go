@@ -114,36 +114,45 @@ func TestAuthenticate(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name     string
-		addr, pw string
-		want     string
-		wantErr  error
+		name            string
+		authz, addr, pw string
+		want            string
+		wantErr         error
 	}{
-		{"good", "alice@example.org", "open sesame", "alice@example.org", nil},
-		{"good, address in other case", "ALICE@Example.Org", "open sesame", "alice@example.org", nil},
-		{"wrong password", "alice@example.org", "open sesame!", "", store.ErrBadPassword},
-		{"password case matters", "alice@example.org", "Open Sesame", "", store.ErrBadPassword},
-		{"empty password", "alice@example.org", "", "", store.ErrBadPassword},
-		{"unknown user", "mallory@example.org", "open sesame", "", store.ErrBadPassword},
-		{"not an address", "alice", "open sesame", "", store.ErrBadPassword},
+		{"good", "", "alice@example.org", "open sesame", "alice@example.org", nil},
+		{"good, address in other case", "", "ALICE@Example.Org", "open sesame", "alice@example.org", nil},
+		{"wrong password", "", "alice@example.org", "open sesame!", "", store.ErrBadPassword},
+		{"password case matters", "", "alice@example.org", "Open Sesame", "", store.ErrBadPassword},
+		{"empty password", "", "alice@example.org", "", "", store.ErrBadPassword},
+		{"unknown user", "", "mallory@example.org", "open sesame", "", store.ErrBadPassword},
+		{"not an address", "", "alice", "open sesame", "", store.ErrBadPassword},
 		// The right password under a name no user can have: refused as a
 		// wrong password is, so that spaces and case cannot spell a real
 		// name anew for every guess.
-		{"leading space", " alice@example.org", "open sesame", "", store.ErrBadPassword},
-		{"trailing tab", "alice@example.org\t", "open sesame", "", store.ErrBadPassword},
-		{"spaces and other case", " ALICE@EXAMPLE.ORG\t", "open sesame", "", store.ErrBadPassword},
-		{"trailing NUL", "alice@example.org\x00", "open sesame", "", store.ErrBadPassword},
-		{"trailing CRLF", "alice@example.org\r\n", "open sesame", "", store.ErrBadPassword},
-		{"leading no-break space", "\u00a0alice@example.org", "open sesame", "", store.ErrBadPassword},
-		{"trailing ideographic space", "alice@example.org\u3000", "open sesame", "", store.ErrBadPassword},
+		{"leading space", "", " alice@example.org", "open sesame", "", store.ErrBadPassword},
+		{"trailing tab", "", "alice@example.org\t", "open sesame", "", store.ErrBadPassword},
+		{"spaces and other case", "", " ALICE@EXAMPLE.ORG\t", "open sesame", "", store.ErrBadPassword},
+		{"trailing NUL", "", "alice@example.org\x00", "open sesame", "", store.ErrBadPassword},
+		{"trailing CRLF", "", "alice@example.org\r\n", "open sesame", "", store.ErrBadPassword},
+		{"leading no-break space", "", "\u00a0alice@example.org", "open sesame", "", store.ErrBadPassword},
+		{"trailing ideographic space", "", "alice@example.org\u3000", "open sesame", "", store.ErrBadPassword},
+		// The authorization identity (SASL PLAIN): only the login itself,
+		// spelled as it may be looked up.
+		{"authz is the login", "alice@example.org", "alice@example.org", "open sesame", "alice@example.org", nil},
+		{"authz is the login in other case", "Alice@EXAMPLE.org", "aLiCe@example.org", "open sesame", "alice@example.org", nil},
+		{"authz is another user", "bob@example.org", "alice@example.org", "open sesame", "", store.ErrNotAuthorized},
+		{"authz is another user, wrong password", "bob@example.org", "alice@example.org", "wrong", "", store.ErrNotAuthorized},
+		{"authz is the login with a space", "alice@example.org ", "alice@example.org", "open sesame", "", store.ErrNotAuthorized},
+		{"authz is no address", "alice", "alice@example.org", "open sesame", "", store.ErrNotAuthorized},
+		{"authz for a login that is no address", "alice", "alice", "open sesame", "", store.ErrBadPassword},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := s.Authenticate(tt.addr, tt.pw)
+			got, err := s.Authenticate(tt.authz, tt.addr, tt.pw)
 			if err != tt.wantErr || got != tt.want {
 				// Exact error: an unknown user must be indistinguishable
 				// from a wrong password.
-				t.Errorf("Authenticate(%q, %q) = %q, %v; want %q, %v", tt.addr, tt.pw, got, err, tt.want, tt.wantErr)
+				t.Errorf("Authenticate(%q, %q, %q) = %q, %v; want %q, %v", tt.authz, tt.addr, tt.pw, got, err, tt.want, tt.wantErr)
 			}
 		})
 	}
@@ -208,7 +217,7 @@ func TestAuthenticate_UnknownUserCostsAsMuch(t *testing.T) {
 		best := time.Hour
 		for i := 0; i < 3; i++ {
 			start := time.Now()
-			if _, err := s.Authenticate(addr, "wrong"); !errors.Is(err, store.ErrBadPassword) {
+			if _, err := s.Authenticate("", addr, "wrong"); !errors.Is(err, store.ErrBadPassword) {
 				t.Fatalf("Authenticate(%s): %v", addr, err)
 			}
 			best = min(best, time.Since(start))
@@ -230,10 +239,10 @@ func TestSetPassword(t *testing.T) {
 	if err := s.SetPassword("ALICE@example.org", "new secret"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Authenticate("alice@example.org", old); err != store.ErrBadPassword {
+	if _, err := s.Authenticate("", "alice@example.org", old); err != store.ErrBadPassword {
 		t.Errorf("old password after change: %v, want ErrBadPassword", err)
 	}
-	if got, err := s.Authenticate("alice@example.org", "new secret"); err != nil || got != "alice@example.org" {
+	if got, err := s.Authenticate("", "alice@example.org", "new secret"); err != nil || got != "alice@example.org" {
 		t.Errorf("new password: %q, %v", got, err)
 	}
 
@@ -249,7 +258,7 @@ func TestSetPassword(t *testing.T) {
 			if err := s.SetPassword(tt.addr, tt.pw); !errors.Is(err, tt.wantIs) {
 				t.Errorf("SetPassword(%q, %q) = %v, want %v", tt.addr, tt.pw, err, tt.wantIs)
 			}
-			if _, err := s.Authenticate("alice@example.org", "new secret"); err != nil {
+			if _, err := s.Authenticate("", "alice@example.org", "new secret"); err != nil {
 				t.Errorf("refused SetPassword changed the password: %v", err)
 			}
 		})
@@ -287,7 +296,7 @@ func TestDeleteUser_RemovesMailbox(t *testing.T) {
 	if _, err := s.Append("alice@example.org", []byte("x\r\n")); !errors.Is(err, store.ErrNoUser) {
 		t.Errorf("Append after delete = %v, want ErrNoUser", err)
 	}
-	if _, err := s.Authenticate("alice@example.org", "pw-alice@example.org"); err != store.ErrBadPassword {
+	if _, err := s.Authenticate("", "alice@example.org", "pw-alice@example.org"); err != store.ErrBadPassword {
 		t.Errorf("Authenticate after delete = %v", err)
 	}
 	if users, _ := s.Users(); len(users) != 1 || users[0].Address != "bob@example.org" {

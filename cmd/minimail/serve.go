@@ -130,10 +130,12 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		if lc.addr == "" {
 			continue
 		}
-		l, err := net.Listen("tcp", lc.addr)
+		tcp, err := net.Listen("tcp", lc.addr)
 		if err != nil {
 			return nil, listenError(lc.key, lc.addr, err)
 		}
+		// Every server rides out temporary accept failures the same way.
+		var l net.Listener = &guard.Listener{Listener: tcp, Log: log}
 		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {
 			l = tls.NewListener(l, tlsConf)
 		}
@@ -238,24 +240,24 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		}
 	}
 	popOpts := pop3.Options{
-		Hostname:            cfg.Hostname,
-		TLSConfig:           tlsConf,
-		AllowInsecureAuth:   cfg.Auth.AllowInsecureAuth,
-		IdleTimeout:         cfg.Limits.POP3IdleTimeout.Duration,
-		CommandTimeout:      cfg.Limits.CommandTimeout.or(mta.DefaultCommandTimeout), // unset: the same default as SMTP
-		MaxConnections:      cfg.Limits.MaxConnections,
-		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
-		AuthThrottle:        throttle,
-		AuthFailDelay:       cfg.Auth.FailureDelay.Duration,
-		Locks:               &pop3.MaildropLocks{}, // one for both listeners: RFC 1939 section 8
-		Logger:              log,
+		Hostname:          cfg.Hostname,
+		TLSConfig:         tlsConf,
+		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth,
+		IdleTimeout:       cfg.Limits.POP3IdleTimeout.Duration,
+		CommandTimeout:    cfg.Limits.CommandTimeout.or(mta.DefaultCommandTimeout), // unset: the same default as SMTP
+		AuthThrottle:      throttle,
+		AuthFailDelay:     cfg.Auth.FailureDelay.Duration,
+		LoginName:         store.LoginName,
+		Locks:             &pop3.MaildropLocks{}, // one for both listeners: RFC 1939 section 8
+		Logger:            log,
 	}
 	if _, ok := listeners["listen.pop3"]; ok && tlsConf == nil && !cfg.Auth.AllowInsecureAuth {
 		log.Warn("listen.pop3 has no TLS certificate (tls.cert), so no login can succeed on it: set [tls] or auth.allow_insecure_auth")
 	}
 	for _, key := range []string{"listen.pop3", "listen.pop3s"} {
 		if _, ok := listeners[key]; ok {
-			p := pop3.NewServer(s.st, popOpts)
+			popOpts.Limiter = &guard.ConnLimiter{Max: cfg.Limits.MaxConnections, MaxPerIP: cfg.Limits.MaxConnectionsPerIP}
+			p := pop3.NewServer(maildrop{s.st}, popOpts)
 			serveOn(key, p.Serve, p.Shutdown)
 		}
 	}

@@ -34,18 +34,22 @@ func (l *scriptedListener) Accept() (net.Conn, error) {
 func (l *scriptedListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
 func TestAcceptRetriesTemporaryFailures(t *testing.T) {
-	client, server := net.Pipe()
-	defer client.Close()
-	l := &scriptedListener{errs: []error{tempErr{}, tempErr{}}, conn: server}
-	c, err := guard.Accept(l, slog.New(slog.DiscardHandler))
-	if err != nil || c != server {
-		t.Fatalf("Accept = %v, %v; want the connection after two temporary failures", c, err)
+	for name, log := range map[string]*slog.Logger{"logged": slog.New(slog.DiscardHandler), "no logger": nil} {
+		t.Run(name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer client.Close()
+			l := &scriptedListener{errs: []error{tempErr{}, tempErr{}}, conn: server}
+			c, err := (&guard.Listener{Listener: l, Log: log}).Accept()
+			if err != nil || c != server {
+				t.Fatalf("Accept = %v, %v; want the connection after two temporary failures", c, err)
+			}
+		})
 	}
 }
 
 func TestAcceptReturnsOtherErrors(t *testing.T) {
 	l := &scriptedListener{errs: []error{net.ErrClosed}}
-	if _, err := guard.Accept(l, slog.New(slog.DiscardHandler)); !errors.Is(err, net.ErrClosed) {
+	if _, err := (&guard.Listener{Listener: l}).Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("err = %v, want net.ErrClosed", err)
 	}
 }
