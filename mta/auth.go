@@ -6,8 +6,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-
-	"minimail/store"
 )
 
 // authAllowed: AUTH only over TLS (RFC 8314 and RFC 4954 4) unless the
@@ -71,16 +69,19 @@ func (ss *session) authenticate(authz, user, password string) error {
 	}
 	addr, err := ss.srv.users.Authenticate(authz, user, password)
 	switch {
-	case errors.Is(err, store.ErrNotAuthorized):
+	case errors.Is(err, ErrNotAuthorized):
 		// Nothing was checked (the store refuses before the password),
 		// so nothing is counted.
 		ss.srv.log.Warn("auth refused", "client", ss.ip.String(), "user", logSafe(user), "reason", "authorization identity differs")
 		return ss.reject(535, smtp.EnhancedCode{5, 7, 8}, "authorization identity must be empty or the login name")
-	case errors.Is(err, store.ErrBadPassword):
+	case errors.Is(err, ErrAuthFailed):
 		throttle.Fail(ss.ip)
 		// One spelling per user for the throttle and the store alike; a
 		// name no user can have counts as "".
-		name, nameErr := store.LoginName(user)
+		name, nameErr := ss.srv.opts.LoginName(user)
+		if nameErr != nil {
+			name = ""
+		}
 		reason := "wrong user or password"
 		if nameErr != nil {
 			reason = "login name is not an address"

@@ -59,6 +59,7 @@ func newEnv(t testing.TB, mod func(o *Options, local *Local)) *env {
 	serverTLS, clientTLS := tlstest.Pair(t, testHost)
 	e := &env{t: t, st: st, agent: &mda.Agent{Mailboxes: st}, queue: &fakeQueue{}, logs: &syncBuffer{}, clientTLS: clientTLS}
 	opts := Options{
+		LoginName:           store.LoginName,
 		Hostname:            testHost,
 		Domains:             []string{"Example.ORG"},
 		TLSConfig:           serverTLS,
@@ -72,7 +73,7 @@ func newEnv(t testing.TB, mod func(o *Options, local *Local)) *env {
 		mod(&opts, &local)
 	}
 	e.mx = NewMX(local, opts)
-	e.sub = NewSubmission(local, e.queue, st, opts)
+	e.sub = NewSubmission(local, e.queue, storeUsers{st}, opts)
 	e.mxAddr = e.serve(e.mx, nil)
 	e.subAddr = e.serve(e.sub, nil)
 	e.subsAddr = e.serve(e.sub, ServerTLSConfig(serverTLS))
@@ -410,3 +411,18 @@ func onlyCRLF(b []byte) bool {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// storeUsers is the store as Users, its errors in this package's words (as
+// cmd/minimail wires it).
+type storeUsers struct{ st *store.Store }
+
+func (u storeUsers) Authenticate(authz, user, password string) (string, error) {
+	addr, err := u.st.Authenticate(authz, user, password)
+	switch {
+	case errors.Is(err, store.ErrBadPassword):
+		return "", ErrAuthFailed
+	case errors.Is(err, store.ErrNotAuthorized):
+		return "", ErrNotAuthorized
+	}
+	return addr, err
+}

@@ -69,15 +69,20 @@ type Queue interface {
 	Enqueue(from string, rcpts []string, msg []byte) (id string, err error)
 }
 
-// Users checks login credentials; *store.Store satisfies it. authz is the
-// SASL authorization identity ("" for none, and for LOGIN), passed on as the
-// client sent it with the login and the password: the rule for it is the
-// store's (empty or the login itself). A wrong user or password is
-// store.ErrBadPassword, a refused authz store.ErrNotAuthorized; any other
-// error is temporary.
+// Users checks login credentials. authz is the SASL authorization identity
+// ("" for none, and for LOGIN), passed on as the client sent it with the
+// login and the password: the rule for it is the Users' (empty or the
+// login itself). A wrong user or password is ErrAuthFailed, a refused
+// authz ErrNotAuthorized; any other error is temporary.
 type Users interface {
 	Authenticate(authz, user, password string) (addr string, err error)
 }
+
+// The errors Users speaks.
+var (
+	ErrAuthFailed    = errors.New("wrong user name or password")
+	ErrNotAuthorized = errors.New("authorization identity is not the login name")
+)
 
 // Defaults for zero Options fields.
 const (
@@ -162,6 +167,11 @@ type Options struct {
 	// AuthFailDelay is waited before answering a wrong password; negative
 	// means no delay.
 	AuthFailDelay time.Duration
+	// LoginName spells a login name the way Users looks it up, so that the
+	// per-user slowdown counts " Bob@X" and "bob@x" as one user; an error
+	// means no user can have the name (they all share one count). nil
+	// lower-cases.
+	LoginName func(string) (string, error)
 
 	// Sign DKIM-signs mail relayed for a local sender (submission only; the
 	// domain is the sender's): it returns the DKIM-Signature field to put in
@@ -213,6 +223,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.LoginName == nil {
+		o.LoginName = func(s string) (string, error) { return strings.ToLower(s), nil }
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

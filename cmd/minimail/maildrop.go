@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"minimail/mta"
 	"minimail/pop3"
 	"minimail/store"
 )
@@ -15,12 +16,25 @@ type maildrop struct{ st *store.Store }
 // Authenticate is the store's, the one login rule of SMTP and POP3 alike
 // (store.Authenticate: authz empty or the login itself).
 func (m maildrop) Authenticate(authz, user, password string) (string, error) {
-	addr, err := m.st.Authenticate(authz, user, password)
+	return authenticate(m.st, authz, user, password, pop3.ErrAuthFailed, pop3.ErrNotAuthorized)
+}
+
+// smtpUsers is the store as the submission server sees it: mta.Users.
+type smtpUsers struct{ st *store.Store }
+
+func (u smtpUsers) Authenticate(authz, user, password string) (string, error) {
+	return authenticate(u.st, authz, user, password, mta.ErrAuthFailed, mta.ErrNotAuthorized)
+}
+
+// authenticate checks credentials with the store and says "wrong
+// credentials" and "refused authorization identity" in the caller's words.
+func authenticate(st *store.Store, authz, user, password string, failed, notAuthorized error) (string, error) {
+	addr, err := st.Authenticate(authz, user, password)
 	switch {
 	case errors.Is(err, store.ErrBadPassword):
-		return "", fmt.Errorf("%w: %w", pop3.ErrAuthFailed, err)
+		return "", fmt.Errorf("%w: %w", failed, err)
 	case errors.Is(err, store.ErrNotAuthorized):
-		return "", fmt.Errorf("%w: %w", pop3.ErrNotAuthorized, err)
+		return "", fmt.Errorf("%w: %w", notAuthorized, err)
 	}
 	return addr, err
 }

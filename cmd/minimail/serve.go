@@ -205,6 +205,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		MaxErrors:           cfg.Limits.MaxErrors,
 		AuthThrottle:        throttle,
 		AuthFailDelay:       cfg.Auth.FailureDelay.Duration,
+		LoginName:           store.LoginName,
 		Logger:              log,
 	}
 	if signer != nil {
@@ -235,7 +236,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 	for _, key := range []string{"listen.submission", "listen.submissions"} {
 		if _, ok := listeners[key]; ok {
-			sub := mta.NewSubmission(agent, q, s.st, opts)
+			sub := mta.NewSubmission(agent, q, smtpUsers{s.st}, opts)
 			serveOn(key, sub.Serve, sub.Shutdown)
 		}
 	}
