@@ -50,7 +50,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (ss *session) throttled() error {
-	ss.srv.log.Warn("auth throttled", "client", ss.ip.String())
+	ss.srv.log.Warn("auth_failed", "listener", ss.listener(), "client", ss.ip.String(), "reason", "too many failed logins")
 	return ss.reject(454, smtp.EnhancedCode{4, 7, 0}, "too many failed logins, try again later")
 }
 
@@ -72,7 +72,7 @@ func (ss *session) authenticate(authz, user, password string) error {
 	case errors.Is(err, ErrNotAuthorized):
 		// Nothing was checked (the store refuses before the password),
 		// so nothing is counted.
-		ss.srv.log.Warn("auth refused", "client", ss.ip.String(), "user", logSafe(user), "reason", "authorization identity differs")
+		ss.srv.log.Warn("auth_failed", "listener", ss.listener(), "client", ss.ip.String(), "user", logSafe(user), "reason", "authorization identity differs")
 		return ss.reject(535, smtp.EnhancedCode{5, 7, 8}, "authorization identity must be empty or the login name")
 	case errors.Is(err, ErrAuthFailed):
 		throttle.Fail(ss.ip)
@@ -86,19 +86,19 @@ func (ss *session) authenticate(authz, user, password string) error {
 		if nameErr != nil {
 			reason = "login name is not an address"
 		}
-		ss.srv.log.Warn("auth failed", "client", ss.ip.String(), "user", logSafe(user), "reason", reason)
+		ss.srv.log.Warn("auth_failed", "listener", ss.listener(), "client", ss.ip.String(), "user", logSafe(user), "reason", reason)
 		// The delay slows guessing within the throttle's allowance, and
 		// grows for a user name that keeps failing from anywhere.
 		throttle.Pause(throttle.FailureDelay(name, ss.srv.opts.AuthFailDelay), ss.srv.ctx.Done())
 		return errAuthFailed
 	case err != nil:
-		ss.srv.log.Error("auth lookup failed", "client", ss.ip.String(), "user", logSafe(user), "err", err)
+		ss.srv.log.Error("auth_failed", "listener", ss.listener(), "client", ss.ip.String(), "user", logSafe(user), "reason", "credentials not checked", "err", err)
 		return smtpErr(454, smtp.EnhancedCode{4, 7, 0}, "temporary authentication failure")
 	}
 	ss.mu.Lock()
 	ss.user = addr
 	ss.mu.Unlock()
-	ss.srv.log.Info("authenticated", "client", ss.ip.String(), "user", addr)
+	ss.srv.log.Info("authenticated", "listener", ss.listener(), "client", ss.ip.String(), "user", addr)
 	return nil
 }
 

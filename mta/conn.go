@@ -26,6 +26,8 @@ type trackedConn struct {
 	srv     *Server
 	release func()    // connection-limit slot; nil when over the limit
 	start   time.Time // accepted, for MaxSessionTime
+	// implicitTLS: the connection came in over TLS (465), not STARTTLS.
+	implicitTLS bool
 
 	mu        sync.Mutex
 	conn      net.Conn  // the transport: TCP, or a *tls.Conn over it

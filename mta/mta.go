@@ -441,7 +441,7 @@ func (s *Server) handoff(c net.Conn) {
 			return
 		}
 		t.SetDeadline(time.Time{})
-		tc.tls = t
+		tc.tls, tc.implicitTLS = t, true
 	}
 	if !ok {
 		s.log.Warn("rejected", "client", s.clientIP(c), "reason", "too many connections")

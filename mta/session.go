@@ -47,6 +47,7 @@ type transaction struct {
 	local    []string // canonical addresses of accepted local recipients
 	remote   []string // accepted remote recipients (submission only)
 	refused  []string // "rcpt code" of refused recipients, for the log
+	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
 	logged   bool
 }
 
@@ -114,10 +115,20 @@ func (ss *session) current() (*transaction, string) {
 }
 
 // Mail opens a transaction (RFC 5321 4.1.1.2).
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if ss.gone() {
 		return errGone
 	}
+	// No transaction opens, so no transaction line will tell of it: the
+	// refusal gets its own.
+	defer func() {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code >= 400 {
+			_, user := ss.current()
+			ss.srv.log.Info("rejected", "listener", ss.listener(), "client", ss.ip.String(), "user", user,
+				"from", logSafe(from), "result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message))
+		}
+	}()
 	if ss.srv.isDraining() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
@@ -428,6 +439,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 	if ss.srv.kind == kindMX {
 		if o.Verify != nil {
 			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, mb.bytes())
+			tx.checks = v.Summary
 			switch {
 			case err != nil:
 				ss.srv.log.Error("verify failed", "id", tx.id, "err", err)
@@ -545,7 +557,11 @@ func (ss *session) logTx(tx *transaction, user, event string, attrs ...slog.Attr
 		slog.String("from", tx.from),
 		slog.Any("rcpts", append(append([]string(nil), tx.local...), tx.remote...)),
 		slog.Any("refused", tx.refused),
+		slog.String("listener", ss.listener()),
 	}, attrs...)
+	if tx.checks != "" {
+		attrs = append(attrs, slog.String("checks", tx.checks))
+	}
 	attrs = append(attrs, slog.Duration("duration", time.Since(tx.start)))
 	level := slog.LevelInfo
 	if event == "deferred" {
@@ -591,4 +607,17 @@ func (ss *session) tlsInfo() string {
 		return ""
 	}
 	return tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+}
+
+// listener names the listener the session came in on, as the config does
+// (listen.smtp, listen.submission, listen.submissions): 587 and 465 are one
+// Server, told apart by implicit TLS.
+func (ss *session) listener() string {
+	switch {
+	case ss.srv.kind == kindMX:
+		return "smtp"
+	case ss.tc.implicitTLS:
+		return "submissions"
+	}
+	return "submission"
 }

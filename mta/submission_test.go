@@ -161,7 +161,7 @@ func TestSubmission_WrongPasswordDelayedAndNotLogged(t *testing.T) {
 	if strings.Contains(logs, "hunter2") || strings.Contains(logs, testPass) {
 		t.Fatalf("password in log:\n%s", logs)
 	}
-	if !strings.Contains(logs, `"msg":"auth failed"`) || !strings.Contains(logs, `"user":"alice@example.org"`) {
+	if !strings.Contains(logs, `"msg":"auth_failed"`) || !strings.Contains(logs, `"user":"alice@example.org"`) {
 		t.Fatalf("failure not logged:\n%s", logs)
 	}
 }

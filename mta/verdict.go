@@ -12,6 +12,8 @@ type Verdict struct {
 	// Message replaces the message for Accept (the checks removed fields
 	// from it); nil keeps the message as it was.
 	Message []byte
+	// Summary is the checks' verdicts for the transaction's log line.
+	Summary string
 	// Prepend is what the checks add in front of the message for Accept
 	// (their Authentication-Results field), CRLF-terminated.
 	Prepend []byte

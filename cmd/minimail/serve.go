@@ -296,7 +296,7 @@ func verifyOnMX(v *msgauth.Verifier) func(context.Context, net.IP, string, strin
 		if err != nil {
 			return mta.Verdict{}, err
 		}
-		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message, Prepend: got.Field}, nil
+		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message, Prepend: got.Field, Summary: got.Summary}, nil
 	}
 }
 

@@ -31,7 +31,7 @@ type Verifier struct {
 	AuthServID  string        // our host name, the authserv-id of the field we add
 	RejectDMARC bool          // refuse DMARC failures of p=reject domains instead of only recording them
 	Timeout     time.Duration // for all lookups of one message; zero means DefaultTimeout
-	Logger      *slog.Logger  // one line per message; nil discards
+	Logger      *slog.Logger  // for what goes wrong inside the checks (a panic); nil discards
 }
 
 // Disposition is what a receiving server should do with a message, as
@@ -68,6 +68,10 @@ type Verdict struct {
 	// Reason says why a message is not delivered, in a sentence fit for
 	// the reply to the sender; "" for Deliver.
 	Reason string
+	// Summary is the verdicts for the caller's log line, e.g. "spf=pass
+	// dkim=pass:a.test dmarc=pass policy=none from_domain=a.test"; "" when
+	// the message could not be checked.
+	Summary string
 	// Field is the Authentication-Results field to put in front of
 	// Message (Deliver only), with the line ending of the rest.
 	Field []byte
@@ -94,18 +98,15 @@ type Verdict struct {
 // mailbox owner's filters. The error is for a Verifier that cannot check
 // at all (no AuthServID).
 func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error) {
-	log := v.logger().With("ip", ip.String(), "helo", helo, "mail_from", mailFrom)
 	if v.AuthServID == "" {
 		return Verdict{}, errors.New("msgauth: Verifier.AuthServID is not set")
 	}
 	if startsWithContinuation(msg) {
-		log.Info("rejected", "reason", errContinuationFirst.Error())
 		return Verdict{Disposition: RejectMalformed, Reason: capitalize(errContinuationFirst.Error())}, nil
 	}
 	fields, rest := splitHeader(msg)
 	from, err := fromDomain(fields)
 	if err != nil {
-		log.Info("rejected", "reason", err.Error())
 		return Verdict{Disposition: RejectUnevaluable, Reason: capitalize(err.Error())}, nil
 	}
 	timeout := v.Timeout
@@ -158,21 +159,17 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 		dkimSummary = append(dkimSummary, string(o.value)+":"+o.domain)
 	}
 	results = append(results, dm.result(from))
-	log = log.With("from_domain", from, "spf", string(sp.value), "dkim", strings.Join(dkimSummary, ","),
-		"dmarc", string(dm.value), "policy", string(dm.policy))
+	summary := fmt.Sprintf("spf=%s dkim=%s dmarc=%s policy=%s from_domain=%s",
+		sp.value, strings.Join(dkimSummary, ","), dm.value, dm.policy, from)
 
 	switch {
 	case dm.value == authres.ResultFail && dm.policy == policyReject && v.RejectDMARC:
-		log.Info("rejected", "reason", "dmarc")
-		return Verdict{Disposition: RejectPolicy, Reason: "Rejected by the DMARC policy of " + from}, nil
+		return Verdict{Disposition: RejectPolicy, Reason: "Rejected by the DMARC policy of " + from, Summary: summary}, nil
 	case dm.value == authres.ResultTempError && dm.mayReject && v.RejectDMARC:
-		log.Info("deferred", "reason", "dmarc temperror")
-		return Verdict{Disposition: Temporary, Reason: "DMARC check of " + from + " failed temporarily, try again later"}, nil
+		return Verdict{Disposition: Temporary, Reason: "DMARC check of " + from + " failed temporarily, try again later", Summary: summary}, nil
 	}
-	log.Info("authenticated")
-
 	h := formatAuthResults(v.AuthServID, results, lineEnding(msg))
-	return Verdict{Disposition: Deliver, Field: []byte(h), Message: stripAuthResults(msg, v.AuthServID)}, nil
+	return Verdict{Disposition: Deliver, Field: []byte(h), Message: stripAuthResults(msg, v.AuthServID), Summary: summary}, nil
 }
 
 func (v *Verifier) logger() *slog.Logger {

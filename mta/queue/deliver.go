@@ -160,7 +160,12 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 		}
 		r.Attempts++
 		es.attempted = true
-		name := "delivered"
+		// "sent" when the next hop took it, "delivered" when a local
+		// mailbox did: the words of the SMTP servers' lines.
+		name := "sent"
+		if via == "local" {
+			name = "delivered"
+		}
 		switch {
 		case err == nil:
 			r.State = store.RcptSent

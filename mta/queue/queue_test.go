@@ -31,7 +31,7 @@ func TestQueueDeliversRemoteAndLocalRecipients(t *testing.T) {
 		t.Fatalf("queue not empty after delivery: %+v", all)
 	}
 	logs := e.logs.String()
-	for _, want := range []string{"msg=queued id=" + id, "msg=delivered id=" + id + " rcpt=x@b.test via=remote", "msg=delivered id=" + id + " rcpt=bob@a.test via=local"} {
+	for _, want := range []string{"msg=queued id=" + id, "msg=sent id=" + id + " rcpt=x@b.test via=remote", "msg=delivered id=" + id + " rcpt=bob@a.test via=local"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q:\n%s", want, logs)
 		}
