@@ -84,7 +84,7 @@ func TestCorruptRecords_GiveErrorsNamingTheRecord(t *testing.T) {
 			func(s *store.Store) error { _, err := s.List(alice); return err }, "message index entry 616263"},
 		{"index size beyond belief", put(aliceIndex, id8(1), append(id8(1<<62), make([]byte, 24)...)),
 			func(s *store.Store) error { _, err := s.List(alice); return err }, "message index entry 1: size"},
-		{"shared body missing", del([]string{"bodies"}, id8(1)),
+		{"shared body missing", del([]string{"bodies", string(id8(1))}, []byte("m")),
 			func(s *store.Store) error { _, err := s.Read(alice, 1); return err }, "message 1: stored"},
 		{"reference count missing", del([]string{"bodyrefs"}, id8(1)),
 			func(s *store.Store) error { return s.Delete(alice, []uint64{1}) }, "body 1: no reference count"},

@@ -150,7 +150,7 @@ func (w *bodyWriter) add(msg []byte) (uint64, error) {
 			return 0, err
 		}
 		id = n
-		if err := w.bodies.Put(idKey(id), msg); err != nil {
+		if err := putBody(w.bodies, id, msg); err != nil {
 			return 0, fmt.Errorf("body %d: %w", id, err)
 		}
 		w.ids[key] = id
@@ -185,7 +185,31 @@ func releaseBody(tx *bolt.Tx, bodyID uint64) error {
 	if err := refs.Delete(k); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketBodies).Delete(k)
+	return tx.Bucket(bucketBodies).DeleteBucket(k)
+}
+
+// Each body is the one value of a bucket of its own, under the body's id:
+// bbolt keeps at least two keys in a page, so bodies side by side in one
+// bucket would share leaves, and storing one would rewrite (and read back
+// through the map) its neighbour, a megabyte for a megabyte. A bucket of
+// its own puts only its 16-octet header in the shared leaves. (A small
+// body stays inline in the parent's leaf, as small values always did.)
+var bodyKey = []byte("m")
+
+func putBody(bodies *bolt.Bucket, id uint64, msg []byte) error {
+	b, err := bodies.CreateBucket(idKey(id))
+	if err != nil {
+		return err
+	}
+	return b.Put(bodyKey, msg)
+}
+
+// getBody returns the body stored under id, nil if there is none.
+func getBody(bodies *bolt.Bucket, id uint64) []byte {
+	if b := bodies.Bucket(idKey(id)); b != nil {
+		return b.Get(bodyKey)
+	}
+	return nil
 }
 
 // mailbox returns addr's mailbox bucket, or an error wrapping ErrNoUser.
@@ -263,7 +287,7 @@ func messageParts(tx *bolt.Tx, mb *bolt.Bucket, id uint64, e indexEntry) (head, 
 		if heads := mb.Bucket(bucketHead); heads != nil {
 			head = heads.Get(k)
 		}
-		body = tx.Bucket(bucketBodies).Get(idKey(e.body))
+		body = getBody(tx.Bucket(bucketBodies), e.body)
 	}
 	// The size in the index is what LIST promised; bytes that do not add up
 	// to it are a missing or damaged record (an empty body reads as nil).
