@@ -108,7 +108,7 @@ func prepareCommand(c *cli.Command, readsConfig bool) {
 	if len(c.Subcommands) > 0 && c.Action == nil {
 		c.Action = func(ctx *cli.Context) error {
 			if ctx.NArg() > 0 {
-				return usagef("unknown command %s %s", ctx.Command.Name, ctx.Args().First())
+				return usagef("unknown command %s %s", commandName(ctx), ctx.Args().First())
 			}
 			return cli.ShowSubcommandHelp(ctx)
 		}
@@ -160,9 +160,20 @@ func args(c *cli.Context, names ...string) ([]string, error) {
 		if len(names) > 0 {
 			want = fmt.Sprintf("%d argument(s): %s", len(names), strings.Join(names, " "))
 		}
-		return nil, usagef("%s: want %s (flags go before arguments)", c.Command.FullName(), want)
+		return nil, usagef("%s: want %s (flags go before arguments)", commandName(c), want)
 	}
 	return c.Args().Slice(), nil
+}
+
+// commandName is the command as typed, "user add".
+func commandName(c *cli.Context) string {
+	var names []string
+	for _, ctx := range c.Lineage() {
+		if ctx.Command != nil && ctx.Command.Name != c.App.Name {
+			names = append([]string{ctx.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
 }
 
 // adminAction is the Action of an admin command: it checks the positional
