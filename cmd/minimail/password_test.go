@@ -125,7 +125,7 @@ func TestUserAddOnATerminal(t *testing.T) {
 	const pw = "correct horse battery"
 	for _, tc := range []struct {
 		name, addr, first, second, want string
-		code                             int
+		code                            int
 	}{
 		{"matching passwords", "alice@example.test", pw, pw, "created alice@example.test", 0},
 		{"confirmation mismatch", "bob@example.test", pw, pw + "!", "do not match", 2},
