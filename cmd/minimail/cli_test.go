@@ -27,6 +27,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Others may run it: some tests run it as a service user.
+	os.Chmod(dir, 0o755)
 	binary = filepath.Join(dir, "minimail")
 	build := exec.Command("go", "build", "-o", binary, ".")
 	build.Stderr = os.Stderr
