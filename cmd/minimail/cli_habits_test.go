@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -80,29 +77,6 @@ func TestCLIHabits(t *testing.T) {
 	}
 }
 
-// minimailWithin runs the binary without stdin and fails the test if it
-// is still running after d: a serve that should have refused its config.
-func minimailWithin(t *testing.T, d time.Duration, args ...string) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG=")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("minimail %v still ran after %v: %s", args, d, errb.String())
-	}
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run minimail: %v", err)
-	}
-	return result{code, out.String(), errb.String()}
-}
-
 // TestConfigErrorsExitTwoNamingFileAndKey: every problem with the config,
 // a file it names included, exits 2 (systemd's RestartPreventExitStatus=2
 // then stops restarting) and names the config file and the key.
@@ -149,7 +123,7 @@ func TestConfigErrorsExitTwoNamingFileAndKey(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeConfig(t, tc.body)
 			os.Mkdir(filepath.Join(filepath.Dir(p), "data"), 0o700)
-			r := minimailWithin(t, 20*time.Second, append([]string{"--config", p}, strings.Fields(tc.cmd)...)...)
+			r := runMinimail(t, runOptions{timeout: 20 * time.Second}, append([]string{"--config", p}, strings.Fields(tc.cmd)...)...)
 			if r.code != 2 || !strings.Contains(r.stderr, p) || !strings.Contains(r.stderr, tc.key) {
 				t.Fatalf("%s: exit %d, stderr %q; want exit 2 naming %s and %s", tc.cmd, r.code, r.stderr, p, tc.key)
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,12 +51,32 @@ type result struct {
 // minimail runs the binary with stdin and returns its exit code and output.
 func minimail(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Stdin = strings.NewReader(stdin)
+	return runMinimail(t, runOptions{stdin: stdin}, args...)
+}
+
+type runOptions struct {
+	stdin   string
+	cred    *syscall.Credential // nil: as the test runs
+	timeout time.Duration       // 0: none; else minimail still running then fails the test
+}
+
+func runMinimail(t *testing.T, o runOptions, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.Background(), context.CancelFunc(func() {})
+	if o.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
+	}
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Stdin = strings.NewReader(o.stdin)
 	cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG=")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.cred}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("minimail %v still ran after %v: %s", args, o.timeout, errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -248,20 +270,27 @@ func setListen(t *testing.T, cfg string, listen map[string]string) {
 func startServe(t *testing.T, cfg string, listeners int) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
 	cmd := exec.Command(binary, "--config", cfg, "serve")
+	return cmd, startServing(t, cmd, listeners)
+}
+
+// startServing starts cmd (a `minimail serve`) and waits until it logs
+// every listener.
+func startServing(t *testing.T, cmd *exec.Cmd, listeners int) *syncBuffer {
+	t.Helper()
 	logs := &syncBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for strings.Count(logs.String(), "msg=listening") < listeners {
 		if time.Now().After(deadline) {
 			t.Fatalf("serve did not start: %s", logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return cmd, logs
+	return logs
 }
 
 // syncBuffer collects a child's output while the test reads it.

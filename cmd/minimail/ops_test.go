@@ -81,43 +81,10 @@ func openDir(t *testing.T) string {
 	return dir
 }
 
-// minimailAs runs the binary as another account (nil: as the test runs).
+// minimailAs runs the binary as another account.
 func minimailAs(t *testing.T, cred *syscall.Credential, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG=")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run minimail: %v", err)
-	}
-	return result{code, out.String(), errb.String()}
-}
-
-// startServing starts cmd (a `minimail serve`) and waits until it logs
-// every listener.
-func startServing(t *testing.T, cmd *exec.Cmd, listeners int) *syncBuffer {
-	t.Helper()
-	logs := &syncBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(15 * time.Second)
-	for strings.Count(logs.String(), "msg=listening") < listeners {
-		if cmd.ProcessState != nil || time.Now().After(deadline) {
-			t.Fatalf("serve did not start: %s", logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return logs
+	return runMinimail(t, runOptions{stdin: stdin, cred: cred}, args...)
 }
 
 // stopServing sends SIGTERM, as systemctl stop and docker stop do, and
@@ -461,4 +428,61 @@ func TestRestoreStopCopyStart(t *testing.T) {
 		t.Fatalf("after new mail UIDLs are %q; want %q and one never seen (seen: %q)", got, kept, beforeRestore)
 	}
 	stopServing(t, serve, logs)
+}
+
+// TestInitWarnsAndSaysWhatItUses: init accepts localhost and an address
+// as --hostname for a trial but warns that a public MX needs a real name;
+// its config says the system resolver is used; --data-dir leaves no data/
+// beside the config; the quick start's ./mail is ignored by git.
+func TestInitWarnsAndSaysWhatItUses(t *testing.T) {
+	for _, tc := range []struct {
+		hostname string
+		warn     bool
+	}{
+		{"localhost", true},
+		{"127.0.0.1", true},
+		{"mail", true},
+		{"mx.example.test", false},
+	} {
+		t.Run(tc.hostname, func(t *testing.T) {
+			dir := t.TempDir()
+			r := minimail(t, "", "init", "--domain", "example.test", "--hostname", tc.hostname, "--dir", dir)
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			if warned := strings.Contains(r.stderr, "warning: --hostname "+tc.hostname+" is not a public DNS name"); warned != tc.warn {
+				t.Fatalf("warned %v, want %v: %q", warned, tc.warn, r.stderr)
+			}
+		})
+	}
+	t.Run("config names the system resolver", func(t *testing.T) {
+		b, err := os.ReadFile(initSite(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "the system resolver") || !strings.Contains(string(b), "leave this machine") {
+			t.Fatalf("config does not say DNS goes to the system resolver:\n%s", b)
+		}
+	})
+	t.Run("--data-dir elsewhere: no data/ beside the config", func(t *testing.T) {
+		dir, data := t.TempDir(), filepath.Join(t.TempDir(), "state")
+		if r := minimail(t, "", "init", "--domain", "example.test", "--hostname", "mx.example.test", "--dir", dir, "--data-dir", data); r.code != 0 {
+			t.Fatal(r.stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+			t.Error("init made data/ beside the config")
+		}
+		wantMode(t, data, 0o700, -1, -1)
+		if r := minimail(t, "long enough pw\n", "--config", filepath.Join(dir, "minimail.toml"), "user", "add", "a@example.test"); r.code != 0 {
+			t.Fatalf("user add with data_dir %s: %s", data, r.stderr)
+		}
+	})
+	t.Run("./mail is ignored by git", func(t *testing.T) {
+		if err := exec.Command("git", "-C", "../..", "rev-parse").Run(); err != nil {
+			t.Skip("not in a git checkout")
+		}
+		if out, err := exec.Command("git", "-C", "../..", "check-ignore", "-q", "mail/minimail.toml").CombinedOutput(); err != nil {
+			t.Fatalf("git check-ignore mail/minimail.toml: %v %s", err, out)
+		}
+	})
 }
