@@ -44,6 +44,11 @@ type adminOps struct {
 	queue adminQueue // nil when the server is not running
 }
 
+// maxLocalPart is the longest local part (before the @) RFC 5321
+// 4.5.3.1.1 requires servers to take: a longer one would be refused by
+// other servers anyway.
+const maxLocalPart = 64
+
 // userAddress checks the address of `user add` and `user passwd`, whether
 // it comes from the command line or the control socket: an address the
 // store takes (store.CanonicalAddress) in one of the local domains. It
@@ -52,6 +57,9 @@ func userAddress(cfg *Config, addr string) (string, error) {
 	canon, err := store.CanonicalAddress(addr)
 	if err != nil {
 		return "", err
+	}
+	if local := canon[:strings.LastIndexByte(canon, '@')]; len(local) > maxLocalPart {
+		return "", fmt.Errorf("address %s: local part of %d octets, more than the %d RFC 5321 4.5.3.1.1 allows", canon, len(local), maxLocalPart)
 	}
 	if domain := canon[strings.LastIndexByte(canon, '@')+1:]; cfg == nil || !cfg.isLocalDomain(domain) {
 		var domains, path string
@@ -69,13 +77,15 @@ type request struct {
 	Addr     string `json:"addr,omitempty"`
 	Password string `json:"password,omitempty"`
 	ID       string `json:"id,omitempty"`
-	Path     string `json:"path,omitempty"`
 }
 
+// response is the answer to a request. The answer to "backup" is Size
+// (or Error) followed by exactly Size bytes of the database copy.
 type response struct {
 	Error string             `json:"error,omitempty"`
 	Users []store.User       `json:"users,omitempty"`
 	Queue []store.QueueEntry `json:"queue,omitempty"`
+	Size  int64              `json:"size,omitempty"`
 }
 
 func (a *adminOps) do(req request) response {
@@ -83,16 +93,7 @@ func (a *adminOps) do(req request) response {
 	var err error
 	switch req.Op {
 	case "user.add", "user.passwd":
-		// The socket takes the same addresses as the command line.
-		addr, aerr := userAddress(a.cfg, req.Addr)
-		switch {
-		case aerr != nil:
-			err = aerr
-		case req.Op == "user.add":
-			err = a.st.AddUser(addr, req.Password)
-		default:
-			err = a.st.SetPassword(addr, req.Password)
-		}
+		err = a.setUser(req)
 	case "user.del":
 		err = a.st.DeleteUser(req.Addr)
 	case "user.list":
@@ -111,8 +112,6 @@ func (a *adminOps) do(req request) response {
 		} else {
 			err = dropStored(a.st, req.ID)
 		}
-	case "backup":
-		err = a.st.Backup(req.Path)
 	default:
 		err = fmt.Errorf("unknown admin operation %q", req.Op)
 	}
@@ -120,6 +119,22 @@ func (a *adminOps) do(req request) response {
 		resp.Error = err.Error()
 	}
 	return resp
+}
+
+// setUser runs user.add and user.passwd. The socket takes the addresses and
+// passwords the command line takes, no others.
+func (a *adminOps) setUser(req request) error {
+	addr, err := userAddress(a.cfg, req.Addr)
+	if err != nil {
+		return err
+	}
+	if err := checkPassword(a.cfg, addr, req.Password); err != nil {
+		return err
+	}
+	if req.Op == "user.add" {
+		return a.st.AddUser(addr, req.Password)
+	}
+	return a.st.SetPassword(addr, req.Password)
 }
 
 // serveControl answers admin requests on DATA_DIR/control.sock until ctx ends.
@@ -154,6 +169,11 @@ func serveControl(dataDir string, ops *adminOps, log *slog.Logger) (stop func(),
 				if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
 					return
 				}
+				if req.Op == "backup" {
+					n, err := serveBackup(c, ops.st)
+					log.Info("admin", "op", req.Op, "bytes", n, "error", errString(err))
+					return
+				}
 				resp := ops.do(req)
 				log.Info("admin", "op", req.Op, "addr", req.Addr, "id", req.ID, "error", resp.Error)
 				json.NewEncoder(c).Encode(resp)
@@ -170,15 +190,37 @@ func serveControl(dataDir string, ops *adminOps, log *slog.Logger) (stop func(),
 // errNoServer means no server answered on the control socket.
 var errNoServer = errors.New("no server on the control socket")
 
+// dialControl connects to a running server's control socket. It returns
+// errNoServer when none is listening, and says whom to run as when the
+// socket is there but not ours to use.
+func dialControl(dataDir string) (net.Conn, error) {
+	path := filepath.Join(dataDir, controlSocket)
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("control socket %s: %w: %s", path, err, runAsHint(dataDir))
+	}
+	if err != nil {
+		return nil, errNoServer
+	}
+	return c, nil
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
 // callServer sends req to a running server. It returns errNoServer when
 // none is listening.
 func callServer(dataDir string, req request) (response, error) {
-	path := filepath.Join(dataDir, controlSocket)
-	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	c, err := dialControl(dataDir)
 	if err != nil {
-		return response{}, errNoServer
+		return response{}, err
 	}
 	defer c.Close()
+	path := filepath.Join(dataDir, controlSocket)
 	c.SetDeadline(time.Now().Add(5 * time.Minute))
 	if err := json.NewEncoder(c).Encode(req); err != nil {
 		return response{}, fmt.Errorf("control socket %s: %w", path, err)
@@ -203,11 +245,8 @@ func adminDo(cfg *Config, req request) (response, error) {
 	if !errors.Is(err, errNoServer) {
 		return resp, err
 	}
-	st, err := store.Open(cfg.DataDir, store.Options{})
+	st, err := openStoreDirect(cfg.DataDir)
 	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
-			return resp, fmt.Errorf("%w, and %s does not answer: is the server starting or stopping? try again", err, filepath.Join(cfg.DataDir, controlSocket))
-		}
 		return resp, err
 	}
 	defer st.Close()

@@ -22,7 +22,7 @@ func TestControlSocketChecksAddressesAsTheCommandLineDoes(t *testing.T) {
 		{"a local address", "user.add", "Bob@A.test", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, err := callServer(s.cfg.DataDir, request{Op: tc.op, Addr: tc.addr, Password: "pw"})
+			resp, err := callServer(s.cfg.DataDir, request{Op: tc.op, Addr: tc.addr, Password: "a long passphrase"})
 			if err != nil {
 				t.Fatal(err)
 			}

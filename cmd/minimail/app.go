@@ -1,10 +1,11 @@
 package main
 
 import (
-	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,11 +16,14 @@ import (
 	"minimail/store"
 )
 
+// newApp builds the command line. Every command has a one-line UsageText
+// starting with "minimail": help shows it, and a usage error prints it
+// alone, never the whole help.
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
-	onUsage := func(_ *cli.Context, err error, _ bool) error { return usagef("%v", err) }
 	app := &cli.App{
 		Name:      "minimail",
 		Usage:     "a small mail server: SMTP in and out, a durable queue, POP3",
+		UsageText: "minimail [--config FILE] COMMAND [options] [arguments]   (minimail --help lists the commands)",
 		Reader:    stdin,
 		Writer:    stdout,
 		ErrWriter: stderr,
@@ -30,9 +34,13 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				EnvVars: []string{"MINIMAIL_CONFIG"},
 				Value:   "minimail.toml",
 			},
+			&cli.BoolFlag{Name: "version", Usage: "print the version"},
 		},
-		OnUsageError:    onUsage,
+		// --version is ours: it prints "minimail VERSION".
+		HideVersion:     true,
 		HideHelpCommand: true,
+		Action:          rootAction,
+		OnUsageError:    onUsageError,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors and picks exit codes
 		Commands: []*cli.Command{
 			initCommand(),
@@ -45,30 +53,128 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 		},
 	}
+	usage := map[string]string{
+		"init":  "minimail init --domain DOMAIN --hostname HOSTNAME [--dir DIR] [--data-dir DIR] [--service-user USER]",
+		"serve": "minimail [--config FILE] serve",
+		"dns":   "minimail [--config FILE] dns",
+		"demo":  "minimail demo [--keep]",
+	}
 	for _, c := range app.Commands {
-		setUsageHandler(c, onUsage)
+		if c.UsageText == "" {
+			c.UsageText = usage[c.Name]
+		}
+		prepareCommand(c, c.Name != "init" && c.Name != "demo")
 	}
 	return app
 }
 
-func setUsageHandler(c *cli.Command, h cli.OnUsageErrorFunc) {
-	c.OnUsageError = h
-	for _, sub := range c.Subcommands {
-		setUsageHandler(sub, h)
+// rootAction runs for `minimail` without a command: --version, or help.
+func rootAction(c *cli.Context) error {
+	if c.Bool("version") {
+		fmt.Fprintf(c.App.Writer, "minimail %s\n", version())
+		return nil
 	}
+	if c.NArg() > 0 {
+		if c.Args().First() == "help" {
+			return cli.ShowAppHelp(c)
+		}
+		return &usageError{msg: fmt.Sprintf("unknown command %s", c.Args().First()), usage: c.App.UsageText}
+	}
+	return cli.ShowAppHelp(c)
+}
+
+// onUsageError turns a flag the cli package refused into a usageError with
+// the command's usage line.
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	return &usageError{msg: err.Error(), usage: usageLine(c)}
+}
+
+func usageLine(c *cli.Context) string {
+	if c.Command != nil && c.Command.UsageText != "" {
+		return c.Command.UsageText
+	}
+	return c.App.UsageText
+}
+
+// prepareCommand gives c and its subcommands the usage error handling, a
+// --config flag of their own when they read the config (so that
+// `minimail serve --config X` works as `minimail --config X serve` does),
+// and, for a command with subcommands, an Action that names an unknown
+// subcommand.
+func prepareCommand(c *cli.Command, readsConfig bool) {
+	c.OnUsageError = onUsageError
+	if readsConfig {
+		c.Flags = append(c.Flags, &cli.StringFlag{Name: "config", Usage: "config file (as the global --config)"})
+	}
+	if len(c.Subcommands) > 0 && c.Action == nil {
+		c.Action = func(ctx *cli.Context) error {
+			if ctx.NArg() > 0 {
+				return usagef("unknown command %s %s", commandName(ctx), ctx.Args().First())
+			}
+			return cli.ShowSubcommandHelp(ctx)
+		}
+	}
+	if act := c.Action; act != nil {
+		c.Action = func(ctx *cli.Context) error {
+			err := act(ctx)
+			var ue *usageError
+			if errors.As(err, &ue) && ue.usage == "" {
+				ue.usage = usageLine(ctx)
+			}
+			return err
+		}
+	}
+	for _, sub := range c.Subcommands {
+		prepareCommand(sub, readsConfig)
+	}
+}
+
+// configPath is the --config given closest to the command (after it wins
+// over before it), else the global flag's value: MINIMAIL_CONFIG or the
+// default.
+func configPath(c *cli.Context) string {
+	var root *cli.Context
+	for _, ctx := range c.Lineage() {
+		if ctx.Command == nil {
+			continue
+		}
+		if slices.Contains(ctx.LocalFlagNames(), "config") {
+			return ctx.String("config")
+		}
+		root = ctx
+	}
+	if root == nil {
+		return c.String("config")
+	}
+	return root.String("config")
 }
 
 // config loads the file named by --config.
 func config(c *cli.Context) (*Config, error) {
-	return loadConfig(c.String("config"))
+	return loadConfig(configPath(c))
 }
 
 // args checks the positional argument count.
 func args(c *cli.Context, names ...string) ([]string, error) {
 	if c.NArg() != len(names) {
-		return nil, usagef("%s: want %d argument(s): %s (flags go before arguments)", c.Command.FullName(), len(names), strings.Join(names, " "))
+		want := "no arguments"
+		if len(names) > 0 {
+			want = fmt.Sprintf("%d argument(s): %s", len(names), strings.Join(names, " "))
+		}
+		return nil, usagef("%s: want %s (flags go before arguments)", commandName(c), want)
 	}
 	return c.Args().Slice(), nil
+}
+
+// commandName is the command as typed, "user add".
+func commandName(c *cli.Context) string {
+	var names []string
+	for _, ctx := range c.Lineage() {
+		if ctx.Command != nil && ctx.Command.Name != c.App.Name {
+			names = append([]string{ctx.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
 }
 
 // adminAction is the Action of an admin command: it checks the positional
@@ -94,29 +200,34 @@ func adminAction(argNames []string, build func(args []string) request, print fun
 }
 
 func userCommand() *cli.Command {
-	password := &cli.StringFlag{Name: "password", Usage: "the password (default: one line read from stdin)"}
+	password := &cli.StringFlag{Name: "password", Usage: "the password, for scripts (it lands in shell history and ps): default: asked twice on a terminal, else one line of stdin"}
 	return &cli.Command{
-		Name:  "user",
-		Usage: "manage mailboxes",
+		Name:      "user",
+		Usage:     "manage mailboxes",
+		UsageText: "minimail [--config FILE] user add|passwd|del|list [options] [ADDR]",
 		Subcommands: []*cli.Command{
 			{
 				Name: "add", Usage: "create a mailbox", ArgsUsage: "ADDR",
-				Flags:  []cli.Flag{password},
-				Action: func(c *cli.Context) error { return userWithPassword(c, "user.add") },
+				UsageText: "minimail [--config FILE] user add [--password PASSWORD] ADDR",
+				Flags:     []cli.Flag{password},
+				Action:    func(c *cli.Context) error { return userWithPassword(c, "user.add") },
 			},
 			{
 				Name: "passwd", Usage: "set a mailbox's password", ArgsUsage: "ADDR",
-				Flags:  []cli.Flag{password},
-				Action: func(c *cli.Context) error { return userWithPassword(c, "user.passwd") },
+				UsageText: "minimail [--config FILE] user passwd [--password PASSWORD] ADDR",
+				Flags:     []cli.Flag{password},
+				Action:    func(c *cli.Context) error { return userWithPassword(c, "user.passwd") },
 			},
 			{
 				Name: "del", Usage: "delete a mailbox and all its mail", ArgsUsage: "ADDR",
+				UsageText: "minimail [--config FILE] user del ADDR",
 				Action: adminAction([]string{"ADDR"},
 					func(a []string) request { return request{Op: "user.del", Addr: a[0]} },
 					func(w io.Writer, a []string, _ response) { fmt.Fprintf(w, "deleted %s\n", a[0]) }),
 			},
 			{
 				Name: "list", Usage: "list mailboxes",
+				UsageText: "minimail [--config FILE] user list",
 				Action: adminAction(nil,
 					func([]string) request { return request{Op: "user.list"} },
 					func(w io.Writer, _ []string, resp response) {
@@ -145,16 +256,12 @@ func userWithPassword(c *cli.Context, op string) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	pw := c.String("password")
-	if !c.IsSet("password") {
-		line, err := bufio.NewReader(c.App.Reader).ReadString('\n')
-		if err != nil && line == "" {
-			return usagef("no password: pass --password or one line on stdin")
-		}
-		pw = strings.TrimRight(line, "\r\n")
+	pw, err := readPassword(c, addr)
+	if err != nil {
+		return err
 	}
-	if pw == "" {
-		return usagef("empty password refused")
+	if err := checkPassword(cfg, addr, pw); err != nil {
+		return usagef("%v", err)
 	}
 	if _, err := adminDo(cfg, request{Op: op, Addr: addr, Password: pw}); err != nil {
 		return err
@@ -169,23 +276,27 @@ func userWithPassword(c *cli.Context, op string) error {
 
 func queueCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "queue",
-		Usage: "inspect and act on the outbound queue",
+		Name:      "queue",
+		Usage:     "inspect and act on the outbound queue",
+		UsageText: "minimail [--config FILE] queue list|flush|drop [ID]",
 		Subcommands: []*cli.Command{
 			{
 				Name: "list", Usage: "one line per queued message: id, sender, recipients, attempts, next attempt, last error",
+				UsageText: "minimail [--config FILE] queue list",
 				Action: adminAction(nil,
 					func([]string) request { return request{Op: "queue.list"} },
 					func(w io.Writer, _ []string, resp response) { printQueue(w, resp.Queue) }),
 			},
 			{
 				Name: "flush", Usage: "retry every queued message now",
+				UsageText: "minimail [--config FILE] queue flush",
 				Action: adminAction(nil,
 					func([]string) request { return request{Op: "queue.flush"} },
 					func(io.Writer, []string, response) {}),
 			},
 			{
 				Name: "drop", Usage: "delete a queued message without bouncing it", ArgsUsage: "ID",
+				UsageText: "minimail [--config FILE] queue drop ID",
 				Action: adminAction([]string{"ID"},
 					func(a []string) request { return request{Op: "queue.drop", ID: a[0]} },
 					func(w io.Writer, a []string, _ response) { fmt.Fprintf(w, "dropped %s\n", a[0]) }),
@@ -194,8 +305,11 @@ func queueCommand() *cli.Command {
 	}
 }
 
+// printQueue prints a header and one line per queued message, or says the
+// queue is empty, so that an empty answer never looks like a failure.
 func printQueue(w io.Writer, entries []store.QueueEntry) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "ID\tFROM\tRECIPIENTS\tATTEMPTS\tNEXT ATTEMPT\tLAST ERROR\n")
 	for _, e := range entries {
 		var rcpts []string
 		for _, r := range e.Rcpts {
@@ -215,11 +329,15 @@ func printQueue(w io.Writer, entries []store.QueueEntry) {
 			e.Attempts, e.NextAttempt.Local().Format(time.RFC3339), lastErr)
 	}
 	tw.Flush()
+	if len(entries) == 0 {
+		fmt.Fprintln(w, "queue is empty")
+	}
 }
 
 func backupCommand() *cli.Command {
 	return &cli.Command{
-		Name: "backup", Usage: "write a consistent copy of the database to FILE, also while serve runs", ArgsUsage: "FILE",
+		Name: "backup", Usage: "write a consistent copy of the database to FILE (never overwritten), also while serve runs", ArgsUsage: "FILE",
+		UsageText: "minimail [--config FILE] backup FILE",
 		Action: func(c *cli.Context) error {
 			a, err := args(c, "FILE")
 			if err != nil {
@@ -229,15 +347,15 @@ func backupCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// The server may run in another directory: send it an absolute path.
 			path, err := filepath.Abs(a[0])
 			if err != nil {
 				return usagef("backup file %s: %v", a[0], err)
 			}
-			if _, err := adminDo(cfg, request{Op: "backup", Path: path}); err != nil {
+			n, err := backupFile(cfg, path)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "backup written to %s\n", path)
+			fmt.Fprintf(c.App.Writer, "backup written to %s (%d bytes)\n", path, n)
 			return nil
 		},
 	}

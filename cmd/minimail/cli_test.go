@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +29,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Others may run it: some tests run it as a service user.
+	os.Chmod(dir, 0o755)
 	binary = filepath.Join(dir, "minimail")
 	build := exec.Command("go", "build", "-o", binary, ".")
 	build.Stderr = os.Stderr
@@ -47,12 +51,32 @@ type result struct {
 // minimail runs the binary with stdin and returns its exit code and output.
 func minimail(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Stdin = strings.NewReader(stdin)
+	return runMinimail(t, runOptions{stdin: stdin}, args...)
+}
+
+type runOptions struct {
+	stdin   string
+	cred    *syscall.Credential // nil: as the test runs
+	timeout time.Duration       // 0: none; else minimail still running then fails the test
+}
+
+func runMinimail(t *testing.T, o runOptions, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.Background(), context.CancelFunc(func() {})
+	if o.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
+	}
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Stdin = strings.NewReader(o.stdin)
 	cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG=")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.cred}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("minimail %v still ran after %v: %s", args, o.timeout, errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -120,16 +144,16 @@ func TestUserCommands(t *testing.T) {
 		code        int
 		out         string // expected in stdout (code 0) or stderr
 	}{
-		{"add with flag", "", []string{"user", "add", "--password", "s3cret", "Alice@Example.TEST"}, 0, "created Alice@example.test"},
-		{"add from stdin", "pw2\n", []string{"user", "add", "bob@example.test"}, 0, "created bob@example.test"},
-		{"duplicate, other case", "", []string{"user", "add", "--password", "x", "alice@example.test"}, 1, "already exists"},
-		{"no @", "", []string{"user", "add", "--password", "x", "alice"}, 2, "local@domain"},
-		{"foreign domain", "", []string{"user", "add", "--password", "x", "eve@other.test"}, 2, "not in domains"},
+		{"add with flag", "", []string{"user", "add", "--password", "correct horse", "Alice@Example.TEST"}, 0, "created Alice@example.test"},
+		{"add from stdin", "battery staple\n", []string{"user", "add", "bob@example.test"}, 0, "created bob@example.test"},
+		{"duplicate, other case", "", []string{"user", "add", "--password", "long enough pw", "alice@example.test"}, 1, "already exists"},
+		{"no @", "", []string{"user", "add", "--password", "long enough pw", "alice"}, 2, "local@domain"},
+		{"foreign domain", "", []string{"user", "add", "--password", "long enough pw", "eve@other.test"}, 2, "not in domains"},
 		{"empty password", "\n", []string{"user", "add", "carol@example.test"}, 2, "empty password"},
 		{"missing argument", "", []string{"user", "add"}, 2, "ADDR"},
 		{"unknown flag", "", []string{"user", "add", "--pw", "x", "dan@example.test"}, 2, "pw"},
-		{"passwd", "", []string{"user", "passwd", "--password", "new", "alice@example.test"}, 0, "password changed"},
-		{"passwd unknown", "", []string{"user", "passwd", "--password", "new", "zed@example.test"}, 1, "no such user"},
+		{"passwd", "", []string{"user", "passwd", "--password", "new passphrase", "alice@example.test"}, 0, "password changed"},
+		{"passwd unknown", "", []string{"user", "passwd", "--password", "new passphrase", "zed@example.test"}, 1, "no such user"},
 		{"list", "", []string{"user", "list"}, 0, "Alice@example.test"},
 		{"del", "", []string{"user", "del", "bob@example.test"}, 0, "deleted"},
 		{"del again", "", []string{"user", "del", "bob@example.test"}, 1, "no such user"},
@@ -181,7 +205,7 @@ func TestBadConfigAndDataDir(t *testing.T) {
 	t.Run("unwritable data_dir, exit 1", func(t *testing.T) {
 		// A directory nobody, root included, can create files in.
 		p := writeConfig(t, strings.Replace(minimalConfig, `"data"`, `"/proc/self/fdinfo"`, 1))
-		r := minimail(t, "", "--config", p, "user", "add", "--password", "x", "a@example.org")
+		r := minimail(t, "", "--config", p, "user", "add", "--password", "long enough pw", "a@example.org")
 		if r.code != 1 || !strings.Contains(r.stderr, "/proc/self/fdinfo") {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
@@ -193,7 +217,7 @@ func TestBadConfigAndDataDir(t *testing.T) {
 		junk := bytes.Repeat([]byte("not a database "), 1000)
 		db := filepath.Join(data, "minimail.db")
 		os.WriteFile(db, junk, 0o600)
-		r := minimail(t, "", "--config", p, "user", "add", "--password", "x", "a@example.org")
+		r := minimail(t, "", "--config", p, "user", "add", "--password", "long enough pw", "a@example.org")
 		if r.code != 1 || !strings.Contains(r.stderr, "minimail.db") {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
@@ -246,20 +270,27 @@ func setListen(t *testing.T, cfg string, listen map[string]string) {
 func startServe(t *testing.T, cfg string, listeners int) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
 	cmd := exec.Command(binary, "--config", cfg, "serve")
+	return cmd, startServing(t, cmd, listeners)
+}
+
+// startServing starts cmd (a `minimail serve`) and waits until it logs
+// every listener.
+func startServing(t *testing.T, cmd *exec.Cmd, listeners int) *syncBuffer {
+	t.Helper()
 	logs := &syncBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for strings.Count(logs.String(), "msg=listening") < listeners {
 		if time.Now().After(deadline) {
 			t.Fatalf("serve did not start: %s", logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return cmd, logs
+	return logs
 }
 
 // syncBuffer collects a child's output while the test reads it.
@@ -288,7 +319,7 @@ func TestServeAdminCommandsWhileRunningAndCleanStop(t *testing.T) {
 	// The server holds the database; admin commands go through the control
 	// socket and must neither hang nor fail.
 	for _, args := range [][]string{
-		{"user", "add", "--password", "pw", "alice@example.test"},
+		{"user", "add", "--password", "a long passphrase", "alice@example.test"},
 		{"user", "list"},
 		{"queue", "list"},
 		{"backup", filepath.Join(t.TempDir(), "copy.db")},
@@ -396,9 +427,10 @@ func TestQueueCommands(t *testing.T) {
 
 	r := minimail(t, "", "--config", cfg, "queue", "list")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if r.code != 0 || len(lines) != 2 {
+	if r.code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "ID ") {
 		t.Fatalf("queue list: exit %d: %q %s", r.code, r.stdout, r.stderr)
 	}
+	lines = lines[1:]
 	for i, want := range []string{"bob@example.test", "x@far.test", "2", "451 4.3.0 try later"} {
 		if !strings.Contains(lines[0], want) {
 			t.Errorf("line %q lacks field %d %q", lines[0], i, want)
@@ -468,7 +500,7 @@ func TestConfigLimitsReachTheListeners(t *testing.T) {
 	setListen(t, cfg, map[string]string{"smtp": smtpAddr, "pop3": pop3Addr})
 	appendConfig(t, cfg, "", "max_message_bytes = 26214400\nmax_recipients    = 100\n",
 		"max_message_bytes = 2000\nmax_recipients = 2\nmax_connections_per_ip = 1\nmax_header_bytes = 1200\n")
-	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw", "alice@example.test"); r.code != 0 {
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "a long passphrase", "alice@example.test"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	startServe(t, cfg, 2)

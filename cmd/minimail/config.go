@@ -44,6 +44,9 @@ type Config struct {
 		MaxFailures       int      `toml:"max_failures"`
 		FailureWindow     duration `toml:"failure_window"`
 		FailureDelay      duration `toml:"failure_delay"`
+		// MinPasswordLength is the shortest password `user add` and
+		// `user passwd` take, in characters; 0 = 8.
+		MinPasswordLength int `toml:"min_password_length"`
 	} `toml:"auth"`
 
 	Limits struct {
@@ -186,8 +189,8 @@ func (c *Config) validate() error {
 		if l.addr == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(l.addr); err != nil {
-			return c.fail(l.key, "%q: want host:port (\":25\" for all addresses)", l.addr)
+		if err := checkHostPort(l.addr); err != nil {
+			return c.fail(l.key, "%q: %v (\":25\" for all addresses)", l.addr, err)
 		}
 		if l.key != "listen.smtp" && l.key != "listen.pop3" {
 			tlsNeeded = true
@@ -233,6 +236,7 @@ func (c *Config) validate() error {
 		"limits.min_data_rate":          int64(c.Limits.MinDataRate),
 		"limits.max_buffered_bytes":     c.Limits.MaxBufferedBytes,
 		"auth.max_failures":             int64(c.Auth.MaxFailures),
+		"auth.min_password_length":      int64(c.Auth.MinPasswordLength),
 		"relay.max_concurrent":          int64(c.Relay.MaxConcurrent),
 		"relay.max_per_domain":          int64(c.Relay.MaxPerDomain),
 	} {
@@ -267,8 +271,8 @@ func (c *Config) validate() error {
 		if !validDomain(dom) {
 			return c.fail("relay.routes", "%q is not a domain name", dom)
 		}
-		if _, _, err := net.SplitHostPort(hostport); err != nil {
-			return c.fail("relay.routes", "%s = %q: want host:port", dom, hostport)
+		if err := checkHostPort(hostport); err != nil {
+			return c.fail("relay.routes", "%s = %q: %v", dom, hostport, err)
 		}
 		norm := mailaddr.NormalDomain(dom)
 		if _, dup := routes[norm]; dup {
@@ -283,8 +287,8 @@ func (c *Config) validate() error {
 		if hp == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(hp); err != nil {
-			return c.fail(key, "%q: want host:port", hp)
+		if err := checkHostPort(hp); err != nil {
+			return c.fail(key, "%q: %v", hp, err)
 		}
 	}
 	if (c.Relay.SmarthostUsername == "") != (c.Relay.SmarthostPassword == "") {
@@ -299,6 +303,23 @@ func (c *Config) validate() error {
 	}
 	if c.DKIM.Key != "" {
 		c.DKIM.Key = c.rel(c.DKIM.Key)
+	}
+	return nil
+}
+
+// checkHostPort accepts host:port with a port number (0-65535) or a
+// service name the system knows ("smtp"), so that a bad port is a config
+// error here and not a failure to listen or dial later.
+func checkHostPort(hp string) error {
+	_, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if port == "" {
+		return errors.New("want host:port, the port is missing")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
 	}
 	return nil
 }
@@ -322,6 +343,13 @@ func (c *Config) rel(p string) string {
 		return p
 	}
 	return filepath.Join(filepath.Dir(c.path), p)
+}
+
+func (c *Config) minPasswordLength() int {
+	if c.Auth.MinPasswordLength == 0 {
+		return defaultMinPasswordLength
+	}
+	return c.Auth.MinPasswordLength
 }
 
 func (c *Config) dmarcReject() bool { return c.DMARC.Reject == nil || *c.DMARC.Reject }

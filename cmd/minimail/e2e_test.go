@@ -352,7 +352,7 @@ func TestBackupWhileDelivering(t *testing.T) {
 		}
 	}()
 	path := filepath.Join(t.TempDir(), "backup.db")
-	if _, err := callServer(s.cfg.DataDir, request{Op: "backup", Path: path}); err != nil {
+	if _, err := backupFile(s.cfg, path); err != nil {
 		t.Fatal(err)
 	}
 	close(stop)
@@ -584,7 +584,7 @@ func TestFullDiskGives451AndLosesNothing(t *testing.T) {
 	setListen(t, cfg, map[string]string{"smtp": smtpAddr})
 	dnsSrv := dnstest.Start(t) // the MX's SPF/DMARC lookups go here
 	appendConfig(t, cfg, "", `dns       = ""`, fmt.Sprintf("dns = %q", dnsSrv.Addr))
-	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw", "alice@example.test"); r.code != 0 {
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "a long passphrase", "alice@example.test"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	// bbolt grows its file in doublings while small: 1 MiB is reached
@@ -672,7 +672,7 @@ func TestServeSIGTERMLetsTheTransactionInProgressFinish(t *testing.T) {
 	setListen(t, cfg, map[string]string{"smtp": smtpAddr})
 	dnsSrv := dnstest.Start(t)
 	appendConfig(t, cfg, "", `dns       = ""`, fmt.Sprintf("dns = %q", dnsSrv.Addr))
-	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "pw", "alice@example.test"); r.code != 0 {
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "a long passphrase", "alice@example.test"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	cmd, logs := startServe(t, cfg, 1)

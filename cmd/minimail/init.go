@@ -11,9 +11,13 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -26,48 +30,111 @@ func initCommand() *cli.Command {
 		Name:  "init",
 		Usage: "write a working config, a self-signed TLS certificate and a DKIM key; print the DNS records to publish",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "domain", Usage: "the mail domain (the part after @)", Required: true},
-			&cli.StringFlag{Name: "hostname", Usage: "this server's name (greeting, HELO, certificate)", Required: true},
-			&cli.StringFlag{Name: "dir", Usage: "directory for minimail.toml, tls/, dkim/ and data/", Value: "."},
+			&cli.StringFlag{Name: "domain", Usage: "the mail domain (the part after @); required"},
+			&cli.StringFlag{Name: "hostname", Usage: "this server's public DNS name (greeting, HELO, certificate); required"},
+			&cli.StringFlag{Name: "dir", Usage: "directory for minimail.toml, tls/ and dkim/", Value: "."},
+			&cli.StringFlag{Name: "data-dir", Usage: "the config's data_dir, created if missing (default: DIR/data)"},
+			&cli.StringFlag{Name: "service-user", Usage: "the account `serve` runs as (minimail, or 65532 for the container image): " +
+				"the files become readable by its group and data_dir is created owned by it"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
 				return usagef("init takes no arguments, only flags")
 			}
-			return initDir(c.App.Writer, c.String("dir"), strings.ToLower(c.String("domain")), strings.ToLower(c.String("hostname")))
+			for _, f := range []string{"domain", "hostname"} {
+				if c.String(f) == "" {
+					return usagef("init: --%s is required", f)
+				}
+			}
+			return initDir(c.App.Writer, c.App.ErrWriter, initOptions{
+				dir:         c.String("dir"),
+				domain:      strings.ToLower(c.String("domain")),
+				hostname:    strings.ToLower(c.String("hostname")),
+				dataDir:     c.String("data-dir"),
+				serviceUser: c.String("service-user"),
+			})
 		},
 	}
 }
 
 const initSelector = "mail"
 
+// initOptions are the flags of `minimail init`.
+type initOptions struct {
+	dir, domain, hostname string
+	dataDir               string // "" = "data" beside the config
+	serviceUser           string // "" = the files stay private to whoever runs init
+}
+
 // initDir writes a config for a first try on loopback and unprivileged
 // ports. It checks every target first so that it never overwrites anything
 // and never leaves half a setup behind.
-func initDir(w io.Writer, dir, domain, hostname string) error {
-	if !validDomain(domain) {
-		return usagef("--domain %q is not a domain name", domain)
+//
+// With a service user, what it writes is what the unit and the container
+// image need: DIR, tls/ and dkim/ mode 0750 and the keys and config 0640,
+// all of the service user's group, so the server can read them and not
+// change them; data_dir, if init creates it, 0700 and owned by the service
+// user, as systemd's StateDirectory= would make it. Run as root in an
+// existing DIR, the files keep DIR's owner (an operator's ./config stays
+// theirs to edit).
+func initDir(w, errw io.Writer, o initOptions) error {
+	if !validDomain(o.domain) {
+		return usagef("--domain %q is not a domain name", o.domain)
 	}
-	if !validDomain(hostname) {
-		return usagef("--hostname %q is not a domain name", hostname)
+	if !validDomain(o.hostname) {
+		return usagef("--hostname %q is not a domain name", o.hostname)
+	}
+	if !publicName(o.hostname) {
+		fmt.Fprintf(errw, "minimail: warning: --hostname %s is not a public DNS name: fine for a trial on this machine, "+
+			"but other servers find and greet a public MX by a real name with an A/AAAA record (RFC 5321 2.3.5, 5.1)\n", o.hostname)
+	}
+	perm := initPerms{dir: 0o700, secret: 0o600, uid: -1, gid: -1}
+	var svc owner
+	if o.serviceUser != "" {
+		var err error
+		if svc, err = serviceAccount(o.serviceUser); err != nil {
+			return err
+		}
+		perm = initPerms{dir: 0o750, secret: 0o640, uid: -1, gid: svc.gid}
 	}
 	files := map[string]string{
-		"config": filepath.Join(dir, "minimail.toml"),
-		"cert":   filepath.Join(dir, "tls", "cert.pem"),
-		"key":    filepath.Join(dir, "tls", "key.pem"),
-		"dkim":   filepath.Join(dir, "dkim", initSelector+".key"),
+		"config": filepath.Join(o.dir, "minimail.toml"),
+		"cert":   filepath.Join(o.dir, "tls", "cert.pem"),
+		"key":    filepath.Join(o.dir, "tls", "key.pem"),
+		"dkim":   filepath.Join(o.dir, "dkim", initSelector+".key"),
 	}
 	for _, p := range files {
 		if _, err := os.Lstat(p); err == nil {
 			return fmt.Errorf("%s already exists: init never overwrites (remove it or pick another --dir)", p)
 		}
 	}
-	for _, sub := range []string{"tls", "dkim", "data"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
-			return fmt.Errorf("init: %w", err)
+	dataDir, dataPath := o.dataDir, o.dataDir
+	if dataDir == "" {
+		dataDir, dataPath = "data", filepath.Join(o.dir, "data")
+	} else if !filepath.IsAbs(dataPath) {
+		dataPath = filepath.Join(o.dir, dataPath) // relative to the config, as data_dir is
+	}
+	if fi, err := os.Stat(o.dir); err == nil && os.Geteuid() == 0 {
+		if d, err := ownerOf(o.dir); err == nil {
+			perm.uid = d.uid
+		}
+		if o.serviceUser != "" && !canEnter(fi, svc) {
+			fmt.Fprintf(errw, "minimail: warning: %s (mode %o) does not let %s in: chgrp %d %s && chmod g+rx %s\n",
+				o.dir, fi.Mode().Perm(), o.serviceUser, svc.gid, o.dir, o.dir)
 		}
 	}
-	certPEM, keyPEM, err := selfSigned(hostname, time.Now())
+	if err := perm.mkdir(o.dir); err != nil {
+		return err
+	}
+	for _, sub := range []string{"tls", "dkim"} {
+		if err := perm.mkdir(filepath.Join(o.dir, sub)); err != nil {
+			return err
+		}
+	}
+	if err := makeDataDir(dataPath, o.serviceUser != "", svc); err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := selfSigned(o.hostname, time.Now())
 	if err != nil {
 		return err
 	}
@@ -75,7 +142,7 @@ func initDir(w io.Writer, dir, domain, hostname string) error {
 	if err != nil {
 		return fmt.Errorf("dkim key: %w", err)
 	}
-	cfg := fmt.Sprintf(initConfig, hostname, domain)
+	cfg := fmt.Sprintf(initConfig, o.hostname, o.domain, dataDir)
 	var written []string
 	for _, f := range []struct {
 		path string
@@ -83,11 +150,15 @@ func initDir(w io.Writer, dir, domain, hostname string) error {
 		mode os.FileMode
 	}{
 		{files["cert"], certPEM, 0o644},
-		{files["key"], keyPEM, 0o600},
-		{files["dkim"], dkimPEM, 0o600},
-		{files["config"], []byte(cfg), 0o644},
+		{files["key"], keyPEM, perm.secret},
+		{files["dkim"], dkimPEM, perm.secret},
+		{files["config"], []byte(cfg), perm.secret},
 	} {
-		if err := writeNew(f.path, f.data, f.mode); err != nil {
+		err := writeNew(f.path, f.data, f.mode)
+		if err == nil {
+			err = perm.chown(f.path)
+		}
+		if err != nil {
 			for _, p := range written {
 				os.Remove(p)
 			}
@@ -96,10 +167,110 @@ func initDir(w io.Writer, dir, domain, hostname string) error {
 		written = append(written, f.path)
 	}
 	fmt.Fprintf(w, "wrote %s, %s, %s, %s\n\n", files["config"], files["cert"], files["key"], files["dkim"])
-	fmt.Fprintf(w, "Next: minimail --config %s user add you@%s\n", files["config"], domain)
-	fmt.Fprintf(w, "      minimail --config %s user add postmaster@%s   (RFC 5321 4.5.1 requires it)\n", files["config"], domain)
+	fmt.Fprintf(w, "Next: minimail --config %s user add you@%s   (asks for the password twice)\n", files["config"], o.domain)
+	fmt.Fprintf(w, "      minimail --config %s user add postmaster@%s   (RFC 5321 4.5.1 requires it)\n", files["config"], o.domain)
 	fmt.Fprintf(w, "      minimail --config %s serve\n\n", files["config"])
-	return printRecords(w, []string{domain}, hostname, initSelector, dkimKey.Public())
+	return printRecords(w, []string{o.domain}, o.hostname, initSelector, dkimKey.Public())
+}
+
+// initPerms are the modes and ownership of what init creates; -1 keeps
+// the owner or group a new file gets.
+type initPerms struct {
+	dir, secret os.FileMode
+	uid, gid    int
+}
+
+func (p initPerms) mkdir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil // existing: its owner chose its mode
+	}
+	if err := os.MkdirAll(dir, p.dir); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	return p.chown(dir)
+}
+
+func (p initPerms) chown(path string) error {
+	if p.uid == -1 && p.gid == -1 {
+		return nil
+	}
+	if err := os.Chown(path, p.uid, p.gid); err != nil {
+		return fmt.Errorf("init: %w (giving files to --service-user needs root)", err)
+	}
+	return nil
+}
+
+// makeDataDir creates data_dir, mode 0700, owned by the service user when
+// there is one. An existing one (a container volume, or a restore) is left
+// as it is.
+func makeDataDir(path string, chown bool, svc owner) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return fmt.Errorf("init: data_dir: %w", err)
+	}
+	if chown {
+		if err := os.Chown(path, svc.uid, svc.gid); err != nil {
+			return fmt.Errorf("init: data_dir: %w (giving it to --service-user needs root)", err)
+		}
+	}
+	return nil
+}
+
+// serviceAccount resolves --service-user: a user name (its primary group),
+// or a numeric uid with an optional :gid, as the container's 65532:65532,
+// which need not exist on this machine.
+func serviceAccount(spec string) (owner, error) {
+	name, group, hasGroup := strings.Cut(spec, ":")
+	var o owner
+	if uid, err := strconv.Atoi(name); err == nil && uid >= 0 {
+		o = owner{uid, uid}
+	} else {
+		u, err := user.Lookup(name)
+		if err != nil {
+			return owner{}, usagef("--service-user %s: no such user (create it first: useradd --system --user-group %s)", name, name)
+		}
+		o.uid, _ = strconv.Atoi(u.Uid)
+		o.gid, _ = strconv.Atoi(u.Gid)
+	}
+	if hasGroup {
+		if gid, err := strconv.Atoi(group); err == nil && gid >= 0 {
+			o.gid = gid
+		} else if g, err := user.LookupGroup(group); err == nil {
+			o.gid, _ = strconv.Atoi(g.Gid)
+		} else {
+			return owner{}, usagef("--service-user %s: no such group %s", spec, group)
+		}
+	}
+	return o, nil
+}
+
+// canEnter reports whether the service account may enter the directory fi
+// describes.
+func canEnter(fi os.FileInfo, svc owner) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return true
+	}
+	m := fi.Mode().Perm()
+	switch {
+	case int(st.Uid) == svc.uid:
+		return m&0o100 != 0
+	case int(st.Gid) == svc.gid:
+		return m&0o010 != 0
+	}
+	return m&0o001 != 0
+}
+
+// publicName reports whether hostname can be a public MX's name: not
+// localhost, not an address literal, not a single label.
+func publicName(hostname string) bool {
+	h := strings.TrimSuffix(hostname, ".")
+	if net.ParseIP(h) != nil || h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return false
+	}
+	return strings.Contains(h, ".")
 }
 
 // initConfig is the first-try config: loopback, unprivileged ports, the
@@ -107,7 +278,7 @@ func initDir(w io.Writer, dir, domain, hostname string) error {
 const initConfig = `# minimail config written by minimail init. Every key: README.md, "Config reference".
 hostname = %q
 domains  = [%q]
-data_dir = "data"
+data_dir = %q
 
 [listen]           # loopback and unprivileged ports for a first try; use ":25" etc. in production
 smtp        = "127.0.0.1:2525"
@@ -122,6 +293,7 @@ key  = "tls/key.pem"
 
 [auth]
 allow_insecure_auth = false
+min_password_length = 8
 
 [limits]
 max_message_bytes = 26214400
@@ -129,6 +301,9 @@ max_recipients    = 100
 
 [relay]
 smarthost = ""
+# Empty: the system resolver (/etc/resolv.conf). Even a trial on loopback
+# looks up SPF, DKIM and DMARC of incoming mail and MX of outgoing mail
+# there, so its queries leave this machine.
 dns       = ""
 
 [dkim]

@@ -13,8 +13,9 @@ func main() {
 	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
 }
 
-// usageError is bad usage: a wrong argument or flag. Exit code 2.
-type usageError struct{ msg string }
+// usageError is bad usage: a wrong argument or flag. Exit code 2. usage is
+// the command's one-line synopsis, printed after the message.
+type usageError struct{ msg, usage string }
 
 func (e *usageError) Error() string { return e.msg }
 
@@ -31,6 +32,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintf(stderr, "minimail: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) && ue.usage != "" {
+		fmt.Fprintf(stderr, "usage: %s\n", ue.usage)
+	}
 	return exitCode(err)
 }
 

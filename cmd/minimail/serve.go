@@ -99,11 +99,14 @@ func listenError(key, addr string, err error) error {
 // (the demo prints them).
 func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string) io.Writer) (_ *server, err error) {
 	s := &server{log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, stopWatch: make(chan struct{})}
+	if err := cfg.checkFiles(); err != nil {
+		return nil, err
+	}
 	var tlsConf *tls.Config
 	if cfg.TLS.Cert != "" {
 		s.certs, err = newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, log)
 		if err != nil {
-			return nil, fmt.Errorf("%s: key tls.cert/tls.key: %w", cfg.path, err)
+			return nil, &configError{path: cfg.path, msg: err.Error()}
 		}
 		tlsConf = s.certs.tlsConfig()
 	}

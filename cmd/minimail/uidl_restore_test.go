@@ -104,7 +104,7 @@ func TestPOP3ClientKeepingMailGetsNewMailAfterRestoreAndRecreate(t *testing.T) {
 
 	step("first mail", []string{"one", "two"}, "one", "two")
 	backup := filepath.Join(t.TempDir(), "backup.db")
-	if _, err := callServer(s.cfg.DataDir, request{Op: "backup", Path: backup}); err != nil {
+	if _, err := backupFile(s.cfg, backup); err != nil {
 		t.Fatal(err)
 	}
 	step("mail after the backup", []string{"three", "four"}, "three", "four")
