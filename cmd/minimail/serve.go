@@ -102,26 +102,16 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	if err := cfg.checkFiles(); err != nil {
 		return nil, err
 	}
-	var tlsConf *tls.Config
-	if cfg.TLS.Cert != "" {
-		s.certs, err = newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, log)
-		if err != nil {
-			return nil, &configError{path: cfg.path, msg: err.Error()}
-		}
-		tlsConf = s.certs.tlsConfig()
+	tlsConf, signer, err := s.loadKeys(cfg)
+	if err != nil {
+		return nil, err
 	}
-	var signer *msgauth.Signer
-	if cfg.DKIM.Key != "" {
-		key, err := msgauth.LoadKey(cfg.DKIM.Key)
-		if err != nil {
-			return nil, &configError{path: cfg.path, key: "dkim.key", msg: err.Error()}
-		}
-		signer = &msgauth.Signer{Selector: cfg.DKIM.Selector, Key: key, Domains: cfg.Domains}
-	}
-
 	// Bind everything before touching anything else, so a port in use
 	// leaves nothing running.
-	listeners := map[string]net.Listener{}
+	listeners, err := s.bind(cfg, tlsConf)
+	if err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			for _, l := range listeners {
@@ -129,23 +119,6 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			}
 		}
 	}()
-	for _, lc := range cfg.listeners() {
-		if lc.addr == "" {
-			continue
-		}
-		tcp, err := net.Listen("tcp", lc.addr)
-		if err != nil {
-			return nil, listenError(lc.key, lc.addr, err)
-		}
-		// Every server rides out temporary accept failures the same way.
-		var l net.Listener = &guard.Listener{Listener: tcp, Log: log}
-		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {
-			l = tls.NewListener(l, tlsConf)
-		}
-		listeners[lc.key] = l
-		s.addrs[lc.key] = l.Addr().String()
-	}
-
 	// Listeners are bound but not yet accepting: clients wait in the
 	// backlog, rather than being refused, while a compaction runs.
 	compactAtStart(cfg.DataDir, log)
@@ -162,12 +135,107 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
 	// and addresses of outbound.
 	dnsCache := resolve.NewCache(resolve.CacheOptions{})
-	resolver := dnsCache.Resolver(cfg.Relay.DNS)
 	agent := &mda.Agent{Mailboxes: s.st}
-	q := queue.New(s.st, queue.Options{
+	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
+	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration}
+
+	opts := smtpOptions(cfg, tlsConf, throttle, log)
+	if signer != nil {
+		opts.Sign = signer.Signature
+	}
+	if l, ok := listeners["listen.smtp"]; ok {
+		mxOpts := opts
+		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
+		mxOpts.Verify = verifyOnMX(verifier)
+		mx := mta.NewMX(agent, mxOpts)
+		s.serveOn("listen.smtp", l, mx.Serve, mx.Shutdown)
+	}
+	for _, key := range []string{"listen.submission", "listen.submissions"} {
+		if l, ok := listeners[key]; ok {
+			sub := mta.NewSubmission(agent, q, smtpUsers{s.st}, opts)
+			s.serveOn(key, l, sub.Serve, sub.Shutdown)
+		}
+	}
+	if _, ok := listeners["listen.pop3"]; ok && tlsConf == nil && !cfg.Auth.AllowInsecureAuth {
+		log.Warn("listen.pop3 has no TLS certificate (tls.cert), so no login can succeed on it: set [tls] or auth.allow_insecure_auth")
+	}
+	popOpts := pop3Options(cfg, tlsConf, throttle, log)
+	for _, key := range []string{"listen.pop3", "listen.pop3s"} {
+		if l, ok := listeners[key]; ok {
+			popOpts.Limiter = &guard.ConnLimiter{Max: cfg.Limits.MaxConnections, MaxPerIP: cfg.Limits.MaxConnectionsPerIP}
+			p := pop3.NewServer(maildrop{s.st}, popOpts)
+			s.serveOn(key, l, p.Serve, p.Shutdown)
+		}
+	}
+
+	s.runQueue(q)
+	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q}, log)
+	if err != nil {
+		s.stopQueue()
+		<-s.queueDone
+		for _, shutdown := range s.shutdowns {
+			shutdown(context.Background())
+		}
+		s.wg.Wait()
+		return nil, err
+	}
+	if s.certs != nil {
+		go s.certs.watch(cfg.TLS.ReloadInterval.or(time.Minute), s.stopWatch)
+	}
+	return s, nil
+}
+
+// loadKeys reads the TLS pair (kept reloadable) and the DKIM key.
+func (s *server) loadKeys(cfg *Config) (*tls.Config, *msgauth.Signer, error) {
+	var tlsConf *tls.Config
+	if cfg.TLS.Cert != "" {
+		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, s.log)
+		if err != nil {
+			return nil, nil, &configError{path: cfg.path, msg: err.Error()}
+		}
+		s.certs, tlsConf = certs, certs.tlsConfig()
+	}
+	if cfg.DKIM.Key == "" {
+		return tlsConf, nil, nil
+	}
+	key, err := msgauth.LoadKey(cfg.DKIM.Key)
+	if err != nil {
+		return nil, nil, &configError{path: cfg.path, key: "dkim.key", msg: err.Error()}
+	}
+	return tlsConf, &msgauth.Signer{Selector: cfg.DKIM.Selector, Key: key, Domains: cfg.Domains}, nil
+}
+
+// bind opens every configured listener, each riding out temporary accept
+// failures the same way, with implicit TLS where the key says so. On an
+// error none stays open.
+func (s *server) bind(cfg *Config, tlsConf *tls.Config) (map[string]net.Listener, error) {
+	listeners := map[string]net.Listener{}
+	for _, lc := range cfg.listeners() {
+		if lc.addr == "" {
+			continue
+		}
+		tcp, err := net.Listen("tcp", lc.addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return nil, listenError(lc.key, lc.addr, err)
+		}
+		var l net.Listener = &guard.Listener{Listener: tcp, Log: s.log}
+		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {
+			l = tls.NewListener(l, tlsConf)
+		}
+		listeners[lc.key] = l
+		s.addrs[lc.key] = l.Addr().String()
+	}
+	return listeners, nil
+}
+
+func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache *resolve.Cache, log *slog.Logger, transcript func(host string) io.Writer) *queue.Queue {
+	return queue.New(st, queue.Options{
 		Hostname:     cfg.Hostname,
 		LocalDomains: cfg.Domains,
-		Local:        agent,
+		Local:        local,
 		Remote: &remote.Client{
 			Hostname:          cfg.Hostname,
 			Routes:            cfg.Relay.Routes,
@@ -177,7 +245,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			DNS:               cfg.Relay.DNS,
 			DNSCache:          dnsCache,
 			Logger:            log,
-			Transcript:        relayTranscript,
+			Transcript:        transcript,
 		},
 		RetryMin:      cfg.Relay.RetryMin.Duration,
 		RetryMax:      cfg.Relay.RetryMax.Duration,
@@ -187,9 +255,11 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		MaxPerDomain:  cfg.Relay.MaxPerDomain,
 		Logger:        log,
 	})
+}
 
-	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration}
-	opts := mta.Options{
+// smtpOptions are the options the MX and submission servers share.
+func smtpOptions(cfg *Config, tlsConf *tls.Config, throttle *guard.AuthThrottle, log *slog.Logger) mta.Options {
+	return mta.Options{
 		Hostname:            cfg.Hostname,
 		Domains:             cfg.Domains,
 		TLSConfig:           tlsConf,
@@ -211,39 +281,10 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		LoginName:           store.LoginName,
 		Logger:              log,
 	}
-	if signer != nil {
-		opts.Sign = signer.Signature
-	}
-	mxOpts := opts
-	verifier := &msgauth.Verifier{Resolver: resolver, AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
-	mxOpts.Verify = verifyOnMX(verifier)
+}
 
-	serveOn := func(key string, serve func(net.Listener) error, shutdown func(context.Context) error) {
-		l, ok := listeners[key]
-		if !ok {
-			return
-		}
-		s.shutdowns = append(s.shutdowns, shutdown)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
-				log.Error("listener stopped", "key", key, "err", err)
-			}
-		}()
-		log.Info("listening", "key", key, "addr", l.Addr().String())
-	}
-	if _, ok := listeners["listen.smtp"]; ok {
-		mx := mta.NewMX(agent, mxOpts)
-		serveOn("listen.smtp", mx.Serve, mx.Shutdown)
-	}
-	for _, key := range []string{"listen.submission", "listen.submissions"} {
-		if _, ok := listeners[key]; ok {
-			sub := mta.NewSubmission(agent, q, smtpUsers{s.st}, opts)
-			serveOn(key, sub.Serve, sub.Shutdown)
-		}
-	}
-	popOpts := pop3.Options{
+func pop3Options(cfg *Config, tlsConf *tls.Config, throttle *guard.AuthThrottle, log *slog.Logger) pop3.Options {
+	return pop3.Options{
 		Hostname:          cfg.Hostname,
 		TLSConfig:         tlsConf,
 		AllowInsecureAuth: cfg.Auth.AllowInsecureAuth,
@@ -255,40 +296,32 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		Locks:             &pop3.MaildropLocks{}, // one for both listeners: RFC 1939 section 8
 		Logger:            log,
 	}
-	if _, ok := listeners["listen.pop3"]; ok && tlsConf == nil && !cfg.Auth.AllowInsecureAuth {
-		log.Warn("listen.pop3 has no TLS certificate (tls.cert), so no login can succeed on it: set [tls] or auth.allow_insecure_auth")
-	}
-	for _, key := range []string{"listen.pop3", "listen.pop3s"} {
-		if _, ok := listeners[key]; ok {
-			popOpts.Limiter = &guard.ConnLimiter{Max: cfg.Limits.MaxConnections, MaxPerIP: cfg.Limits.MaxConnectionsPerIP}
-			p := pop3.NewServer(maildrop{s.st}, popOpts)
-			serveOn(key, p.Serve, p.Shutdown)
-		}
-	}
+}
 
-	var qctx context.Context
-	qctx, s.stopQueue = context.WithCancel(context.Background())
+// serveOn runs one server on its listener until shutdown.
+func (s *server) serveOn(key string, l net.Listener, serve func(net.Listener) error, shutdown func(context.Context) error) {
+	s.shutdowns = append(s.shutdowns, shutdown)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", "key", key, "err", err)
+		}
+	}()
+	s.log.Info("listening", "key", key, "addr", l.Addr().String())
+}
+
+// runQueue starts the queue runner; stopQueue ends it.
+func (s *server) runQueue(q *queue.Queue) {
+	var ctx context.Context
+	ctx, s.stopQueue = context.WithCancel(context.Background())
 	s.queueDone = make(chan struct{})
 	go func() {
 		defer close(s.queueDone)
-		if err := q.Run(qctx); err != nil && !errors.Is(err, context.Canceled) {
-			log.Error("queue runner stopped", "err", err)
+		if err := q.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Error("queue runner stopped", "err", err)
 		}
 	}()
-	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q}, log)
-	if err != nil {
-		s.stopQueue()
-		<-s.queueDone
-		for _, shutdown := range s.shutdowns {
-			shutdown(context.Background())
-		}
-		s.wg.Wait()
-		return nil, err
-	}
-	if s.certs != nil {
-		go s.certs.watch(cfg.TLS.ReloadInterval.or(time.Minute), s.stopWatch)
-	}
-	return s, nil
 }
 
 // verifyOnMX gives the MX msgauth's verdicts in the MX's own terms, one
