@@ -29,29 +29,35 @@ func TestDialogs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e, conn := openDialog(t, script)
-			if err := script.Run(conn, dialogtest.Options{Directive: e.dialogDirective}); err != nil {
+			d := openDialog(t, script)
+			if err := script.Run(d.dial(), dialogtest.Options{Directive: d.directive}); err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
 }
 
-// openDialog starts the servers as the dialogue's setup directives say and
-// connects to the listener they name (the MX by default).
-func openDialog(t *testing.T, script *dialogtest.Script) (*env, net.Conn) {
+// dialog is the servers a dialogue talks to and the listener it uses.
+type dialog struct {
+	t        *testing.T
+	e        *env
+	listener string
+}
+
+// openDialog starts the servers as the dialogue's setup directives say.
+func openDialog(t *testing.T, script *dialogtest.Script) *dialog {
 	t.Helper()
-	listener := "mx"
+	d := &dialog{t: t, listener: "mx"}
 	var mods []func(*Options)
-	for _, d := range script.Setup {
-		name, arg, _ := strings.Cut(d, " ")
+	for _, dir := range script.Setup {
+		name, arg, _ := strings.Cut(dir, " ")
 		n, nerr := strconv.Atoi(arg)
 		if name != "listener" && name != "insecure" && nerr != nil {
-			t.Fatalf("%s: directive %q: want a number", script.Name, d)
+			t.Fatalf("%s: directive %q: want a number", script.Name, dir)
 		}
 		switch name {
 		case "listener":
-			listener = arg
+			d.listener = arg
 		case "insecure":
 			mods = append(mods, func(o *Options) { o.AllowInsecureAuth = true })
 		case "max_errors":
@@ -63,43 +69,55 @@ func openDialog(t *testing.T, script *dialogtest.Script) (*env, net.Conn) {
 		case "max_line_length":
 			mods = append(mods, func(o *Options) { o.MaxLineLength = n })
 		default:
-			t.Fatalf("%s: unknown setup directive %q", script.Name, d)
+			t.Fatalf("%s: unknown setup directive %q", script.Name, dir)
 		}
 	}
-	e := newEnv(t, func(o *Options, _ *Local) {
+	if d.listener != "mx" && d.listener != "submission" && d.listener != "submissions" {
+		t.Fatalf("%s: unknown listener %q", script.Name, d.listener)
+	}
+	d.e = newEnv(t, func(o *Options, _ *Local) {
 		for _, mod := range mods {
 			mod(o)
 		}
 	})
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	var conn net.Conn
-	var err error
-	switch listener {
-	case "mx":
-		conn, err = d.Dial("tcp", e.mxAddr)
-	case "submission":
-		conn, err = d.Dial("tcp", e.subAddr)
-	case "submissions":
-		conn, err = tls.DialWithDialer(d, "tcp", e.subsAddr, e.clientTLS)
-	default:
-		t.Fatalf("%s: unknown listener %q", script.Name, listener)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return e, conn
+	return d
 }
 
-// dialogDirective runs the directives within a dialogue: "starttls" does
-// the client's TLS handshake, after the server's 220 to STARTTLS.
-func (e *env) dialogDirective(d string, conn io.ReadWriter) (io.ReadWriter, error) {
-	if d != "starttls" {
-		return nil, fmt.Errorf("unknown directive")
+// dial connects to the dialogue's listener.
+func (d *dialog) dial() net.Conn {
+	d.t.Helper()
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	var conn net.Conn
+	var err error
+	switch d.listener {
+	case "mx":
+		conn, err = dialer.Dial("tcp", d.e.mxAddr)
+	case "submission":
+		conn, err = dialer.Dial("tcp", d.e.subAddr)
+	case "submissions":
+		conn, err = tls.DialWithDialer(dialer, "tcp", d.e.subsAddr, d.e.clientTLS)
 	}
-	tc := tls.Client(conn.(net.Conn), e.clientTLS)
-	if err := tc.Handshake(); err != nil {
-		return nil, fmt.Errorf("TLS handshake: %w", err)
+	if err != nil {
+		d.t.Fatal(err)
 	}
-	return tc, nil
+	d.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// directive runs the directives within a dialogue: "starttls" does the
+// client's TLS handshake, after the server's 220 to STARTTLS; "reconnect"
+// closes the connection and dials the listener again.
+func (d *dialog) directive(dir string, conn io.ReadWriter) (io.ReadWriter, error) {
+	switch dir {
+	case "starttls":
+		tc := tls.Client(conn.(net.Conn), d.e.clientTLS)
+		if err := tc.Handshake(); err != nil {
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		return tc, nil
+	case "reconnect":
+		conn.(net.Conn).Close()
+		return d.dial(), nil
+	}
+	return nil, fmt.Errorf("unknown directive")
 }
