@@ -172,3 +172,20 @@ func TestParse_RefusesWhatItCannotRead(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParse: any text parses or is refused with an error, never a panic,
+// and every step it keeps is one of the kinds Run knows. The seeds are in
+// testdata/fuzz/FuzzParse.
+func FuzzParse(f *testing.F) {
+	f.Fuzz(func(t *testing.T, text string) {
+		s, err := Parse("f.txt", text)
+		if err != nil {
+			return
+		}
+		for _, st := range s.Steps {
+			if st.Kind < Send || st.Kind > Directive || (st.Kind == Match) != (st.re != nil) {
+				t.Fatalf("step %+v", st)
+			}
+		}
+	})
+}
