@@ -2,10 +2,8 @@ package mta
 
 import (
 	"crypto/tls"
-	"fmt"
 	"io"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -94,68 +92,6 @@ func contains(lines []string, want string) bool {
 		}
 	}
 	return false
-}
-
-// TestReplies_RFCExactInEveryMode: replies that go-smtp words wrongly
-// reach the client RFC-exact, on plain connections, inside STARTTLS and on
-// implicit TLS alike (RFC 5321 4.2.4, 4.1.1.11, 4.3.2; RFC 1870 4).
-func TestReplies_RFCExactInEveryMode(t *testing.T) {
-	e := newEnv(t, nil)
-	modes := []struct {
-		name string
-		open func(t *testing.T) *client
-	}{
-		{"MX plain", func(t *testing.T) *client { return dial(t, e.mxAddr) }},
-		{"MX after STARTTLS", func(t *testing.T) *client {
-			cl := dial(t, e.mxAddr)
-			cl.cmd("EHLO client.test", "250 ")
-			cl.starttls(e.clientTLS)
-			return cl
-		}},
-		{"submission after STARTTLS", func(t *testing.T) *client {
-			cl := dial(t, e.subAddr)
-			cl.cmd("EHLO client.test", "250 ")
-			cl.starttls(e.clientTLS)
-			return cl
-		}},
-		{"submission on implicit TLS", func(t *testing.T) *client { return dialTLS(t, e.subsAddr, e.clientTLS) }},
-	}
-	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) {
-			cl := m.open(t)
-			sub := strings.HasPrefix(m.name, "submission")
-			exact := func(send, want string) []string {
-				t.Helper()
-				lines := cl.cmd(send, want)
-				if last := lines[len(lines)-1]; last != want {
-					t.Fatalf("%s: got %q, want %q", send, last, want)
-				}
-				return lines
-			}
-			exact("MAIL FROM:<bob@other.test>", "503 5.5.1 Please introduce yourself first.")
-			exact("FOOBAR", "500 5.5.1 command not recognized")
-			exact("FOOB", "500 5.5.1 Syntax errors, FOOB command unrecognized")
-			ehlo := cl.cmd("EHLO client.test", "250 ")
-			if !contains(ehlo, fmt.Sprintf("250-SIZE %d", DefaultMaxMessageBytes)) {
-				t.Errorf("EHLO: %q", ehlo)
-			}
-			if m.name != "MX plain" && contains(ehlo, "250-STARTTLS") {
-				t.Errorf("STARTTLS offered inside TLS: %q", ehlo)
-			}
-			exact("RCPT TO:<alice@example.org>", "503 5.5.1 Missing MAIL FROM command.")
-			if sub {
-				cl.cmd("AUTH PLAIN "+plain("", "alice@example.org", testPass), "235 2.0.0")
-				exact("MAIL FROM:<alice@example.org> FOO=BAR", "555 5.5.4 unknown MAIL FROM parameter")
-				cl.cmd("MAIL FROM:<alice@example.org>", "250 ")
-			} else {
-				exact("MAIL FROM:<bob@other.test> FOO=BAR", "555 5.5.4 unknown MAIL FROM parameter")
-				cl.cmd("MAIL FROM:<bob@other.test>", "250 ")
-			}
-			exact("DATA", "503 5.5.1 Missing RCPT TO command.")
-			exact("RCPT TO:<alice@example.org> FOO=BAR", "555 5.5.4 unknown RCPT TO parameter")
-			cl.cmd("QUIT", "221 ")
-		})
-	}
 }
 
 func TestReplyShims_Rewrite(t *testing.T) {
