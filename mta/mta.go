@@ -348,7 +348,7 @@ func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Ser
 	if opts.TLSConfig != nil {
 		s.starttls = ServerTLSConfig(opts.TLSConfig)
 	}
-	s.shims = newReplyShims(opts.MaxMessageBytes)
+	s.shims = newReplyShims(opts.MaxMessageBytes, opts.Hostname)
 	// go-smtp needs a TLS config to offer STARTTLS; the handshake itself is
 	// the engineConn's (see shims.go).
 	s.plain, s.plainL = s.engine(s.starttls), newChanListener()

@@ -27,10 +27,11 @@ type replyShims struct {
 	// with one byte more than the limit (see Server.engine), the client
 	// must see the limit itself (RFC 1870 4: "the maximum size").
 	sizeFrom, sizeTo string
+	hostname         string
 }
 
-func newReplyShims(maxMessageBytes int64) *replyShims {
-	r := &replyShims{exact: map[string]string{}}
+func newReplyShims(maxMessageBytes int64, hostname string) *replyShims {
+	r := &replyShims{exact: map[string]string{}, hostname: hostname}
 	// RFC 5321 4.2.4 and 4.3.2: a command out of order is 503 ("bad
 	// sequence of commands"); go-smtp says 502 ("not implemented").
 	for _, text := range []string{
@@ -50,6 +51,8 @@ func newReplyShims(maxMessageBytes int64) *replyShims {
 	// RFC 5321 4.1.1.11: an unknown MAIL or RCPT parameter is 555.
 	r.exact["500 5.5.4 Unknown MAIL FROM argument"] = "555 5.5.4 unknown MAIL FROM parameter"
 	r.exact["500 5.5.4 Unknown RCPT TO argument"] = "555 5.5.4 unknown RCPT TO parameter"
+	// RFC 4954 4: a response that is not valid base64 is 501 5.5.2.
+	r.exact["454 4.7.0 Invalid base64 data"] = "501 5.5.2 invalid base64 data"
 	r.sizeFrom = "SIZE " + strconv.FormatInt(maxMessageBytes+1, 10)
 	r.sizeTo = "SIZE " + strconv.FormatInt(maxMessageBytes, 10)
 	return r
@@ -97,6 +100,21 @@ func (r *replyShims) fix(text []byte) (string, bool) {
 		if string(text[4:]) == r.sizeFrom {
 			return string(text[:4]) + r.sizeTo, true
 		}
+		// RFC 5321 4.1.1.1: the reply to EHLO and HELO starts with the
+		// server's own name; go-smtp starts with "Hello", gives HELO an
+		// enhanced code (RFC 2034 3: only after EHLO), and echoes the
+		// client's name as it came, control characters included (a bare
+		// CR in a reply, RFC 5321 2.3.8).
+		if greet, ok := bytes.CutPrefix(text, []byte("250-Hello ")); ok {
+			return "250-" + r.hostname + " Hello " + printable(greet), true
+		}
+		if greet, ok := bytes.CutPrefix(text, []byte("250 2.0.0 Hello ")); ok {
+			return "250 " + r.hostname + " Hello " + printable(greet), true
+		}
+	case '4':
+		if fixed, ok := r.exact[string(text)]; ok {
+			return fixed, true
+		}
 	case '5':
 		if fixed, ok := r.exact[string(text)]; ok {
 			return fixed, true
@@ -106,6 +124,17 @@ func (r *replyShims) fix(text []byte) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// printable shows control characters as '?'.
+func printable(b []byte) string {
+	out := []byte(string(b))
+	for i, c := range out {
+		if c < 0x20 || c == 0x7f {
+			out[i] = '?'
+		}
+	}
+	return string(out)
 }
 
 // isRefusal: the last line of a 4xx or 5xx reply (RFC 5321 4.2: a space

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"minimail/mta/tlstest"
@@ -24,6 +25,7 @@ func TestGoSMTPStillNeedsTheShims(t *testing.T) {
 		e.TLSConfig = serverTLS
 		e.MaxMessageBytes = 1000
 		e.ReadTimeout = readTimeout
+		e.AllowInsecureAuth = true
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -38,18 +40,24 @@ func TestGoSMTPStillNeedsTheShims(t *testing.T) {
 		for _, c := range []struct{ send, want string }{
 			{"MAIL FROM:<a@b.test>", "502 5.5.1 Please introduce yourself first."},
 			{"FOOBAR", "501 5.5.2 Bad command"},
+			{"HELO client.test", "250 2.0.0 Hello client.test"},
 			{"FOOB", unrecognizedPrefix + "FOOB command unrecognized"},
 			{"EHLO client.test", ""},
 			{"RCPT TO:<a@b.test>", "502 5.5.1 Missing MAIL FROM command."},
 			{"DATA", "502 5.5.1 Missing RCPT TO command."},
 			{"MAIL FROM:<a@b.test> FOO=BAR", "500 5.5.4 Unknown MAIL FROM argument"},
+			{"AUTH PLAIN %%%", "454 4.7.0 Invalid base64 data"},
 			{"MAIL FROM:<a@b.test>", "250 "},
 			{"RCPT TO:<c@d.test> FOO=BAR", "500 5.5.4 Unknown RCPT TO argument"},
 			{"STARTTLS", string(startTLSReady)},
 		} {
 			if c.want == "" {
-				if lines := cl.cmd(c.send, "250 "); !contains(lines, "250-SIZE 1000") && !contains(lines, "250 SIZE 1000") {
+				lines := cl.cmd(c.send, "250 ")
+				if !contains(lines, "250-SIZE 1000") && !contains(lines, "250 SIZE 1000") {
 					t.Errorf("go-smtp no longer advertises SIZE as MaxMessageBytes: %q", lines)
+				}
+				if lines[0] != "250-Hello client.test" {
+					t.Errorf("go-smtp's EHLO reply now starts %q", lines[0])
 				}
 				continue
 			}
@@ -84,6 +92,10 @@ func (nullSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (nullSession) Data(io.Reader) error                 { return nil }
 func (nullSession) Reset()                               {}
 func (nullSession) Logout() error                        { return nil }
+func (nullSession) AuthMechanisms() []string             { return []string{sasl.Plain} }
+func (nullSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(string, string, string) error { return nil }), nil
+}
 
 func contains(lines []string, want string) bool {
 	for _, l := range lines {
@@ -95,7 +107,7 @@ func contains(lines []string, want string) bool {
 }
 
 func TestReplyShims_Rewrite(t *testing.T) {
-	r := newReplyShims(100)
+	r := newReplyShims(100, "mx.test")
 	for _, c := range []struct {
 		in, out  string
 		refusals int
@@ -109,6 +121,10 @@ func TestReplyShims_Rewrite(t *testing.T) {
 		{"550-first\r\n550 5.1.1 last\r\n", "550-first\r\n550 5.1.1 last\r\n", 1},
 		{"250 ok\r\n501 5.5.2 Bad command\r\n", "250 ok\r\n500 5.5.1 command not recognized\r\n", 1},
 		{"421 4.4.2 bye\r\n", "421 4.4.2 bye\r\n", 0},
+		{"250-Hello client.test\r\n", "250-mx.test Hello client.test\r\n", 0},
+		{"250-Hello a\rb\x01c\r\n", "250-mx.test Hello a?b?c\r\n", 0},
+		{"250 2.0.0 Hello client.test\r\n", "250 mx.test Hello client.test\r\n", 0},
+		{"454 4.7.0 Invalid base64 data\r\n", "501 5.5.2 invalid base64 data\r\n", 1},
 		{"452 4.3.1 full\r\n", "452 4.3.1 full\r\n", 1},
 		{"", "", 0},
 	} {

@@ -40,7 +40,7 @@ func TestAuthPlainIsOneRuleForSMTPAndPOP3(t *testing.T) {
 		wrongCredentials: {"535 5.7.8 authentication credentials invalid", "-ERR [AUTH] invalid user name or password"},
 		notAuthorized:    {"535 5.7.8 authorization identity must be empty or the login name", "-ERR [AUTH] authorization identity must be empty or the user name"},
 		malformed:        {"501 5.5.2", "-ERR malformed PLAIN response"},
-		badBase64:        {"454 4.7.0", "-ERR invalid base64"},
+		badBase64:        {"501 5.5.2", "-ERR invalid base64"},
 	}
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	for _, tc := range []struct {
