@@ -162,7 +162,19 @@ func (c *Config) fail(key, format string, args ...any) error {
 	return &configError{path: c.path, key: key, msg: fmt.Sprintf(format, args...)}
 }
 
+// validate checks the config and fills in defaults and absolute paths; the
+// error names the file and the key.
 func (c *Config) validate() error {
+	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateNames: hostname, domains, data_dir.
+func (c *Config) validateNames() error {
 	if c.Hostname == "" {
 		return c.fail("hostname", "required")
 	}
@@ -182,7 +194,11 @@ func (c *Config) validate() error {
 		return c.fail("data_dir", "required")
 	}
 	c.DataDir = c.rel(c.DataDir)
+	return nil
+}
 
+// validateListeners: the listen addresses and the TLS files they need.
+func (c *Config) validateListeners() error {
 	listeners := c.listeners()
 	tlsNeeded := false
 	for _, l := range listeners {
@@ -208,6 +224,12 @@ func (c *Config) validate() error {
 	if c.TLS.Cert != "" {
 		c.TLS.Cert, c.TLS.Key = c.rel(c.TLS.Cert), c.rel(c.TLS.Key)
 	}
+	return nil
+}
+
+// validateLimits: [limits] and the numbers of [auth] and [relay], with
+// their defaults.
+func (c *Config) validateLimits() error {
 	if c.Limits.MaxMessageBytes == 0 {
 		c.Limits.MaxMessageBytes = 25 << 20
 	}
@@ -256,7 +278,11 @@ func (c *Config) validate() error {
 	if t := c.Limits.POP3IdleTimeout.Duration; t != 0 && t < 10*time.Minute {
 		return c.fail("limits.pop3_idle_timeout", "%s is below the 10 minutes RFC 1939 3 requires", t)
 	}
+	return nil
+}
 
+// validateRelay: routes, smarthost, resolver.
+func (c *Config) validateRelay() error {
 	// Recipient domains are compared lower-cased and without a trailing
 	// dot, so route keys are stored that way (RFC 1035 2.3.3). Keys are
 	// checked in sorted order so the same mistake is always reported.
@@ -297,7 +323,10 @@ func (c *Config) validate() error {
 	if c.Relay.SmarthostUsername != "" && c.Relay.Smarthost == "" {
 		return c.fail("relay.smarthost_username", "set without relay.smarthost")
 	}
+	return nil
+}
 
+func (c *Config) validateDKIM() error {
 	if (c.DKIM.Selector == "") != (c.DKIM.Key == "") {
 		return c.fail("dkim.key", "dkim.selector and dkim.key go together")
 	}
