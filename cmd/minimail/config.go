@@ -45,7 +45,8 @@ type Config struct {
 		FailureWindow     duration `toml:"failure_window"`
 		FailureDelay      duration `toml:"failure_delay"`
 		// MinPasswordLength is the shortest password `user add` and
-		// `user passwd` take, in characters; 0 = 8.
+		// `user passwd` take, in characters; 0 = 8 (none with
+		// AllowInsecureAuth, see minPasswordLength).
 		MinPasswordLength int `toml:"min_password_length"`
 	} `toml:"auth"`
 
@@ -374,11 +375,18 @@ func (c *Config) rel(p string) string {
 	return filepath.Join(filepath.Dir(c.path), p)
 }
 
+// minPasswordLength is auth.min_password_length, whose default holds
+// only for a server that logs in over TLS: with auth.allow_insecure_auth
+// (local testing only, as for a benchmark on loopback) no minimum is
+// assumed, only one set explicitly.
 func (c *Config) minPasswordLength() int {
-	if c.Auth.MinPasswordLength == 0 {
-		return defaultMinPasswordLength
+	switch {
+	case c.Auth.MinPasswordLength != 0:
+		return c.Auth.MinPasswordLength
+	case c.Auth.AllowInsecureAuth:
+		return 1
 	}
-	return c.Auth.MinPasswordLength
+	return defaultMinPasswordLength
 }
 
 func (c *Config) dmarcReject() bool { return c.DMARC.Reject == nil || *c.DMARC.Reject }

@@ -187,3 +187,25 @@ func TestPasswordRules(t *testing.T) {
 		})
 	}
 }
+
+// TestMinPasswordLength_Defaults: 8 unless set; a local test setup
+// (allow_insecure_auth, as the loopback benchmark's) has no default
+// minimum, but one set explicitly still holds.
+func TestMinPasswordLength_Defaults(t *testing.T) {
+	for _, c := range []struct {
+		insecure bool
+		set      int
+		want     int
+	}{
+		{false, 0, 8},
+		{false, 12, 12},
+		{true, 0, 1},
+		{true, 10, 10},
+	} {
+		var cfg Config
+		cfg.Auth.AllowInsecureAuth, cfg.Auth.MinPasswordLength = c.insecure, c.set
+		if got := cfg.minPasswordLength(); got != c.want {
+			t.Errorf("insecure=%v set=%d: %d, want %d", c.insecure, c.set, got, c.want)
+		}
+	}
+}
