@@ -273,3 +273,23 @@ func TestAuthCommandsHelpNamesTheCommand(t *testing.T) {
 		t.Fatalf("minimail --help does not list auth:\n%s", r.stdout)
 	}
 }
+
+// FuzzUnblockTarget: any ADDR either is refused or names a valid, masked
+// network that reads back as itself from what `auth blocked` prints.
+func FuzzUnblockTarget(f *testing.F) {
+	for _, s := range []string{"127.0.0.1", "::ffff:192.0.2.1", "2001:db8::/64", "198.51.100.7/24", "fe80::1%eth0", "all", "", "1.2.3.4/33"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := unblockTarget(s)
+		if err != nil {
+			return
+		}
+		if !p.IsValid() || p != p.Masked() || p.Addr().Zone() != "" {
+			t.Fatalf("unblockTarget(%q) = %v: not a valid masked prefix", s, p)
+		}
+		if back, err := unblockTarget(netName(p)); err != nil || back != p {
+			t.Fatalf("unblockTarget(%q) = %v, shown as %q, reads back as %v, %v", s, p, netName(p), back, err)
+		}
+	})
+}
