@@ -54,7 +54,10 @@ func (ss *session) throttled() error {
 	return ss.reject(454, smtp.EnhancedCode{4, 7, 0}, "too many failed logins, try again later")
 }
 
-var errAuthFailed = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "authentication credentials invalid")
+var (
+	errAuthFailed = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "authentication credentials invalid")
+	errNoDomain   = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "use your full address as the user name")
+)
 
 // authenticate checks one set of credentials. The password is never logged.
 func (ss *session) authenticate(authz, user, password string) error {
@@ -66,6 +69,14 @@ func (ss *session) authenticate(authz, user, password string) error {
 	throttle := ss.srv.opts.AuthThrottle
 	if throttle.Blocked(ss.ip) {
 		return ss.throttled()
+	}
+	if !strings.Contains(strings.TrimSpace(user), "@") {
+		// A login name is a full address (alice@example.org); a bare
+		// "alice" is a client set up wrongly, not a guess at anyone's
+		// password, so it is told what to fix and counts neither
+		// against the address nor toward the user's slowdown.
+		ss.srv.log.Warn("auth_failed", "listener", ss.listener(), "client", ss.ip.String(), "user", logSafe(user), "reason", "login name has no domain")
+		return errNoDomain
 	}
 	addr, err := ss.srv.users.Authenticate(authz, user, password)
 	switch {

@@ -183,6 +183,15 @@ func (s *session) login(authz, user, pass string) {
 		s.err("[SYS/TEMP] too many failed logins from your address, try again later")
 		return
 	}
+	if !strings.Contains(strings.TrimSpace(user), "@") {
+		// A login name is a full address; a bare "alice" is a client set
+		// up wrongly, not a guess at anyone's password, so it is told
+		// what to fix and counts neither against the address nor toward
+		// the user's slowdown.
+		s.authFailed("login name has no domain")
+		s.err("[AUTH] use your full address as the user name")
+		return
+	}
 	addr, err := s.srv.md.Authenticate(authz, user, pass)
 	switch {
 	case errors.Is(err, ErrNotAuthorized):

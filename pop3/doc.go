@@ -74,7 +74,8 @@
 // address, the key every minimail log uses) and user (the login name tried,
 // or the canonical address once the credentials are good):
 // "authenticated", or "auth_failed" with a reason: wrong user or password,
-// login name is not an address, authorization identity differs, too many
+// login name is not an address, login name has no domain (answered with a
+// hint, not counted by the throttle), authorization identity differs, too many
 // failed logins, maildrop in use, or (with err) credentials not checked or
 // maildrop not opened. Passwords are never logged.
 //

@@ -355,8 +355,9 @@ func TestSessionLogLine(t *testing.T) {
 
 // TestLogNamesTheUserAndReasonOfRefusedLogins: a login refused for
 // something other than its password (the maildrop in use, the address
-// throttled, another user's authorization identity) still names the user
-// it tried and why, in its auth_failed line and the session line.
+// throttled, another user's authorization identity, a name without a
+// domain, which the throttle does not count) still names the user it
+// tried and why, in its auth_failed line and the session line.
 func TestLogNamesTheUserAndReasonOfRefusedLogins(t *testing.T) {
 	// The server writes the log between the test's reads; network I/O
 	// orders them (each session's lines come before its end is reported).
@@ -382,7 +383,8 @@ func TestLogNamesTheUserAndReasonOfRefusedLogins(t *testing.T) {
 	}{
 		{"maildrop in use", []string{"USER ALICE@example.org", "PASS " + alicePW}, "-ERR [IN-USE]", alice, "maildrop in use"},
 		{"another user's authzid", []string{plain(bob, alice, alicePW)}, "-ERR [AUTH]", alice, "authorization identity differs"},
-		{"name no user can have", []string{plain("", "  x\ty", "pw")}, "-ERR [AUTH]", "  x\ty", "login name is not an address"},
+		{"name without a domain", []string{plain("", "alice", alicePW)}, "-ERR [AUTH] use your full address", "alice", "login name has no domain"},
+		{"name no user can have", []string{plain("", "  x\ty@example.org", "pw")}, "-ERR [AUTH]", "  x\ty@example.org", "login name is not an address"},
 		{"throttled", []string{"USER " + bob, "PASS " + bobPW}, "-ERR [SYS/TEMP]", bob, "too many failed logins"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"minimail/mta/guard"
 	"minimail/mta/queue"
 	"minimail/store"
 )
@@ -42,6 +44,9 @@ type adminOps struct {
 	st    *store.Store
 	cfg   *Config    // the domains a user may be created in
 	queue adminQueue // nil when the server is not running
+	// throttle is the running server's login throttle (auth.go); nil
+	// when the server is not running.
+	throttle adminThrottle
 }
 
 // maxLocalPart is the longest local part (before the @) RFC 5321
@@ -86,6 +91,9 @@ type response struct {
 	Users []store.User       `json:"users,omitempty"`
 	Queue []store.QueueEntry `json:"queue,omitempty"`
 	Size  int64              `json:"size,omitempty"`
+	// auth.blocked and auth.unblock (auth.go)
+	Blocks  []guard.Block  `json:"blocks,omitempty"`
+	Cleared []netip.Prefix `json:"cleared,omitempty"`
 }
 
 func (a *adminOps) do(req request) response {
@@ -112,6 +120,10 @@ func (a *adminOps) do(req request) response {
 		} else {
 			err = dropStored(a.st, req.ID)
 		}
+	case "auth.blocked":
+		resp.Blocks, err = a.blocks()
+	case "auth.unblock":
+		resp.Cleared, err = a.unblock(req.Addr)
 	default:
 		err = fmt.Errorf("unknown admin operation %q", req.Op)
 	}

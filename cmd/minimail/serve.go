@@ -137,7 +137,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	dnsCache := resolve.NewCache(resolve.CacheOptions{})
 	agent := &mda.Agent{Mailboxes: s.st}
 	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
-	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration}
+	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
 	opts := smtpOptions(cfg, tlsConf, throttle, log)
 	if signer != nil {
@@ -169,7 +169,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 
 	s.runQueue(q)
-	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q}, log)
+	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle}, log)
 	if err != nil {
 		s.stopQueue()
 		<-s.queueDone

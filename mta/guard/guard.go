@@ -6,8 +6,11 @@ package guard
 
 import (
 	"container/list"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -104,6 +107,9 @@ type AuthThrottle struct {
 	// set it to record the delays Pause is asked for instead of waiting
 	// them.
 	Sleep func(d time.Duration, cancel <-chan struct{})
+	// Log gets one line, auth_blocked, when an address or its subnet
+	// reaches its limit; nil discards.
+	Log *slog.Logger
 
 	mu       sync.Mutex
 	byIP     failureLog[netip.Addr]
@@ -208,16 +214,119 @@ func (t *AuthThrottle) Blocked(ip netip.Addr) bool {
 		t.bySubnet.count(Subnet(ip), now, window) >= perSubnet
 }
 
-// Fail records a failed login from ip.
+// Fail records a failed login from ip. The failure that blocks ip, or its
+// subnet, is logged as auth_blocked with when the block ends.
 func (t *AuthThrottle) Fail(ip netip.Addr) {
 	ip = ip.Unmap()
-	_, _, window := t.limits()
+	perIP, perSubnet, window := t.limits()
 	now := t.now()
 	maxKeys, perKey := t.maxTracked(), t.maxPerKey()
+	subnet := Subnet(ip)
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.byIP.add(ip, now, window, maxKeys, perKey)
-	t.bySubnet.add(Subnet(ip), now, window, maxKeys, perKey)
+	nIP := t.byIP.add(ip, now, window, maxKeys, perKey)
+	nSubnet := t.bySubnet.add(subnet, now, window, maxKeys, perKey)
+	// Only the failure that reaches a limit logs: later ones are refused
+	// before they are counted, save the few already being checked.
+	var blocks []Block
+	if nIP == perIP {
+		blocks = append(blocks, Block{Net: single(ip), Failures: nIP, Until: t.byIP.until(ip, perIP, window)})
+	}
+	if nSubnet == perSubnet {
+		blocks = append(blocks, Block{Net: subnet, Failures: nSubnet, Until: t.bySubnet.until(subnet, perSubnet, window)})
+	}
+	t.mu.Unlock()
+	if t.Log == nil {
+		return
+	}
+	for _, b := range blocks {
+		reason := fmt.Sprintf("%d failed logins from this address within %v", b.Failures, window)
+		if !b.Net.IsSingleIP() {
+			reason = fmt.Sprintf("%d failed logins from its subnet %v within %v", b.Failures, b.Net, window)
+		}
+		t.Log.Warn("auth_blocked", "client", ip.String(), "until", b.Until.Format(time.RFC3339), "failures", b.Failures, "reason", reason)
+	}
+}
+
+// Block is an address or a subnet whose logins are refused.
+type Block struct {
+	Net      netip.Prefix // a single address (/32, /128) or a subnet (Subnet)
+	Failures int          // counted in the window
+	Until    time.Time    // when the count drops below the limit, if no more failures come
+}
+
+// Blocks lists the addresses and subnets whose logins are refused now,
+// addresses first, each in address order.
+func (t *AuthThrottle) Blocks() []Block {
+	perIP, perSubnet, window := t.limits()
+	now := t.now()
+	var blocks []Block
+	t.mu.Lock()
+	t.byIP.over(perIP, now, window, func(ip netip.Addr, n int, until time.Time) {
+		blocks = append(blocks, Block{Net: single(ip), Failures: n, Until: until})
+	})
+	t.bySubnet.over(perSubnet, now, window, func(p netip.Prefix, n int, until time.Time) {
+		blocks = append(blocks, Block{Net: p, Failures: n, Until: until})
+	})
+	t.mu.Unlock()
+	slices.SortFunc(blocks, func(a, b Block) int { return compareNets(a.Net, b.Net) })
+	return blocks
+}
+
+// Unblock forgets the failed logins counted against the addresses in
+// target and against every subnet that overlaps it: unblocking one address
+// clears its subnet's count too, which its failures raised. It returns the
+// addresses and subnets that had failures in the window. The per-user
+// counts of FailureDelay stay: they never refuse a login.
+func (t *AuthThrottle) Unblock(target netip.Prefix) []netip.Prefix {
+	return t.clear(unmapPrefix(target).Masked().Overlaps)
+}
+
+// UnblockAll forgets the failed logins of every address and subnet, and
+// returns those that had failures in the window. The per-user counts of
+// FailureDelay stay.
+func (t *AuthThrottle) UnblockAll() []netip.Prefix {
+	return t.clear(func(netip.Prefix) bool { return true })
+}
+
+// clear removes the addresses and subnets match selects, and returns
+// those that had failures in the window, addresses first.
+func (t *AuthThrottle) clear(match func(netip.Prefix) bool) []netip.Prefix {
+	_, _, window := t.limits()
+	now := t.now()
+	t.mu.Lock()
+	ips := t.byIP.removeIf(now, window, func(ip netip.Addr) bool { return match(single(ip)) })
+	subnets := t.bySubnet.removeIf(now, window, match)
+	t.mu.Unlock()
+	var cleared []netip.Prefix
+	for _, ip := range ips {
+		cleared = append(cleared, single(ip))
+	}
+	cleared = append(cleared, subnets...)
+	slices.SortFunc(cleared, compareNets)
+	return cleared
+}
+
+// single is the prefix of one address.
+func single(ip netip.Addr) netip.Prefix { return netip.PrefixFrom(ip, ip.BitLen()) }
+
+// compareNets orders single addresses before subnets, each by address.
+func compareNets(a, b netip.Prefix) int {
+	if a.IsSingleIP() != b.IsSingleIP() {
+		if a.IsSingleIP() {
+			return -1
+		}
+		return 1
+	}
+	return a.Compare(b)
+}
+
+// unmapPrefix turns a prefix of IPv4-mapped IPv6 addresses into the IPv4
+// prefix the throttle counts them under (IP unmaps every client address).
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 // failureLog holds the recent failure times of each key, the keys in the
@@ -282,6 +391,44 @@ func (l *failureLog[K]) expire(now time.Time, window time.Duration) {
 		}
 		l.remove(e)
 	}
+}
+
+// until returns when k's count in the window drops below limit if it
+// fails no more: when the limit-th youngest failure leaves the window.
+// k has at least limit failures.
+func (l *failureLog[K]) until(k K, limit int, window time.Duration) time.Time {
+	times := l.byKey[k].Value.(*failures[K]).times
+	return times[len(times)-limit].Add(window)
+}
+
+// over calls fn for each key with at least limit failures in the window.
+func (l *failureLog[K]) over(limit int, now time.Time, window time.Duration, fn func(k K, n int, until time.Time)) {
+	l.expire(now, window)
+	for e := l.order.Front(); e != nil; e = e.Next() {
+		f := e.Value.(*failures[K])
+		if times := prune(f.times, now, window); len(times) >= limit {
+			fn(f.key, len(times), times[len(times)-limit].Add(window))
+		}
+	}
+}
+
+// removeIf removes the keys match selects, and returns those that had
+// failures in the window.
+func (l *failureLog[K]) removeIf(now time.Time, window time.Duration, match func(K) bool) []K {
+	var removed []K
+	var next *list.Element
+	for e := l.order.Front(); e != nil; e = next {
+		next = e.Next()
+		f := e.Value.(*failures[K])
+		if !match(f.key) {
+			continue
+		}
+		if len(prune(f.times, now, window)) > 0 {
+			removed = append(removed, f.key)
+		}
+		l.remove(e)
+	}
+	return removed
 }
 
 func (l *failureLog[K]) remove(e *list.Element) {
