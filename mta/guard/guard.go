@@ -1,7 +1,9 @@
 // Package guard holds the per-connection defences shared by the SMTP and
 // POP3 listeners: a limit on concurrent connections (in total and per client
-// IP) and a throttle on failed logins (per IP and per subnet, never per user,
-// so an attacker cannot lock a real user out of their own mailbox).
+// IP), the accept loop's backoff, and a throttle on failed logins. Logins are
+// refused per IP and per subnet, never per user, so an attacker cannot lock
+// a real user out of their own mailbox; per user, each further wrong
+// password only waits longer (FailureDelay), the right one never does.
 package guard
 
 import (
