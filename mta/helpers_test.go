@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -149,19 +148,20 @@ type fakeQueue struct {
 }
 
 type queued struct {
+	ID    string
 	From  string
 	Rcpts []string
 	Msg   []byte
 }
 
-func (q *fakeQueue) Enqueue(from string, rcpts []string, msg []byte) (string, error) {
+func (q *fakeQueue) Enqueue(id, from string, rcpts []string, msg []byte) (string, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.err != nil {
 		return "", q.err
 	}
-	q.got = append(q.got, queued{from, append([]string(nil), rcpts...), append([]byte(nil), msg...)})
-	return fmt.Sprintf("q%d", len(q.got)), nil
+	q.got = append(q.got, queued{id, from, append([]string(nil), rcpts...), append([]byte(nil), msg...)})
+	return id, nil
 }
 
 func (q *fakeQueue) entries() []queued {

@@ -2,8 +2,6 @@ package mta
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"minimail/mta/delivery"
 )
 
 // headerField is one field of a message header: its name and its value
@@ -224,17 +224,11 @@ func submissionHeaders(fields []headerField, addFrom bool, user, hostname string
 		fmt.Fprintf(&b, "Date: %s\r\n", now.Format(time.RFC1123Z))
 	}
 	if len(fieldsNamed(fields, "Message-ID")) == 0 {
-		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", randomID(), hostname)
+		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", delivery.NewID(), hostname)
 	}
 	return b.Bytes()
 }
 
-// randomID returns 16 random hex digits, for transaction and message ids.
-func randomID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
 
 // trace is what a Received field records about one transaction.
 type trace struct {

@@ -63,10 +63,11 @@ type Local interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
-// Queue is the durable outbound queue. Enqueue returns only once the message
-// is on disk.
+// Queue is the durable outbound queue. Enqueue keeps the message under the
+// id its 250 reply gives (the transaction's) and returns only once the
+// message is on disk.
 type Queue interface {
-	Enqueue(from string, rcpts []string, msg []byte) (id string, err error)
+	Enqueue(id, from string, rcpts []string, msg []byte) (string, error)
 }
 
 // Users checks login credentials. authz is the SASL authorization identity

@@ -166,7 +166,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if !ss.tc.begin() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
-	tx = &transaction{id: randomID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size}
+	tx = &transaction{id: delivery.NewID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size}
 	ss.mu.Lock()
 	ss.tx = tx
 	ss.mu.Unlock()
@@ -294,7 +294,7 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	defer func() {
 		if p := recover(); p != nil {
 			ss.srv.log.Error("panic handling message", "id", tx.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			reply = ss.finish(tx, user, 0, "", smtpErr(451, codeTransient, "internal error, try again later"))
+			reply = ss.finish(tx, user, 0, smtpErr(451, codeTransient, "internal error, try again later"))
 		}
 	}()
 	// The message is in memory until it is stored: it holds its share of
@@ -305,26 +305,26 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	mb, err := ss.readData(r, tx, &held)
 	defer ss.srv.bufs.put(mb)
 	if err != nil {
-		return ss.finish(tx, user, 0, "", err)
+		return ss.finish(tx, user, 0, err)
 	}
 	size := len(mb.bytes())
 	// The one place that makes messages CRLF-only (see crlf.go).
 	mb.set(normalizeCRLF(mb.bytes()))
 	if se := ss.srv.checkHeader(mb.bytes()); se != nil {
-		return ss.finish(tx, user, size, "", se)
+		return ss.finish(tx, user, size, se)
 	}
 	if err := ss.complete(tx, user, mb); err != nil {
-		return ss.finish(tx, user, size, "", err)
+		return ss.finish(tx, user, size, err)
 	}
 	msg := mb.bytes()
 	if !ss.srv.beginCommit() {
 		// Shutdown gave up on this transaction and cut its connection:
 		// storing now would deliver a message the client will send again.
-		return ss.finish(tx, user, len(msg), "", smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "shutting down"))
+		return ss.finish(tx, user, len(msg), smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "shutting down"))
 	}
-	qid, err := ss.store(tx, msg)
+	err = ss.store(tx, msg)
 	ss.srv.endCommit()
-	return ss.finish(tx, user, len(msg), qid, err)
+	return ss.finish(tx, user, len(msg), err)
 }
 
 // readData reads the message, renewing the read deadline as data arrives
@@ -490,7 +490,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 
 // store makes the message durable: local recipients first, in one commit,
 // then the queue for the rest (see the package comment for why this order).
-func (ss *session) store(tx *transaction, msg []byte) (queueID string, err error) {
+func (ss *session) store(tx *transaction, msg []byte) error {
 	stored := 0
 	if len(tx.local) > 0 {
 		for i, err := range ss.srv.local.Deliver(tx.from, tx.local, msg) {
@@ -502,27 +502,27 @@ func (ss *session) store(tx *transaction, msg []byte) (queueID string, err error
 				tx.refused = append(tx.refused, tx.local[i]+" 550")
 			default:
 				ss.srv.log.Error("local delivery failed", "id", tx.id, "rcpt", tx.local[i], "err", err)
-				return "", smtpErr(451, codeTransient, "temporary local delivery failure, try again later")
+				return smtpErr(451, codeTransient, "temporary local delivery failure, try again later")
 			}
 		}
 	}
 	if len(tx.remote) > 0 {
-		id, err := ss.srv.queue.Enqueue(tx.from, tx.remote, msg)
-		if err != nil {
+		// The queue keeps the message under the transaction's id, the one
+		// the 250 gives: one id in the reply, the logs and the queue.
+		if _, err := ss.srv.queue.Enqueue(tx.id, tx.from, tx.remote, msg); err != nil {
 			ss.srv.log.Error("enqueue failed", "id", tx.id, "local_stored", stored, "err", err)
-			return "", smtpErr(451, codeTransient, "temporary queue failure, try again later")
+			return smtpErr(451, codeTransient, "temporary queue failure, try again later")
 		}
-		queueID = id
 		stored += len(tx.remote)
 	}
 	if stored == 0 {
-		return "", ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
+		return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
 	}
-	return queueID, smtpErr(250, codeOK, "OK id="+tx.id)
+	return smtpErr(250, codeOK, "OK id="+tx.id)
 }
 
 // finish writes the transaction's one log line and returns its reply.
-func (ss *session) finish(tx *transaction, user string, size int, queueID string, reply error) error {
+func (ss *session) finish(tx *transaction, user string, size int, reply error) error {
 	var se *smtp.SMTPError
 	if !errors.As(reply, &se) {
 		se = smtpErr(451, codeTransient, "message transfer aborted")
@@ -536,7 +536,7 @@ func (ss *session) finish(tx *transaction, user string, size int, queueID string
 	case len(tx.remote) > 0:
 		event = "queued"
 	}
-	ss.logTx(tx, user, event, slog.Int("size", size), slog.String("queue_id", queueID),
+	ss.logTx(tx, user, event, slog.Int("size", size),
 		slog.String("result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)))
 	return se
 }

@@ -48,6 +48,10 @@ type QueueRcpt struct {
 // QueueEntry is one queued message without its body.
 type QueueEntry struct {
 	ID uint64 `json:"id"`
+	// MsgID is the message's id everywhere outside the store (the 250
+	// reply, logs, queue list and drop); "" in entries queued before it
+	// existed, which go by ID.
+	MsgID string `json:"msg_id,omitempty"`
 	// From is the envelope sender; "" is the null sender of a bounce.
 	From          string      `json:"from"`
 	Rcpts         []QueueRcpt `json:"rcpts"`

@@ -289,7 +289,7 @@ func flushStored(st *store.Store) error {
 
 // dropStored deletes a queued message when no server is running.
 func dropStored(st *store.Store, id string) error {
-	n, err := queue.ParseID(id)
+	n, err := queue.Find(st, id)
 	if err != nil {
 		return err
 	}

@@ -326,7 +326,7 @@ func printQueue(w io.Writer, entries []store.QueueEntry) {
 		if lastErr == "" {
 			lastErr = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", queue.FormatID(e.ID), from, strings.Join(rcpts, ","),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", queue.EntryID(e), from, strings.Join(rcpts, ","),
 			e.Attempts, e.NextAttempt.Local().Format(time.RFC3339), lastErr)
 	}
 	tw.Flush()

@@ -740,3 +740,71 @@ func TestServeSIGTERMLetsTheTransactionInProgressFinish(t *testing.T) {
 		t.Fatalf("stored:\n%s", got)
 	}
 }
+
+// TestOneIDFromThe250ReplyToTheQueue: the id a client reads in the 250
+// after DATA is the message's id in the log, in queue list and for queue
+// drop (SPEC: one id per accepted message).
+func TestOneIDFromThe250ReplyToTheQueue(t *testing.T) {
+	// far.test routes to a port nobody listens on: the message stays queued.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	a := newSite(t, "a.test", fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"far.test\" = %q }\n", deadAddr))
+	a.addUser(t, "bob@a.test")
+
+	c, err := smtp.DialStartTLS(a.srv.addrs["listen.submission"], &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "bob@a.test", "pw-bob@a.test")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("bob@a.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("carol@far.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(testMessage("bob@a.test", "carol@far.test", "one id", "x\r\n"))
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, id, ok := strings.Cut(resp.StatusText, "id=")
+	if !ok || len(id) != 16 {
+		t.Fatalf("250 reply %q names no id", resp.StatusText)
+	}
+
+	waitFor(t, "the queue to try once", func() bool {
+		entries, _ := a.srv.st.QueueEntries()
+		return len(entries) == 1 && entries[0].Attempts > 0
+	})
+	for _, ev := range []string{"msg=queued", "msg=deferred"} {
+		found := false
+		for _, line := range strings.Split(a.logs.String(), "\n") {
+			if strings.Contains(line, ev) && strings.Contains(line, "id="+id) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no %s line with id=%s:\n%s", ev, id, a.logs)
+		}
+	}
+	if r := minimail(t, "", "--config", a.cfg.path, "queue", "list"); r.code != 0 || !strings.Contains(r.stdout, id) {
+		t.Fatalf("queue list: exit %d %q %s, lacks %s", r.code, r.stdout, r.stderr, id)
+	}
+	if r := minimail(t, "", "--config", a.cfg.path, "queue", "drop", id); r.code != 0 {
+		t.Fatalf("queue drop %s: exit %d %s", id, r.code, r.stderr)
+	}
+	if entries, _ := a.srv.st.QueueEntries(); len(entries) != 0 {
+		t.Fatalf("queue after drop: %+v", entries)
+	}
+}

@@ -58,7 +58,7 @@ func (q *Queue) process(ctx context.Context, id uint64, force bool) {
 		q.noteNext(e.NextAttempt)
 		return
 	}
-	es := &entryState{e: e, log: q.log.With("id", FormatID(id))}
+	es := &entryState{e: e, log: q.log.With("id", EntryID(e))}
 	var wg sync.WaitGroup
 	for _, g := range q.groups(e) {
 		wg.Add(1)

@@ -60,7 +60,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 	}
 	msg := buildDSN(dsnParams{
 		Hostname:   q.opts.Hostname,
-		QueueID:    FormatID(e.ID),
+		QueueID:    EntryID(*e),
 		Sender:     e.From,
 		Action:     action,
 		Rcpts:      rcpts,
@@ -84,7 +84,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 		}
 		// A passing storage problem: let the queue retry the notice.
 	}
-	id, err := q.Enqueue("", []string{e.From}, msg)
+	id, err := q.Enqueue("", "", []string{e.From}, msg)
 	if err != nil {
 		log.Error("dsn", "err", err.Error(), "result", "retry later")
 		return false

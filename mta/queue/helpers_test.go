@@ -129,7 +129,7 @@ func (e *env) restart() {
 
 func (e *env) enqueue(from string, rcpts ...string) string {
 	e.t.Helper()
-	id, err := e.q.Enqueue(from, rcpts, []byte("From: "+from+"\r\nSubject: lunch\r\nMessage-ID: <m1@a.test>\r\n\r\nsee you at noon\r\n"))
+	id, err := e.q.Enqueue("", from, rcpts, []byte("From: "+from+"\r\nSubject: lunch\r\nMessage-ID: <m1@a.test>\r\n\r\nsee you at noon\r\n"))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -39,6 +39,7 @@ import (
 	"sync"
 	"time"
 
+	"minimail/mta/delivery"
 	"minimail/mta/mailaddr"
 	"minimail/store"
 )
@@ -167,28 +168,52 @@ func positiveOr[T int | time.Duration](v, def T) T {
 	return v
 }
 
-// FormatID is how queue ids are shown to people; ParseID reads them back.
+// FormatID shows a store number, the id of entries queued before message ids.
 func FormatID(id uint64) string { return strconv.FormatUint(id, 10) }
 
-// ParseID reads an id printed by FormatID.
-func ParseID(s string) (uint64, error) {
-	id, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
-	if err != nil || id == 0 {
-		return 0, fmt.Errorf("queue id %q: not a queue id", s)
+// EntryID is the id an entry goes by: its message id, or for entries
+// queued before there was one, its number in the store.
+func EntryID(e store.QueueEntry) string {
+	if e.MsgID != "" {
+		return e.MsgID
 	}
-	return id, nil
+	return FormatID(e.ID)
 }
 
-// Enqueue stores a message for from ("" for the null sender) to rcpts and
-// returns its id once it is on disk, then wakes the runner. msg must be
+// Lister is the part of the spool Find reads.
+type Lister interface {
+	QueueEntries() ([]store.QueueEntry, error)
+}
+
+// Find returns the store number of the entry that goes by id (EntryID).
+func Find(spool Lister, id string) (uint64, error) {
+	id = strings.TrimSpace(id)
+	entries, err := spool.QueueEntries()
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		if EntryID(e) == id {
+			return e.ID, nil
+		}
+	}
+	return 0, fmt.Errorf("queue id %q: %w", id, store.ErrNoQueueEntry)
+}
+
+// Enqueue stores a message for from ("" for the null sender) to rcpts
+// under the message id id (the one its 250 reply gave; "" = a new one),
+// returns the id once it is on disk, then wakes the runner. msg must be
 // CRLF-only, as the SMTP server and buildDSN write it: it is sent on as it
 // is stored.
-func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error) {
+func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, error) {
 	if len(rcpts) == 0 {
 		return "", errors.New("enqueue: no recipients")
 	}
+	if id == "" {
+		id = delivery.NewID()
+	}
 	now := q.opts.Now().UTC()
-	e := store.QueueEntry{From: from, Created: now, NextAttempt: now}
+	e := store.QueueEntry{MsgID: id, From: from, Created: now, NextAttempt: now}
 	for _, r := range rcpts {
 		e.Rcpts = append(e.Rcpts, store.QueueRcpt{Addr: r, State: store.RcptPending})
 	}
@@ -196,7 +221,6 @@ func (q *Queue) Enqueue(from string, rcpts []string, msg []byte) (string, error)
 	if err != nil {
 		return "", err
 	}
-	id := FormatID(n)
 	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(msg))
 	q.mu.Lock()
 	if len(q.fresh) < maxFresh {
@@ -215,7 +239,7 @@ func (q *Queue) List() ([]store.QueueEntry, error) { return q.spool.QueueEntries
 // Drop removes an entry. A delivery already under way for it may still
 // complete, but nothing about it is recorded or retried afterwards.
 func (q *Queue) Drop(id string) error {
-	n, err := ParseID(id)
+	n, err := Find(q.spool, id)
 	if err != nil {
 		return err
 	}

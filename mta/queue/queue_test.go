@@ -501,7 +501,7 @@ func BenchmarkEnqueue(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for range per {
-						if _, err := q.Enqueue("bob@a.test", []string{"x@b.test"}, msg); err != nil {
+						if _, err := q.Enqueue("", "bob@a.test", []string{"x@b.test"}, msg); err != nil {
 							b.Error(err)
 							return
 						}
@@ -529,7 +529,7 @@ func (f failingSpool) QueueEntries() ([]store.QueueEntry, error)               {
 func TestQueue_SpoolFailureIsTheCallersToSee(t *testing.T) {
 	broken := errors.New("input/output error")
 	q := New(failingSpool{err: broken}, Options{Hostname: "mx.a.test"})
-	if id, err := q.Enqueue("a@a.test", []string{"b@b.test"}, []byte("Subject: x\r\n\r\nx\r\n")); !errors.Is(err, broken) {
+	if id, err := q.Enqueue("", "a@a.test", []string{"b@b.test"}, []byte("Subject: x\r\n\r\nx\r\n")); !errors.Is(err, broken) {
 		t.Errorf("Enqueue = %q, %v; want the spool's error", id, err)
 	}
 	if err := q.RunOnce(context.Background()); !errors.Is(err, broken) {
