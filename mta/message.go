@@ -229,7 +229,6 @@ func submissionHeaders(fields []headerField, addFrom bool, user, hostname string
 	return b.Bytes()
 }
 
-
 // trace is what a Received field records about one transaction.
 type trace struct {
 	Helo     string
