@@ -189,7 +189,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 func (s *server) loadKeys(cfg *Config) (*tls.Config, *msgauth.Signer, error) {
 	var tlsConf *tls.Config
 	if cfg.TLS.Cert != "" {
-		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, s.log)
+		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, certChecks{Hostname: cfg.Hostname, Public: cfg.publicListeners()}, s.log)
 		if err != nil {
 			return nil, nil, &configError{path: cfg.path, msg: err.Error()}
 		}
