@@ -48,7 +48,11 @@ func configRecords(cfg *Config) ([]msgauth.Record, error) {
 	if cfg.DKIM.Key != "" {
 		key, err := msgauth.LoadKey(cfg.DKIM.Key)
 		if err != nil {
-			return nil, &configError{path: cfg.path, key: "dkim.key", msg: err.Error()}
+			msg := err.Error()
+			if hint := readHint(err); hint != "" {
+				msg += ": " + hint
+			}
+			return nil, &configError{path: cfg.path, key: "dkim.key", msg: msg}
 		}
 		pub = key.Public()
 	}
