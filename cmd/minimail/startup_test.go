@@ -171,6 +171,11 @@ func TestCommandsAsAnAccountThatCannotReadNameTheOwner(t *testing.T) {
 		t.Fatalf("data_dir of root: exit %d, want 1: %s", r.code, r.stderr)
 	}
 	wantAll(t, "user list", r.stderr, "run admin commands as root, the owner of "+filepath.Join(dir, "data")+" (sudo minimail ...)")
+	r = as("compact")
+	if r.code != 1 {
+		t.Fatalf("compact: exit %d, want 1: %s", r.code, r.stderr)
+	}
+	wantAll(t, "compact", r.stderr, "permission denied: run admin commands as root, the owner of "+filepath.Join(dir, "data"))
 }
 
 // TestServeAsAnAccountThatCannotOpenTheDatabaseSaysWhoOwnsIt: serve run by
