@@ -57,7 +57,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	usage := map[string]string{
 		"init":  "minimail init --domain DOMAIN --hostname HOSTNAME [--dir DIR] [--data-dir DIR] [--service-user USER]",
 		"serve": "minimail [--config FILE] serve",
-		"dns":   "minimail [--config FILE] dns",
+		"dns":   "minimail [--config FILE] dns [--check]",
 		"demo":  "minimail demo [--keep]",
 	}
 	for _, c := range app.Commands {

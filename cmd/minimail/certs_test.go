@@ -47,7 +47,7 @@ func TestCertificateReloadReachesNewConnections(t *testing.T) {
 	dir := t.TempDir()
 	first := writePair(t, dir, "mx.example.test", time.Now().Add(-time.Hour))
 	var logs bytes.Buffer
-	r, err := newCertReloader(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), slog.New(slog.NewTextHandler(&logs, nil)))
+	r, err := newCertReloader(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), certChecks{}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestCertificateReloadReachesNewConnections(t *testing.T) {
 func TestTLSConfigRefusesOldVersionsAndTickets(t *testing.T) {
 	dir := t.TempDir()
 	writePair(t, dir, "mx.example.test", time.Now())
-	r, err := newCertReloader(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), slog.New(slog.DiscardHandler))
+	r, err := newCertReloader(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), certChecks{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

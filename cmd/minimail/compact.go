@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -36,6 +37,9 @@ func compactCommand() *cli.Command {
 			res, err := store.Compact(cfg.DataDir, store.CompactOptions{})
 			if errors.Is(err, store.ErrLocked) {
 				return fmt.Errorf("%w, and %s does not answer: is serve starting or stopping? stop it, then compact", err, sock)
+			}
+			if errors.Is(err, os.ErrPermission) {
+				return fmt.Errorf("%w: %s", err, runAsHint(cfg.DataDir))
 			}
 			if err != nil {
 				return err

@@ -142,6 +142,9 @@ func loadConfig(path string) (*Config, error) {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, &configError{path: path, msg: "no such file (run `minimail init` to write one, or pass --config)"}
 		}
+		if hint := readHint(err); hint != "" {
+			return nil, &configError{path: path, msg: err.Error() + ": " + hint}
+		}
 		return nil, &configError{path: path, msg: err.Error()}
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {

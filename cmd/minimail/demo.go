@@ -213,8 +213,11 @@ func (s *demoSite) setUp(dnsSrv *loopdns.Server) error {
 	if err != nil {
 		return err
 	}
-	recs = append(recs, s.hostname+". 3600 IN A 127.0.0.1")
+	zone := []string{s.hostname + ". 3600 IN A 127.0.0.1"}
 	for _, r := range recs {
+		zone = append(zone, r.Zone())
+	}
+	for _, r := range zone {
 		if err := dnsSrv.AddRecord(r); err != nil {
 			return fmt.Errorf("demo dns: %w", err)
 		}

@@ -21,7 +21,7 @@ func (c *Config) checkFiles() error {
 		}
 		fh, err := os.Open(f.path)
 		if errors.Is(err, os.ErrPermission) {
-			return c.fail(f.key, "%v: the account serve runs as (uid %d) cannot read it (README, Run it for your domain, shows the modes)", err, os.Geteuid())
+			return c.fail(f.key, "%v: %s, which cannot read it (README, Run it for your domain, shows the modes)", err, accessHint(err))
 		}
 		if err != nil {
 			return c.fail(f.key, "%v", err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -170,7 +169,12 @@ func initDir(w, errw io.Writer, o initOptions) error {
 	fmt.Fprintf(w, "Next: minimail --config %s user add you@%s   (asks for the password twice)\n", files["config"], o.domain)
 	fmt.Fprintf(w, "      minimail --config %s user add postmaster@%s   (RFC 5321 4.5.1 requires it)\n", files["config"], o.domain)
 	fmt.Fprintf(w, "      minimail --config %s serve\n\n", files["config"])
-	return printRecords(w, []string{o.domain}, o.hostname, initSelector, dkimKey.Public())
+	recs, err := domainRecords([]string{o.domain}, o.hostname, initSelector, dkimKey.Public())
+	if err != nil {
+		return err
+	}
+	printRecords(w, o.hostname, recs)
+	return nil
 }
 
 // initPerms are the modes and ownership of what init creates; -1 keeps
@@ -359,43 +363,4 @@ func selfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil
-}
-
-func dnsCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "dns",
-		Usage: "print the DNS records to publish for the configured domains (MX, SPF, DKIM, DMARC)",
-		Action: func(c *cli.Context) error {
-			if c.NArg() != 0 {
-				return usagef("dns takes no arguments")
-			}
-			cfg, err := config(c)
-			if err != nil {
-				return err
-			}
-			var pub crypto.PublicKey
-			if cfg.DKIM.Key != "" {
-				key, err := msgauth.LoadKey(cfg.DKIM.Key)
-				if err != nil {
-					return &configError{path: cfg.path, key: "dkim.key", msg: err.Error()}
-				}
-				pub = key.Public()
-			}
-			return printRecords(c.App.Writer, cfg.Domains, cfg.Hostname, cfg.DKIM.Selector, pub)
-		},
-	}
-}
-
-func printRecords(w io.Writer, domains []string, hostname, selector string, pub crypto.PublicKey) error {
-	fmt.Fprintf(w, "; DNS records to publish (zone-file syntax). Also: an A/AAAA record for %s,\n; and a PTR record for its address naming %s (ask your hosting provider).\n", hostname, hostname)
-	for _, d := range domains {
-		recs, err := msgauth.Records(d, hostname, selector, pub)
-		if err != nil {
-			return fmt.Errorf("dns records for %s: %w", d, err)
-		}
-		for _, r := range recs {
-			fmt.Fprintln(w, r)
-		}
-	}
-	return nil
 }

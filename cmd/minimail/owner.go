@@ -4,9 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"minimail/store"
@@ -24,6 +22,9 @@ func openStoreDirect(dataDir string) (*store.Store, error) {
 	st, err := store.Open(dataDir, store.Options{})
 	switch {
 	case errors.Is(err, store.ErrLocked):
+		if holder := lockHolder(filepath.Join(dataDir, store.FileName)); holder != "" {
+			err = fmt.Errorf("%w: %s", err, holder)
+		}
 		return nil, fmt.Errorf("%w, and %s does not answer: is the server starting or stopping? try again", err, filepath.Join(dataDir, controlSocket))
 	case errors.Is(err, os.ErrPermission):
 		return nil, fmt.Errorf("%w: %s", err, runAsHint(dataDir))
@@ -79,10 +80,10 @@ func ownerOf(path string) (owner, error) {
 func runAsHint(dataDir string) string {
 	name := "OWNER"
 	if o, err := ownerOf(dataDir); err == nil {
-		name = strconv.Itoa(o.uid)
-		if u, err := user.LookupId(name); err == nil {
-			name = u.Username
+		if o.uid == 0 {
+			return fmt.Sprintf("run admin commands as root, the owner of %s (sudo minimail ...)", dataDir)
 		}
+		name = userName(o.uid)
 	}
 	return fmt.Sprintf("run admin commands as root or as %s, the owner of %s (sudo -u %s minimail ...)", name, dataDir, name)
 }

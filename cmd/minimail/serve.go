@@ -86,12 +86,6 @@ type server struct {
 	shutdownErr  error
 }
 
-// listenError is a listener that cannot bind: runtime failure (exit 1)
-// naming the key and the address.
-func listenError(key, addr string, err error) error {
-	return fmt.Errorf("%s = %q: %w", key, addr, err)
-}
-
 // startServer opens the store, binds every listener (all or nothing), and
 // starts serving. Shutdown stops it.
 //
@@ -124,7 +118,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	compactAtStart(cfg.DataDir, log)
 	s.st, err = store.Open(cfg.DataDir, store.Options{})
 	if err != nil {
-		return nil, fmt.Errorf("data_dir: %w", err)
+		return nil, storeOpenError(cfg.DataDir, err)
 	}
 	defer func() {
 		if err != nil {
@@ -189,7 +183,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 func (s *server) loadKeys(cfg *Config) (*tls.Config, *msgauth.Signer, error) {
 	var tlsConf *tls.Config
 	if cfg.TLS.Cert != "" {
-		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, s.log)
+		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, certChecks{Hostname: cfg.Hostname, Public: cfg.publicListeners()}, s.log)
 		if err != nil {
 			return nil, nil, &configError{path: cfg.path, msg: err.Error()}
 		}
@@ -219,7 +213,7 @@ func (s *server) bind(cfg *Config, tlsConf *tls.Config) (map[string]net.Listener
 			for _, l := range listeners {
 				l.Close()
 			}
-			return nil, listenError(lc.key, lc.addr, err)
+			return nil, &listenError{path: cfg.path, key: lc.key, addr: lc.addr, err: err, hint: listenHint(cfg.DataDir, lc.addr, err)}
 		}
 		var l net.Listener = &guard.Listener{Listener: tcp, Log: s.log}
 		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {

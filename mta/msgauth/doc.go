@@ -1,8 +1,8 @@
 // Package msgauth authenticates mail: it DKIM-signs what we send for our
 // own domains (Signer), checks SPF, DKIM and DMARC on what we receive and
 // records the outcome in one Authentication-Results field (Verifier), and
-// says which DNS records a domain must publish for others to check us
-// (Records, GenerateKey, LoadKey).
+// says which DNS records a domain must publish for others to check us and
+// whether they are published (Records, Check, GenerateKey, LoadKey).
 //
 // Every DNS lookup goes through the injected *net.Resolver, so tests and
 // `[relay] dns` point all of them at one server. DNS trouble never becomes a

@@ -43,3 +43,12 @@ func plainMessage(from string) []byte {
 		"Content-Type: text/plain; charset=utf-8",
 	)
 }
+
+// zoneLines gives records as the zone-file lines dnstest takes.
+func zoneLines(recs []Record) []string {
+	lines := make([]string, len(recs))
+	for i, r := range recs {
+		lines[i] = r.Zone()
+	}
+	return lines
+}

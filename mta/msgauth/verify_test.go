@@ -36,10 +36,10 @@ func world(t testing.TB) *dnstest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dnstest.Start(t, append(a,
+	return dnstest.Start(t, append(zoneLines(a),
 		"mx.a.test. 60 IN A 127.0.0.1",
 		`mx.a.test. 60 IN TXT "v=spf1 a -all"`,
-		bank[2], // the DKIM key record
+		bank[2].Zone(), // the DKIM key record
 		`bank.test. 60 IN TXT "v=spf1 ip4:192.0.2.1 -all"`,
 		`_dmarc.bank.test. 60 IN TXT "v=DMARC1; p=reject"`,
 		`evil.test. 60 IN TXT "v=spf1 +all"`,
