@@ -300,12 +300,15 @@ type Server struct {
 	draining atomic.Bool  // set once by Shutdown; read without mu
 	buffered atomic.Int64 // message bytes held by Data handlers
 
-	mu        sync.Mutex
-	started   bool
-	listeners map[net.Listener]struct{}
-	conns     map[*trackedConn]struct{}
-	inData    int           // Data handlers running
-	dataDone  chan struct{} // closed when inData drops to 0, if waited for
+	mu      sync.Mutex
+	started bool
+	// accepting is cancelled by Shutdown, which closes every listener
+	// Serve was given (so that its Accept returns).
+	accepting     context.Context
+	stopAccepting context.CancelFunc
+	conns         map[*trackedConn]struct{}
+	inData        int           // Data handlers running
+	dataDone      chan struct{} // closed when inData drops to 0, if waited for
 	// The commit gate: once Shutdown has given up waiting, no message is
 	// stored any more, since its client was cut off without a 250 and will
 	// send it again. Commits under way are waited for.
@@ -331,21 +334,21 @@ func NewSubmission(local Local, queue Queue, users Users, opts Options) *Server 
 func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Server {
 	opts.setDefaults()
 	s := &Server{
-		kind:      k,
-		opts:      opts,
-		local:     local,
-		queue:     queue,
-		users:     users,
-		domains:   map[string]bool{},
-		limiter:   &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
-		log:       opts.Logger.With("server", k.String()),
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*trackedConn]struct{}{},
+		kind:    k,
+		opts:    opts,
+		local:   local,
+		queue:   queue,
+		users:   users,
+		domains: map[string]bool{},
+		limiter: &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
+		log:     opts.Logger.With("server", k.String()),
+		conns:   map[*trackedConn]struct{}{},
 	}
 	for _, d := range opts.Domains {
 		s.domains[mailaddr.NormalDomain(d)] = true
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.accepting, s.stopAccepting = context.WithCancel(context.Background())
 	if opts.TLSConfig != nil {
 		s.starttls = ServerTLSConfig(opts.TLSConfig)
 	}
@@ -402,13 +405,8 @@ func (s *Server) Serve(l net.Listener) error {
 		go func() { defer s.engines.Done(); s.plain.Serve(s.plainL) }()
 		go func() { defer s.engines.Done(); s.implicit.Serve(s.implicitL) }()
 	}
-	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-	}()
+	defer context.AfterFunc(s.accepting, func() { l.Close() })()
 
 	for {
 		c, err := l.Accept()
@@ -493,10 +491,8 @@ func (s *Server) isDraining() bool { return s.draining.Load() }
 // connections short.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
+	s.stopAccepting()
 	s.mu.Lock()
-	for l := range s.listeners {
-		l.Close()
-	}
 	for tc := range s.conns {
 		tc.poke()
 	}

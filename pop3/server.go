@@ -157,11 +157,14 @@ type Server struct {
 	// closing is closed when Shutdown starts.
 	closing chan struct{}
 
-	mu        sync.Mutex
-	shutdown  bool
-	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{}
-	active    sync.WaitGroup // connection goroutines
+	mu       sync.Mutex
+	shutdown bool
+	// accepting is cancelled by Shutdown, which closes every listener
+	// Serve was given (so that its Accept returns).
+	accepting     context.Context
+	stopAccepting context.CancelFunc
+	sessions      map[*session]struct{}
+	active        sync.WaitGroup // connection goroutines
 
 	// afterSession, when set (by tests), runs after a session has ended and
 	// released its lock.
@@ -208,16 +211,16 @@ func NewServer(md Maildrop, opts Options) *Server {
 		locks = &MaildropLocks{}
 	}
 	s := &Server{
-		md:        md,
-		opts:      opts,
-		log:       logger,
-		throttle:  throttle,
-		limiter:   limiter,
-		locks:     locks,
-		closing:   make(chan struct{}),
-		listeners: map[net.Listener]struct{}{},
-		sessions:  map[*session]struct{}{},
+		md:       md,
+		opts:     opts,
+		log:      logger,
+		throttle: throttle,
+		limiter:  limiter,
+		locks:    locks,
+		closing:  make(chan struct{}),
+		sessions: map[*session]struct{}{},
 	}
+	s.accepting, s.stopAccepting = context.WithCancel(context.Background())
 	return s
 }
 
@@ -231,13 +234,8 @@ func (s *Server) Serve(l net.Listener) error {
 		l.Close()
 		return nil
 	}
-	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-	}()
+	defer context.AfterFunc(s.accepting, func() { l.Close() })()
 
 	for {
 		conn, err := l.Accept()
@@ -281,10 +279,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.shutdown = true
 		close(s.closing)
 	}
-	for l := range s.listeners {
-		l.Close()
-	}
 	s.mu.Unlock()
+	s.stopAccepting()
 
 	done := make(chan struct{})
 	go func() {
