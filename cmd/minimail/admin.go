@@ -47,6 +47,8 @@ type adminOps struct {
 	// throttle is the running server's login throttle (auth.go); nil
 	// when the server is not running.
 	throttle adminThrottle
+	// status describes the running server; nil when it is not running.
+	status func() serverStatus
 }
 
 // maxLocalPart is the longest local part (before the @) RFC 5321
@@ -94,6 +96,7 @@ type response struct {
 	// auth.blocked and auth.unblock (auth.go)
 	Blocks  []guard.Block  `json:"blocks,omitempty"`
 	Cleared []netip.Prefix `json:"cleared,omitempty"`
+	Status  *serverStatus  `json:"status,omitempty"` // status.go
 }
 
 func (a *adminOps) do(req request) response {
@@ -119,6 +122,13 @@ func (a *adminOps) do(req request) response {
 			err = a.queue.Drop(req.ID)
 		} else {
 			err = dropStored(a.st, req.ID)
+		}
+	case "status":
+		if a.status == nil {
+			err = errors.New("no server is running")
+		} else {
+			st := a.status()
+			resp.Status = &st
 		}
 	case "auth.blocked":
 		resp.Blocks, err = a.blocks()

@@ -48,6 +48,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			userCommand(),
 			queueCommand(),
 			authCommand(),
+			statusCommand(),
 			dnsCommand(),
 			backupCommand(),
 			compactCommand(),

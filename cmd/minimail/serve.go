@@ -73,7 +73,8 @@ type server struct {
 	certs *certReloader
 	grace time.Duration
 
-	addrs map[string]string // listen key -> bound address
+	addrs   map[string]string // listen key -> bound address
+	started time.Time
 
 	shutdowns   []func(context.Context) error
 	stopQueue   context.CancelFunc
@@ -92,7 +93,7 @@ type server struct {
 // relayTranscript, when not nil, receives the outbound SMTP conversations
 // (the demo prints them).
 func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string) io.Writer) (_ *server, err error) {
-	s := &server{log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, stopWatch: make(chan struct{})}
+	s := &server{started: time.Now(), log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, stopWatch: make(chan struct{})}
 	if err := cfg.checkFiles(); err != nil {
 		return nil, err
 	}
@@ -163,7 +164,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 
 	s.runQueue(q)
-	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle}, log)
+	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle, status: s.status}, log)
 	if err != nil {
 		s.stopQueue()
 		<-s.queueDone
