@@ -19,6 +19,7 @@ package mda
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"minimail/store"
 )
@@ -59,12 +60,23 @@ var ErrUnknownUser = errors.New("no such user here")
 // Agent delivers to local mailboxes.
 type Agent struct {
 	Mailboxes Mailboxes
+	// Delimiter holds the characters that start an address extension
+	// (Postfix's recipient_delimiter): with "+", bob+shop@d reaches bob@d
+	// when there is no user bob+shop@d. "" turns extensions off.
+	Delimiter string
 }
 
 // Resolve returns the canonical address of a local recipient, or an *Error
-// wrapping ErrUnknownUser (permanent) or a storage error (temporary).
+// wrapping ErrUnknownUser (permanent) or a storage error (temporary). An
+// address with an extension (see Delimiter) resolves to the user without
+// it, unless a user has the whole address.
 func (a *Agent) Resolve(rcpt string) (string, error) {
 	addr, err := a.Mailboxes.LookupUser(rcpt)
+	if errors.Is(err, store.ErrNoUser) {
+		if base, _, ok := a.splitExtension(rcpt); ok {
+			addr, err = a.Mailboxes.LookupUser(base)
+		}
+	}
 	switch {
 	case errors.Is(err, store.ErrNoUser):
 		return "", &Error{Rcpt: rcpt, Err: ErrUnknownUser}
@@ -74,21 +86,56 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 	return addr, nil
 }
 
+// splitExtension returns rcpt without its extension, and the extension:
+// the part of the local part from the first delimiter character on. A
+// local part that starts with one has no user part to fall back to.
+func (a *Agent) splitExtension(rcpt string) (base, ext string, ok bool) {
+	at := strings.LastIndexByte(rcpt, '@')
+	if a.Delimiter == "" || at < 0 {
+		return "", "", false
+	}
+	i := strings.IndexAny(rcpt[:at], a.Delimiter)
+	if i <= 0 {
+		return "", "", false
+	}
+	return rcpt[:i] + rcpt[at:], rcpt[i:at], true
+}
+
+// deliveredTo is the recipient for the Delivered-To field: the mailbox's
+// own spelling of the address, with the extension the sender wrote kept
+// (bob+Shop@d for a user bob@d), so that filters can sort by it.
+func (a *Agent) deliveredTo(rcpt, addr string) string {
+	base, ext, ok := a.splitExtension(rcpt)
+	if !ok || strings.EqualFold(rcpt, addr) || !strings.EqualFold(base, addr) {
+		return addr
+	}
+	at := strings.LastIndexByte(addr, '@')
+	return addr[:at] + ext + addr[at:]
+}
+
 // Deliver stores msg for each recipient. from is the envelope sender ("" for
 // the null sender). msg must be CRLF-only and should already carry the
 // caller's Received line. The result has one entry per recipient, in
-// order: nil for a durable copy, else an *Error. Copies for all resolvable recipients are committed together.
+// order: nil for a durable copy, else an *Error. Copies for all resolvable
+// recipients are committed together, one per mailbox however many of the
+// recipients reach it (bob+a@ and bob+b@ give bob one copy); each copy's
+// Delivered-To names the mailbox with the extension the sender wrote.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 	results := make([]error, len(rcpts))
 	var ds []store.Delivery
 	var idx []int
+	seen := make(map[string]bool, len(rcpts))
 	for i, rcpt := range rcpts {
 		addr, err := a.Resolve(rcpt)
 		if err != nil {
 			results[i] = err
 			continue
 		}
-		ds = append(ds, store.Delivery{Address: addr, Header: traceHeader(from, addr), Message: msg})
+		if seen[addr] {
+			continue
+		}
+		seen[addr] = true
+		ds = append(ds, store.Delivery{Address: addr, Header: traceHeader(from, a.deliveredTo(rcpt, addr)), Message: msg})
 		idx = append(idx, i)
 	}
 	if len(ds) == 0 {

@@ -310,3 +310,70 @@ func TestDeliver_RealStore(t *testing.T) {
 		}
 	}
 }
+
+// TestDeliver_AddressExtensions: with a delimiter, bob+shop@ reaches bob@
+// (Postfix's recipient_delimiter) and Delivered-To keeps the extension; a
+// user with the whole address wins; two extensions of one message give one
+// copy; without a delimiter the extension is part of the address.
+func TestDeliver_AddressExtensions(t *testing.T) {
+	s, err := store.Open(t.TempDir(), store.Options{BcryptCost: bcrypt.MinCost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, u := range []string{"bob@example.org", "bob+list@example.org"} {
+		if err := s.AddUser(u, "pw"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := []byte("Subject: hi\r\n\r\nhello\r\n")
+	deliveredTo := func(addr string) []string {
+		t.Helper()
+		infos, err := s.List(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, in := range infos {
+			m, _ := s.Read(addr, in.ID)
+			for _, line := range strings.Split(string(m), "\r\n") {
+				if v, ok := strings.CutPrefix(line, "Delivered-To: "); ok {
+					out = append(out, v)
+				}
+			}
+		}
+		return out
+	}
+
+	a := &mda.Agent{Mailboxes: s, Delimiter: "+-"}
+	for _, c := range []struct {
+		rcpt, want string
+		known      bool
+	}{
+		{"bob+Shop@example.org", "bob@example.org", true},
+		{"Bob-news@Example.org", "bob@example.org", true},
+		{"bob+list@example.org", "bob+list@example.org", true},
+		{"+bob@example.org", "", false},
+		{"carol+x@example.org", "", false},
+	} {
+		got, err := a.Resolve(c.rcpt)
+		if (err == nil) != c.known || got != c.want {
+			t.Errorf("Resolve(%q) = %q, %v", c.rcpt, got, err)
+		}
+	}
+	errs := a.Deliver("x@b.test", []string{"bob+Shop@example.org", "bob+other@example.org", "bob+list@example.org"}, msg)
+	if errs[0] != nil || errs[1] != nil || errs[2] != nil {
+		t.Fatalf("Deliver = %v", errs)
+	}
+	if got := deliveredTo("bob@example.org"); len(got) != 1 || got[0] != "bob+Shop@example.org" {
+		t.Errorf("bob's copies have Delivered-To %q, want one, bob+Shop@example.org", got)
+	}
+	if got := deliveredTo("bob+list@example.org"); len(got) != 1 || got[0] != "bob+list@example.org" {
+		t.Errorf("bob+list has %q", got)
+	}
+
+	off := &mda.Agent{Mailboxes: s}
+	if _, err := off.Resolve("bob+Shop@example.org"); !errors.Is(err, mda.ErrUnknownUser) {
+		t.Errorf("without a delimiter bob+Shop@ resolved: %v", err)
+	}
+}

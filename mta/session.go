@@ -44,7 +44,7 @@ type transaction struct {
 	from     string
 	utf8     bool
 	sizeHint int64
-	local    []string // canonical addresses of accepted local recipients
+	local    []string // accepted local recipients, as written (domain lower-cased)
 	remote   []string // accepted remote recipients (submission only)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
@@ -232,7 +232,7 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		if ss.srv.kind == kindMX && relayTrick(a.Local) {
 			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
 		}
-		addr, err := ss.srv.local.Resolve(a.String())
+		_, err := ss.srv.local.Resolve(a.String())
 		switch {
 		case permanent(err):
 			return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
@@ -240,7 +240,9 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 			ss.srv.log.Error("recipient lookup failed", "id", tx.id, "rcpt", logSafe(to), "err", err)
 			return smtpErr(451, codeTransient, "temporary failure looking up recipient, try again later")
 		}
-		tx.local = appendNew(tx.local, addr)
+		// Kept as the client wrote it (an extension too: Delivered-To names
+		// it); Local delivers one copy per mailbox however many reach it.
+		tx.local = appendNew(tx.local, a.String())
 		return nil
 	}
 	if ss.srv.kind == kindMX || ss.srv.queue == nil {

@@ -22,6 +22,9 @@ type Config struct {
 	Hostname string   `toml:"hostname"`
 	Domains  []string `toml:"domains"`
 	DataDir  string   `toml:"data_dir"`
+	// RecipientDelimiter: u+tag@domain reaches u@domain (SPEC); unset is
+	// "+", "" turns it off. Each character is a delimiter, as in Postfix.
+	RecipientDelimiter *string `toml:"recipient_delimiter"`
 
 	Listen struct {
 		SMTP        string `toml:"smtp"`
@@ -196,6 +199,13 @@ func (c *Config) validateNames() error {
 	}
 	if c.DataDir == "" {
 		return c.fail("data_dir", "required")
+	}
+	for _, r := range c.recipientDelimiter() {
+		// A delimiter must be a character of a dot-atom local part that
+		// cannot end or join anything else: not '@', '.', space or control.
+		if r == '@' || r == '.' || r == '"' || r <= ' ' || r == 0x7f || r >= 0x80 {
+			return c.fail("recipient_delimiter", "%q cannot separate an address extension", r)
+		}
 	}
 	c.DataDir = c.rel(c.DataDir)
 	return nil
@@ -382,6 +392,14 @@ func (c *Config) rel(p string) string {
 // only for a server that logs in over TLS: with auth.allow_insecure_auth
 // (local testing only, as for a benchmark on loopback) no minimum is
 // assumed, only one set explicitly.
+// recipientDelimiter is recipient_delimiter with its default.
+func (c *Config) recipientDelimiter() string {
+	if c.RecipientDelimiter == nil {
+		return "+"
+	}
+	return *c.RecipientDelimiter
+}
+
 func (c *Config) minPasswordLength() int {
 	switch {
 	case c.Auth.MinPasswordLength != 0:

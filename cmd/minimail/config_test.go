@@ -120,6 +120,7 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"negative data rate", minimalConfig + "[limits]\nmin_data_rate = -5\n", "limits.min_data_rate"},
 		{"bad session time", minimalConfig + "[limits]\nmax_session_time = \"-1m\"\n", "max_session_time"},
 		{"tiny line length", minimalConfig + "[limits]\nmax_line_length = 100\n", "limits.max_line_length"},
+		{"@ as recipient delimiter", "recipient_delimiter = \"@\"\n" + minimalConfig, "recipient_delimiter"},
 		{"tiny header limit", minimalConfig + "[limits]\nmax_header_bytes = 100\n", "limits.max_header_bytes"},
 		{"header limit above the DKIM checks", minimalConfig + "[limits]\nmax_header_bytes = 2000000\n", "limits.max_header_bytes"},
 		{"negative header limit", minimalConfig + "[limits]\nmax_header_bytes = -1\n", "limits.max_header_bytes"},

@@ -808,3 +808,36 @@ func TestOneIDFromThe250ReplyToTheQueue(t *testing.T) {
 		t.Fatalf("queue after drop: %+v", entries)
 	}
 }
+
+// TestRecipientDelimiter: with the default recipient_delimiter ("+"),
+// mail to alice+news@ reaches alice with Delivered-To naming the
+// extension; with recipient_delimiter = "" it is an unknown user.
+func TestRecipientDelimiter(t *testing.T) {
+	s := newSite(t, "example.test", "")
+	s.addUser(t, "alice@example.test")
+	send := func() error {
+		c, err := smtp.Dial(s.srv.addrs["listen.smtp"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.SendMail("bob@other.test", []string{"alice+news@example.test"},
+			bytes.NewReader(testMessage("bob@other.test", "alice+news@example.test", "tagged", "x\r\n")))
+	}
+	if err := send(); err != nil {
+		t.Fatalf("to alice+news@: %v", err)
+	}
+	got := s.waitMessages(t, "alice@example.test", 1)
+	if !bytes.Contains(got[0], []byte("\r\nDelivered-To: alice+news@example.test\r\n")) {
+		t.Fatalf("stored:\n%s", got[0])
+	}
+
+	s.stop(t)
+	off := ""
+	s.cfg.RecipientDelimiter = &off
+	s.start(t)
+	var se *smtp.SMTPError
+	if err := send(); !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 1, 1}) {
+		t.Fatalf("to alice+news@ with recipient_delimiter = \"\": %v, want 550 5.1.1", err)
+	}
+}

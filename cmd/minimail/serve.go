@@ -130,7 +130,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
 	// and addresses of outbound.
 	dnsCache := resolve.NewCache(resolve.CacheOptions{})
-	agent := &mda.Agent{Mailboxes: s.st}
+	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter()}
 	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
