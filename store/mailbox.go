@@ -9,6 +9,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// ErrOverQuota means a copy would take its mailbox past its quota.
+var ErrOverQuota = errors.New("mailbox over quota")
+
 // ErrNoMessage means the id is not (or no longer) in the mailbox.
 var ErrNoMessage = errors.New("no such message")
 
@@ -41,10 +44,18 @@ func (m MessageInfo) UIDL() string {
 //
 // Deliveries in one AppendMany call that pass the same Message slice share
 // one stored copy of it, so a message for many mailboxes is written once.
+//
+// A copy that would take its mailbox past its quota (the user's own, else
+// DefaultQuota; none when both are 0) fails the call with an error
+// wrapping ErrOverQuota, unless IgnoreQuota is set (for notices, which
+// must not be lost). A mailbox exactly at its quota takes nothing more.
 type Delivery struct {
 	Address string // the user, as known to LookupUser
 	Header  []byte
 	Message []byte
+
+	DefaultQuota int64
+	IgnoreQuota  bool
 }
 
 // Append stores msg at the end of addr's mailbox and returns its id once it
@@ -68,6 +79,9 @@ func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
 		for i, d := range ds {
 			mb, err := mailbox(tx, d.Address)
 			if err != nil {
+				return err
+			}
+			if err := checkQuota(tx, mb, d); err != nil {
 				return err
 			}
 			id, err := mailboxes.NextSequence()
@@ -104,6 +118,83 @@ func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
 		return nil, fmt.Errorf("append: %w", err)
 	}
 	return ids, nil
+}
+
+// checkQuota refuses d when it would take mb past its quota. It runs in the
+// writing transaction, after the copies before it were put, so concurrent
+// deliveries and several copies in one call are all counted.
+func checkQuota(tx *bolt.Tx, mb *bolt.Bucket, d Delivery) error {
+	if d.IgnoreQuota {
+		return nil
+	}
+	quota := d.DefaultQuota
+	k := []byte(Key(d.Address))
+	v := tx.Bucket(bucketUsers).Get(k)
+	if v == nil {
+		return fmt.Errorf("%s: %w", d.Address, ErrNoUser)
+	}
+	rec, err := decodeUserRecord(k, v)
+	if err != nil {
+		return err
+	}
+	if rec.Quota > 0 {
+		quota = rec.Quota
+	}
+	if quota <= 0 {
+		return nil
+	}
+	used, err := usage(mb)
+	if err != nil {
+		return err
+	}
+	if size := int64(len(d.Header) + len(d.Message)); used+size > quota {
+		return fmt.Errorf("%s: %d of %d octets used, message of %d: %w", d.Address, used, quota, size, ErrOverQuota)
+	}
+	return nil
+}
+
+// usage is the sum of the sizes in mb's index: what its messages take,
+// heads included, as POP3 LIST reports them.
+//
+// It is summed, not kept as a running total: the index holds 32 octets per
+// message and no bodies, so a walk reads about one page per hundred
+// messages (BenchmarkUsage: a 10,000-message mailbox in 0.4 ms), and a sum
+// cannot drift. It is walked only where a quota applies. A stored total would be new state to
+// keep right in every writer, Delete, DeleteUser, Compact, and in schema 1
+// files, and an older minimail (same schema) that deleted mail would leave it
+// wrong.
+func usage(mb *bolt.Bucket) (int64, error) {
+	var used int64
+	err := mb.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
+		e, err := decodeIndexEntry(k, v)
+		used += e.size
+		return err
+	})
+	return used, err
+}
+
+// Usage returns the octets addr's messages take and the user's own quota (0:
+// none of its own, the server's default applies).
+func (s *Store) Usage(addr string) (used, quota int64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
+		}
+		k := []byte(Key(addr))
+		v := tx.Bucket(bucketUsers).Get(k)
+		if v == nil {
+			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		}
+		rec, err := decodeUserRecord(k, v)
+		if err != nil {
+			return err
+		}
+		quota = rec.Quota
+		used, err = usage(mb)
+		return err
+	})
+	return used, quota, err
 }
 
 // bodyWriter stores each distinct Message of one AppendMany call once and

@@ -32,12 +32,21 @@ var (
 type User struct {
 	Address string    `json:"address"`
 	Created time.Time `json:"created"`
+	// Used is the mailbox's size in octets (Usage); Quota the user's own
+	// quota, 0 for none of its own (the server's default applies).
+	Used  int64 `json:"used"`
+	Quota int64 `json:"quota"`
 }
 
+// userRecord is the users bucket's JSON value. Quota came after schema 2
+// was fixed and needs no migration: a record written without it decodes
+// with Quota 0, which means "no quota of its own", what such a user had;
+// and a minimail without the field ignores it when it reads the record.
 type userRecord struct {
 	Address string    `json:"address"`
 	Hash    []byte    `json:"hash"`
 	Created time.Time `json:"created"`
+	Quota   int64     `json:"quota,omitempty"`
 }
 
 // Key returns the lookup key for addr: the whole address lower-cased, so the
@@ -183,6 +192,32 @@ func (s *Store) SetPassword(addr, password string) error {
 	})
 }
 
+// ErrBadQuota refuses a negative quota.
+var ErrBadQuota = errors.New("quota must be 0 or more bytes")
+
+// SetQuota sets a user's own quota in octets; 0 removes it, so the
+// server's default (mda.Agent.DefaultQuota) applies.
+func (s *Store) SetQuota(addr string, bytes int64) error {
+	if bytes < 0 {
+		return fmt.Errorf("%s: %d: %w", addr, bytes, ErrBadQuota)
+	}
+	key := []byte(Key(addr))
+	return s.update(func(tx *bolt.Tx) error {
+		users := tx.Bucket(bucketUsers)
+		v := users.Get(key)
+		if v == nil {
+			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		}
+		rec, err := decodeUserRecord(key, v)
+		if err != nil {
+			return err
+		}
+		rec.Quota = bytes
+		b, _ := json.Marshal(rec)
+		return users.Put(key, b)
+	})
+}
+
 // DeleteUser removes a user and their mailbox with all its messages, and
 // every shared body no other mailbox refers to.
 func (s *Store) DeleteUser(addr string) error {
@@ -219,7 +254,13 @@ func (s *Store) Users() ([]User, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, User{Address: rec.Address, Created: rec.Created})
+			u := User{Address: rec.Address, Created: rec.Created, Quota: rec.Quota}
+			if mb, err := mailbox(tx, rec.Address); err == nil {
+				if u.Used, err = usage(mb); err != nil {
+					return err
+				}
+			}
+			out = append(out, u)
 			return nil
 		})
 	})
