@@ -14,6 +14,12 @@
 // RFC 3463 status to report (Status), so that callers act on it without
 // knowing this package: a recipient with no mailbox is permanent, storage
 // trouble temporary.
+//
+// Quotas (store.Delivery): each copy is judged against its own mailbox, so
+// a full one fails its recipient alone, with 5.2.2 (permanent: this message
+// will not fit); Resolve reports a mailbox already at its quota with 4.2.2
+// (temporary: it may be emptied). Notices (DeliverNotice) are stored even
+// past the quota: a bounce must not be lost, and it exceeds it by its size.
 package mda
 
 import (
@@ -28,6 +34,9 @@ import (
 type Mailboxes interface {
 	LookupUser(addr string) (string, error)
 	AppendMany(ds []store.Delivery) ([]uint64, error)
+	// Usage returns the octets a mailbox holds and its own quota (0:
+	// DefaultQuota applies).
+	Usage(addr string) (used, quota int64, err error)
 }
 
 // Error is a delivery failure for one recipient. Temporary failures (storage
@@ -38,6 +47,7 @@ type Error struct {
 	Rcpt      string
 	Err       error
 	temporary bool
+	status    string // "" for the defaults of Status
 }
 
 func (e *Error) Error() string   { return fmt.Sprintf("deliver to %s: %v", e.Rcpt, e.Err) }
@@ -46,8 +56,13 @@ func (e *Error) Temporary() bool { return e.temporary }
 
 // Status returns the RFC 3463 status a delivery status notification
 // reports: 5.1.1 (bad destination mailbox) for a recipient with no
-// mailbox, the mere class for storage trouble.
+// mailbox, 4.2.2 for one already at its quota, 5.2.2 for a message that
+// would take it past (RFC 3463 3.3: mailbox full), the mere class for
+// storage trouble.
 func (e *Error) Status() string {
+	if e.status != "" {
+		return e.status
+	}
 	if e.temporary {
 		return "4.0.0"
 	}
@@ -57,6 +72,10 @@ func (e *Error) Status() string {
 // ErrUnknownUser is wrapped by the Error for a recipient with no mailbox.
 var ErrUnknownUser = errors.New("no such user here")
 
+// ErrMailboxFull is wrapped by the Error for a mailbox already at its quota
+// (Resolve) or that a message would take past it (Deliver).
+var ErrMailboxFull = errors.New("mailbox full")
+
 // Agent delivers to local mailboxes.
 type Agent struct {
 	Mailboxes Mailboxes
@@ -64,13 +83,36 @@ type Agent struct {
 	// (Postfix's recipient_delimiter): with "+", bob+shop@d reaches bob@d
 	// when there is no user bob+shop@d. "" turns extensions off.
 	Delimiter string
+	// DefaultQuota is the quota in octets of a mailbox without one of its
+	// own (limits.max_mailbox_bytes); 0 means none.
+	DefaultQuota int64
 }
 
 // Resolve returns the canonical address of a local recipient, or an *Error
-// wrapping ErrUnknownUser (permanent) or a storage error (temporary). An
+// wrapping ErrUnknownUser (permanent), ErrMailboxFull (temporary, 4.2.2:
+// the mailbox is already at its quota) or a storage error (temporary). An
 // address with an extension (see Delimiter) resolves to the user without
 // it, unless a user has the whole address.
 func (a *Agent) Resolve(rcpt string) (string, error) {
+	addr, err := a.lookup(rcpt)
+	if err != nil {
+		return "", err
+	}
+	used, quota, err := a.Mailboxes.Usage(addr)
+	if err != nil {
+		return "", appendError(rcpt, err)
+	}
+	if quota == 0 {
+		quota = a.DefaultQuota
+	}
+	if quota > 0 && used >= quota {
+		return "", &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %d of %d octets used", ErrMailboxFull, used, quota), temporary: true, status: "4.2.2"}
+	}
+	return addr, nil
+}
+
+// lookup is Resolve without the quota: the mailbox's canonical address.
+func (a *Agent) lookup(rcpt string) (string, error) {
 	addr, err := a.Mailboxes.LookupUser(rcpt)
 	if errors.Is(err, store.ErrNoUser) {
 		if base, _, ok := a.splitExtension(rcpt); ok {
@@ -120,13 +162,28 @@ func (a *Agent) deliveredTo(rcpt, addr string) string {
 // recipients are committed together, one per mailbox however many of the
 // recipients reach it (bob+a@ and bob+b@ give bob one copy); each copy's
 // Delivered-To names the mailbox with the extension the sender wrote.
+//
+// A copy that would take its mailbox past its quota fails with an *Error
+// wrapping ErrMailboxFull, permanent, status 5.2.2; the other copies are
+// stored.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
+	return a.deliver(from, rcpts, msg, false)
+}
+
+// DeliverNotice is Deliver for the server's own notices (bounces, delay
+// warnings): they are stored even past the quota, which they exceed by
+// their size, because a notice refused would be lost.
+func (a *Agent) DeliverNotice(from string, rcpts []string, msg []byte) []error {
+	return a.deliver(from, rcpts, msg, true)
+}
+
+func (a *Agent) deliver(from string, rcpts []string, msg []byte, notice bool) []error {
 	results := make([]error, len(rcpts))
 	var ds []store.Delivery
 	var idx []int
 	seen := make(map[string]bool, len(rcpts))
 	for i, rcpt := range rcpts {
-		addr, err := a.Resolve(rcpt)
+		addr, err := a.lookup(rcpt)
 		if err != nil {
 			results[i] = err
 			continue
@@ -135,16 +192,23 @@ func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
 			continue
 		}
 		seen[addr] = true
-		ds = append(ds, store.Delivery{Address: addr, Header: traceHeader(from, a.deliveredTo(rcpt, addr)), Message: msg})
+		ds = append(ds, store.Delivery{
+			Address:      addr,
+			Header:       traceHeader(from, a.deliveredTo(rcpt, addr)),
+			Message:      msg,
+			DefaultQuota: a.DefaultQuota,
+			IgnoreQuota:  notice,
+		})
 		idx = append(idx, i)
 	}
 	if len(ds) == 0 {
 		return results
 	}
 	_, err := a.Mailboxes.AppendMany(ds)
-	if errors.Is(err, store.ErrNoUser) && len(ds) > 1 {
-		// A user was deleted since Resolve, and the batch is all or
-		// nothing: store each copy alone so only that recipient fails.
+	if (errors.Is(err, store.ErrNoUser) || errors.Is(err, store.ErrOverQuota)) && len(ds) > 1 {
+		// A user was deleted since Resolve, or a mailbox has no room, and
+		// the batch is all or nothing: store each copy alone so only that
+		// recipient fails (the copies then do not share one body).
 		for j, d := range ds {
 			results[idx[j]] = a.appendOne(rcpts[idx[j]], d)
 		}
@@ -166,11 +230,15 @@ func (a *Agent) appendOne(rcpt string, d store.Delivery) error {
 }
 
 // appendError classifies a storage failure: a mailbox that has gone is the
-// same permanent "no such user" Resolve reports; anything else is storage
-// trouble, worth a retry.
+// same permanent "no such user" Resolve reports; one without room for the
+// message a permanent 5.2.2; anything else is storage trouble, worth a
+// retry.
 func appendError(rcpt string, err error) error {
-	if errors.Is(err, store.ErrNoUser) {
+	switch {
+	case errors.Is(err, store.ErrNoUser):
 		return &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %w", ErrUnknownUser, err)}
+	case errors.Is(err, store.ErrOverQuota):
+		return &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %w", ErrMailboxFull, err), status: "5.2.2"}
 	}
 	return &Error{Rcpt: rcpt, Err: err, temporary: true}
 }

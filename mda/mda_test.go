@@ -41,6 +41,9 @@ func (f *fakeMailboxes) LookupUser(addr string) (string, error) {
 	return "", fmt.Errorf("%s: %w", addr, store.ErrNoUser)
 }
 
+// Usage reports every mailbox empty, without a quota.
+func (f *fakeMailboxes) Usage(addr string) (int64, int64, error) { return 0, 0, f.lookupErr }
+
 // AppendMany is all-or-nothing, like the real store.
 func (f *fakeMailboxes) AppendMany(ds []store.Delivery) ([]uint64, error) {
 	f.calls = append(f.calls, append([]store.Delivery(nil), ds...))
