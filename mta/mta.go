@@ -57,7 +57,12 @@ import (
 // from Resolve or for one recipient of Deliver, that says it is permanent
 // (a Temporary() bool method returning false) means there is no such
 // mailbox: 550 5.1.1. Any other error is a 451, the rule of
-// minimail/mta/delivery.
+// minimail/mta/delivery. An error may also name its RFC 3463 status (a
+// Status() string method): "4.2.2" from Resolve is a mailbox at its quota,
+// 452 4.2.2 at RCPT; "5.2.2" from Deliver one the message would take past
+// it, 552 5.2.2 after DATA when no copy could be stored. When other copies
+// were, the reply is 250 and the refused recipients go to the queue
+// (Options.Overflow), whose delivery fails them again and bounces them.
 type Local interface {
 	Resolve(rcpt string) (string, error)
 	Deliver(from string, rcpts []string, msg []byte) []error
@@ -121,6 +126,13 @@ const (
 type Options struct {
 	Hostname string   // greeting, Received "by", Message-ID right side
 	Domains  []string // local domains: mail for them is delivered here
+
+	// Overflow takes the local recipients whose mailbox had no room for a
+	// message that others received (see Local): after the one 250 the
+	// sender must still learn of them, so the queue delivers them again
+	// and bounces what fails. A submission server without it uses its own
+	// queue; with neither, they are logged ("over_quota") and dropped.
+	Overflow Queue
 
 	// TLSConfig enables STARTTLS; nil means no STARTTLS. The server uses a
 	// copy with TLS 1.2 minimum and session tickets off (see ServerTLSConfig).

@@ -236,6 +236,8 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		switch {
 		case permanent(err):
 			return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
+		case status(err) == "4.2.2":
+			return ss.reject(452, smtp.EnhancedCode{4, 2, 2}, "mailbox full, try again later")
 		case err != nil:
 			ss.srv.log.Error("recipient lookup failed", "id", tx.id, "rcpt", logSafe(to), "err", err)
 			return smtpErr(451, codeTransient, "temporary failure looking up recipient, try again later")
@@ -266,6 +268,16 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 // temporary, since a 4xx costs the sender a retry and a wrong 5xx loses
 // the message.
 func permanent(err error) bool { return err != nil && !delivery.Temporary(err) }
+
+// status is the RFC 3463 status an error names (a Status() string method
+// in its chain), "" when none does.
+func status(err error) string {
+	var st interface{ Status() string }
+	if errors.As(err, &st) {
+		return st.Status()
+	}
+	return ""
+}
 
 func appendNew(list []string, addr string) []string {
 	for _, a := range list {
@@ -494,11 +506,15 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 // then the queue for the rest (see the package comment for why this order).
 func (ss *session) store(tx *transaction, msg []byte) error {
 	stored := 0
+	var full []string // local recipients whose mailbox had no room
 	if len(tx.local) > 0 {
 		for i, err := range ss.srv.local.Deliver(tx.from, tx.local, msg) {
 			switch {
 			case err == nil:
 				stored++
+			case permanent(err) && status(err) == "5.2.2":
+				full = append(full, tx.local[i])
+				tx.refused = append(tx.refused, tx.local[i]+" 552")
 			case permanent(err):
 				// The mailbox vanished since RCPT; nothing to retry.
 				tx.refused = append(tx.refused, tx.local[i]+" 550")
@@ -517,10 +533,35 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		}
 		stored += len(tx.remote)
 	}
+	if stored == 0 && len(full) > 0 {
+		return ss.reject(552, smtp.EnhancedCode{5, 2, 2}, "mailbox full")
+	}
 	if stored == 0 {
 		return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
 	}
+	if len(full) > 0 {
+		ss.overflow(tx, full, msg)
+	}
 	return smtpErr(250, codeOK, "OK id="+tx.id)
+}
+
+// overflow hands the recipients whose mailbox had no room for a message
+// others received to the queue, so that the sender hears of them after
+// the 250 (a bounce with 5.2.2, or the copy if room was made meanwhile).
+func (ss *session) overflow(tx *transaction, full []string, msg []byte) {
+	q := ss.srv.opts.Overflow
+	if q == nil {
+		q = ss.srv.queue
+	}
+	if q == nil {
+		ss.srv.log.Warn("over_quota", "id", tx.id, "rcpts", full, "result", "dropped")
+		return
+	}
+	if _, err := q.Enqueue(tx.id, tx.from, full, msg); err != nil {
+		ss.srv.log.Error("over_quota", "id", tx.id, "rcpts", full, "err", err, "result", "dropped")
+		return
+	}
+	ss.srv.log.Info("over_quota", "id", tx.id, "rcpts", full, "result", "queued")
 }
 
 // finish writes the transaction's one log line and returns its reply.

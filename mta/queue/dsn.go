@@ -71,7 +71,11 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 	})
 	log := es.log.With("kind", action, "to", e.From)
 	if q.isLocal(e.From) && q.opts.Local != nil {
-		err := q.opts.Local.Deliver("", []string{e.From}, msg)[0]
+		deliver := q.opts.Local.Deliver
+		if n, ok := q.opts.Local.(noticeDeliverer); ok {
+			deliver = n.DeliverNotice
+		}
+		err := deliver("", []string{e.From}, msg)[0]
 		switch {
 		case err == nil:
 			log.Info("dsn", "via", "local", "rcpts", len(rcpts))

@@ -52,9 +52,16 @@ type Deliverer interface {
 }
 
 // LocalDeliverer stores mail in local mailboxes, one error per recipient;
-// *mda.Agent satisfies it.
+// *mda.Agent satisfies it. When it also has DeliverNotice (noticeDeliverer),
+// the queue's own notices go through that, which stores them past a full
+// mailbox's quota: a bounce refused would be lost.
 type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
+}
+
+// noticeDeliverer is a LocalDeliverer that stores notices past quotas.
+type noticeDeliverer interface {
+	DeliverNotice(from string, rcpts []string, msg []byte) []error
 }
 
 // Spool is the durable storage of queued messages; *store.Store satisfies
