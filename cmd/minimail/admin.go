@@ -84,15 +84,19 @@ type request struct {
 	Addr     string `json:"addr,omitempty"`
 	Password string `json:"password,omitempty"`
 	ID       string `json:"id,omitempty"`
+	Quota    int64  `json:"quota,omitempty"` // user.quota
 }
 
 // response is the answer to a request. The answer to "backup" is Size
 // (or Error) followed by exactly Size bytes of the database copy.
 type response struct {
-	Error string             `json:"error,omitempty"`
-	Users []store.User       `json:"users,omitempty"`
-	Queue []store.QueueEntry `json:"queue,omitempty"`
-	Size  int64              `json:"size,omitempty"`
+	Error string       `json:"error,omitempty"`
+	Users []store.User `json:"users,omitempty"`
+	// DefaultQuota is limits.max_mailbox_bytes, with Users: the quota of
+	// a user whose Quota is 0.
+	DefaultQuota int64              `json:"default_quota,omitempty"`
+	Queue        []store.QueueEntry `json:"queue,omitempty"`
+	Size         int64              `json:"size,omitempty"`
 	// auth.blocked and auth.unblock (auth.go)
 	Blocks  []guard.Block  `json:"blocks,omitempty"`
 	Cleared []netip.Prefix `json:"cleared,omitempty"`
@@ -109,6 +113,11 @@ func (a *adminOps) do(req request) response {
 		err = a.st.DeleteUser(req.Addr)
 	case "user.list":
 		resp.Users, err = a.st.Users()
+		if a.cfg != nil {
+			resp.DefaultQuota = a.cfg.Limits.MaxMailboxBytes
+		}
+	case "user.quota":
+		err = a.st.SetQuota(req.Addr, req.Quota)
 	case "queue.list":
 		resp.Queue, err = a.st.QueueEntries()
 	case "queue.flush":

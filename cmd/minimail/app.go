@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -206,7 +207,7 @@ func userCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "user",
 		Usage:     "manage mailboxes",
-		UsageText: "minimail [--config FILE] user add|passwd|del|list [options] [ADDR]",
+		UsageText: "minimail [--config FILE] user add|passwd|del|list|quota [options] [ADDR] [BYTES]",
 		Subcommands: []*cli.Command{
 			{
 				Name: "add", Usage: "create a mailbox", ArgsUsage: "ADDR",
@@ -234,12 +235,52 @@ func userCommand() *cli.Command {
 					func([]string) request { return request{Op: "user.list"} },
 					func(w io.Writer, _ []string, resp response) {
 						for _, u := range resp.Users {
-							fmt.Fprintf(w, "%s\t%s\n", u.Address, u.Created.Format(time.RFC3339))
+							fmt.Fprintf(w, "%s\t%s\t%s\n", u.Address, u.Created.Format(time.RFC3339), usageText(u, resp.DefaultQuota))
 						}
 					}),
 			},
+			{
+				Name: "quota", Usage: "set a mailbox's quota in bytes; 0 = the limits.max_mailbox_bytes default", ArgsUsage: "ADDR BYTES",
+				UsageText: "minimail [--config FILE] user quota ADDR BYTES",
+				Action:    userQuota,
+			},
 		},
 	}
+}
+
+// usageText is the use and quota column of `user list`: "120 of 5000
+// bytes", "(default)" after a quota from limits.max_mailbox_bytes, "no
+// quota" when neither the user nor the default has one.
+func usageText(u store.User, defaultQuota int64) string {
+	switch {
+	case u.Quota > 0:
+		return fmt.Sprintf("%d of %d bytes", u.Used, u.Quota)
+	case defaultQuota > 0:
+		return fmt.Sprintf("%d of %d bytes (default)", u.Used, defaultQuota)
+	}
+	return fmt.Sprintf("%d bytes, no quota", u.Used)
+}
+
+// userQuota runs user quota ADDR BYTES; BYTES that are no number of 0 or
+// more are a usage error.
+func userQuota(c *cli.Context) error {
+	a, err := args(c, "ADDR", "BYTES")
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseInt(a[1], 10, 64)
+	if err != nil || n < 0 {
+		return usagef("BYTES %q: want a number of bytes, 0 or more (0 = the limits.max_mailbox_bytes default)", a[1])
+	}
+	return adminAction([]string{"ADDR", "BYTES"},
+		func(a []string) request { return request{Op: "user.quota", Addr: a[0], Quota: n} },
+		func(w io.Writer, a []string, _ response) {
+			if n == 0 {
+				fmt.Fprintf(w, "quota of %s: the default\n", a[0])
+			} else {
+				fmt.Fprintf(w, "quota of %s: %d bytes\n", a[0], n)
+			}
+		})(c)
 }
 
 // userWithPassword runs user add / user passwd after checking the address

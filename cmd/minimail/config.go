@@ -68,6 +68,9 @@ type Config struct {
 		MinDataRate         int      `toml:"min_data_rate"`
 		MaxSessionTime      duration `toml:"max_session_time"`
 		MaxBufferedBytes    int64    `toml:"max_buffered_bytes"`
+		// MaxMailboxBytes is the quota of a mailbox without one of its
+		// own (`user quota`); 0 = none.
+		MaxMailboxBytes int64 `toml:"max_mailbox_bytes"`
 	} `toml:"limits"`
 
 	Relay struct {
@@ -271,6 +274,7 @@ func (c *Config) validateLimits() error {
 		"limits.max_errors":             int64(c.Limits.MaxErrors),
 		"limits.min_data_rate":          int64(c.Limits.MinDataRate),
 		"limits.max_buffered_bytes":     c.Limits.MaxBufferedBytes,
+		"limits.max_mailbox_bytes":      c.Limits.MaxMailboxBytes,
 		"auth.max_failures":             int64(c.Auth.MaxFailures),
 		"auth.min_password_length":      int64(c.Auth.MinPasswordLength),
 		"relay.max_concurrent":          int64(c.Relay.MaxConcurrent),

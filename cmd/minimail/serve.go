@@ -130,7 +130,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
 	// and addresses of outbound.
 	dnsCache := resolve.NewCache(resolve.CacheOptions{})
-	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter()}
+	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes}
 	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
@@ -142,6 +142,9 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		mxOpts := opts
 		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
 		mxOpts.Verify = verifyOnMX(verifier)
+		// Copies refused for quota after others were stored bounce
+		// through the queue (mta.Options.Overflow).
+		mxOpts.Overflow = q
 		mx := mta.NewMX(agent, mxOpts)
 		s.serveOn("listen.smtp", l, mx.Serve, mx.Shutdown)
 	}
