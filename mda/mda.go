@@ -37,6 +37,9 @@ type Mailboxes interface {
 	// Usage returns the octets a mailbox holds and its own quota (0:
 	// DefaultQuota applies).
 	Usage(addr string) (used, quota int64, err error)
+	// ExpandAlias returns the mailboxes an alias (local@domain, or
+	// @domain for a catch-all) reaches, or store.ErrNoAlias.
+	ExpandAlias(addr string) ([]string, error)
 }
 
 // Error is a delivery failure for one recipient. Temporary failures (storage
@@ -88,44 +91,110 @@ type Agent struct {
 	DefaultQuota int64
 }
 
-// Resolve returns the canonical address of a local recipient, or an *Error
-// wrapping ErrUnknownUser (permanent), ErrMailboxFull (temporary, 4.2.2:
-// the mailbox is already at its quota) or a storage error (temporary). An
-// address with an extension (see Delimiter) resolves to the user without
-// it, unless a user has the whole address.
+// Resolve returns the canonical address of a local recipient (for an
+// alias, that of its first mailbox), or an *Error wrapping ErrUnknownUser
+// (permanent), ErrMailboxFull (temporary, 4.2.2: the mailbox is already
+// at its quota; for an alias, every mailbox it reaches is) or a storage
+// error (temporary). The lookup order is lookup's.
 func (a *Agent) Resolve(rcpt string) (string, error) {
-	addr, err := a.lookup(rcpt)
+	t, err := a.lookup(rcpt)
 	if err != nil {
 		return "", err
 	}
-	used, quota, err := a.Mailboxes.Usage(addr)
-	if err != nil {
-		return "", appendError(rcpt, err)
+	var full error
+	for _, addr := range t.mailboxes {
+		used, quota, err := a.Mailboxes.Usage(addr)
+		if err != nil {
+			return "", appendError(rcpt, err)
+		}
+		if quota == 0 {
+			quota = a.DefaultQuota
+		}
+		if quota > 0 && used >= quota {
+			full = &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %s: %d of %d octets used", ErrMailboxFull, addr, used, quota), temporary: true, status: "4.2.2"}
+			continue
+		}
+		return addr, nil
 	}
-	if quota == 0 {
-		quota = a.DefaultQuota
-	}
-	if quota > 0 && used >= quota {
-		return "", &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %d of %d octets used", ErrMailboxFull, used, quota), temporary: true, status: "4.2.2"}
-	}
-	return addr, nil
+	return "", full
 }
 
-// lookup is Resolve without the quota: the mailbox's canonical address.
-func (a *Agent) lookup(rcpt string) (string, error) {
-	addr, err := a.Mailboxes.LookupUser(rcpt)
-	if errors.Is(err, store.ErrNoUser) {
-		if base, _, ok := a.splitExtension(rcpt); ok {
-			addr, err = a.Mailboxes.LookupUser(base)
+// target is what a recipient resolves to: its mailboxes, and the address
+// its copies' Delivered-To names.
+type target struct {
+	mailboxes   []string
+	deliveredTo string
+}
+
+// lookup is Resolve without the quota. The order: a user with the whole
+// address, an alias with it, then without the extension (see Delimiter)
+// a user and an alias, then the domain's catch-all (@domain). A user's
+// Delivered-To is its own spelling with the extension written kept
+// (deliveredTo); an alias's, the address as the sender wrote it.
+func (a *Agent) lookup(rcpt string) (target, error) {
+	base, _, hasExt := a.splitExtension(rcpt)
+	type step struct {
+		addr  string
+		alias bool
+	}
+	steps := []step{{rcpt, false}, {rcpt, true}}
+	if hasExt {
+		steps = append(steps, step{base, false}, step{base, true})
+	}
+	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
+		steps = append(steps, step{rcpt[at:], true})
+	}
+	for _, st := range steps {
+		if !st.alias {
+			addr, err := a.Mailboxes.LookupUser(st.addr)
+			switch {
+			case err == nil:
+				return target{mailboxes: []string{addr}, deliveredTo: a.deliveredTo(rcpt, addr)}, nil
+			case !errors.Is(err, store.ErrNoUser):
+				return target{}, &Error{Rcpt: rcpt, Err: err, temporary: true}
+			}
+			continue
+		}
+		boxes, err := a.Mailboxes.ExpandAlias(st.addr)
+		switch {
+		case err == nil && len(boxes) > 0:
+			return target{mailboxes: boxes, deliveredTo: rcpt}, nil
+		case err == nil, errors.Is(err, store.ErrNoAlias):
+		default:
+			return target{}, &Error{Rcpt: rcpt, Err: err, temporary: true}
 		}
 	}
-	switch {
-	case errors.Is(err, store.ErrNoUser):
-		return "", &Error{Rcpt: rcpt, Err: ErrUnknownUser}
-	case err != nil:
-		return "", &Error{Rcpt: rcpt, Err: err, temporary: true}
+	return target{}, &Error{Rcpt: rcpt, Err: ErrUnknownUser}
+}
+
+// MaySendAs reports whether user may send as addr on submission (MAIL FROM
+// and From:): its own address, with or without an extension, and any alias
+// that delivers to it, directly or through other aliases (with or without
+// an extension); never a catch-all.
+func (a *Agent) MaySendAs(user, addr string) bool {
+	if strings.HasPrefix(addr, "@") {
+		return false
 	}
-	return addr, nil
+	// What addr delivers to, by lookup's order without the catch-all: the
+	// first user or alias found decides.
+	cands := []string{addr}
+	if base, _, ok := a.splitExtension(addr); ok {
+		cands = append(cands, base)
+	}
+	for _, c := range cands {
+		if got, err := a.Mailboxes.LookupUser(c); err == nil {
+			return strings.EqualFold(got, user)
+		}
+		if boxes, err := a.Mailboxes.ExpandAlias(c); err == nil {
+			for _, b := range boxes {
+				if strings.EqualFold(b, user) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false
 }
 
 // splitExtension returns rcpt without its extension, and the extension:
@@ -180,26 +249,28 @@ func (a *Agent) DeliverNotice(from string, rcpts []string, msg []byte) []error {
 func (a *Agent) deliver(from string, rcpts []string, msg []byte, notice bool) []error {
 	results := make([]error, len(rcpts))
 	var ds []store.Delivery
-	var idx []int
+	var idx []int // the recipient each copy is for
 	seen := make(map[string]bool, len(rcpts))
 	for i, rcpt := range rcpts {
-		addr, err := a.lookup(rcpt)
+		t, err := a.lookup(rcpt)
 		if err != nil {
 			results[i] = err
 			continue
 		}
-		if seen[addr] {
-			continue
+		for _, addr := range t.mailboxes {
+			if seen[store.Key(addr)] {
+				continue
+			}
+			seen[store.Key(addr)] = true
+			ds = append(ds, store.Delivery{
+				Address:      addr,
+				Header:       traceHeader(from, t.deliveredTo),
+				Message:      msg,
+				DefaultQuota: a.DefaultQuota,
+				IgnoreQuota:  notice,
+			})
+			idx = append(idx, i)
 		}
-		seen[addr] = true
-		ds = append(ds, store.Delivery{
-			Address:      addr,
-			Header:       traceHeader(from, a.deliveredTo(rcpt, addr)),
-			Message:      msg,
-			DefaultQuota: a.DefaultQuota,
-			IgnoreQuota:  notice,
-		})
-		idx = append(idx, i)
 	}
 	if len(ds) == 0 {
 		return results
@@ -208,9 +279,13 @@ func (a *Agent) deliver(from string, rcpts []string, msg []byte, notice bool) []
 	if (errors.Is(err, store.ErrNoUser) || errors.Is(err, store.ErrOverQuota)) && len(ds) > 1 {
 		// A user was deleted since Resolve, or a mailbox has no room, and
 		// the batch is all or nothing: store each copy alone so only that
-		// recipient fails (the copies then do not share one body).
+		// recipient fails (the copies then do not share one body). A
+		// recipient that is an alias fails when one of its copies does
+		// (its sender learns of the mailbox that missed it).
 		for j, d := range ds {
-			results[idx[j]] = a.appendOne(rcpts[idx[j]], d)
+			if err := a.appendOne(rcpts[idx[j]], d); err != nil && results[idx[j]] == nil {
+				results[idx[j]] = err
+			}
 		}
 		return results
 	}

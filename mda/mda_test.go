@@ -41,6 +41,11 @@ func (f *fakeMailboxes) LookupUser(addr string) (string, error) {
 	return "", fmt.Errorf("%s: %w", addr, store.ErrNoUser)
 }
 
+// ExpandAlias knows no aliases (alias_test.go uses the real store).
+func (f *fakeMailboxes) ExpandAlias(addr string) ([]string, error) {
+	return nil, fmt.Errorf("%s: %w", addr, store.ErrNoAlias)
+}
+
 // Usage reports every mailbox empty, without a quota.
 func (f *fakeMailboxes) Usage(addr string) (int64, int64, error) { return 0, 0, f.lookupErr }
 

@@ -18,6 +18,9 @@
 //	bodyrefs   8-byte body id -> 8-byte count of index entries naming it
 //	queue      8-byte big-endian id -> JSON QueueEntry (no body)
 //	queuebody  8-byte big-endian id -> raw message bytes
+//	aliases    lower-cased alias (local@domain or @domain) -> JSON
+//	           aliasRecord (created when missing at Open: no migration,
+//	           see aliases.go)
 //
 // A stored message is its mailbox's head followed by the shared body. One
 // delivery to a hundred mailboxes writes the body once and a hundred small
@@ -408,10 +411,12 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // initSchema creates the buckets a new file needs, which is all a schema 1
 // file (already checked by checkExisting) needs to become schema 2; on a
 // current file it changes nothing but the version key, which it rewrites
-// with the same value.
+// with the same value. The aliases bucket, added after schema 2, is created
+// here when missing like the others: it needs no migration and no new
+// version (aliases.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody} {
+		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

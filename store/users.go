@@ -154,6 +154,9 @@ func (s *Store) AddUser(addr, password string) error {
 		if users.Get(key) != nil {
 			return fmt.Errorf("%s: %w", addr, ErrUserExists)
 		}
+		if tx.Bucket(bucketAliases).Get(key) != nil {
+			return fmt.Errorf("%s: %w", addr, ErrIsAlias)
+		}
 		if err := users.Put(key, rec); err != nil {
 			return err
 		}
@@ -226,6 +229,11 @@ func (s *Store) DeleteUser(addr string) error {
 		users := tx.Bucket(bucketUsers)
 		if users.Get(key) == nil {
 			return fmt.Errorf("%s: %w", addr, ErrNoUser)
+		}
+		if names, err := pointingTo(tx, string(key)); err != nil {
+			return err
+		} else if len(names) > 0 {
+			return fmt.Errorf("user %s: %w: %s (alias del them first)", addr, ErrAliasInUse, strings.Join(names, ", "))
 		}
 		if err := users.Delete(key); err != nil {
 			return err
