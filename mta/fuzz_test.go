@@ -78,7 +78,7 @@ func FuzzCheckFrom(f *testing.F) {
 		if fmt.Sprint(some) != fmt.Sprint(want) {
 			t.Fatalf("filtered %q, want %q", some, want)
 		}
-		missing, err := checkFrom(fields, "alice@example.org")
+		missing, err := checkFrom(fields, "alice@example.org", nil)
 		if err == nil {
 			for _, name := range []string{"From", "Sender"} {
 				found := fieldsNamed(fields, name)

@@ -107,11 +107,12 @@ var addrParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 
 // checkFrom enforces the submission rule against sender spoofing: the
 // message has at most one From: field (RFC 5322 3.6) and every mailbox in
-// it is the authenticated user's address. Sender: is held to the same rule
-// (at most one, the user's), because clients show it as the real sender
-// ("alice on behalf of ..."). It reports whether From: is missing, in which
+// it is the authenticated user's address, or one owns allows (an alias of
+// the user's, see Senders). Sender: is held to the same rule (at most one,
+// the user's), because clients show it as the real sender ("alice on
+// behalf of ..."). It reports whether From: is missing, in which
 // case the caller adds one.
-func checkFrom(fields []headerField, user string) (missing bool, err error) {
+func checkFrom(fields []headerField, user string, owns func(addr string) bool) (missing bool, err error) {
 	for _, name := range []string{"From", "Sender"} {
 		found := fieldsNamed(fields, name)
 		switch len(found) {
@@ -130,8 +131,8 @@ func checkFrom(fields []headerField, user string) (missing bool, err error) {
 			return false, fmt.Errorf("no address in %s: field", name)
 		}
 		for _, a := range list {
-			if !sameAddress(a.Address, user) {
-				return false, fmt.Errorf("%s: <%s> is not the authenticated user", name, a.Address)
+			if !sameAddress(a.Address, user) && (owns == nil || !owns(a.Address)) {
+				return false, fmt.Errorf("%s: <%s> is not the authenticated user nor one of its aliases", name, a.Address)
 			}
 		}
 	}

@@ -84,6 +84,15 @@ type Users interface {
 	Authenticate(authz, user, password string) (addr string, err error)
 }
 
+// Senders says whom an authenticated user may send as on submission (MAIL
+// FROM, From: and Sender:) besides its own address: *mda.Agent's
+// MaySendAs allows the aliases that deliver to the user and its own
+// address with an extension. It is asked only about addresses that are not
+// the user's own.
+type Senders interface {
+	MaySendAs(user, addr string) bool
+}
+
 // The errors Users speaks.
 var (
 	ErrAuthFailed    = errors.New("wrong user name or password")
@@ -185,6 +194,10 @@ type Options struct {
 	// means no user can have the name (they all share one count). nil
 	// lower-cases.
 	LoginName func(string) (string, error)
+
+	// Senders widens the addresses a submission user may send as; nil
+	// means its own address only.
+	Senders Senders
 
 	// Sign DKIM-signs mail relayed for a local sender (submission only; the
 	// domain is the sender's): it returns the DKIM-Signature field to put in
@@ -643,4 +656,13 @@ func (e errorLog) print(msg string) {
 		return
 	}
 	e.l.Debug("smtp engine", "msg", msg)
+}
+
+// maySendAs reports whether a submission user may use addr as its sender:
+// its own address, or one Options.Senders allows.
+func (s *Server) maySendAs(user, addr string) bool {
+	if sameAddress(addr, user) {
+		return true
+	}
+	return s.opts.Senders != nil && s.opts.Senders.MaySendAs(user, addr)
 }

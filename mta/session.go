@@ -152,7 +152,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 		if user == "" {
 			return ss.reject(530, smtp.EnhancedCode{5, 7, 0}, "authentication required")
 		}
-		if !sameAddress(from, user) {
+		if !ss.srv.maySendAs(user, from) {
 			return ss.reject(553, smtp.EnhancedCode{5, 7, 1}, "sender address not owned by "+user)
 		}
 	} else if from != "" {
@@ -472,7 +472,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		if err != nil {
 			return ss.reject(550, smtp.EnhancedCode{5, 6, 0}, "malformed message header")
 		}
-		addFrom, err := checkFrom(fields, user)
+		addFrom, err := checkFrom(fields, user, func(addr string) bool { return ss.srv.maySendAs(user, addr) })
 		if err != nil {
 			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, err.Error())
 		}
