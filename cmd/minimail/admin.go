@@ -85,6 +85,8 @@ type request struct {
 	Password string `json:"password,omitempty"`
 	ID       string `json:"id,omitempty"`
 	Quota    int64  `json:"quota,omitempty"` // user.quota
+	// Targets are alias.add's.
+	Targets []string `json:"targets,omitempty"`
 }
 
 // response is the answer to a request. The answer to "backup" is Size
@@ -100,7 +102,11 @@ type response struct {
 	// auth.blocked and auth.unblock (auth.go)
 	Blocks  []guard.Block  `json:"blocks,omitempty"`
 	Cleared []netip.Prefix `json:"cleared,omitempty"`
-	Status  *serverStatus  `json:"status,omitempty"` // status.go
+	Status  *serverStatus  `json:"status,omitempty"`  // status.go
+	Aliases []store.Alias  `json:"aliases,omitempty"` // alias.list
+	// Refused says Error is a request refused for what it asks (an alias
+	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
+	Refused bool `json:"refused,omitempty"`
 }
 
 func (a *adminOps) do(req request) response {
@@ -111,6 +117,21 @@ func (a *adminOps) do(req request) response {
 		err = a.setUser(req)
 	case "user.del":
 		err = a.st.DeleteUser(req.Addr)
+		if errors.Is(err, store.ErrAliasInUse) {
+			err = &refusedError{err}
+		}
+	case "alias.add":
+		var al store.Alias
+		if al, err = a.addAlias(req); err == nil {
+			resp.Aliases = []store.Alias{al}
+		}
+	case "alias.del":
+		err = a.st.DeleteAlias(req.Addr)
+		if errors.Is(err, store.ErrAliasInUse) {
+			err = &refusedError{err}
+		}
+	case "alias.list":
+		resp.Aliases, err = a.st.Aliases()
 	case "user.list":
 		resp.Users, err = a.st.Users()
 		if a.cfg != nil {
@@ -148,8 +169,53 @@ func (a *adminOps) do(req request) response {
 	}
 	if err != nil {
 		resp.Error = err.Error()
+		var re *refusedError
+		resp.Refused = errors.As(err, &re)
 	}
 	return resp
+}
+
+// refusedError is an admin request refused for what it asks: exit code 2.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+// addAlias runs alias.add: the alias in a local domain, every target a
+// local address (forwarding elsewhere is not there yet), then the store's
+// rules (no shadowed user, targets that exist, no loop). Every refusal is
+// a refusedError.
+func (a *adminOps) addAlias(req request) (store.Alias, error) {
+	alias, err := store.CanonicalAlias(req.Addr)
+	if err != nil {
+		return store.Alias{}, &refusedError{err}
+	}
+	if d := store.Domain(alias); a.cfg == nil || !a.cfg.isLocalDomain(d) {
+		var domains string
+		if a.cfg != nil {
+			domains = strings.Join(a.cfg.Domains, ", ")
+		}
+		return store.Alias{}, &refusedError{fmt.Errorf("alias %s: domain %s is not a local domain (domains: %s)", alias, d, domains)}
+	}
+	if len(req.Targets) == 0 {
+		return store.Alias{}, &refusedError{fmt.Errorf("alias %s: no targets", alias)}
+	}
+	for _, t := range req.Targets {
+		ct, err := store.CanonicalAddress(t)
+		if err != nil {
+			return store.Alias{}, &refusedError{fmt.Errorf("target: %w", err)}
+		}
+		if !a.cfg.isLocalDomain(store.Domain(ct)) {
+			return store.Alias{}, &refusedError{fmt.Errorf("forwarding to remote addresses is not supported yet: %s", t)}
+		}
+	}
+	al, err := a.st.AddAlias(alias, req.Targets)
+	for _, e := range []error{store.ErrBadAlias, store.ErrAliasExists, store.ErrAliasShadowsUser, store.ErrNoTarget, store.ErrAliasLoop} {
+		if errors.Is(err, e) {
+			return store.Alias{}, &refusedError{err}
+		}
+	}
+	return al, err
 }
 
 // setUser runs user.add and user.passwd. The socket takes the addresses and
@@ -268,10 +334,7 @@ func callServer(dataDir string, req request) (response, error) {
 func adminDo(cfg *Config, req request) (response, error) {
 	resp, err := callServer(cfg.DataDir, req)
 	if err == nil {
-		if resp.Error != "" {
-			return resp, errors.New(resp.Error)
-		}
-		return resp, nil
+		return resp, respError(resp)
 	}
 	if !errors.Is(err, errNoServer) {
 		return resp, err
@@ -283,10 +346,19 @@ func adminDo(cfg *Config, req request) (response, error) {
 	defer st.Close()
 	ops := &adminOps{st: st, cfg: cfg}
 	resp = ops.do(req)
-	if resp.Error != "" {
-		return resp, errors.New(resp.Error)
+	return resp, respError(resp)
+}
+
+// respError is the error an answer carries: a refusedError (exit 2) when
+// the request was refused for what it asks.
+func respError(resp response) error {
+	switch {
+	case resp.Error == "":
+		return nil
+	case resp.Refused:
+		return &refusedError{errors.New(resp.Error)}
 	}
-	return resp, nil
+	return errors.New(resp.Error)
 }
 
 // flushStored makes every queued message due now, for the next `serve`, when

@@ -47,6 +47,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			initCommand(),
 			serveCommand(),
 			userCommand(),
+			aliasCommand(),
 			queueCommand(),
 			authCommand(),
 			statusCommand(),
@@ -315,6 +316,56 @@ func userWithPassword(c *cli.Context, op string) error {
 	}
 	fmt.Fprintf(c.App.Writer, "%s %s\n", verb, addr)
 	return nil
+}
+
+func aliasCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "alias",
+		Usage:     "manage aliases (local@domain, or @domain: the catch-all)",
+		UsageText: "minimail [--config FILE] alias add|del|list [ALIAS] [TARGET...]",
+		Subcommands: []*cli.Command{
+			{
+				Name: "add", Usage: "make ALIAS deliver to the TARGETs (local users or aliases)", ArgsUsage: "ALIAS TARGET...",
+				UsageText: "minimail [--config FILE] alias add ALIAS TARGET...",
+				Action: func(c *cli.Context) error {
+					if c.NArg() < 2 {
+						return usagef("alias add: want ALIAS and at least one TARGET")
+					}
+					a := c.Args().Slice()
+					cfg, err := config(c)
+					if err != nil {
+						return err
+					}
+					resp, err := adminDo(cfg, request{Op: "alias.add", Addr: a[0], Targets: a[1:]})
+					if err != nil {
+						return err
+					}
+					for _, al := range resp.Aliases {
+						fmt.Fprintf(c.App.Writer, "created %s -> %s\n", al.Address, strings.Join(al.Targets, ", "))
+					}
+					return nil
+				},
+			},
+			{
+				Name: "del", Usage: "delete an alias", ArgsUsage: "ALIAS",
+				UsageText: "minimail [--config FILE] alias del ALIAS",
+				Action: adminAction([]string{"ALIAS"},
+					func(a []string) request { return request{Op: "alias.del", Addr: a[0]} },
+					func(w io.Writer, a []string, _ response) { fmt.Fprintf(w, "deleted %s\n", a[0]) }),
+			},
+			{
+				Name: "list", Usage: "list aliases: alias, then its targets",
+				UsageText: "minimail [--config FILE] alias list",
+				Action: adminAction(nil,
+					func([]string) request { return request{Op: "alias.list"} },
+					func(w io.Writer, _ []string, resp response) {
+						for _, al := range resp.Aliases {
+							fmt.Fprintf(w, "%s\t%s\n", al.Address, strings.Join(al.Targets, ","))
+						}
+					}),
+			},
+		},
+	}
 }
 
 func queueCommand() *cli.Command {

@@ -22,7 +22,8 @@
 // Outbound, from a local user to anyone:
 //
 //	mta          submission session (587 STARTTLS, 465 TLS): AUTH (store),
-//	             MAIL must be the user's address, From: checked, Bcc
+//	             MAIL must be the user's address or an alias that
+//	             delivers to it (mda.MaySendAs), From: checked, Bcc
 //	             removed, Date and Message-ID added
 //	mta/msgauth  DKIM signature for the sender's domain
 //	mda          local recipients, as above

@@ -167,7 +167,7 @@ func initDir(w, errw io.Writer, o initOptions) error {
 	}
 	fmt.Fprintf(w, "wrote %s, %s, %s, %s\n\n", files["config"], files["cert"], files["key"], files["dkim"])
 	fmt.Fprintf(w, "Next: minimail --config %s user add you@%s   (asks for the password twice)\n", files["config"], o.domain)
-	fmt.Fprintf(w, "      minimail --config %s user add postmaster@%s   (RFC 5321 4.5.1 requires it)\n", files["config"], o.domain)
+	fmt.Fprintf(w, "      minimail --config %s alias add postmaster@%s you@%s   (RFC 5321 4.5.1 requires a postmaster)\n", files["config"], o.domain, o.domain)
 	fmt.Fprintf(w, "      minimail --config %s serve\n\n", files["config"])
 	recs, err := domainRecords([]string{o.domain}, o.hostname, initSelector, dkimKey.Public())
 	if err != nil {

@@ -43,8 +43,9 @@ func exitCode(err error) int {
 	var ue *usageError
 	var ce *configError
 	var ec cli.ExitCoder
+	var re *refusedError
 	switch {
-	case errors.As(err, &ue), errors.As(err, &ce):
+	case errors.As(err, &ue), errors.As(err, &ce), errors.As(err, &re):
 		return 2
 	case errors.As(err, &ec):
 		// Only the cli package itself makes ExitCoders here: an unknown

@@ -134,7 +134,10 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
+	warnPostmaster(cfg, agent, log)
 	opts := smtpOptions(cfg, tlsConf, throttle, log)
+	// On submission a user may send as the aliases that deliver to it.
+	opts.Senders = agent
 	if signer != nil {
 		opts.Sign = signer.Signature
 	}
@@ -388,4 +391,16 @@ func (s *server) stop(d time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	return s.Shutdown(ctx)
+}
+
+// warnPostmaster logs each local domain whose postmaster@ reaches no
+// mailbox (neither a user, an alias nor the catch-all): RCPT refuses it
+// then, since a 250 means the message is stored, and RFC 5321 4.5.1 wants
+// it to work.
+func warnPostmaster(cfg *Config, agent *mda.Agent, log *slog.Logger) {
+	for _, d := range cfg.Domains {
+		if _, err := agent.Resolve("postmaster@" + d); errors.Is(err, mda.ErrUnknownUser) {
+			log.Warn("postmaster reaches no mailbox", "domain", d, "fix", "minimail alias add postmaster@"+d+" you@"+d)
+		}
+	}
 }
