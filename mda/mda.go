@@ -229,8 +229,11 @@ func (a *Agent) deliveredTo(rcpt, addr string) string {
 // caller's Received line. The result has one entry per recipient, in
 // order: nil for a durable copy, else an *Error. Copies for all resolvable
 // recipients are committed together, one per mailbox however many of the
-// recipients reach it (bob+a@ and bob+b@ give bob one copy); each copy's
-// Delivered-To names the mailbox with the extension the sender wrote.
+// recipients reach it (bob+a@ and bob+b@ give bob one copy, and so do an
+// alias and bob himself); each copy's Delivered-To names the recipient it
+// is for: a user's mailbox with the extension the sender wrote, an alias
+// (or catch-all) address as the sender wrote it. A copy reached by two
+// recipients is for the first.
 //
 // A copy that would take its mailbox past its quota fails with an *Error
 // wrapping ErrMailboxFull, permanent, status 5.2.2; the other copies are
