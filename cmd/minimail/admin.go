@@ -190,6 +190,9 @@ func (a *adminOps) addAlias(req request) (store.Alias, error) {
 	if err != nil {
 		return store.Alias{}, &refusedError{err}
 	}
+	if local := alias[:strings.LastIndexByte(alias, '@')]; len(local) > maxLocalPart {
+		return store.Alias{}, &refusedError{fmt.Errorf("alias %s: local part of %d octets, more than the %d RFC 5321 4.5.3.1.1 allows", alias, len(local), maxLocalPart)}
+	}
 	if d := store.Domain(alias); a.cfg == nil || !a.cfg.isLocalDomain(d) {
 		var domains string
 		if a.cfg != nil {

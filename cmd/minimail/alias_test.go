@@ -66,6 +66,7 @@ func TestAliasCommandsWhileServing(t *testing.T) {
 	refused("user's mailbox", "add", "alice@example.test", "carol@example.test")
 	refused("neither a user nor an alias", "add", "x@example.test", "nobody@example.test")
 	refused("loop", "add", "loop@example.test", "loop@example.test")
+	refused("local part of 65 octets", "add", strings.Repeat("l", 65)+"@example.test", "alice@example.test")
 	refused("already exists", "add", "sales@example.test", "alice@example.test")
 	refused("team@example.test", "del", "sales@example.test")
 	if r := minimail(t, "", "--config", cfg, "user", "del", "carol@example.test"); r.code != 2 || !strings.Contains(r.stderr, "@example.test, sales@example.test") {
