@@ -178,6 +178,12 @@ func (s *Store) SetPassword(addr, password string) error {
 	if err != nil {
 		return err
 	}
+	return s.changeUser(addr, func(rec *userRecord) { rec.Hash = h })
+}
+
+// changeUser rewrites addr's user record with change applied, in one
+// transaction.
+func (s *Store) changeUser(addr string, change func(*userRecord)) error {
 	key := []byte(Key(addr))
 	return s.update(func(tx *bolt.Tx) error {
 		users := tx.Bucket(bucketUsers)
@@ -189,7 +195,7 @@ func (s *Store) SetPassword(addr, password string) error {
 		if err != nil {
 			return err
 		}
-		rec.Hash = h
+		change(&rec)
 		b, _ := json.Marshal(rec)
 		return users.Put(key, b)
 	})
@@ -204,21 +210,7 @@ func (s *Store) SetQuota(addr string, bytes int64) error {
 	if bytes < 0 {
 		return fmt.Errorf("%s: %d: %w", addr, bytes, ErrBadQuota)
 	}
-	key := []byte(Key(addr))
-	return s.update(func(tx *bolt.Tx) error {
-		users := tx.Bucket(bucketUsers)
-		v := users.Get(key)
-		if v == nil {
-			return fmt.Errorf("%s: %w", addr, ErrNoUser)
-		}
-		rec, err := decodeUserRecord(key, v)
-		if err != nil {
-			return err
-		}
-		rec.Quota = bytes
-		b, _ := json.Marshal(rec)
-		return users.Put(key, b)
-	})
+	return s.changeUser(addr, func(rec *userRecord) { rec.Quota = bytes })
 }
 
 // DeleteUser removes a user and their mailbox with all its messages, and
