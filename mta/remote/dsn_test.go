@@ -5,6 +5,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"minimail/mta/delivery"
 	"minimail/mta/remote/smtptest"
 )
 
@@ -12,7 +13,7 @@ import (
 // recipient's NOTIFY and ORCPT reach a next hop that offers DSN (RFC 3461
 // 5.2.1), which the result says; one without DSN gets none of them.
 func TestDeliverDSN_PassedOnToAHopThatOffersDSN(t *testing.T) {
-	p := DSN{
+	p := delivery.DSN{
 		Ret:   smtp.DSNReturnHeaders,
 		EnvID: "QQ 314+x",
 		Rcpts: []*smtp.RcptOptions{

@@ -53,8 +53,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
+	"minimail/mta/delivery"
 	"minimail/mta/mailaddr"
 	"minimail/mta/resolve"
 )
@@ -138,17 +137,8 @@ type hop struct {
 // in order: nil when the next hop accepted it with a 2xx after DATA, else an
 // *Error that says whether to retry.
 func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error {
-	results, _ := c.DeliverDSN(ctx, from, rcpts, msg, DSN{})
+	results, _ := c.DeliverDSN(ctx, from, rcpts, msg, delivery.DSN{})
 	return results
-}
-
-// DSN is what RFC 3461 asks of one delivery: RET and ENVID of the MAIL
-// command, and each recipient's NOTIFY and ORCPT (Rcpts, in the order of
-// the recipients; a nil or short list means none).
-type DSN struct {
-	Ret   smtp.DSNReturn
-	EnvID string
-	Rcpts []*smtp.RcptOptions
 }
 
 // DeliverDSN is Deliver passing p on to a next hop that offers DSN (RFC
@@ -156,7 +146,7 @@ type DSN struct {
 // for one that does not. offered reports whether the server that gave the
 // verdicts offered DSN, so that the caller owes a NOTIFY=SUCCESS
 // recipient the "relayed" notice (RFC 3461 5.2.2) when it did not.
-func (c *Client) DeliverDSN(ctx context.Context, from string, rcpts []string, msg []byte, p DSN) (results []error, offered bool) {
+func (c *Client) DeliverDSN(ctx context.Context, from string, rcpts []string, msg []byte, p delivery.DSN) (results []error, offered bool) {
 	results = make([]error, len(rcpts))
 	if len(rcpts) == 0 {
 		return results, false

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"minimail/mta/delivery"
 	"minimail/mta/mailaddr"
 )
 
@@ -31,7 +32,7 @@ type envelope struct {
 	from  string
 	rcpts []string
 	msg   []byte
-	dsn   DSN
+	dsn   delivery.DSN
 }
 
 // target is where one session goes: one address of a hop.
@@ -176,11 +177,7 @@ func (s *conversation) transact(env envelope) ([]error, error) {
 		return nil, s.fail(e)
 	}
 	for i, rcpt := range env.rcpts {
-		var ropts *smtp.RcptOptions
-		if i < len(env.dsn.Rcpts) {
-			ropts = env.dsn.Rcpts[i]
-		}
-		if err := s.sc.Rcpt(rcpt, ropts); err != nil {
+		if err := s.sc.Rcpt(rcpt, env.dsn.Rcpt(i)); err != nil {
 			e := replyError(h.name, err)
 			if e.Code == 0 {
 				return s.failPending(results, e), nil
