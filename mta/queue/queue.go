@@ -20,8 +20,11 @@
 // pending, retried with exponential backoff from RetryMin up to RetryMax
 // until MaxAge, when it fails as expired. Failed recipients are reported to
 // the sender in one RFC 3464 delivery status notification per pass, and a
-// single delay notice goes out once an entry has waited DelayNotice. Nothing
-// is ever reported to the null sender, so a bounce never bounces.
+// single delay notice goes out once an entry has waited DelayNotice; with
+// RFC 3461 parameters (EnqueueDSN), NOTIFY decides which of these a
+// recipient gets and asks for success notices too (rfc3461.go). Every
+// notice is itself an entry, queued in the commit that marks it sent.
+// Nothing is ever reported to the null sender, so a bounce never bounces.
 //
 // Log lines carry a stable event name and the queue id: queued, delivered,
 // deferred, bounced (one per recipient and attempt), dsn (a notice sent),
