@@ -49,3 +49,29 @@ func TestSubmissionDSN_ParametersGoToTheQueue(t *testing.T) {
 		t.Errorf("dave's parameters %+v, want none", o)
 	}
 }
+
+// TestSubmissionDSN_LocalSuccessIsLoggedQueued: a message whose only
+// recipient is local and asks NOTIFY=SUCCESS goes to the queue, and its
+// transaction line says so.
+func TestSubmissionDSN_LocalSuccessIsLoggedQueued(t *testing.T) {
+	e := newEnv(t, nil)
+	cl := dialTLS(t, e.subsAddr, e.clientTLS)
+	cl.login("alice@example.org")
+	cl.cmd("MAIL FROM:<alice@example.org>", "250 ")
+	cl.cmd("RCPT TO:<bob@example.org> NOTIFY=SUCCESS", "250 ")
+	cl.cmd("DATA", "354 ")
+	cl.write("From: alice@example.org\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+	id := replyID(t, cl.expect("250 2.0.0 OK id=")[0])
+	if q := e.queue.entries(); len(q) != 1 || q[0].ID != id || len(e.mailbox("bob@example.org")) != 0 {
+		t.Fatalf("queued %+v; want bob's copy queued, not stored", q)
+	}
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(line, `"id":"`+id+`"`) && strings.Contains(line, `"listener":"submissions"`) {
+			if !strings.Contains(line, `"msg":"queued"`) {
+				t.Fatalf("transaction line %s; want the queued event", line)
+			}
+			return
+		}
+	}
+	t.Fatalf("no transaction line for %s:\n%s", id, e.logs)
+}

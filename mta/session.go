@@ -55,6 +55,7 @@ type transaction struct {
 	ret      smtp.DSNReturn
 	envID    string
 	rcptOpts map[string]*smtp.RcptOptions
+	queued   bool // the message went (also) to the queue
 }
 
 func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
@@ -569,6 +570,7 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 			return smtpErr(451, codeTransient, "temporary queue failure, try again later")
 		}
 		stored += len(queued)
+		tx.queued = true
 	}
 	if stored == 0 && len(full) > 0 {
 		return ss.reject(552, smtp.EnhancedCode{5, 2, 2}, "mailbox full")
@@ -613,7 +615,7 @@ func (ss *session) finish(tx *transaction, user string, size int, reply error) e
 		event = "rejected"
 	case se.Code >= 400:
 		event = "deferred"
-	case len(tx.remote) > 0:
+	case len(tx.remote) > 0 || tx.queued:
 		event = "queued"
 	}
 	ss.logTx(tx, user, event, slog.Int("size", size),
