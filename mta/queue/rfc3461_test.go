@@ -11,6 +11,7 @@ import (
 
 	"minimail/mta/delivery"
 	"minimail/mta/remote/smtptest"
+	"minimail/mta/xtext"
 	"minimail/store"
 )
 
@@ -70,6 +71,12 @@ func TestQueueDSN_SuccessForLocalRecipientsIsOneDeliveredNotice(t *testing.T) {
 		if r.Get("Action") != "delivered" || r.Get("Status") != "2.0.0" || r.Get("Original-Recipient") != want {
 			t.Errorf("recipient %d: %v", i, r.Map())
 		}
+	}
+	if got, err := xtext.Decode(strings.TrimPrefix(d.rcpts[0].Get("Original-Recipient"), "rfc822;")); err != nil || got != "Carol+x=y@a.test" {
+		t.Errorf("Original-Recipient decodes to %q, %v; want the ORCPT as given", got, err)
+	}
+	if got, err := xtext.Decode(d.perMessage.Get("Original-Envelope-Id")); err != nil || got != "QQ 314" {
+		t.Errorf("Original-Envelope-Id decodes to %q, %v", got, err)
 	}
 	if !strings.Contains(d.headers, "Subject: lunch") || strings.Contains(d.headers, "noon") {
 		t.Errorf("a success notice returns the header only: %q", d.headers)
