@@ -495,8 +495,6 @@ func (q *Queue) acquire(ctx context.Context, domain string) (release func(), ok 
 	}, true
 }
 
-func (q *Queue) isLocal(addr string) bool { return q.local[mailaddr.Domain(addr)] }
-
 // sortedKeys keeps delivery order stable, for logs and tests.
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
