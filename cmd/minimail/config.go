@@ -85,6 +85,9 @@ type Config struct {
 		DelayNotice       duration          `toml:"delay_notice"`
 		MaxConcurrent     int               `toml:"max_concurrent"`
 		MaxPerDomain      int               `toml:"max_per_domain"`
+		// MaxReturnBytes bounds the message a failure DSN returns whole
+		// for RET=FULL (RFC 3461); 0 = queue.DefaultMaxReturnBytes.
+		MaxReturnBytes int `toml:"max_return_bytes"`
 	} `toml:"relay"`
 
 	DKIM struct {
@@ -279,6 +282,7 @@ func (c *Config) validateLimits() error {
 		"auth.min_password_length":      int64(c.Auth.MinPasswordLength),
 		"relay.max_concurrent":          int64(c.Relay.MaxConcurrent),
 		"relay.max_per_domain":          int64(c.Relay.MaxPerDomain),
+		"relay.max_return_bytes":        int64(c.Relay.MaxReturnBytes),
 	} {
 		if v < 0 {
 			return c.fail(key, "must not be negative")

@@ -254,7 +254,9 @@ func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache
 		DelayNotice:   cfg.Relay.DelayNotice.Duration,
 		MaxConcurrent: cfg.Relay.MaxConcurrent,
 		MaxPerDomain:  cfg.Relay.MaxPerDomain,
-		Logger:        log,
+		// RET=FULL (RFC 3461) returns messages up to this size whole.
+		MaxReturnBytes: cfg.Relay.MaxReturnBytes,
+		Logger:         log,
 	})
 }
 
