@@ -25,7 +25,7 @@ func TestForwardThenReverseGivesTheOriginalBack(t *testing.T) {
 			t.Fatalf("Forward(%q) = %q, want SRS0=...@example.org", sender, addr)
 		}
 		for _, l := range []string{local, strings.ToLower(local), strings.ToUpper(local)} {
-			got, err := rewriter(day0.Add(20*24*time.Hour)).Reverse(l)
+			got, err := rewriter(day0.Add(20 * 24 * time.Hour)).Reverse(l)
 			if err != nil {
 				t.Fatalf("Reverse(%q): %v", l, err)
 			}
