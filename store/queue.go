@@ -68,26 +68,33 @@ type QueueEntry struct {
 func (s *Store) EnqueueMessage(e QueueEntry, body []byte) (uint64, error) {
 	var id uint64
 	err := s.update(func(tx *bolt.Tx) error {
-		q := tx.Bucket(bucketQueue)
-		n, err := q.NextSequence()
-		if err != nil {
-			return err
-		}
-		id = n
-		e.ID = n
-		v, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		if err := q.Put(idKey(n), v); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketQueueBody).Put(idKey(n), body)
+		stored, err := enqueueTx(tx, e, body)
+		id = stored.ID
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("enqueue: %w", err)
 	}
 	return id, nil
+}
+
+// enqueueTx puts e under the queue's next id, and its body, in tx; it
+// returns e with that id.
+func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
+	q := tx.Bucket(bucketQueue)
+	n, err := q.NextSequence()
+	if err != nil {
+		return QueueEntry{}, err
+	}
+	e.ID = n
+	v, err := json.Marshal(e)
+	if err != nil {
+		return QueueEntry{}, err
+	}
+	if err := q.Put(idKey(n), v); err != nil {
+		return QueueEntry{}, err
+	}
+	return e, tx.Bucket(bucketQueueBody).Put(idKey(n), body)
 }
 
 // QueueEntries returns every queued entry in id order, without bodies.
