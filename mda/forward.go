@@ -188,3 +188,10 @@ func (a *Agent) wake(entries []store.QueueEntry) {
 		a.Queue.Queued(e)
 	}
 }
+
+// Forwards reports whether rcpt reaches a remote address (an alias with
+// remote targets, or an SRS address): submission then signs the message.
+func (a *Agent) Forwards(rcpt string) bool {
+	t, err := a.lookup(rcpt)
+	return err == nil && len(t.remote) > 0
+}

@@ -68,6 +68,21 @@ type Local interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
+// IDDeliverer is a Local that takes the transaction's id (*mda.Agent's
+// DeliverID): the copies it forwards to remote alias targets go to the
+// queue under the id the 250 reply gives.
+type IDDeliverer interface {
+	DeliverID(id, from string, rcpts []string, msg []byte) []error
+}
+
+// Forwarder is a Local that says whether a recipient forwards to a remote
+// address (*mda.Agent). Submission then DKIM-signs the message as it does
+// for remote recipients: it leaves with the user's From. The MX never
+// signs: a forwarded copy keeps the signature it came with.
+type Forwarder interface {
+	Forwards(rcpt string) bool
+}
+
 // Queue is the durable outbound queue. Enqueue keeps the message under the
 // id its 250 reply gives (the transaction's) and returns only once the
 // message is on disk.

@@ -46,6 +46,7 @@ type transaction struct {
 	sizeHint int64
 	local    []string // accepted local recipients, as written (domain lower-cased)
 	remote   []string // accepted remote recipients (submission only)
+	forwards bool     // a local recipient forwards to a remote address (Forwarder)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
 	logged   bool
@@ -245,6 +246,9 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		// Kept as the client wrote it (an extension too: Delivered-To names
 		// it); Local delivers one copy per mailbox however many reach it.
 		tx.local = appendNew(tx.local, a.String())
+		if f, ok := ss.srv.local.(Forwarder); ok && ss.srv.kind == kindSubmission && f.Forwards(a.String()) {
+			tx.forwards = true
+		}
 		return nil
 	}
 	if ss.srv.kind == kindMX || ss.srv.queue == nil {
@@ -478,7 +482,9 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		}
 		mb.set(ss.submissionHeaderEdits(tx, user, fields, msg))
 		mb.prepend(submissionHeaders(fields, addFrom, user, o.Hostname, now))
-		if len(tx.remote) > 0 && o.Sign != nil {
+		// Signed when it leaves: to a remote recipient, or through an
+		// alias that forwards (mail from the MX is never signed as ours).
+		if (len(tx.remote) > 0 || tx.forwards) && o.Sign != nil {
 			a, _ := parseAddress(user)
 			sig, err := o.Sign(a.Domain, mb.bytes())
 			if err != nil {
@@ -508,7 +514,7 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 	stored := 0
 	var full []string // local recipients whose mailbox had no room
 	if len(tx.local) > 0 {
-		for i, err := range ss.srv.local.Deliver(tx.from, tx.local, msg) {
+		for i, err := range ss.deliverLocal(tx, msg) {
 			switch {
 			case err == nil:
 				stored++
@@ -543,6 +549,15 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		ss.overflow(tx, full, msg)
 	}
 	return smtpErr(250, codeOK, "OK id="+tx.id)
+}
+
+// deliverLocal hands the local recipients to Local, with the transaction's
+// id when Local takes it (IDDeliverer): forwarded copies are queued under it.
+func (ss *session) deliverLocal(tx *transaction, msg []byte) []error {
+	if d, ok := ss.srv.local.(IDDeliverer); ok {
+		return d.DeliverID(tx.id, tx.from, tx.local, msg)
+	}
+	return ss.srv.local.Deliver(tx.from, tx.local, msg)
 }
 
 // overflow hands the recipients whose mailbox had no room for a message

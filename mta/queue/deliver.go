@@ -113,7 +113,11 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 			res[i] = fmt.Errorf("read queued message: %w", err)
 		}
 	case g.domain == "" && q.opts.Local != nil:
-		res = q.opts.Local.Deliver(from, rcpts, body)
+		if d, ok := q.opts.Local.(idDeliverer); ok {
+			res = d.DeliverID(EntryID(es.e), from, rcpts, body)
+		} else {
+			res = q.opts.Local.Deliver(from, rcpts, body)
+		}
 	case g.domain != "" && q.opts.Remote != nil:
 		res = q.opts.Remote.Deliver(ctx, from, rcpts, body)
 	default:

@@ -59,6 +59,12 @@ type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
+// idDeliverer is a LocalDeliverer that takes the entry's id, for the
+// copies it forwards (*mda.Agent's DeliverID).
+type idDeliverer interface {
+	DeliverID(id, from string, rcpts []string, msg []byte) []error
+}
+
 // noticeDeliverer is a LocalDeliverer that stores notices past quotas.
 type noticeDeliverer interface {
 	DeliverNotice(from string, rcpts []string, msg []byte) []error
@@ -238,6 +244,21 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 	q.mu.Unlock()
 	q.poke()
 	return id, nil
+}
+
+// Queued takes note of an entry another component committed to the spool
+// (mda's forwarded copies, stored in one transaction with the local ones)
+// and starts it like one from Enqueue.
+func (q *Queue) Queued(e store.QueueEntry) {
+	q.log.Info("queued", "id", EntryID(e), "from", e.From, "rcpts", len(e.Rcpts), "via", "forward")
+	q.mu.Lock()
+	if len(q.fresh) < maxFresh {
+		q.fresh = append(q.fresh, e.ID)
+	} else {
+		q.needScan = true
+	}
+	q.mu.Unlock()
+	q.poke()
 }
 
 // List returns every queued entry, without bodies.
