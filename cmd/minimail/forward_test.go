@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"minimail/mta/msgauth"
 	"minimail/mta/remote/smtptest"
 	"minimail/mta/srs"
 )
@@ -22,7 +24,7 @@ import (
 func TestForwardWithSRS(t *testing.T) {
 	forwardee := smtptest.Start(t, smtptest.Options{}) // remote.test: where the alias forwards
 	origin := smtptest.Start(t, smtptest.Options{})    // other.test: the original sender's
-	s := newSite(t, "example.test", fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"remote.test\" = %q, \"other.test\" = %q }\n", forwardee.Addr, origin.Addr))
+	s := newSite(t, "example.test", dkimConfig(t)+fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"remote.test\" = %q, \"other.test\" = %q }\n", forwardee.Addr, origin.Addr))
 	cfg := filepath.Join(s.dir, "minimail.toml")
 	s.addUser(t, "alice@example.test")
 	s.addUser(t, "carol@example.test")
@@ -60,6 +62,8 @@ func TestForwardWithSRS(t *testing.T) {
 	if !strings.HasPrefix(srsAddr, "SRS0=") || !strings.HasSuffix(srsAddr, "=other.test=bob@example.test") {
 		t.Fatalf("forwarded with MAIL FROM %q, want SRS0=...=other.test=bob@example.test", srsAddr)
 	}
+	// The site signs (it has a DKIM key), but not mail it forwards from
+	// the MX: the copy is the message as sent, trace fields in front.
 	if !bytes.HasSuffix(got.Data, msg) || bytes.Count(got.Data, []byte("DKIM-Signature:")) != 1 {
 		t.Errorf("the forwarded copy is not the message as sent with trace fields in front:\n%s", got.Data)
 	}
@@ -119,7 +123,7 @@ func TestForwardWithSRS(t *testing.T) {
 // that forwards leaves signed by us (the From is ours), the sender as is.
 func TestForwardFromSubmissionIsSigned(t *testing.T) {
 	forwardee := smtptest.Start(t, smtptest.Options{})
-	s := newSite(t, "example.test", fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"remote.test\" = %q }\n", forwardee.Addr))
+	s := newSite(t, "example.test", dkimConfig(t)+fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"remote.test\" = %q }\n", forwardee.Addr))
 	s.addUser(t, "alice@example.test")
 	if _, err := s.srv.st.AddAliasRemote("fwd@example.test", []string{"x@remote.test"}, func(a string) bool { return strings.HasSuffix(a, "@remote.test") }); err != nil {
 		t.Fatal(err)
@@ -131,9 +135,23 @@ func TestForwardFromSubmissionIsSigned(t *testing.T) {
 	if got.From != "alice@example.test" {
 		t.Errorf("MAIL FROM %q, want alice@example.test (a local sender is not rewritten)", got.From)
 	}
-	if s.cfg.DKIM.Key != "" && !bytes.Contains(got.Data, []byte("DKIM-Signature:")) {
+	if !bytes.Contains(got.Data, []byte("DKIM-Signature:")) || !bytes.Contains(got.Data, []byte("d=example.test")) {
 		t.Errorf("not signed:\n%s", got.Data)
 	}
+}
+
+// dkimConfig writes a DKIM key and returns the [dkim] table naming it.
+func dkimConfig(t *testing.T) string {
+	t.Helper()
+	_, pemBytes, err := msgauth.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "mail.key")
+	if err := os.WriteFile(path, pemBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("[dkim]\nselector = \"mail\"\nkey = %q\n", path)
 }
 
 // sendFrom sends msg over the site's MX with envelope sender from.
