@@ -134,18 +134,31 @@ func TestDeliver_TenAliasesDoNotCostTenBodies(t *testing.T) {
 }
 
 // BenchmarkDeliverAliases is BenchmarkDeliver to 10 aliases, half of them
-// forwarding: B/op stays near one delivery's.
+// forwarding (one queue entry for the 5 remote targets): B/op is about
+// two stored values' worth, whatever the recipients. The queue entry is
+// removed after each message, untimed, as the queue runner would: queued
+// bodies share bbolt pages, and a queue that only grows would make every
+// commit rewrite its neighbours.
 func BenchmarkDeliverAliases(b *testing.B) {
 	msg := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcd\r\n"), 1<<15)...)
 	st, aliases := aliasSiteForAllocs(b, 10)
 	a := &mda.Agent{Mailboxes: st, Domains: []string{"example.org"}}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(msg)))
-	for b.Loop() {
+	for i := 0; i < b.N; i++ {
 		for _, err := range a.Deliver("", aliases, msg) {
 			if err != nil {
 				b.Fatal(err)
 			}
 		}
+		b.StopTimer()
+		entries, err := st.QueueEntries()
+		if err != nil || len(entries) != 1 {
+			b.Fatalf("queue: %v, %v", entries, err)
+		}
+		if err := st.DeleteQueueEntry(entries[0].ID); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }
