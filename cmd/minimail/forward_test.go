@@ -183,3 +183,30 @@ func waitQueueEmpty(t *testing.T, s *site) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestForwardRefusedBouncesToTheOriginalSender: when the remote target
+// refuses a forwarded copy, the queue's failure notice goes to the SRS
+// sender, which is reversed: it reaches the original sender's server.
+func TestForwardRefusedBouncesToTheOriginalSender(t *testing.T) {
+	forwardee := smtptest.Start(t, smtptest.Options{Rcpt: func(rcpt string) error {
+		return smtptest.Reply(550, 5, 1, 1, "no such user")
+	}})
+	origin := smtptest.Start(t, smtptest.Options{})
+	s := newSite(t, "example.test", fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"remote.test\" = %q, \"other.test\" = %q }\n", forwardee.Addr, origin.Addr))
+	if r := minimail(t, "", "--config", filepath.Join(s.dir, "minimail.toml"), "alias", "add", "old@example.test", "gone@remote.test"); r.code != 0 {
+		t.Fatalf("alias add: exit %d: %s", r.code, r.stderr)
+	}
+	if err := s.mx(t, []string{"old@example.test"}, testMessage("bob@other.test", "old@example.test", "to a dead end", "x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	dsn := origin.Wait(t)
+	if dsn.From != "" || len(dsn.Rcpts) != 1 || dsn.Rcpts[0] != "bob@other.test" {
+		t.Fatalf("notice from %q to %v, want <> to bob@other.test", dsn.From, dsn.Rcpts)
+	}
+	for _, want := range []string{"gone@remote.test", "5.1.1", "Subject: to a dead end"} {
+		if !bytes.Contains(dsn.Data, []byte(want)) {
+			t.Errorf("the notice does not name %q:\n%s", want, dsn.Data)
+		}
+	}
+	waitQueueEmpty(t, s)
+}
