@@ -14,7 +14,8 @@
 //
 //	MX:         RCPT  -> Local.Resolve (550 5.1.1 unknown, 550 5.7.1 not ours)
 //	            DATA  -> CRLF normalised -> Verify (SPF/DKIM/DMARC)
-//	                  -> Received prepended -> Local.Deliver
+//	                  -> Received prepended -> Local.Deliver (with the
+//	                     queue entry for aliases' remote targets, one commit)
 //	Submission: AUTH PLAIN/LOGIN (after TLS) -> MAIL must be the user's address
 //	            DATA  -> CRLF normalised -> From:/Sender: checked,
 //	                     Date/Message-ID added -> Sign -> Received prepended

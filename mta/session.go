@@ -511,7 +511,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 // store makes the message durable: local recipients first, in one commit,
 // then the queue for the rest (see the package comment for why this order).
 func (ss *session) store(tx *transaction, msg []byte) error {
-	stored := 0
+	stored, loops := 0, 0
 	var full []string // local recipients whose mailbox had no room
 	if len(tx.local) > 0 {
 		for i, err := range ss.deliverLocal(tx, msg) {
@@ -521,6 +521,10 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 			case permanent(err) && status(err) == "5.2.2":
 				full = append(full, tx.local[i])
 				tx.refused = append(tx.refused, tx.local[i]+" 552")
+			case permanent(err) && status(err) == "5.4.6":
+				// An alias would forward a message that is looping.
+				loops++
+				tx.refused = append(tx.refused, tx.local[i]+" 554")
 			case permanent(err):
 				// The mailbox vanished since RCPT; nothing to retry.
 				tx.refused = append(tx.refused, tx.local[i]+" 550")
@@ -538,6 +542,10 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 			return smtpErr(451, codeTransient, "temporary queue failure, try again later")
 		}
 		stored += len(tx.remote)
+	}
+	if stored == 0 && loops > 0 {
+		// RFC 5321 6.3: a message with too many Received fields is looping.
+		return ss.reject(554, smtp.EnhancedCode{5, 4, 6}, "forwarding loop detected (too many Received fields)")
 	}
 	if stored == 0 && len(full) > 0 {
 		return ss.reject(552, smtp.EnhancedCode{5, 2, 2}, "mailbox full")

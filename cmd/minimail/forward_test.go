@@ -109,6 +109,15 @@ func TestForwardWithSRS(t *testing.T) {
 		t.Errorf("the original sender got %d messages, want the one bounce", n)
 	}
 
+	// A message that has looped (more Received fields than the hop
+	// limit) is not forwarded again.
+	looped := append([]byte(strings.Repeat("Received: from a.test by b.test; Mon, 02 Jan 2026 15:04:05 +0000\r\n", 51)),
+		testMessage("bob@other.test", "team@example.test", "loop", "x\r\n")...)
+	var se *smtp.SMTPError
+	if err := sendFrom(t, s, "bob@other.test", []string{"team@example.test"}, looped); !errors.As(err, &se) || se.Code != 554 || se.EnhancedCode != (smtp.EnhancedCode{5, 4, 6}) {
+		t.Errorf("a looping message: %v, want 554 5.4.6", err)
+	}
+
 	// alias add with a remote target works offline too.
 	s.stop(t)
 	if r := minimail(t, "", "--config", cfg, "alias", "add", "phone@example.test", "me@remote.test"); r.code != 0 {
