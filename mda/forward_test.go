@@ -176,3 +176,24 @@ func TestForward_LoopIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestForward_AFullMailboxDoesNotStopTheForward: with alice's mailbox
+// too small, sales@ still gives bob his copy and queues the remote one;
+// the recipient reports alice's 5.2.2 so the sender hears of her.
+func TestForward_AFullMailboxDoesNotStopTheForward(t *testing.T) {
+	s, a, q := forwardSite(t)
+	if err := s.SetQuota("alice@d.test", 10); err != nil {
+		t.Fatal(err)
+	}
+	err := a.Deliver("carol@remote.test", []string{"sales@d.test"}, []byte(fwdMsg))[0]
+	var me *mda.Error
+	if !errors.As(err, &me) || me.Status() != "5.2.2" {
+		t.Fatalf("sales@ with alice full: %v, want 5.2.2", err)
+	}
+	if got := deliveredTo(t, s, "alice@d.test", "bob@d.test"); len(got["bob@d.test"]) != 1 || len(got["alice@d.test"]) != 0 {
+		t.Fatalf("mailboxes: %v", got)
+	}
+	if entries, _ := s.QueueEntries(); len(entries) != 1 || len(q.entries) != 1 || entries[0].Rcpts[0].Addr != "x@remote.test" {
+		t.Fatalf("queue %+v, woken %d times", entries, len(q.entries))
+	}
+}
