@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func remoteDomain(addr string) bool { return !strings.HasSuffix(addr, "@d.test") }
@@ -113,5 +115,32 @@ func TestAppendAndEnqueue_AllOrNothing(t *testing.T) {
 	}
 	if q, _ := s.QueueEntries(); len(q) != 1 {
 		t.Fatalf("queue after a failed commit holds %d entries, want 1", len(q))
+	}
+}
+
+// TestSRSSecret_AddedToAFileWithout: a database written before the SRS
+// secret existed (same schema) gets one at its first read-write open.
+func TestSRSSecret_AddedToAFileWithout(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keySRSSecret) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, err := s.SRSSecret(); err != nil || len(got) != srsSecretBytes {
+		t.Fatalf("SRSSecret after open = %x, %v", got, err)
 	}
 }
