@@ -235,6 +235,12 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 		return "", err
 	}
 	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(msg))
+	q.addFresh(n)
+	return id, nil
+}
+
+// addFresh hands a new entry to the runner without a rescan, and wakes it.
+func (q *Queue) addFresh(n uint64) {
 	q.mu.Lock()
 	if len(q.fresh) < maxFresh {
 		q.fresh = append(q.fresh, n)
@@ -243,22 +249,14 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 	}
 	q.mu.Unlock()
 	q.poke()
-	return id, nil
 }
 
 // Queued takes note of an entry another component committed to the spool
 // (mda's forwarded copies, stored in one transaction with the local ones)
 // and starts it like one from Enqueue.
 func (q *Queue) Queued(e store.QueueEntry) {
-	q.log.Info("queued", "id", EntryID(e), "from", e.From, "rcpts", len(e.Rcpts), "via", "forward")
-	q.mu.Lock()
-	if len(q.fresh) < maxFresh {
-		q.fresh = append(q.fresh, e.ID)
-	} else {
-		q.needScan = true
-	}
-	q.mu.Unlock()
-	q.poke()
+	q.log.Info("queued", "id", EntryID(e), "from", e.From, "rcpts", len(e.Rcpts), "origin", "forward")
+	q.addFresh(e.ID)
 }
 
 // List returns every queued entry, without bodies.
