@@ -14,6 +14,9 @@
 // separator after "SRS0" may be "=", "+" or "-" on input (libsrs2 accepts
 // all three); we write "=".
 //
+// With the same secret, Forward writes what postsrsd writes and each
+// reverses the other's addresses (TestInteropWithPostsrsd runs postsrsd).
+//
 // A sender that is already an SRS0 address of another forwarder is
 // wrapped again as a plain address (not SRS1): its reversal gives back
 // that forwarder's address, which it reverses in turn.
