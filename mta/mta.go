@@ -14,7 +14,8 @@
 //
 //	MX:         RCPT  -> Local.Resolve (550 5.1.1 unknown, 550 5.7.1 not ours)
 //	            DATA  -> CRLF normalised -> Verify (SPF/DKIM/DMARC)
-//	                  -> Received prepended -> Local.Deliver
+//	                  -> Received prepended -> Local.Deliver (with the
+//	                     queue entry for aliases' remote targets, one commit)
 //	Submission: AUTH PLAIN/LOGIN (after TLS) -> MAIL must be the user's address
 //	            DATA  -> CRLF normalised -> From:/Sender: checked,
 //	                     Date/Message-ID added -> Sign -> Received prepended
@@ -69,6 +70,21 @@ import (
 type Local interface {
 	Resolve(rcpt string) (string, error)
 	Deliver(from string, rcpts []string, msg []byte) []error
+}
+
+// IDDeliverer is a Local that takes the transaction's id (*mda.Agent's
+// DeliverID): the copies it forwards to remote alias targets go to the
+// queue under the id the 250 reply gives.
+type IDDeliverer interface {
+	DeliverID(id, from string, rcpts []string, msg []byte) []error
+}
+
+// Forwarder is a Local that says whether a recipient forwards to a remote
+// address (*mda.Agent). Submission then DKIM-signs the message as it does
+// for remote recipients: it leaves with the user's From. The MX never
+// signs: a forwarded copy keeps the signature it came with.
+type Forwarder interface {
+	Forwards(rcpt string) bool
 }
 
 // Queue is the durable outbound queue. Enqueue keeps the message under the

@@ -47,6 +47,7 @@ type transaction struct {
 	sizeHint int64
 	local    []string // accepted local recipients, as written (domain lower-cased)
 	remote   []string // accepted remote recipients (submission only)
+	forwards bool     // a local recipient forwards to a remote address (Forwarder)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
 	logged   bool
@@ -267,6 +268,9 @@ func (ss *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) erro
 		// it); Local delivers one copy per mailbox however many reach it.
 		tx.local = appendNew(tx.local, a.String())
 		tx.keepDSN(a.String(), opts)
+		if f, ok := ss.srv.local.(Forwarder); ok && ss.srv.kind == kindSubmission && f.Forwards(a.String()) {
+			tx.forwards = true
+		}
 		return nil
 	}
 	if ss.srv.kind == kindMX || ss.srv.queue == nil {
@@ -501,7 +505,9 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		}
 		mb.set(ss.submissionHeaderEdits(tx, user, fields, msg))
 		mb.prepend(submissionHeaders(fields, addFrom, user, o.Hostname, now))
-		if len(tx.remote) > 0 && o.Sign != nil {
+		// Signed when it leaves: to a remote recipient, or through an
+		// alias that forwards (mail from the MX is never signed as ours).
+		if (len(tx.remote) > 0 || tx.forwards) && o.Sign != nil {
 			a, _ := parseAddress(user)
 			sig, err := o.Sign(a.Domain, mb.bytes())
 			if err != nil {
@@ -531,7 +537,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 // through the queue too, which stores the notice in the same commit as the
 // record of the delivery it reports: none lost, none sent twice.
 func (ss *session) store(tx *transaction, msg []byte) error {
-	stored := 0
+	stored, loops := 0, 0
 	var full []string // local recipients whose mailbox had no room
 	local, queued := tx.local, tx.remote
 	if ss.srv.dsnQueue() != nil {
@@ -546,13 +552,17 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		queued = append(queued, tx.remote...)
 	}
 	if len(local) > 0 {
-		for i, err := range ss.srv.local.Deliver(tx.from, local, msg) {
+		for i, err := range ss.deliverLocal(tx, local, msg) {
 			switch {
 			case err == nil:
 				stored++
 			case permanent(err) && status(err) == "5.2.2":
 				full = append(full, local[i])
 				tx.refused = append(tx.refused, local[i]+" 552")
+			case permanent(err) && status(err) == "5.4.6":
+				// An alias would forward a message that is looping.
+				loops++
+				tx.refused = append(tx.refused, local[i]+" 554")
 			case permanent(err):
 				// The mailbox vanished since RCPT; nothing to retry.
 				tx.refused = append(tx.refused, local[i]+" 550")
@@ -572,6 +582,10 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		stored += len(queued)
 		tx.queued = true
 	}
+	if stored == 0 && loops > 0 {
+		// RFC 5321 6.3: a message with too many Received fields is looping.
+		return ss.reject(554, smtp.EnhancedCode{5, 4, 6}, "forwarding loop detected (too many Received fields)")
+	}
 	if stored == 0 && len(full) > 0 {
 		return ss.reject(552, smtp.EnhancedCode{5, 2, 2}, "mailbox full")
 	}
@@ -582,6 +596,15 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		ss.overflow(tx, full, msg)
 	}
 	return smtpErr(250, codeOK, "OK id="+tx.id)
+}
+
+// deliverLocal hands the local recipients to Local, with the transaction's
+// id when Local takes it (IDDeliverer): forwarded copies are queued under it.
+func (ss *session) deliverLocal(tx *transaction, rcpts []string, msg []byte) []error {
+	if d, ok := ss.srv.local.(IDDeliverer); ok {
+		return d.DeliverID(tx.id, tx.from, rcpts, msg)
+	}
+	return ss.srv.local.Deliver(tx.from, rcpts, msg)
 }
 
 // overflow hands the recipients whose mailbox had no room for a message

@@ -90,21 +90,9 @@ type QueueEntry struct {
 func (s *Store) EnqueueMessage(e QueueEntry, body []byte) (uint64, error) {
 	var id uint64
 	err := s.update(func(tx *bolt.Tx) error {
-		q := tx.Bucket(bucketQueue)
-		n, err := q.NextSequence()
-		if err != nil {
-			return err
-		}
-		id = n
-		e.ID = n
-		v, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		if err := q.Put(idKey(n), v); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketQueueBody).Put(idKey(n), body)
+		stored, err := enqueueTx(tx, e, body)
+		id = stored.ID
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("enqueue: %w", err)
@@ -128,28 +116,36 @@ func (s *Store) EnqueueNotice(e QueueEntry, n QueueEntry, body []byte) (uint64, 
 		if q.Get(idKey(e.ID)) == nil {
 			return fmt.Errorf("queue entry %d: %w", e.ID, ErrNoQueueEntry)
 		}
-		seq, err := q.NextSequence()
-		if err != nil {
-			return err
-		}
-		id = seq
-		n.ID = seq
-		nv, err := json.Marshal(n)
-		if err != nil {
-			return err
-		}
 		if err := q.Put(idKey(e.ID), v); err != nil {
 			return err
 		}
-		if err := q.Put(idKey(seq), nv); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketQueueBody).Put(idKey(seq), body)
+		stored, err := enqueueTx(tx, n, body)
+		id = stored.ID
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("enqueue notice: %w", err)
 	}
 	return id, nil
+}
+
+// enqueueTx puts e under the queue's next id, and its body, in tx; it
+// returns e with that id.
+func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
+	q := tx.Bucket(bucketQueue)
+	n, err := q.NextSequence()
+	if err != nil {
+		return QueueEntry{}, err
+	}
+	e.ID = n
+	v, err := json.Marshal(e)
+	if err != nil {
+		return QueueEntry{}, err
+	}
+	if err := q.Put(idKey(n), v); err != nil {
+		return QueueEntry{}, err
+	}
+	return e, tx.Bucket(bucketQueueBody).Put(idKey(n), body)
 }
 
 // QueueEntries returns every queued entry in id order, without bodies.

@@ -21,6 +21,8 @@
 //	aliases    lower-cased alias (local@domain or @domain) -> JSON
 //	           aliasRecord (created when missing at Open: no migration,
 //	           see aliases.go)
+//	meta "srs_secret" -> 32 random bytes, the SRS key (srs.go; drawn at
+//	           the first read-write Open that finds none: no migration)
 //
 // A stored message is its mailbox's head followed by the shared body. One
 // delivery to a hundred mailboxes writes the body once and a hundred small
@@ -408,7 +410,7 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 	return nil
 }
 
-// initSchema creates the buckets a new file needs, which is all a schema 1
+// initSchema creates the buckets a new file needs (and the SRS secret), which is all a schema 1
 // file (already checked by checkExisting) needs to become schema 2; on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
@@ -420,6 +422,9 @@ func initSchema(db *bolt.DB) error {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if err := ensureSRSSecret(tx.Bucket(bucketMeta)); err != nil {
+			return err
 		}
 		return tx.Bucket(bucketMeta).Put(keySchema, []byte(SchemaVersion))
 	})

@@ -15,7 +15,10 @@
 //	mta/msgauth  SPF, DKIM, DMARC: Authentication-Results, or a refusal
 //	             (lookups through mta/resolve, cached)
 //	mda          Return-Path and Delivered-To per recipient, every copy in
-//	             one commit
+//	             one commit; an alias's remote targets get one queue entry
+//	             in that same commit, its sender rewritten with SRS
+//	             (mta/srs) unless local; an SRS address is reversed to
+//	             its original sender or refused
 //	store        one bbolt transaction, fsync'd: then, and only then, 250
 //	pop3         the owner logs in, lists, retrieves and deletes (store)
 //

@@ -23,6 +23,7 @@ import (
 	"minimail/mta/queue"
 	"minimail/mta/remote"
 	"minimail/mta/resolve"
+	"minimail/mta/srs"
 	"minimail/pop3"
 	"minimail/store"
 )
@@ -130,8 +131,14 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
 	// and addresses of outbound.
 	dnsCache := resolve.NewCache(resolve.CacheOptions{})
-	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes}
+	secret, err := s.st.SRSSecret()
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", cfg.DataDir, err)
+	}
+	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes,
+		Domains: cfg.Domains, SRS: &srs.Rewriter{Secret: secret}}
 	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
+	agent.Queue = q // forwarded copies start at once
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
 	warnPostmaster(cfg, agent, log)

@@ -121,11 +121,7 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 			res[i] = fmt.Errorf("read queued message: %w", err)
 		}
 	case g.domain == "" && q.opts.Local != nil:
-		deliver := q.opts.Local.Deliver
-		if n, ok := q.opts.Local.(noticeDeliverer); ok && es.e.Notice {
-			deliver = n.DeliverNotice
-		}
-		res = deliver(from, rcpts, body)
+		res = q.deliverLocal(es.e, from, rcpts, body)
 	case g.domain != "" && q.opts.Remote != nil:
 		if d, ok := q.opts.Remote.(dsnDeliverer); ok {
 			res, offered = d.DeliverDSN(ctx, from, rcpts, body, dsnOf(es.e, g.idx))
@@ -151,6 +147,19 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 var errNotConfigured = errors.New("no deliverer configured for this destination")
 
 // record applies one group's results and commits them before anything
+// deliverLocal hands a group of local recipients to the mda: a notice may
+// go past a full mailbox's quota (DeliverNotice), and an alias that forwards
+// needs the entry's id for the copy it queues (DeliverID).
+func (q *Queue) deliverLocal(e store.QueueEntry, from string, rcpts []string, body []byte) []error {
+	if n, ok := q.opts.Local.(noticeDeliverer); ok && e.Notice {
+		return n.DeliverNotice(from, rcpts, body)
+	}
+	if d, ok := q.opts.Local.(idDeliverer); ok {
+		return d.DeliverID(EntryID(e), from, rcpts, body)
+	}
+	return q.opts.Local.Deliver(from, rcpts, body)
+}
+
 // else happens, logging included.
 func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error, dsnOffered bool) {
 	via := "remote"

@@ -69,6 +69,12 @@ type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
+// idDeliverer is a LocalDeliverer that takes the entry's id, for the
+// copies it forwards (*mda.Agent's DeliverID).
+type idDeliverer interface {
+	DeliverID(id, from string, rcpts []string, msg []byte) []error
+}
+
 // noticeDeliverer is a LocalDeliverer that stores notices past quotas.
 type noticeDeliverer interface {
 	DeliverNotice(from string, rcpts []string, msg []byte) []error
@@ -261,12 +267,12 @@ func (q *Queue) enqueue(e store.QueueEntry, msg []byte) (string, error) {
 		return "", err
 	}
 	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(msg))
-	q.noteFresh(n)
+	q.addFresh(n)
 	return id, nil
 }
 
-// noteFresh hands a new entry to the runner.
-func (q *Queue) noteFresh(n uint64) {
+// addFresh hands a new entry to the runner without a rescan, and wakes it.
+func (q *Queue) addFresh(n uint64) {
 	q.mu.Lock()
 	if len(q.fresh) < maxFresh {
 		q.fresh = append(q.fresh, n)
@@ -275,6 +281,14 @@ func (q *Queue) noteFresh(n uint64) {
 	}
 	q.mu.Unlock()
 	q.poke()
+}
+
+// Queued takes note of an entry another component committed to the spool
+// (mda's forwarded copies, stored in one transaction with the local ones)
+// and starts it like one from Enqueue.
+func (q *Queue) Queued(e store.QueueEntry) {
+	q.log.Info("queued", "id", EntryID(e), "from", e.From, "rcpts", len(e.Rcpts), "origin", "forward")
+	q.addFresh(e.ID)
 }
 
 // List returns every queued entry, without bodies.
