@@ -23,6 +23,8 @@
 //	           see aliases.go)
 //	meta "srs_secret" -> 32 random bytes, the SRS key (srs.go; drawn at
 //	           the first read-write Open that finds none: no migration)
+//	trace      the events `minimail trace` shows, and their indexes
+//	           (created when missing at Open, see trace.go)
 //
 // A stored message is its mailbox's head followed by the shared body. One
 // delivery to a hundred mailboxes writes the body once and a hundred small
@@ -415,13 +417,16 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
-// version (aliases.go).
+// version (aliases.go); so are the trace buckets (trace.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if err := initTrace(tx); err != nil {
+			return err
 		}
 		if err := ensureSRSSecret(tx.Bucket(bucketMeta)); err != nil {
 			return err
