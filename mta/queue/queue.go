@@ -89,7 +89,8 @@ type Spool interface {
 	QueueEntry(id uint64) (store.QueueEntry, error)
 	QueueBody(id uint64) ([]byte, error)
 	UpdateQueueEntry(e store.QueueEntry) error
-	DeleteQueueEntry(id uint64) error
+	// DeleteQueueEntry writes events (trace events) in the same commit.
+	DeleteQueueEntry(id uint64, events ...store.Event) error
 	// EnqueueNotice updates e and stores the notice n in one commit.
 	EnqueueNotice(e, n store.QueueEntry, body []byte) (id uint64, err error)
 }
@@ -243,6 +244,13 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 // (submission's DSN): they decide the notices it gets and are passed on
 // to next hops that offer DSN.
 func (q *Queue) EnqueueDSN(id, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error) {
+	return q.EnqueueTraced(delivery.Trace{ID: id}, from, rcpts, msg, p)
+}
+
+// EnqueueTraced is EnqueueDSN under t.ID that also writes t.Events, then
+// a queued event, in the same commit as the entry (see trace.go).
+func (q *Queue) EnqueueTraced(t delivery.Trace, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error) {
+	id := t.ID
 	if len(rcpts) == 0 {
 		return "", errors.New("enqueue: no recipients")
 	}
@@ -256,6 +264,7 @@ func (q *Queue) EnqueueDSN(id, from string, rcpts []string, msg []byte, p delive
 		setRcptDSN(&qr, p.Rcpt(i))
 		e.Rcpts = append(e.Rcpts, qr)
 	}
+	e.Events = append(append([]store.Event(nil), t.Events...), queuedEvent(id, from, rcpts, msg, now, nil))
 	return q.enqueue(e, msg)
 }
 
