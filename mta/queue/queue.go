@@ -126,6 +126,10 @@ type Options struct {
 	MaxPerDomain  int
 	// Logger gets the queue's events; nil discards.
 	Logger *slog.Logger
+	// TraceKeep is how long trace events are kept (MaxAge plus a day, so
+	// a message's whole life stays traceable until it expires and a while
+	// after); the spool prunes older ones in each pass, when it can.
+	TraceKeep time.Duration
 }
 
 // Queue is the outbound queue over one spool. It is safe for concurrent
@@ -169,6 +173,7 @@ func New(spool Spool, opts Options) *Queue {
 		opts.DelayNotice = 4 * time.Hour
 	}
 	opts.MaxReturnBytes = positiveOr(opts.MaxReturnBytes, DefaultMaxReturnBytes)
+	opts.TraceKeep = max(opts.TraceKeep, opts.MaxAge+traceMargin)
 	opts.MaxConcurrent = positiveOr(opts.MaxConcurrent, 20)
 	opts.MaxPerDomain = positiveOr(opts.MaxPerDomain, 4)
 	log := opts.Logger
@@ -403,6 +408,7 @@ func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) error {
 	q.notes = time.Time{}
 	q.mu.Unlock()
 
+	q.pruneTrace()
 	entries, err := q.spool.QueueEntries()
 	if err != nil {
 		q.mu.Lock()

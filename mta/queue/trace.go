@@ -85,3 +85,30 @@ func rcptEvent(kind, id string, now time.Time, r *store.QueueRcpt, facts ...stor
 func bouncedEvent(id string, now time.Time, r *store.QueueRcpt, dsnID string) store.Event {
 	return rcptEvent(store.EventBounced, id, now, r, store.Fact{Key: "reply", Value: r.LastError}, store.Fact{Key: store.FactDSN, Value: dsnID})
 }
+
+// traceMargin is how much longer than MaxAge trace events are kept.
+const traceMargin = 24 * time.Hour
+
+// prunePerPass bounds the events one pass deletes, so a pass after a long
+// stop holds the store's writer briefly; the next passes take the rest.
+const prunePerPass = 1000
+
+// tracePruner is a Spool that keeps trace events; *store.Store is one.
+type tracePruner interface {
+	PruneTrace(before time.Time, limit int) (int, error)
+}
+
+// pruneTrace drops the trace events older than TraceKeep, a bounded number
+// per pass.
+func (q *Queue) pruneTrace() {
+	p, ok := q.spool.(tracePruner)
+	if !ok {
+		return
+	}
+	n, err := p.PruneTrace(q.opts.Now().Add(-q.opts.TraceKeep), prunePerPass)
+	if err != nil {
+		q.log.Error("trace prune failed", "err", err)
+	} else if n > 0 {
+		q.log.Info("trace pruned", "events", n)
+	}
+}
