@@ -106,6 +106,7 @@ type response struct {
 	Status  *serverStatus  `json:"status,omitempty"`  // status.go
 	Aliases []store.Alias  `json:"aliases,omitempty"` // alias.list
 	Events  []store.Event  `json:"events,omitempty"`  // trace (trace.go)
+	Counts  map[string]int `json:"counts,omitempty"`  // trace.count: events of the last hour by kind
 	// Refused says Error is a request refused for what it asks (an alias
 	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
 	Refused bool `json:"refused,omitempty"`
@@ -157,6 +158,8 @@ func (a *adminOps) do(req request) response {
 		}
 	case "trace":
 		resp.Events, err = a.st.Trace(req.ID)
+	case "trace.count":
+		resp.Counts, err = a.st.TraceCount(time.Now().Add(-time.Hour))
 	case "status":
 		if a.status == nil {
 			err = errors.New("no server is running")
