@@ -218,3 +218,44 @@ func TestTraceFollowsAMessageThroughEveryStage(t *testing.T) {
 		}
 	})
 }
+
+// TestTraceOfMailFromTheMX: mail that arrives on the MX listener is
+// traced from its 250 id: received (listener, client, HELO, the checks'
+// verdicts) and delivered.
+func TestTraceOfMailFromTheMX(t *testing.T) {
+	a := newSite(t, "a.test", "")
+	a.addUser(t, "alice@a.test")
+	c, err := smtp.Dial(a.srv.addrs["listen.smtp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("mx.other.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("bob@other.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("alice@a.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(testMessage("bob@other.test", "alice@a.test", "from afar", "hi\r\n"))
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, id, _ := strings.Cut(resp.StatusText, "id=")
+	lines := traceLines(t, a, id)
+	if got := kindsOf(lines); got != "received delivered" {
+		t.Fatalf("trace %s: %q:\n%s", id, got, strings.Join(lines, "\n"))
+	}
+	for _, f := range []string{"listener=smtp", "client=127.0.0.1", "helo=mx.other.test", "from=bob@other.test", "checks=", "message_id=<from.afar@test>"} {
+		if !strings.Contains(lines[0], f) {
+			t.Errorf("received event lacks %s: %s", f, lines[0])
+		}
+	}
+}
