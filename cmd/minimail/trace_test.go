@@ -25,7 +25,14 @@ func submitForID(t *testing.T, s *site, user string, rcpts []string, msg []byte)
 	if err := c.Auth(sasl.NewPlainClient("", user, "pw-"+user)); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Mail(user, nil); err != nil {
+	return sendForID(t, c, user, rcpts, msg)
+}
+
+// sendForID runs one transaction on c and returns the id its 250 reply
+// names.
+func sendForID(t *testing.T, c *smtp.Client, from string, rcpts []string, msg []byte) string {
+	t.Helper()
+	if err := c.Mail(from, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range rcpts {
@@ -235,22 +242,7 @@ func TestTraceOfMailFromTheMX(t *testing.T) {
 	if err := c.Hello("mx.other.test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Mail("bob@other.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Rcpt("alice@a.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(testMessage("bob@other.test", "alice@a.test", "from afar", "hi\r\n"))
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, id, _ := strings.Cut(resp.StatusText, "id=")
+	id := sendForID(t, c, "bob@other.test", []string{"alice@a.test"}, testMessage("bob@other.test", "alice@a.test", "from afar", "hi\r\n"))
 	lines := traceLines(t, a, id)
 	if got := kindsOf(lines); got != "received delivered" {
 		t.Fatalf("trace %s: %q:\n%s", id, got, strings.Join(lines, "\n"))
