@@ -464,6 +464,13 @@ func (s *Store) Close() error {
 // store has made; benchmarks divide it by the messages written.
 func (s *Store) Commits() int64 { return s.commits.Load() }
 
+// PagesWritten reports how many pages the store's commits have written,
+// for benchmarks: the size of what each fsync has to flush.
+func (s *Store) PagesWritten() int64 {
+	st := s.db.Stats()
+	return st.TxStats.GetWrite()
+}
+
 // errClosed is returned for writes attempted after Close.
 var errClosed = errors.New("store is closed")
 

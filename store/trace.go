@@ -17,23 +17,32 @@ import (
 //
 //	trace       sequence = last event number
 //	  events    8-byte event number -> event record (events.go)
-//	  byid      id 0x00 8-byte number -> empty
-//	  bymsgid   lower-cased Message-ID without <> 0x00 number -> id
-//	  byrcpt    lower-cased recipient 0x00 number -> id
-//	  bymbox    lower-cased mailbox 0x00 8-byte mailbox message id -> id
+//	  index     one bucket for every index, told apart by a first byte:
+//	            'i' id 0x00 8-byte number -> empty
+//	            'm' lower-cased Message-ID without <> 0x00 number -> id
+//	            'r' lower-cased recipient 0x00 number -> id
+//	            'b' lower-cased mailbox 0x00 8-byte mailbox message id -> id
 //
 // Event numbers grow with every event written, so the events bucket is in
-// the order the events happened and byid lists one message's events oldest
-// first. Every index key is derived from its event alone (indexKeys), so
+// the order the events happened (new events append to its last page) and
+// the 'i' keys list one message's events oldest first. The indexes share
+// one bucket because each bucket an event touches costs its own pages in
+// the commit (bbolt rewrites every page on the path to a changed key):
+// one bucket instead of four halves what an event adds to a delivery's
+// write. Every index key is derived from its event alone (indexKeys), so
 // pruning an event removes exactly the keys writing it added.
 var (
 	bucketTrace       = []byte("trace")
 	bucketTraceEvents = []byte("events")
-	bucketTraceByID   = []byte("byid")
-	bucketTraceMsgID  = []byte("bymsgid")
-	bucketTraceRcpt   = []byte("byrcpt")
-	bucketTraceMbox   = []byte("bymbox")
-	traceIndexes      = [][]byte{bucketTraceByID, bucketTraceMsgID, bucketTraceRcpt, bucketTraceMbox}
+	bucketTraceIndex  = []byte("index")
+)
+
+// The indexes, as the first byte of their keys in the index bucket.
+const (
+	indexID    byte = 'i'
+	indexMsgID byte = 'm'
+	indexRcpt  byte = 'r'
+	indexMbox  byte = 'b'
 )
 
 // ErrNoTrace means no event names the id, Message-ID or recipient asked for.
@@ -49,7 +58,7 @@ func initTrace(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range append([][]byte{bucketTraceEvents}, traceIndexes...) {
+	for _, name := range [][]byte{bucketTraceEvents, bucketTraceIndex} {
 		if _, err := root.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -57,35 +66,37 @@ func initTrace(tx *bolt.Tx) error {
 	return nil
 }
 
-// indexEntry of the trace: which index, which key, which value.
+// traceKey is one entry of the index bucket.
 type traceKey struct {
-	bucket []byte
-	key    []byte
-	value  []byte
+	key   []byte
+	value []byte
+}
+
+// indexPrefix is where an index's keys for s begin: the index's byte, s,
+// and a 0 that ends s (no id, address or Message-ID contains one).
+func indexPrefix(index byte, s string) []byte {
+	k := make([]byte, 0, len(s)+10)
+	k = append(k, index)
+	k = append(k, s...)
+	return append(k, 0)
 }
 
 // indexKeys lists the index entries event number n (e) has.
 func indexKeys(n uint64, e Event) []traceKey {
 	num := idKey(n)
-	join := func(s string) []byte {
-		k := make([]byte, 0, len(s)+9)
-		k = append(k, s...)
-		k = append(k, 0)
-		return append(k, num...)
-	}
+	join := func(index byte, s string) []byte { return append(indexPrefix(index, s), num...) }
 	id := []byte(e.ID)
-	keys := []traceKey{{bucketTraceByID, join(e.ID), nil}}
+	keys := []traceKey{{join(indexID, e.ID), nil}}
 	if e.Kind != EventReceived && e.Kind != EventQueued {
 		if e.Kind == EventDelivered {
 			if mid, err := strconv.ParseUint(e.Get(FactMsg), 10, 64); err == nil && e.Get(FactMailbox) != "" {
-				k := append(append([]byte(Key(e.Get(FactMailbox))), 0), idKey(mid)...)
-				keys = append(keys, traceKey{bucketTraceMbox, k, id})
+				keys = append(keys, traceKey{mboxKey(e.Get(FactMailbox), mid), id})
 			}
 		}
 		return keys
 	}
 	if mid := NormalMessageID(e.Get(FactMessageID)); mid != "" {
-		keys = append(keys, traceKey{bucketTraceMsgID, join(mid), id})
+		keys = append(keys, traceKey{join(indexMsgID, mid), id})
 	}
 	seen := map[string]bool{}
 	for _, f := range e.Facts {
@@ -93,9 +104,14 @@ func indexKeys(n uint64, e Event) []traceKey {
 			continue
 		}
 		seen[Key(f.Value)] = true
-		keys = append(keys, traceKey{bucketTraceRcpt, join(Key(f.Value)), id})
+		keys = append(keys, traceKey{join(indexRcpt, Key(f.Value)), id})
 	}
 	return keys
+}
+
+// mboxKey is the index key of copy n in mailbox addr.
+func mboxKey(addr string, n uint64) []byte {
+	return append(indexPrefix(indexMbox, Key(addr)), idKey(n)...)
 }
 
 // NormalMessageID is how a Message-ID is looked up: without the angle
@@ -115,6 +131,10 @@ func putEvents(tx *bolt.Tx, events []Event) error {
 	}
 	root := tx.Bucket(bucketTrace)
 	evs := root.Bucket(bucketTraceEvents)
+	// Numbers only grow: appended keys fill pages whole instead of
+	// splitting them in half.
+	evs.FillPercent = 1.0
+	idx := root.Bucket(bucketTraceIndex)
 	for _, e := range events {
 		if e.ID == "" || e.Kind == "" {
 			continue // nothing could ever find it
@@ -128,7 +148,7 @@ func putEvents(tx *bolt.Tx, events []Event) error {
 			return err
 		}
 		for _, k := range indexKeys(n, e) {
-			if err := root.Bucket(k.bucket).Put(k.key, k.value); err != nil {
+			if err := idx.Put(k.key, k.value); err != nil {
 				return err
 			}
 		}
@@ -146,11 +166,10 @@ func (s *Store) RecordEvents(events []Event) error {
 // mailboxTraceIDs maps copies in addr's mailbox to the message ids their
 // delivered events gave them; copies without one are left out.
 func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
-	idx := tx.Bucket(bucketTrace).Bucket(bucketTraceMbox)
+	idx := tx.Bucket(bucketTrace).Bucket(bucketTraceIndex)
 	out := make(map[uint64]string, len(ids))
 	for _, n := range ids {
-		k := append(append([]byte(Key(addr)), 0), idKey(n)...)
-		if v := idx.Get(k); v != nil {
+		if v := idx.Get(mboxKey(addr, n)); v != nil {
 			out[n] = string(v)
 		}
 	}
@@ -170,11 +189,12 @@ func (s *Store) Trace(query string) ([]Event, error) {
 		if root == nil {
 			return nil // a file opened read-only before it had events
 		}
+		idx := root.Bucket(bucketTraceIndex)
 		ids := []string{query}
-		if !hasEvents(root, query) {
-			ids = lookupIDs(root.Bucket(bucketTraceMsgID), NormalMessageID(query), 0)
+		if !hasEvents(idx, query) {
+			ids = lookupIDs(idx, indexMsgID, NormalMessageID(query), 0)
 			if len(ids) == 0 {
-				ids = lookupIDs(root.Bucket(bucketTraceRcpt), Key(query), TraceRecipientMessages)
+				ids = lookupIDs(idx, indexRcpt, Key(query), TraceRecipientMessages)
 			}
 		}
 		for _, id := range ids {
@@ -195,24 +215,22 @@ func (s *Store) Trace(query string) ([]Event, error) {
 	return out, nil
 }
 
-func prefix(s string) []byte { return append([]byte(s), 0) }
-
-func hasEvents(root *bolt.Bucket, id string) bool {
+func hasEvents(idx *bolt.Bucket, id string) bool {
 	if id == "" {
 		return false
 	}
-	p := prefix(id)
-	k, _ := root.Bucket(bucketTraceByID).Cursor().Seek(p)
+	p := indexPrefix(indexID, id)
+	k, _ := idx.Cursor().Seek(p)
 	return k != nil && bytes.HasPrefix(k, p) && len(k) == len(p)+8
 }
 
 // lookupIDs returns the distinct ids an index lists under key, oldest
 // first; limit > 0 keeps only the most recent limit of them.
-func lookupIDs(idx *bolt.Bucket, key string, limit int) []string {
+func lookupIDs(idx *bolt.Bucket, index byte, key string, limit int) []string {
 	if key == "" {
 		return nil
 	}
-	p := prefix(key)
+	p := indexPrefix(index, key)
 	type hit struct {
 		id  string
 		num uint64
@@ -244,10 +262,10 @@ func lookupIDs(idx *bolt.Bucket, key string, limit int) []string {
 
 // eventsOf reads one message's events, oldest first.
 func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
-	p := prefix(id)
+	p := indexPrefix(indexID, id)
 	evs := root.Bucket(bucketTraceEvents)
 	var out []Event
-	c := root.Bucket(bucketTraceByID).Cursor()
+	c := root.Bucket(bucketTraceIndex).Cursor()
 	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
 		if len(k) != len(p)+8 {
 			continue
@@ -305,7 +323,7 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 				continue // unreadable: no index keys to find, drop it
 			}
 			for _, ik := range indexKeys(keyID(k), e) {
-				if err := root.Bucket(ik.bucket).Delete(ik.key); err != nil {
+				if err := root.Bucket(bucketTraceIndex).Delete(ik.key); err != nil {
 					return err
 				}
 			}
