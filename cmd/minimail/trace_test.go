@@ -190,7 +190,7 @@ func TestTraceFollowsAMessageThroughEveryStage(t *testing.T) {
 		dsn, _, _ = strings.Cut(dsn, " ")
 		dl := traceLines(t, a, dsn)
 		t.Logf("bounce:\n%s\nDSN:\n%s", strings.Join(lines, "\n"), strings.Join(dl, "\n"))
-		if got := kindsOf(dl); got != "received delivered" || !strings.Contains(dl[0], "dsn_for="+bid) || !strings.Contains(dl[1], "mailbox=bob@a.test") {
+		if got := kindsOf(dl); got != "queued delivered" || !strings.Contains(dl[0], "dsn_for="+bid) || !strings.Contains(dl[1], "mailbox=bob@a.test") {
 			t.Fatalf("trace of the DSN %s:\n%s", dsn, strings.Join(dl, "\n"))
 		}
 		// The DSN's headers name the original id.
