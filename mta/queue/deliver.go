@@ -256,9 +256,10 @@ func (q *Queue) save(es *entryState) {
 	if es.dropped {
 		return
 	}
-	es.e.Events = es.events
-	err := q.spool.UpdateQueueEntry(es.e)
-	es.e.Events = nil
+	// A copy carries the events: other groups read es.e unlocked.
+	e := es.e
+	e.Events = es.events
+	err := q.spool.UpdateQueueEntry(e)
 	if err == nil {
 		es.events = nil
 	}
