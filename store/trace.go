@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,18 +24,27 @@ import (
 //	            'r' lower-cased recipient 0x00 number -> id
 //	            'b' lower-cased mailbox 0x00 8-byte mailbox message id -> id
 //
+//	  "indexed" 8-byte number of the last event the index holds
+//
 // Event numbers grow with every event written, so the events bucket is in
-// the order the events happened (new events append to its last page) and
-// the 'i' keys list one message's events oldest first. The indexes share
-// one bucket because each bucket an event touches costs its own pages in
-// the commit (bbolt rewrites every page on the path to a changed key):
-// one bucket instead of four halves what an event adds to a delivery's
-// write. Every index key is derived from its event alone (indexKeys), so
-// pruning an event removes exactly the keys writing it added.
+// the order the events happened and the 'i' keys list one message's
+// events oldest first.
+//
+// An event is written in the transaction of the change it describes, and
+// only appended to the events bucket: its pages are shared by every
+// message of a group commit. The index keys are random (ids, addresses),
+// and each one written next to a delivery would cost that commit pages of
+// its own; BenchmarkMXDelivery with 32 clients lost half its throughput to
+// them. So the index is derived data, brought up to date in batches by
+// IndexTrace (the queue's runner calls it each pass), and every lookup
+// also reads the events past "indexed" (a minute's worth, typically).
+// Every index key is derived from its event alone (indexKeys), so pruning
+// an event removes exactly the keys indexing it added.
 var (
 	bucketTrace       = []byte("trace")
 	bucketTraceEvents = []byte("events")
 	bucketTraceIndex  = []byte("index")
+	keyTraceIndexed   = []byte("indexed")
 )
 
 // The indexes, as the first byte of their keys in the index bucket.
@@ -134,7 +144,6 @@ func putEvents(tx *bolt.Tx, events []Event) error {
 	// Numbers only grow: appended keys fill pages whole instead of
 	// splitting them in half.
 	evs.FillPercent = 1.0
-	idx := root.Bucket(bucketTraceIndex)
 	for _, e := range events {
 		if e.ID == "" || e.Kind == "" {
 			continue // nothing could ever find it
@@ -147,13 +156,66 @@ func putEvents(tx *bolt.Tx, events []Event) error {
 		if err := evs.Put(idKey(n), encodeEvent(e)); err != nil {
 			return err
 		}
-		for _, k := range indexKeys(n, e) {
-			if err := idx.Put(k.key, k.value); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
+}
+
+// indexed is the number of the last event the index holds.
+func indexed(root *bolt.Bucket) uint64 {
+	if v := root.Get(keyTraceIndexed); len(v) == 8 {
+		return keyID(v)
+	}
+	return 0
+}
+
+// tail calls fn for each event the index does not hold yet, oldest first.
+func tail(root *bolt.Bucket, fn func(n uint64, e Event)) {
+	c := root.Bucket(bucketTraceEvents).Cursor()
+	for k, v := c.Seek(idKey(indexed(root) + 1)); k != nil; k, v = c.Next() {
+		if e, err := decodeEvent(v); err == nil {
+			fn(keyID(k), e)
+		}
+	}
+}
+
+// IndexTrace adds up to limit events to the index in one commit and
+// reports how many; none waiting costs a read, not a commit.
+func (s *Store) IndexTrace(limit int) (int, error) {
+	waiting := false
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketTrace)
+		k, _ := root.Bucket(bucketTraceEvents).Cursor().Last()
+		waiting = k != nil && keyID(k) > indexed(root)
+		return nil
+	}); err != nil || !waiting || limit <= 0 {
+		return 0, err
+	}
+	done := 0
+	err := s.update(func(tx *bolt.Tx) error {
+		done = 0
+		root := tx.Bucket(bucketTrace)
+		idx := root.Bucket(bucketTraceIndex)
+		last := indexed(root)
+		c := root.Bucket(bucketTraceEvents).Cursor()
+		for k, v := c.Seek(idKey(last + 1)); k != nil && done < limit; k, v = c.Next() {
+			last = keyID(k)
+			done++
+			e, err := decodeEvent(v)
+			if err != nil {
+				continue // unreadable: nothing to index, pruned in its time
+			}
+			for _, ik := range indexKeys(last, e) {
+				if err := idx.Put(ik.key, ik.value); err != nil {
+					return err
+				}
+			}
+		}
+		return root.Put(keyTraceIndexed, idKey(last))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("index trace: %w", err)
+	}
+	return done, nil
 }
 
 // RecordEvents writes events on their own, in one commit. The paths that
@@ -166,13 +228,25 @@ func (s *Store) RecordEvents(events []Event) error {
 // mailboxTraceIDs maps copies in addr's mailbox to the message ids their
 // delivered events gave them; copies without one are left out.
 func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
-	idx := tx.Bucket(bucketTrace).Bucket(bucketTraceIndex)
+	root := tx.Bucket(bucketTrace)
+	idx := root.Bucket(bucketTraceIndex)
 	out := make(map[uint64]string, len(ids))
 	for _, n := range ids {
 		if v := idx.Get(mboxKey(addr, n)); v != nil {
 			out[n] = string(v)
 		}
 	}
+	if len(out) == len(ids) {
+		return out
+	}
+	tail(root, func(_ uint64, e Event) {
+		if e.Kind != EventDelivered || Key(e.Get(FactMailbox)) != Key(addr) {
+			return
+		}
+		if n, err := strconv.ParseUint(e.Get(FactMsg), 10, 64); err == nil && slices.Contains(ids, n) {
+			out[n] = e.ID
+		}
+	})
 	return out
 }
 
@@ -189,13 +263,12 @@ func (s *Store) Trace(query string) ([]Event, error) {
 		if root == nil {
 			return nil // a file opened read-only before it had events
 		}
-		idx := root.Bucket(bucketTraceIndex)
-		ids := []string{query}
-		if !hasEvents(idx, query) {
-			ids = lookupIDs(idx, indexMsgID, NormalMessageID(query), 0)
-			if len(ids) == 0 {
-				ids = lookupIDs(idx, indexRcpt, Key(query), TraceRecipientMessages)
-			}
+		ids := lookupIDs(root, indexID, query, 1)
+		if len(ids) == 0 {
+			ids = lookupIDs(root, indexMsgID, NormalMessageID(query), 0)
+		}
+		if len(ids) == 0 {
+			ids = lookupIDs(root, indexRcpt, Key(query), TraceRecipientMessages)
 		}
 		for _, id := range ids {
 			evs, err := eventsOf(root, id)
@@ -215,35 +288,40 @@ func (s *Store) Trace(query string) ([]Event, error) {
 	return out, nil
 }
 
-func hasEvents(idx *bolt.Bucket, id string) bool {
-	if id == "" {
-		return false
-	}
-	p := indexPrefix(indexID, id)
-	k, _ := idx.Cursor().Seek(p)
-	return k != nil && bytes.HasPrefix(k, p) && len(k) == len(p)+8
-}
-
-// lookupIDs returns the distinct ids an index lists under key, oldest
-// first; limit > 0 keeps only the most recent limit of them.
-func lookupIDs(idx *bolt.Bucket, index byte, key string, limit int) []string {
+// lookupIDs returns the distinct ids that index lists under key, oldest
+// first, the index's entries and the events past it alike; limit > 0 keeps
+// only the most recent limit of them.
+func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
 	if key == "" {
 		return nil
 	}
+	first := map[string]uint64{} // id -> its first event's number
 	p := indexPrefix(index, key)
-	type hit struct {
-		id  string
-		num uint64
-	}
-	first := map[string]uint64{}
-	c := idx.Cursor()
+	c := root.Bucket(bucketTraceIndex).Cursor()
 	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 		if len(k) != len(p)+8 {
 			continue // a longer key that merely starts the same
 		}
-		if _, ok := first[string(v)]; !ok {
-			first[string(v)] = keyID(k[len(p):])
+		id := string(v)
+		if index == indexID {
+			id = key
 		}
+		if _, ok := first[id]; !ok {
+			first[id] = keyID(k[len(p):])
+		}
+	}
+	tail(root, func(n uint64, e Event) {
+		for _, ik := range indexKeys(n, e) {
+			if bytes.HasPrefix(ik.key, p) && len(ik.key) == len(p)+8 {
+				if _, ok := first[e.ID]; !ok {
+					first[e.ID] = n
+				}
+			}
+		}
+	})
+	type hit struct {
+		id  string
+		num uint64
 	}
 	hits := make([]hit, 0, len(first))
 	for id, n := range first {
@@ -280,12 +358,18 @@ func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
 		}
 		out = append(out, e)
 	}
+	tail(root, func(_ uint64, e Event) {
+		if e.ID == id {
+			out = append(out, e)
+		}
+	})
 	return out, nil
 }
 
 // PruneTrace deletes events older than before, oldest first, at most limit
 // of them in one commit (so one pass holds the writer briefly), and
-// reports how many went. Callers repeat it until it returns fewer than
+// reports how many went. Only indexed events go (IndexTrace first), so
+// their index keys go with them. Callers repeat it until it returns fewer than
 // limit.
 func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 	if limit <= 0 {
@@ -309,8 +393,9 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 		root := tx.Bucket(bucketTrace)
 		evs := root.Bucket(bucketTraceEvents)
 		var doomed [][]byte
+		last := indexed(root)
 		c := evs.Cursor()
-		for k, v := c.First(); k != nil && len(doomed) < limit; k, v = c.Next() {
+		for k, v := c.First(); k != nil && len(doomed) < limit && keyID(k) <= last; k, v = c.Next() {
 			e, err := decodeEvent(v)
 			if err == nil && !e.Time.Before(before) {
 				// Numbers follow time: the rest are younger. (An event

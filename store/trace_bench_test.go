@@ -9,7 +9,8 @@ import (
 	"minimail/store"
 )
 
-// BenchmarkAppendTraced measures what trace events add to one delivery:
+// BenchmarkAppendTraced measures what trace events add to one delivery
+// (the index is built later, in batches: IndexTrace):
 // the same 4 KiB copy stored alone and with the events a delivery from
 // the MX carries (received, then delivered). Commits per message must stay
 // 1: the events ride in the copy's own transaction; pages/msg is what

@@ -41,14 +41,38 @@ func TestTraceFindsByIDMessageIDAndRecipient(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "received:m1 delivered:m1 queued:m1 sent:m1 bounced:m1"
-	for _, q := range []string{"m1", "<hello@example.org>", "Hello@Example.org", " ALICE@example.org ", "bob@remote.test"} {
-		evs, err := s.Trace(q)
-		if err != nil {
-			t.Fatalf("Trace(%q): %v", q, err)
+	// Before IndexTrace the events are found past the index, after it in
+	// the index; after a later event, in both.
+	for _, stage := range []string{"unindexed", "indexed", "both"} {
+		switch stage {
+		case "indexed":
+			if n, err := s.IndexTrace(3); err != nil || n != 3 {
+				t.Fatalf("IndexTrace(3) = %d, %v; want 3", n, err)
+			}
+		case "both":
+			if n, err := s.IndexTrace(2); err != nil || n != 2 {
+				t.Fatalf("IndexTrace(2) = %d, %v; want 2", n, err)
+			}
+			if err := s.RecordEvents([]store.Event{{Time: now, Kind: store.EventRetrieved, ID: "m1"}}); err != nil {
+				t.Fatal(err)
+			}
+			want += " retrieved:m1"
 		}
-		if got := kinds(evs); got != want {
-			t.Errorf("Trace(%q) = %s, want %s", q, got, want)
+		for _, q := range []string{"m1", "<hello@example.org>", "Hello@Example.org", " ALICE@example.org ", "bob@remote.test"} {
+			evs, err := s.Trace(q)
+			if err != nil {
+				t.Fatalf("%s: Trace(%q): %v", stage, q, err)
+			}
+			if got := kinds(evs); got != want {
+				t.Errorf("%s: Trace(%q) = %s, want %s", stage, q, got, want)
+			}
 		}
+	}
+	if n, _ := s.IndexTrace(100); n != 1 {
+		t.Errorf("IndexTrace after all but one: %d, want 1", n)
+	}
+	if n, _ := s.IndexTrace(100); n != 0 {
+		t.Errorf("IndexTrace with nothing new: %d, want 0", n)
 	}
 	if _, err := s.Trace("nobody@example.org"); !errors.Is(err, store.ErrNoTrace) {
 		t.Errorf("Trace(unknown) err = %v, want ErrNoTrace", err)
@@ -86,6 +110,11 @@ func TestUpdateMaildropRecordsRetrievedAndDeletedInOneCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The first copy's delivered event is indexed, the second's not yet:
+	// both are found.
+	if _, err := s.IndexTrace(1); err != nil {
+		t.Fatal(err)
+	}
 	before := s.Commits()
 	err = s.UpdateMaildrop(alice, store.MaildropUpdate{Retrieved: ids, Deleted: ids[:1], Facts: []store.Fact{{Key: "client", Value: "127.0.0.1"}}})
 	if err != nil {
@@ -120,6 +149,12 @@ func TestPruneTraceIsBoundedAndRemovesIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cutoff := time.Now().Add(-time.Hour)
+	if n, _ := s.PruneTrace(cutoff, 3); n != 0 {
+		t.Fatalf("pruned %d events not indexed yet, want 0", n)
+	}
+	if _, err := s.IndexTrace(100); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := s.PruneTrace(cutoff, 3); err != nil || n != 3 {
 		t.Fatalf("first pass pruned %d (%v), want 3", n, err)
 	}

@@ -93,16 +93,26 @@ const traceMargin = 24 * time.Hour
 // stop holds the store's writer briefly; the next passes take the rest.
 const prunePerPass = 1000
 
+// indexPerPass bounds the events one pass adds to the trace index.
+const indexPerPass = 5000
+
 // tracePruner is a Spool that keeps trace events; *store.Store is one.
 type tracePruner interface {
+	IndexTrace(limit int) (int, error)
 	PruneTrace(before time.Time, limit int) (int, error)
 }
 
-// pruneTrace drops the trace events older than TraceKeep, a bounded number
-// per pass.
+// pruneTrace brings the trace index up to date (in one commit for all the
+// events since the last pass, rather than pages of its own in each
+// delivery's), then drops the events older than TraceKeep; both a bounded
+// number per pass.
 func (q *Queue) pruneTrace() {
 	p, ok := q.spool.(tracePruner)
 	if !ok {
+		return
+	}
+	if _, err := p.IndexTrace(indexPerPass); err != nil {
+		q.log.Error("trace index failed", "err", err)
 		return
 	}
 	n, err := p.PruneTrace(q.opts.Now().Add(-q.opts.TraceKeep), prunePerPass)
