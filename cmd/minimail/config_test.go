@@ -132,6 +132,15 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"bad smarthost", minimalConfig + "[relay]\nsmarthost = \"relay.example\"\n", "relay.smarthost"},
 		{"smarthost user without password", minimalConfig + "[relay]\nsmarthost = \"r.example:587\"\nsmarthost_username = \"u\"\n", "relay.smarthost_password"},
 		{"dkim selector without key", minimalConfig + "[dkim]\nselector = \"mail\"\n", "dkim.key"},
+		{"https without a certificate", minimalConfig + "[listen]\nhttps = \":443\"\n", "tls.cert"},
+		{"bad https address", minimalConfig + "[listen]\nhttps = \"443\"\n", "listen.https"},
+		{"acme without https", minimalConfig + "[acme]\nemail = \"a@example.org\"\n", "acme.email"},
+		{"acme email not an address", minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"admin\"\n", "acme.email"},
+		{"acme and tls files", minimalConfig + "[listen]\nhttps = \":443\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[acme]\nemail = \"a@example.org\"\n", "acme.email"},
+		{"acme directory not https", minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"a@example.org\"\ndirectory = \"http://ca.test/dir\"\n", "acme.directory"},
+		{"bad mta-sts mode", minimalConfig + "[mta_sts]\nmode = \"strict\"\n", "mta_sts.mode"},
+		{"mta-sts max_age over a year", minimalConfig + "[mta_sts]\nmax_age = \"9000h\"\n", "mta_sts.max_age"},
+		{"mta-sts max_age not whole seconds", minimalConfig + "[mta_sts]\nmax_age = \"1500ms\"\n", "mta_sts.max_age"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,6 +157,30 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 				t.Errorf("error %q should name the file and %q", err, tt.wantKey)
 			}
 		})
+	}
+}
+
+func TestLoadConfigACMEAndMTASTSDefaults(t *testing.T) {
+	p := writeConfig(t, minimalConfig+`
+[listen]
+submissions = ":465"
+https = ":443"
+[acme]
+email = "admin@example.org"
+ca = "pebble.pem"
+`)
+	c, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ACME.Directory != defaultACMEDirectory || c.ACME.CA != filepath.Join(filepath.Dir(p), "pebble.pem") {
+		t.Errorf("acme.directory %q, acme.ca %q", c.ACME.Directory, c.ACME.CA)
+	}
+	if c.MTASTS.Mode != "testing" || c.MTASTS.MaxAge.Duration != 7*24*time.Hour {
+		t.Errorf("mta_sts %q %s, want testing and a week", c.MTASTS.Mode, c.MTASTS.MaxAge.Duration)
+	}
+	if err := c.checkFiles(); err == nil || !strings.Contains(err.Error(), "acme.ca") {
+		t.Errorf("a missing acme.ca file: %v, want an error naming acme.ca", err)
 	}
 }
 
