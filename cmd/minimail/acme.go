@@ -273,16 +273,8 @@ func (a *acmeCerts) cached(name string) bool {
 	if err != nil {
 		return false
 	}
-	for rest := data; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			return false
-		}
-		if b.Type == "CERTIFICATE" {
-			leaf, err := x509.ParseCertificate(b.Bytes)
-			return err == nil && time.Now().Before(leaf.NotAfter)
-		}
-	}
+	leaf, err := firstCert(data)
+	return err == nil && time.Now().Before(leaf.NotAfter)
 }
 
 // obtain gets name's certificate from autocert (its memory, the store, or
@@ -392,30 +384,47 @@ func (a *acmeCerts) shutdown() {
 	}
 }
 
-// certificates are the certificates served now, by name, for `status`.
-func (a *acmeCerts) certificates() []certInfo {
+// storedCerts are the ACME certificates the store holds for names, as
+// `status` shows them: the newest, since autocert stores each renewal.
+func storedCerts(st *store.Store, names []string) ([]certInfo, error) {
 	var out []certInfo
-	for _, n := range a.names {
-		a.mu.RLock()
-		_, ok := a.serial[n]
-		a.mu.RUnlock()
-		if !ok {
-			out = append(out, certInfo{Name: n, Source: "self-signed until the CA issues one"})
+	for _, n := range names {
+		data, err := st.CertCacheGet(n)
+		if errors.Is(err, store.ErrNoCert) {
+			out = append(out, certInfo{Name: n})
 			continue
 		}
-		cert, err := a.m.GetCertificate(hello(n))
-		if err != nil || cert.Leaf == nil {
-			continue
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, certInfo{Name: n, Source: "acme, " + cert.Leaf.Issuer.CommonName, NotAfter: cert.Leaf.NotAfter})
+		leaf, err := firstCert(data)
+		if err != nil {
+			return nil, fmt.Errorf("certificate of %s in the store: %w", n, err)
+		}
+		out = append(out, certInfo{Name: n, Issuer: leaf.Issuer.String(), NotAfter: leaf.NotAfter})
 	}
-	return out
+	return out, nil
 }
 
-// certInfo is one certificate as `status` shows it.
+// firstCert is the first certificate of PEM data (autocert stores the key
+// first, then the chain).
+func firstCert(data []byte) (*x509.Certificate, error) {
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return nil, errors.New("no PEM certificate in it")
+		}
+		if b.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(b.Bytes)
+		}
+	}
+}
+
+// certInfo is one certificate as `status` shows it; no NotAfter: none
+// obtained yet.
 type certInfo struct {
 	Name     string    `json:"name"`
-	Source   string    `json:"source"`
+	Issuer   string    `json:"issuer,omitempty"`
 	NotAfter time.Time `json:"not_after,omitzero"`
 }
 

@@ -11,20 +11,24 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
 
 	"minimail/mta/dnstest"
 	"minimail/mta/web"
+	"minimail/store"
 )
 
 // pebble is a Pebble ACME server (RFC 8555, Let's Encrypt's test CA)
@@ -260,6 +264,15 @@ func TestACMEWithPebble(t *testing.T) {
 		if strings.Contains(logs2.String(), "acme issuance failed") {
 			t.Errorf("a restart asked the CA again:\n%s", logs2.String())
 		}
+		var status strings.Builder
+		if err := printStatus(&status, cfg, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range acmeNames(cfg) {
+			if !strings.Contains(status.String(), "certificate: acme for "+n+", until ") {
+				t.Errorf("status does not show the certificate of %s:\n%s", n, status.String())
+			}
+		}
 	})
 }
 
@@ -321,5 +334,81 @@ func TestACMEFailingCALeavesTheListenersUp(t *testing.T) {
 	c := httpsClient(srv.addrs["listen.https"], &tls.Config{InsecureSkipVerify: true})
 	if code, body := fetch(t, c, "https://example.test/.well-known/mta-sts.txt"); code != 200 || !strings.HasPrefix(body, "version: STSv1\r\n") {
 		t.Errorf("https while the CA fails: %d %q", code, body)
+	}
+	var status strings.Builder
+	printStatus(&status, cfg, time.Now())
+	if !strings.Contains(status.String(), "certificate: acme for mx.example.test: none yet") {
+		t.Errorf("status does not say the certificate is missing:\n%s", status.String())
+	}
+}
+
+// TestACMERetriesWithBackoffNotOnHandshakes: a CA that refuses every
+// request is asked again after a doubling wait, capped, and the problem it
+// answers is logged; client handshakes in between ask it nothing.
+func TestACMERetriesWithBackoffNotOnHandshakes(t *testing.T) {
+	var requests atomic.Int64
+	ca := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `{"type":"urn:ietf:params:acme:error:unauthorized","detail":"test CA refuses everyone"}`)
+	}))
+	defer ca.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Certificate().Raw}), 0o600)
+	cfg := acmeSite(t, "127.0.0.1:0", ca.URL+"/dir", caFile)
+
+	logs := &syncBuffer{}
+	a, err := newACME(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.retryMin, a.retryMax = 10*time.Millisecond, 40*time.Millisecond
+	st, err := store.Open(cfg.DataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a.start(st)
+	defer a.shutdown()
+
+	hostLines := func() []string {
+		var waits []string
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "acme issuance failed") && strings.Contains(l, "name=mx.example.test ") {
+				_, w, _ := strings.Cut(l, "retry_in=")
+				waits = append(waits, w)
+			}
+		}
+		return waits
+	}
+	waitLong(t, "four rounds of tries", func() bool { return len(hostLines()) >= 4 })
+	if got := strings.Join(hostLines()[:4], ","); got != "10ms,20ms,40ms,40ms" {
+		t.Errorf("waits after each failed round: %s, want 10ms,20ms,40ms,40ms", got)
+	}
+	if !strings.Contains(logs.String(), "urn:ietf:params:acme:error:unauthorized: test CA refuses everyone") {
+		t.Errorf("the CA's problem is not in the log:\n%s", logs.String())
+	}
+
+	// Handshakes while no certificate is there get the fallback at once,
+	// and reach no CA: only the background rounds do. (A manager of its
+	// own, whose autocert has no failed state that would hold requests
+	// back for a minute.)
+	b, err := newACME(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cache.st.Store(st)
+	before := requests.Load()
+	for range 50 {
+		for _, n := range append(acmeNames(cfg), "other.example", "") {
+			cert, err := b.getCertificate(&tls.ClientHelloInfo{ServerName: n})
+			if err != nil || cert != b.fallback {
+				t.Fatalf("handshake for %q: %v, want the fallback", n, err)
+			}
+		}
+	}
+	if after := requests.Load(); after != before {
+		t.Errorf("handshakes sent %d requests to the CA", after-before)
 	}
 }
