@@ -304,6 +304,12 @@ func (a *acmeCerts) noteCert(name string, cert *tls.Certificate, msg string) {
 	a.serial[name] = serial
 	a.mu.Unlock()
 	if had && old == serial {
+		// Still the same one: autocert renews a third of the lifetime
+		// ahead, so one this close to its end means renewals fail.
+		if left := time.Until(leaf.NotAfter); left < expiryWarning {
+			a.log.Warn("tls certificate expires soon and has not been renewed: see the acme errors above", "name", name, "serial", serial,
+				"not_after", leaf.NotAfter.UTC().Format(time.RFC3339), "days_left", int(left.Hours()/24))
+		}
 		return
 	}
 	if had {

@@ -146,3 +146,34 @@ func TestServeHTTPSNamesTheListenersThatAreOn(t *testing.T) {
 	}
 	conn.Close()
 }
+
+// TestServeHTTPSConnectionLimit: limits.max_connections holds for
+// listen.https too; a connection over it waits until one closes.
+func TestServeHTTPSConnectionLimit(t *testing.T) {
+	cfg := webSite(t, map[string]string{"https": "127.0.0.1:0"}, true, "[limits]\nmax_connections = 2\n")
+	srv, _ := serveSite(t, cfg)
+	addr := srv.addrs["listen.https"]
+	dial := func(wait time.Duration) (*tls.Conn, error) {
+		d := &net.Dialer{Deadline: time.Now().Add(wait)}
+		return tls.DialWithDialer(d, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	}
+	var open []*tls.Conn
+	for range 2 {
+		c, err := dial(30 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if c, err := dial(300 * time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("a third connection was served with limits.max_connections = 2")
+	}
+	open[0].Close()
+	c, err := dial(30 * time.Second)
+	if err != nil {
+		t.Fatalf("after one closed: %v", err)
+	}
+	c.Close()
+	open[1].Close()
+}

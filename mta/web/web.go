@@ -108,23 +108,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Outlook has been seen to capitalise the autodiscover paths.
 	path := strings.ToLower(r.URL.Path)
+	var what string
 	switch {
 	case path == "/mail/config-v1.1.xml" || path == "/.well-known/autoconfig/mail/config-v1.1.xml":
+		what = "autoconfig"
 		h.onlyGet(w, r, h.autoconfig)
 	case path == "/autodiscover/autodiscover.xml":
+		what = "autodiscover"
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
+			break
 		}
 		h.autodiscoverXML(w, r)
 	case path == "/autodiscover/autodiscover.json" || strings.HasPrefix(path, "/autodiscover/autodiscover.json/"):
+		what = "autodiscover.json"
 		h.onlyGet(w, r, func(w http.ResponseWriter, r *http.Request) { h.autodiscoverJSON(w, r, domain) })
 	case path == "/.well-known/mta-sts.txt":
+		what = "mta-sts"
 		h.onlyGet(w, r, h.mtaSTS)
 	default:
 		http.NotFound(w, r)
+		return
 	}
+	// One line per request for what is served; 404s (scanners) are not
+	// logged, nor the address a client asked about.
+	h.opts.Logger.Info("https request", "what", what, "method", r.Method, "host", r.Host, "remote", r.RemoteAddr)
 }
 
 // onlyGet runs serve for GET and HEAD, and refuses other methods.

@@ -103,6 +103,16 @@ func TestAutoconfigNamesEveryServerForTheFullAddress(t *testing.T) {
 	}
 }
 
+func TestAutoconfigIsTheSameForEveryAddress(t *testing.T) {
+	_, c := startServer(t, Options{Ports: allPorts}, ServerLimits{})
+	_, _, alice := get(t, c, "https://autoconfig.example.org/mail/config-v1.1.xml?emailaddress=alice%40example.org")
+	_, _, nobody := get(t, c, "https://autoconfig.example.org/mail/config-v1.1.xml?emailaddress=nobody-at-all%40example.org")
+	_, _, none := get(t, c, "https://autoconfig.example.org/mail/config-v1.1.xml")
+	if alice != nobody || alice != none {
+		t.Errorf("answers differ by address:\n%s\n%s\n%s", alice, nobody, none)
+	}
+}
+
 func TestAutoconfigLeavesOutListenersThatAreOff(t *testing.T) {
 	_, c := startServer(t, Options{Ports: Ports{POP3S: 10995, Submission: 10587}}, ServerLimits{})
 	_, _, body := get(t, c, "https://other.test/mail/config-v1.1.xml")
