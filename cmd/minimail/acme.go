@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 
+	"minimail/mta/web"
 	"minimail/store"
 )
 
@@ -68,7 +69,7 @@ const (
 func acmeNames(cfg *Config) []string {
 	names := []string{strings.ToLower(strings.TrimSuffix(cfg.Hostname, "."))}
 	for _, d := range cfg.Domains {
-		for _, p := range []string{"autoconfig.", "autodiscover.", "mta-sts."} {
+		for _, p := range web.HostPrefixes {
 			if n := p + d; !slices.Contains(names, n) {
 				names = append(names, n)
 			}

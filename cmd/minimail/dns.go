@@ -80,12 +80,11 @@ func domainRecords(domains []string, hostname, selector string, pub crypto.Publi
 // the MTA-STS policy and where to report TLS failures, for every domain.
 // The names served over HTTPS are left out while listen.https is off.
 func clientRecords(cfg *Config) []msgauth.Record {
-	ports := web.Ports{
-		POP3S:       listenPort(cfg.Listen.POP3S),
-		POP3:        listenPort(cfg.Listen.POP3),
-		Submissions: listenPort(cfg.Listen.Submissions),
-		Submission:  listenPort(cfg.Listen.Submission),
+	addrs := map[string]string{}
+	for _, l := range cfg.listeners() {
+		addrs[l.key] = l.addr
 	}
+	ports := webPorts(addrs)
 	var out []msgauth.Record
 	for _, d := range cfg.Domains {
 		for _, r := range web.Records(d, cfg.Hostname, ports, cfg.mtaSTSPolicy()) {

@@ -441,8 +441,9 @@ func warnPostmaster(cfg *Config, agent *mda.Agent, log *slog.Logger) {
 	}
 }
 
-// webPorts are the ports of the mail listeners that are on, as bound, for
-// the client setup answers.
+// webPorts are the ports of the mail listeners that are on, for the client
+// setup answers (the bound addresses) and records (the configured ones),
+// from listen key -> address.
 func webPorts(addrs map[string]string) web.Ports {
 	return web.Ports{
 		POP3S:       listenPort(addrs["listen.pop3s"]),

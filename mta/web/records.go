@@ -47,7 +47,7 @@ func Records(domain, hostname string, ports Ports, policy Policy) []msgauth.Reco
 		srv("_imaps", 0, 0),
 		srv("_imap", 0, 0),
 	}
-	for _, p := range hostPrefixes {
+	for _, p := range HostPrefixes {
 		recs = append(recs, msgauth.Record{Kind: KindCNAME, Name: p + d, Type: "CNAME", Value: h})
 	}
 	return append(recs,

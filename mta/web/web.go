@@ -77,9 +77,10 @@ func NewHandler(opts Options) *Handler {
 	return h
 }
 
-// hostPrefixes are the names clients and senders look the services up
-// under, in front of a local domain.
-var hostPrefixes = []string{"autoconfig.", "autodiscover.", "mta-sts."}
+// HostPrefixes are the names clients and senders look the services up
+// under, in front of a local domain: the certificate of listen.https must
+// name them.
+var HostPrefixes = []string{"autoconfig.", "autodiscover.", "mta-sts."}
 
 // domainOf is the local domain a Host header names, or "": the name is
 // compared without port, trailing dot and case, and may carry one of
@@ -92,7 +93,7 @@ func (h *Handler) domainOf(host string) string {
 	if h.domains[host] {
 		return host
 	}
-	for _, p := range hostPrefixes {
+	for _, p := range HostPrefixes {
 		if d, ok := strings.CutPrefix(host, p); ok && h.domains[d] {
 			return d
 		}
