@@ -197,6 +197,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add(minimalConfig)
 	f.Add(minimalConfig + "[listen]\nsmtp = \":25\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n")
 	f.Add(minimalConfig + "[relay]\nroutes = { \"b.test\" = \"127.0.0.1:25\" }\nretry_min = \"1m\"\n")
+	f.Add(minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"a@example.org\"\n[mta_sts]\nmode = \"enforce\"\nmax_age = \"24h\"\n")
 	f.Add("hostname = 1\n")
 	f.Add("[[x]]\n")
 	dir := f.TempDir()
