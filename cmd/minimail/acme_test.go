@@ -204,6 +204,11 @@ func servedCert(t *testing.T, addr, name string, roots *x509.CertPool) (*x509.Ce
 	return chain[0], err
 }
 
+// TestACMEWithPebble: certificates for every name, validated by Pebble
+// over TLS-ALPN-01 on listen.https (the only challenge that can succeed:
+// autocert answers no http-01 without its handler, and nothing listens on
+// Pebble's httpPort), served on submissions, pop3s and https, and kept
+// across a restart.
 func TestACMEWithPebble(t *testing.T) {
 	dns := acmeDNS(t)
 	httpsAddr := freePort(t)
