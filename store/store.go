@@ -23,6 +23,9 @@
 //	           see aliases.go)
 //	meta "srs_secret" -> 32 random bytes, the SRS key (srs.go; drawn at
 //	           the first read-write Open that finds none: no migration)
+//	certs      ACME client key name -> PEM (account key; certificate and
+//	           its key), created when missing at Open like aliases
+//	           (certcache.go)
 //
 // A stored message is its mailbox's head followed by the shared body. One
 // delivery to a hundred mailboxes writes the body once and a hundred small
@@ -415,10 +418,10 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
-// version (aliases.go).
+// version (aliases.go); so is the certs bucket (certcache.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases} {
+		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketCerts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

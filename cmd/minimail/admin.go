@@ -105,6 +105,7 @@ type response struct {
 	Cleared []netip.Prefix `json:"cleared,omitempty"`
 	Status  *serverStatus  `json:"status,omitempty"`  // status.go
 	Aliases []store.Alias  `json:"aliases,omitempty"` // alias.list
+	Certs   []certInfo     `json:"certs,omitempty"`   // certs: the ACME certificates (acme.go)
 	// Refused says Error is a request refused for what it asks (an alias
 	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
 	Refused bool `json:"refused,omitempty"`
@@ -154,6 +155,8 @@ func (a *adminOps) do(req request) response {
 		} else {
 			err = dropStored(a.st, req.ID)
 		}
+	case "certs":
+		resp.Certs, err = storedCerts(a.st, acmeNames(a.cfg))
 	case "status":
 		if a.status == nil {
 			err = errors.New("no server is running")
