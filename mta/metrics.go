@@ -27,17 +27,17 @@ type Metrics interface {
 // it stays small. A refusal made with an unlisted reason is counted as
 // ReasonOther by the metrics.
 const (
-	ReasonUnknownUser   = "unknown_user"   // 550 5.1.1
-	ReasonRelayDenied   = "relay_denied"   // 550 5.7.1 on a recipient we do not serve
-	ReasonSenderDenied  = "sender_denied"  // submission: MAIL FROM or From: not the user's
-	ReasonAuthRequired  = "auth_required"  // 530 5.7.0
-	ReasonBadAddress    = "bad_address"    // 553 5.1.3, 5.1.7, 5.6.7
-	ReasonTooBig        = "too_big"        // 552 5.3.4
-	ReasonMailboxFull   = "mailbox_full"   // 452 4.2.2, 552 5.2.2
-	ReasonMalformed     = "malformed"      // 550 5.6.0: a message that is no RFC 5322 message
-	ReasonProtocol      = "protocol"       // bad sequence or syntax, lines too long
-	ReasonPolicy        = "policy"         // the inbound checks' verdict (DMARC), other x.7.x
-	ReasonUnavailable   = "unavailable"    // 421/451: shutting down, local trouble
+	ReasonUnknownUser   = "unknown_user"  // 550 5.1.1
+	ReasonRelayDenied   = "relay_denied"  // 550 5.7.1 on a recipient we do not serve
+	ReasonSenderDenied  = "sender_denied" // submission: MAIL FROM or From: not the user's
+	ReasonAuthRequired  = "auth_required" // 530 5.7.0
+	ReasonBadAddress    = "bad_address"   // 553 5.1.3, 5.1.7, 5.6.7
+	ReasonTooBig        = "too_big"       // 552 5.3.4
+	ReasonMailboxFull   = "mailbox_full"  // 452 4.2.2, 552 5.2.2
+	ReasonMalformed     = "malformed"     // 550 5.6.0: a message that is no RFC 5322 message
+	ReasonProtocol      = "protocol"      // bad sequence or syntax, lines too long
+	ReasonPolicy        = "policy"        // the inbound checks' verdict (DMARC), other x.7.x
+	ReasonUnavailable   = "unavailable"   // 421/451: shutting down, local trouble
 	ReasonTooManyConns  = "too_many_connections"
 	ReasonDNSBL         = "dnsbl"
 	ReasonRspamd        = "rspamd"

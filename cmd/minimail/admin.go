@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"minimail/mta"
 	"minimail/mta/guard"
 	"minimail/mta/queue"
 	"minimail/store"
@@ -49,6 +50,9 @@ type adminOps struct {
 	throttle adminThrottle
 	// status describes the running server; nil when it is not running.
 	status func() serverStatus
+	// submit takes a message from `minimail sendmail` (sendmail.go); nil
+	// when the server is not running.
+	submit func(mta.LocalMessage) (string, error)
 }
 
 // maxLocalPart is the longest local part (before the @) RFC 5321
@@ -87,6 +91,8 @@ type request struct {
 	Quota    int64  `json:"quota,omitempty"` // user.quota
 	// Targets are alias.add's.
 	Targets []string `json:"targets,omitempty"`
+	// Local is the message of "sendmail" (sendmail.go).
+	Local *mta.LocalMessage `json:"local,omitempty"`
 }
 
 // response is the answer to a request. The answer to "backup" is Size
@@ -107,6 +113,10 @@ type response struct {
 	// Refused says Error is a request refused for what it asks (an alias
 	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
 	Refused bool `json:"refused,omitempty"`
+	// ID and SMTPCode answer "sendmail": the message's id, or the code
+	// of the SMTP reply that refused it.
+	ID       string `json:"id,omitempty"`
+	SMTPCode int    `json:"smtp_code,omitempty"`
 }
 
 func (a *adminOps) do(req request) response {
@@ -160,6 +170,8 @@ func (a *adminOps) do(req request) response {
 			st := a.status()
 			resp.Status = &st
 		}
+	case "sendmail":
+		err = a.submitLocal(req, &resp)
 	case "auth.blocked":
 		resp.Blocks, err = a.blocks()
 	case "auth.unblock":

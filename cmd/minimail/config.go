@@ -32,6 +32,9 @@ type Config struct {
 		Submissions string `toml:"submissions"`
 		POP3        string `toml:"pop3"`
 		POP3S       string `toml:"pop3s"`
+		// Metrics serves GET /metrics (Prometheus) and GET /healthz over
+		// plain HTTP; it belongs on loopback or a private network.
+		Metrics string `toml:"metrics"`
 	} `toml:"listen"`
 
 	TLS struct {
@@ -227,6 +230,11 @@ func (c *Config) validateListeners() error {
 		}
 		if l.key != "listen.smtp" && l.key != "listen.pop3" {
 			tlsNeeded = true
+		}
+	}
+	if a := c.Listen.Metrics; a != "" {
+		if err := checkHostPort(a); err != nil {
+			return c.fail("listen.metrics", "%q: %v (\"127.0.0.1:9154\" keeps it on loopback)", a, err)
 		}
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
