@@ -79,6 +79,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 		switch {
 		case err == nil:
 			log.Info("dsn", "via", "local", "rcpts", len(rcpts))
+			q.count("delivered")
 			return true
 		case !delivery.Temporary(err):
 			// The sender's mailbox is gone: there is no one left to
