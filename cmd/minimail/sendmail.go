@@ -376,9 +376,15 @@ func submitSendmail(cfg *Config, lm mta.LocalMessage) (string, error) {
 	id, err := sub.SubmitLocal(lm)
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		return "", submitError(se.Code, err)
+		return "", submitError(se.Code, replyError(se))
 	}
 	return id, err
+}
+
+// replyError words a refusal as the SMTP reply it is: "550 5.1.1 <x>: no
+// such user here".
+func replyError(se *smtp.SMTPError) error {
+	return fmt.Errorf("refused: %d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
 }
 
 // submitError gives a refusal its exit code: 75 for a 4xx (or none), 65
@@ -419,6 +425,7 @@ func (a *adminOps) submitLocal(req request, resp *response) error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		resp.SMTPCode = se.Code
+		err = replyError(se)
 	}
 	resp.ID = id
 	return err
