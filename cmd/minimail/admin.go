@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"bufio"
 	"encoding/json"
 	"errors"
@@ -287,7 +288,7 @@ func serveControl(dataDir string, ops *adminOps, log *slog.Logger) (stop func(),
 					return
 				}
 				resp := ops.do(req)
-				log.Info("admin", "op", req.Op, "addr", req.Addr, "id", req.ID, "error", resp.Error)
+				log.Info("admin", "op", req.Op, "addr", req.Addr, "id", cmp.Or(req.ID, resp.ID), "error", resp.Error)
 				json.NewEncoder(c).Encode(resp)
 			}()
 		}
