@@ -55,8 +55,8 @@ func samples(t *testing.T, text string) map[string]float64 {
 }
 
 // TestMetrics_CountersMoveByTheRightAmounts: a known set of messages
-// (accepted on the MX and on submission, one refused, one bounced, one
-// POP3 session) moves each counter by exactly its share, and the output
+// (accepted on the MX, on submission and by sendmail, one refused, one
+// bounced, one POP3 session) moves each counter by exactly its share, and the output
 // passes promtool check metrics.
 func TestMetrics_CountersMoveByTheRightAmounts(t *testing.T) {
 	sink := smtptest.Start(t, smtptest.Options{Rcpt: func(rcpt string) error {
@@ -123,8 +123,13 @@ func TestMetrics_CountersMoveByTheRightAmounts(t *testing.T) {
 	})
 	a.waitMessages(t, "bob@a.test", 1) // the bounce
 
+	// One message for alice through sendmail (the control socket).
+	if r := minimail(t, "Subject: cron\n\nx\n", "--config", a.cfg.path, "sendmail", "alice@a.test"); r.code != 0 {
+		t.Fatalf("sendmail: exit %d %s", r.code, r.stderr)
+	}
+
 	// One POP3 session.
-	if got := pop3Fetch(t, a.srv.addrs["listen.pop3s"], "alice@a.test"); len(got) != 1 {
+	if got := pop3Fetch(t, a.srv.addrs["listen.pop3s"], "alice@a.test"); len(got) != 2 {
 		t.Fatalf("alice fetched %d messages", len(got))
 	}
 
@@ -134,9 +139,9 @@ func TestMetrics_CountersMoveByTheRightAmounts(t *testing.T) {
 		`minimail_messages_received_total{listener="smtp"}`:        1,
 		`minimail_messages_received_total{listener="submission"}`:  1,
 		`minimail_messages_received_total{listener="submissions"}`: 0,
-		`minimail_messages_received_total{listener="sendmail"}`:    0,
-		// alice's copy, carol's at the sink, the bounce in bob's mailbox
-		`minimail_messages_delivered_total`:                   3,
+		`minimail_messages_received_total{listener="sendmail"}`:    1,
+		// alice's two copies, carol's at the sink, the bounce in bob's mailbox
+		`minimail_messages_delivered_total`:                   4,
 		`minimail_messages_bounced_total`:                     1,
 		`minimail_smtp_rejected_total{reason="unknown_user"}`: 1,
 		`minimail_smtp_rejected_total{reason="relay_denied"}`: 0,

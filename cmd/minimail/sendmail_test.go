@@ -301,3 +301,48 @@ func TestParseSendmailArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestSendmail_WhoMaySendAsWhom, over the built binary as three accounts:
+// root and the service user may set any sender; another user may not use
+// someone else's address (64), and is refused the control socket (77).
+func TestSendmail_WhoMaySendAsWhom(t *testing.T) {
+	requireRoot(t)
+	svc, other := newServiceUser(t), newServiceUser(t)
+	root := openDir(t)
+	etc, data := filepath.Join(root, "etc"), filepath.Join(root, "data")
+	if r := minimail(t, "", "init", "--domain", "example.test", "--hostname", "mx.example.test", "--dir", etc, "--data-dir", data, "--service-user", svc.name); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	cfg := filepath.Join(etc, "minimail.toml")
+	os.Chmod(etc, 0o755) // the other user may read the config, not the data
+	os.Chmod(cfg, 0o644)
+	setListen(t, cfg, map[string]string{"smtp": freePort(t)})
+	serve := serveAs(cfg, svc.credential())
+	logs := startServing(t, serve, 1)
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "a long password", "alice@example.test"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	msg := "Subject: who\n\nx\n"
+	if r := minimail(t, msg, "--config", cfg, "sendmail", "-f", "anyone@elsewhere.test", "alice"); r.code != 0 {
+		t.Errorf("root -f anyone: exit %d %s", r.code, r.stderr)
+	}
+	if r := minimailAs(t, svc.credential(), msg, "--config", cfg, "sendmail", "-f", "robot@elsewhere.test", "alice"); r.code != 0 {
+		t.Errorf("service user -f robot: exit %d %s", r.code, r.stderr)
+	}
+	r := minimailAs(t, other.credential(), msg, "--config", cfg, "sendmail", "-f", "alice@example.test", "alice")
+	if r.code != 64 || !strings.Contains(r.stderr, other.name+" may send only as "+other.name+"@") {
+		t.Errorf("other -f alice: exit %d %q, want 64", r.code, r.stderr)
+	}
+	r = minimailAs(t, other.credential(), msg, "--config", cfg, "sendmail", "-f", other.name+"@example.test", "alice")
+	if r.code != 77 || !strings.Contains(r.stderr, "permission denied") {
+		t.Errorf("other -f itself: exit %d %q, want 77 (control.sock is the service user's)", r.code, r.stderr)
+	}
+	waitFor(t, "two messages for alice", func() bool {
+		return strings.Count(logs.String(), "listener=sendmail") == 2
+	})
+	for _, from := range []string{"from=anyone@elsewhere.test", "from=robot@elsewhere.test"} {
+		if !strings.Contains(logs.String(), from) {
+			t.Errorf("no sendmail line with %s:\n%s", from, logs)
+		}
+	}
+}
