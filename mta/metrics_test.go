@@ -161,7 +161,7 @@ func TestSubmitLocal_AddsWhatSubmissionAdds(t *testing.T) {
 
 func TestSubmitLocal_Refusals(t *testing.T) {
 	m := newCountingMetrics()
-	e := newEnv(t, func(o *Options, _ *Local) { o.Metrics = m; o.MaxMessageBytes = 1000 })
+	e := newEnv(t, func(o *Options, _ *Local) { o.Metrics = m; o.MaxMessageBytes = 1000; o.MaxRecipients = 2 })
 	for _, tc := range []struct {
 		name string
 		msg  LocalMessage
@@ -170,6 +170,7 @@ func TestSubmitLocal_Refusals(t *testing.T) {
 		{"unknown local user", LocalMessage{From: "root@example.org", Rcpts: []string{"nobody@example.org", "carol@remote.test"}, Message: []byte("x\n")}, 550},
 		{"too big", LocalMessage{From: "root@example.org", Rcpts: []string{"alice@example.org"}, Message: []byte("Subject: x\n\n" + strings.Repeat("x", 1000))}, 552},
 		{"too big once CRLF", LocalMessage{From: "root@example.org", Rcpts: []string{"alice@example.org"}, Message: []byte("Subject: x\n\n" + strings.Repeat("x\n", 495))}, 552},
+		{"over max recipients", LocalMessage{From: "root@example.org", Rcpts: []string{"alice@example.org", "bob@example.org", "c@remote.test"}, Message: []byte("x\n")}, 452},
 		{"no recipients", LocalMessage{From: "root@example.org", Message: []byte("x\n")}, 554},
 		{"bad sender", LocalMessage{From: "root", Rcpts: []string{"alice@example.org"}, Message: []byte("x\n")}, 553},
 	} {

@@ -62,6 +62,17 @@ func exitf(code int, format string, args ...any) error {
 
 const sendmailUsage = "minimail sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [-C CONFIG] [RCPT...] <message"
 
+const sendmailHelp = "usage: " + sendmailUsage + `
+
+Queues the message on stdin as a local submission (README: sendmail for cron and scripts).
+  -t          recipients from To:, Cc: and Bcc: too (Bcc: is removed)
+  -i, -oi     a line of one dot is text, not the end of the message
+  -f SENDER   envelope sender (-r too); default USER@hostname
+  -F NAME     display name of the From: field added when there is none
+  -C CONFIG   config file
+Exit codes: 0 queued, 64 bad usage, 65 refused, 75 try again later, 77 no permission, 78 bad config.
+`
+
 func sendmailCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "sendmail",
@@ -71,6 +82,10 @@ func sendmailCommand() *cli.Command {
 		// -FName): the command reads them itself.
 		SkipFlagParsing: true,
 		Action: func(c *cli.Context) error {
+			if c.Args().Len() == 1 && c.Args().First() == "--help" {
+				fmt.Fprint(c.App.Writer, sendmailHelp)
+				return nil
+			}
 			o, err := parseSendmailArgs(c.Args().Slice())
 			if err != nil {
 				return &exitError{code: exUsage, err: fmt.Errorf("%w\nusage: %s", err, sendmailUsage)}

@@ -346,3 +346,10 @@ func TestSendmail_WhoMaySendAsWhom(t *testing.T) {
 		}
 	}
 }
+
+func TestSendmail_HelpExitsZero(t *testing.T) {
+	r := minimail(t, "", "sendmail", "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "usage: minimail sendmail [-t]") {
+		t.Fatalf("sendmail --help: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+}
