@@ -202,6 +202,10 @@ type Store struct {
 	epoch uint64
 
 	commits atomic.Int64 // committed write transactions, for benchmarks
+	// commitErr is the error of the last commit that failed on its way to
+	// disk (not a request's own refusal), nil once one succeeds again:
+	// Writable reports it.
+	commitErr atomic.Pointer[error]
 
 	dummyOnce sync.Once
 	dummy     []byte // see dummyHash
@@ -458,6 +462,27 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
+// Writable reports whether the store takes writes, without making one: it
+// is open, read-write, and its last commit did not fail on the way to disk
+// (a full or failing disk). Every write reports its own result, so the
+// last one is fresh evidence at no cost; a probe that wrote would add an
+// fsync per health check.
+func (s *Store) Writable() error {
+	s.closeMu.RLock()
+	closed := s.closed
+	s.closeMu.RUnlock()
+	switch {
+	case closed:
+		return errClosed
+	case s.db.IsReadOnly():
+		return errors.New("store is open read-only")
+	}
+	if err := s.commitErr.Load(); err != nil {
+		return fmt.Errorf("last commit failed: %w", *err)
+	}
+	return nil
+}
+
 // Commits reports how many write transactions (each one fsync'd commit) the
 // store has made; benchmarks divide it by the messages written.
 func (s *Store) Commits() int64 { return s.commits.Load() }
@@ -560,14 +585,22 @@ func (s *Store) drain() {
 }
 
 func (s *Store) commitGroup(group []*writeReq) {
+	refused := false // a request's own error, not the disk's
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, req := range group {
 			if err := req.fn(tx); err != nil {
+				refused = true
 				return err
 			}
 		}
 		return nil
 	})
+	switch {
+	case err == nil:
+		s.commitErr.Store(nil)
+	case !refused:
+		s.commitErr.Store(&err)
+	}
 	if err == nil {
 		s.commits.Add(1)
 		for _, req := range group {

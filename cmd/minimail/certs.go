@@ -26,7 +26,8 @@ type certReloader struct {
 
 	mu      sync.RWMutex
 	cert    *tls.Certificate
-	modTime time.Time // newest of the two files' mtimes at the last load
+	leafOf  *x509.Certificate // cert's leaf, parsed
+	modTime time.Time         // newest of the two files' mtimes at the last load
 }
 
 // certChecks is what a loaded certificate is held against; a certificate
@@ -86,7 +87,7 @@ func (r *certReloader) load() error {
 		}
 	}
 	r.mu.Lock()
-	r.cert, r.modTime = &cert, mt
+	r.cert, r.leafOf, r.modTime = &cert, leaf, mt
 	r.mu.Unlock()
 	r.report(leaf)
 	return nil
@@ -143,6 +144,13 @@ func certNames(leaf *x509.Certificate) []string {
 func isSelfSigned(leaf *x509.Certificate) bool {
 	return bytes.Equal(leaf.RawIssuer, leaf.RawSubject) &&
 		leaf.CheckSignature(leaf.SignatureAlgorithm, leaf.RawTBSCertificate, leaf.Signature) == nil
+}
+
+// leaf is the certificate being served.
+func (r *certReloader) leaf() *x509.Certificate {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.leafOf
 }
 
 // Reload loads the files again, keeping the current pair if they are bad.

@@ -38,6 +38,9 @@ type Config struct {
 		// HTTPS serves autoconfig, autodiscover and the MTA-STS policy,
 		// and answers ACME's TLS-ALPN-01 challenges.
 		HTTPS string `toml:"https"`
+		// Metrics serves GET /metrics (Prometheus) and GET /healthz over
+		// plain HTTP; it belongs on loopback or a private network.
+		Metrics string `toml:"metrics"`
 	} `toml:"listen"`
 
 	TLS struct {
@@ -249,6 +252,11 @@ func (c *Config) validateListeners() error {
 		}
 		if l.key != "listen.smtp" && l.key != "listen.pop3" {
 			tlsNeeded = true
+		}
+	}
+	if a := c.Listen.Metrics; a != "" {
+		if err := checkHostPort(a); err != nil {
+			return c.fail("listen.metrics", "%q: %v (\"127.0.0.1:9154\" keeps it on loopback)", a, err)
 		}
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {

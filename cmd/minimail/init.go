@@ -290,6 +290,7 @@ submission  = "127.0.0.1:2587"
 submissions = "127.0.0.1:2465"
 pop3        = "127.0.0.1:2110"
 pop3s       = "127.0.0.1:2995"
+metrics     = "127.0.0.1:9154"   # Prometheus GET /metrics and GET /healthz; keep it off the internet
 
 [tls]              # self-signed; point these at your certbot files for production
 cert = "tls/cert.pem"

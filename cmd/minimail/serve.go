@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -81,6 +83,10 @@ type server struct {
 	addrs   map[string]string // listen key -> bound address
 	started time.Time
 
+	downMu   sync.Mutex
+	down     map[string]error // listen key -> why its server stopped before shutdown
+	stopping atomic.Bool
+
 	shutdowns   []func(context.Context) error
 	stopQueue   context.CancelFunc
 	queueDone   chan struct{}
@@ -98,7 +104,7 @@ type server struct {
 // relayTranscript, when not nil, receives the outbound SMTP conversations
 // (the demo prints them).
 func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string) io.Writer) (_ *server, err error) {
-	s := &server{started: time.Now(), log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, stopWatch: make(chan struct{})}
+	s := &server{started: time.Now(), log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, down: map[string]error{}, stopWatch: make(chan struct{})}
 	if err := cfg.checkFiles(); err != nil {
 		return nil, err
 	}
@@ -149,7 +155,11 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes,
 		Domains: cfg.Domains, SRS: &srs.Rewriter{Secret: secret}}
-	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
+	var m *metrics // nil when listen.metrics is off: nothing is counted
+	if _, ok := listeners["listen.metrics"]; ok {
+		m = newMetrics(s.st.QueueLen, s.certificateExpiries)
+	}
+	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript, m.forQueue())
 	agent.Queue = q // forwarded copies start at once
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
@@ -160,6 +170,11 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	if signer != nil {
 		opts.Sign = signer.Signature
 	}
+	opts.Metrics = m.forMTA()
+	// `minimail sendmail` hands messages to a submission server of their
+	// own (over the control socket), served on no listener.
+	local := mta.NewSubmission(agent, q, smtpUsers{s.st}, opts)
+	s.shutdowns = append(s.shutdowns, local.Shutdown)
 	if l, ok := listeners["listen.smtp"]; ok {
 		mxOpts := opts
 		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
@@ -180,6 +195,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		log.Warn("listen.pop3 has no TLS certificate (tls.cert), so no login can succeed on it: set [tls] or auth.allow_insecure_auth")
 	}
 	popOpts := pop3Options(cfg, tlsConf, throttle, log)
+	popOpts.Metrics = m.forPOP3()
 	for _, key := range []string{"listen.pop3", "listen.pop3s"} {
 		if l, ok := listeners[key]; ok {
 			popOpts.Limiter = &guard.ConnLimiter{Max: cfg.Limits.MaxConnections, MaxPerIP: cfg.Limits.MaxConnectionsPerIP}
@@ -194,8 +210,11 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		s.serveOn("listen.https", l, hs.Serve, hs.Shutdown)
 	}
 
+	if l, ok := listeners["listen.metrics"]; ok {
+		s.serveMetrics(l, m)
+	}
 	s.runQueue(q)
-	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle, status: s.status}, log)
+	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle, status: s.status, submit: local.SubmitLocal}, log)
 	if err != nil {
 		s.stopQueue()
 		<-s.queueDone
@@ -269,10 +288,22 @@ func (s *server) bind(cfg *Config, tlsConf *tls.Config) (map[string]net.Listener
 		listeners[lc.key] = l
 		s.addrs[lc.key] = l.Addr().String()
 	}
+	// listen.metrics is plain HTTP, never TLS, and no mail listener.
+	if addr := cfg.Listen.Metrics; addr != "" {
+		tcp, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return nil, &listenError{path: cfg.path, key: "listen.metrics", addr: addr, err: err, hint: listenHint(cfg.DataDir, addr, err)}
+		}
+		listeners["listen.metrics"] = &guard.Listener{Listener: tcp, Log: s.log}
+		s.addrs["listen.metrics"] = tcp.Addr().String()
+	}
 	return listeners, nil
 }
 
-func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache *resolve.Cache, log *slog.Logger, transcript func(host string) io.Writer) *queue.Queue {
+func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache *resolve.Cache, log *slog.Logger, transcript func(host string) io.Writer, m queue.Metrics) *queue.Queue {
 	return queue.New(st, queue.Options{
 		Hostname:     cfg.Hostname,
 		LocalDomains: cfg.Domains,
@@ -297,6 +328,7 @@ func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache
 		// RET=FULL (RFC 3461) returns messages up to this size whole.
 		MaxReturnBytes: cfg.Relay.MaxReturnBytes,
 		Logger:         log,
+		Metrics:        m,
 	})
 }
 
@@ -347,8 +379,15 @@ func (s *server) serveOn(key string, l net.Listener, serve func(net.Listener) er
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+		err := serve(l)
+		if err != nil && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("listener stopped", "key", key, "err", err)
+		}
+		if !s.stopping.Load() {
+			// Down for good before any shutdown: /healthz says so.
+			s.downMu.Lock()
+			s.down[key] = cmp.Or(err, errors.New("stopped serving"))
+			s.downMu.Unlock()
 		}
 	}()
 	s.log.Info("listening", "key", key, "addr", l.Addr().String())
@@ -407,6 +446,7 @@ func (s *server) Shutdown(ctx context.Context) error {
 }
 
 func (s *server) shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
 	close(s.stopWatch)
 	s.stopControl()
 	var wg sync.WaitGroup
