@@ -153,7 +153,8 @@ func printedOnce(t *testing.T, out, zone, panel string) {
 
 func TestDNSPrintsTheRecordsMailClientsAndSendersLookFor(t *testing.T) {
 	cfg := initSite(t)
-	// init's trial ports, and no https.
+	// init's trial ports, with https turned off.
+	appendConfig(t, cfg, "", `https       = "127.0.0.1:2443"`, `https = ""`)
 	out := dnsOutput(t, cfg)
 	for _, rec := range [][2]string{
 		{"_submissions._tcp.example.test. 3600 IN SRV 0 1 2465 mx.example.test.", "_submissions._tcp.example.test / SRV / 0 1 2465 mx.example.test"},
@@ -171,7 +172,8 @@ func TestDNSPrintsTheRecordsMailClientsAndSendersLookFor(t *testing.T) {
 	}
 
 	// listen.pop3 off: its SRV record says "not offered".
-	appendConfig(t, cfg, "", `pop3        = "127.0.0.1:2110"`, "pop3 = \"\"\nhttps = \"127.0.0.1:2443\"")
+	appendConfig(t, cfg, "", `pop3        = "127.0.0.1:2110"`, "pop3 = \"\"")
+	appendConfig(t, cfg, "", `https = ""`, `https = "127.0.0.1:2443"`)
 	out = dnsOutput(t, cfg)
 	printedOnce(t, out, "_pop3._tcp.example.test. 3600 IN SRV 0 0 0 .", "_pop3._tcp.example.test / SRV / 0 0 0 .")
 	for _, n := range []string{"autoconfig", "autodiscover", "mta-sts"} {

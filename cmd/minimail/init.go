@@ -290,9 +290,10 @@ submission  = "127.0.0.1:2587"
 submissions = "127.0.0.1:2465"
 pop3        = "127.0.0.1:2110"
 pop3s       = "127.0.0.1:2995"
+https       = "127.0.0.1:2443"   # autoconfig, autodiscover, MTA-STS; ":443" for ACME and real clients
 metrics     = "127.0.0.1:9154"   # Prometheus GET /metrics and GET /healthz; keep it off the internet
 
-[tls]              # self-signed; point these at your certbot files for production
+[tls]              # self-signed; for production remove both and set [acme] email (or point them at certbot's files)
 cert = "tls/cert.pem"
 key  = "tls/key.pem"
 
