@@ -237,6 +237,10 @@ type Options struct {
 	// nil = no checks.
 	Verify func(ctx context.Context, ip net.IP, helo, mailFrom string, msg []byte) (Verdict, error)
 
+	// Metrics gets what the server counts (messages received, copies
+	// delivered, refusals by reason); nil counts nothing.
+	Metrics Metrics
+
 	Now    func() time.Time
 	Logger *slog.Logger // nil discards
 }
@@ -497,7 +501,7 @@ func (s *Server) handoff(c net.Conn) {
 		tc.tls, tc.implicitTLS = t, true
 	}
 	if !ok {
-		s.log.Warn("rejected", "client", s.clientIP(c), "reason", "too many connections")
+		s.rejected(slog.LevelWarn, ReasonTooManyConns, slog.String("client", s.clientIP(c)))
 		tc.reply(421, "4.7.0", s.opts.Hostname+" too many connections, try again later")
 		tc.Close()
 		return

@@ -37,6 +37,10 @@ type session struct {
 	mu   sync.Mutex
 	user string // authenticated address; "" before AUTH
 	tx   *transaction
+	// refusal is the last reply refuse made, refusalReason its reason
+	// (see reasonOf).
+	refusal       *smtp.SMTPError
+	refusalReason string
 }
 
 // transaction is one MAIL ... DATA exchange.
@@ -51,6 +55,8 @@ type transaction struct {
 	forwards bool     // a local recipient forwards to a remote address (Forwarder)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
+	reason   string   // why the last recipient was refused (Reasons), for the log
+	stored   int      // copies stored in local mailboxes, for Metrics
 	logged   bool
 	// RFC 3461 (submission only): RET and ENVID of MAIL, and the NOTIFY
 	// and ORCPT of each accepted recipient that had any.
@@ -96,8 +102,9 @@ func hasControl(s string) bool {
 
 // reject answers a command with an error caused by the client. It counts
 // against MaxErrors as every refusal does, when trackedConn.Write sends it.
+// Its reason is what the code says (reasonFor); refuse names another.
 func (ss *session) reject(code int, ec smtp.EnhancedCode, msg string) error {
-	return smtpErr(code, ec, msg)
+	return ss.refuse(reasonFor(code, ec), code, ec, msg)
 }
 
 // gone reports whether this session may no longer act: its connection was
@@ -134,8 +141,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code >= 400 {
 			_, user := ss.current()
-			ss.srv.log.Info("rejected", "listener", ss.listener(), "client", ss.ip.String(), "user", user,
-				"from", logSafe(from), "result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message))
+			ss.srv.rejected(slog.LevelInfo, ss.reasonOf(se), slog.String("listener", ss.listener()), slog.String("client", ss.ip.String()),
+				slog.String("user", user), slog.String("from", logSafe(from)),
+				slog.String("result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)))
 		}
 	}()
 	if ss.srv.isDraining() {
@@ -164,7 +172,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			return ss.reject(530, smtp.EnhancedCode{5, 7, 0}, "authentication required")
 		}
 		if !ss.srv.maySendAs(user, from) {
-			return ss.reject(553, smtp.EnhancedCode{5, 7, 1}, "sender address not owned by "+user)
+			return ss.refuse(ReasonSenderDenied, 553, smtp.EnhancedCode{5, 7, 1}, "sender address not owned by "+user)
 		}
 	} else if from != "" {
 		// Parsed once here; everything after uses this one reading.
@@ -228,6 +236,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if errors.As(err, &se) {
 		// The address is the client's, as long as its line limit allows.
 		tx.refused = append(tx.refused, fmt.Sprintf("%s %d", logSafe(to), se.Code))
+		tx.reason = ss.reasonOf(se)
 	}
 	return err
 }
@@ -253,7 +262,7 @@ func (ss *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) erro
 	}
 	if ss.srv.isLocal(a.Domain) {
 		if ss.srv.kind == kindMX && relayTrick(a.Local) {
-			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
+			return ss.refuse(ReasonRelayDenied, 550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
 		}
 		_, err := ss.srv.local.Resolve(a.String())
 		switch {
@@ -275,12 +284,12 @@ func (ss *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) erro
 		return nil
 	}
 	if ss.srv.kind == kindMX || ss.srv.queue == nil {
-		return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
+		return ss.refuse(ReasonRelayDenied, 550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
 	}
 	if isAddressLiteral(a.Domain) {
 		// A literal makes the queue connect wherever the user says, port
 		// 25 of internal and metadata addresses included.
-		return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay to an IP address denied")
+		return ss.refuse(ReasonRelayDenied, 550, smtp.EnhancedCode{5, 7, 1}, "relay to an IP address denied")
 	}
 	if !isDotAtom(a.Local) {
 		return ss.reject(553, smtp.EnhancedCode{5, 1, 3}, "local part needs quoting, which is not supported")
@@ -502,20 +511,12 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		}
 		addFrom, err := checkFrom(fields, user, func(addr string) bool { return ss.srv.maySendAs(user, addr) })
 		if err != nil {
-			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, err.Error())
+			return ss.refuse(ReasonSenderDenied, 550, smtp.EnhancedCode{5, 7, 1}, err.Error())
 		}
 		mb.set(ss.submissionHeaderEdits(tx, user, fields, msg))
 		mb.prepend(submissionHeaders(fields, addFrom, user, o.Hostname, now))
-		// Signed when it leaves: to a remote recipient, or through an
-		// alias that forwards (mail from the MX is never signed as ours).
-		if (len(tx.remote) > 0 || tx.forwards) && o.Sign != nil {
-			a, _ := parseAddress(user)
-			sig, err := o.Sign(a.Domain, mb.bytes())
-			if err != nil {
-				ss.srv.log.Error("dkim signing failed", "id", tx.id, "err", err)
-				return smtpErr(451, codeTransient, "temporary failure signing message, try again later")
-			}
-			mb.prepend(sig)
+		if err := ss.srv.sign(tx, user, mb); err != nil {
+			return err
 		}
 	}
 	rcv := received(trace{
@@ -559,6 +560,7 @@ func (ss *session) store(tx *transaction, user string, msg []byte) error {
 			switch {
 			case err == nil:
 				stored++
+				tx.stored++
 			case permanent(err) && status(err) == "5.2.2":
 				full = append(full, local[i])
 				tx.refused = append(tx.refused, local[i]+" 552")
@@ -646,10 +648,14 @@ func (ss *session) finish(tx *transaction, user string, size int, reply error) e
 	switch {
 	case se.Code >= 500:
 		event = "rejected"
+		tx.reason = ss.reasonOf(se)
 	case se.Code >= 400:
 		event = "deferred"
 	case len(tx.remote) > 0 || tx.queued:
 		event = "queued"
+	}
+	if se.Code < 300 {
+		ss.srv.received(ss.listener(), tx.stored)
 	}
 	ss.logTx(tx, user, event, slog.Int("size", size),
 		slog.String("result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)))
@@ -679,8 +685,12 @@ func (ss *session) logTx(tx *transaction, user, event string, attrs ...slog.Attr
 	}
 	attrs = append(attrs, slog.Duration("duration", time.Since(tx.start)))
 	level := slog.LevelInfo
-	if event == "deferred" {
+	switch event {
+	case "deferred":
 		level = slog.LevelWarn
+	case "rejected":
+		ss.srv.rejected(level, tx.reason, attrs...)
+		return
 	}
 	ss.srv.log.LogAttrs(ss.srv.ctx, level, event, attrs...)
 }

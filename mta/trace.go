@@ -23,16 +23,21 @@ type tracedQueue interface {
 // msg: the listener, the client, who logged in, the envelope, the size, the
 // Message-ID and the inbound checks' verdicts.
 func (ss *session) receivedEvent(tx *transaction, user string, msg []byte) store.Event {
-	facts := []store.Fact{
-		{Key: "listener", Value: ss.listener()},
-		{Key: "client", Value: ss.ip.String()},
-		{Key: "helo", Value: ss.conn.Hostname()},
-	}
-	if user != "" {
-		facts = append(facts, store.Fact{Key: "user", Value: user})
-	}
-	if tls := ss.tlsInfo(); tls != "" {
-		facts = append(facts, store.Fact{Key: "tls", Value: tls})
+	var facts []store.Fact
+	if ss.conn == nil {
+		// SubmitLocal: handed in on the machine (sendmail) by a Unix user.
+		facts = append(facts, store.Fact{Key: "listener", Value: "sendmail"}, store.Fact{Key: "user", Value: user})
+	} else {
+		facts = append(facts,
+			store.Fact{Key: "listener", Value: ss.listener()},
+			store.Fact{Key: "client", Value: ss.ip.String()},
+			store.Fact{Key: "helo", Value: ss.conn.Hostname()})
+		if user != "" {
+			facts = append(facts, store.Fact{Key: "user", Value: user})
+		}
+		if tls := ss.tlsInfo(); tls != "" {
+			facts = append(facts, store.Fact{Key: "tls", Value: tls})
+		}
 	}
 	facts = append(facts, store.Fact{Key: "from", Value: tx.from})
 	for _, r := range append(append([]string(nil), tx.local...), tx.remote...) {

@@ -131,6 +131,16 @@ type Options struct {
 	LoginName func(user string) (string, error)
 	// Logger gets one line per session; nil discards.
 	Logger *slog.Logger
+	// Metrics gets what the server counts; nil counts nothing.
+	Metrics Metrics
+}
+
+// Metrics is what a Server reports for monitoring. The methods must not
+// block.
+type Metrics interface {
+	// Session is one session begun: a connection within the limits,
+	// greeted.
+	Session()
 }
 
 // DefaultLoginTimeout is Options.LoginTimeout's default: a mail client
@@ -322,6 +332,9 @@ func (s *Server) handle(conn net.Conn) {
 	defer release() // also on panic; release is idempotent
 
 	sess := newSession(s, conn)
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.Session()
+	}
 	s.mu.Lock()
 	s.sessions[sess] = struct{}{}
 	s.mu.Unlock()

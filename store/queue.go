@@ -179,6 +179,19 @@ func (s *Store) QueueEntries() ([]QueueEntry, error) {
 	return out, nil
 }
 
+// QueueLen returns how many messages are queued, without reading them.
+func (s *Store) QueueLen() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketQueue).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("queue length: %w", err)
+	}
+	return n, nil
+}
+
 // QueueEntry returns one entry, or an error wrapping ErrNoQueueEntry.
 func (s *Store) QueueEntry(id uint64) (QueueEntry, error) {
 	var e QueueEntry

@@ -25,6 +25,9 @@
 //	           the first read-write Open that finds none: no migration)
 //	trace      the events `minimail trace` shows, and their indexes
 //	           (created when missing at Open, see trace.go)
+//	certs      ACME client key name -> PEM (account key; certificate and
+//	           its key), created when missing at Open like aliases
+//	           (certcache.go)
 //
 // A stored message is its mailbox's head followed by the shared body. One
 // delivery to a hundred mailboxes writes the body once and a hundred small
@@ -201,6 +204,10 @@ type Store struct {
 	epoch uint64
 
 	commits atomic.Int64 // committed write transactions, for benchmarks
+	// commitErr is the error of the last commit that failed on its way to
+	// disk (not a request's own refusal), nil once one succeeds again:
+	// Writable reports it.
+	commitErr atomic.Pointer[error]
 
 	dummyOnce sync.Once
 	dummy     []byte // see dummyHash
@@ -417,10 +424,11 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
-// version (aliases.go); so are the trace buckets (trace.go).
+// version (aliases.go); so are the certs bucket (certcache.go) and the
+// trace buckets (trace.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases} {
+		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketCerts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -458,6 +466,27 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	<-s.done
 	return s.db.Close()
+}
+
+// Writable reports whether the store takes writes, without making one: it
+// is open, read-write, and its last commit did not fail on the way to disk
+// (a full or failing disk). Every write reports its own result, so the
+// last one is fresh evidence at no cost; a probe that wrote would add an
+// fsync per health check.
+func (s *Store) Writable() error {
+	s.closeMu.RLock()
+	closed := s.closed
+	s.closeMu.RUnlock()
+	switch {
+	case closed:
+		return errClosed
+	case s.db.IsReadOnly():
+		return errors.New("store is open read-only")
+	}
+	if err := s.commitErr.Load(); err != nil {
+		return fmt.Errorf("last commit failed: %w", *err)
+	}
+	return nil
 }
 
 // Commits reports how many write transactions (each one fsync'd commit) the
@@ -569,14 +598,22 @@ func (s *Store) drain() {
 }
 
 func (s *Store) commitGroup(group []*writeReq) {
+	refused := false // a request's own error, not the disk's
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, req := range group {
 			if err := req.fn(tx); err != nil {
+				refused = true
 				return err
 			}
 		}
 		return nil
 	})
+	switch {
+	case err == nil:
+		s.commitErr.Store(nil)
+	case !refused:
+		s.commitErr.Store(&err)
+	}
 	if err == nil {
 		s.commits.Add(1)
 		for _, req := range group {

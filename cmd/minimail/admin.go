@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"minimail/mta"
 	"minimail/mta/guard"
 	"minimail/mta/mailaddr"
 	"minimail/mta/queue"
@@ -50,6 +52,9 @@ type adminOps struct {
 	throttle adminThrottle
 	// status describes the running server; nil when it is not running.
 	status func() serverStatus
+	// submit takes a message from `minimail sendmail` (sendmail.go); nil
+	// when the server is not running.
+	submit func(mta.LocalMessage) (string, error)
 }
 
 // maxLocalPart is the longest local part (before the @) RFC 5321
@@ -88,6 +93,8 @@ type request struct {
 	Quota    int64  `json:"quota,omitempty"` // user.quota
 	// Targets are alias.add's.
 	Targets []string `json:"targets,omitempty"`
+	// Local is the message of "sendmail" (sendmail.go).
+	Local *mta.LocalMessage `json:"local,omitempty"`
 }
 
 // response is the answer to a request. The answer to "backup" is Size
@@ -107,9 +114,14 @@ type response struct {
 	Aliases []store.Alias  `json:"aliases,omitempty"` // alias.list
 	Events  []store.Event  `json:"events,omitempty"`  // trace (trace.go)
 	Counts  map[string]int `json:"counts,omitempty"`  // trace.count: events of the last hour by kind
+	Certs   []certInfo     `json:"certs,omitempty"`   // certs: the ACME certificates (acme.go)
 	// Refused says Error is a request refused for what it asks (an alias
 	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
 	Refused bool `json:"refused,omitempty"`
+	// ID and SMTPCode answer "sendmail": the message's id, or the code
+	// of the SMTP reply that refused it.
+	ID       string `json:"id,omitempty"`
+	SMTPCode int    `json:"smtp_code,omitempty"`
 }
 
 func (a *adminOps) do(req request) response {
@@ -160,6 +172,8 @@ func (a *adminOps) do(req request) response {
 		resp.Events, err = a.st.Trace(req.ID)
 	case "trace.count":
 		resp.Counts, err = a.st.TraceCount(time.Now().Add(-time.Hour))
+	case "certs":
+		resp.Certs, err = storedCerts(a.st, acmeNames(a.cfg))
 	case "status":
 		if a.status == nil {
 			err = errors.New("no server is running")
@@ -167,6 +181,8 @@ func (a *adminOps) do(req request) response {
 			st := a.status()
 			resp.Status = &st
 		}
+	case "sendmail":
+		err = a.submitLocal(req, &resp)
 	case "auth.blocked":
 		resp.Blocks, err = a.blocks()
 	case "auth.unblock":
@@ -305,7 +321,7 @@ func serveControl(dataDir string, ops *adminOps, log *slog.Logger) (stop func(),
 					return
 				}
 				resp := ops.do(req)
-				log.Info("admin", "op", req.Op, "addr", req.Addr, "id", req.ID, "error", resp.Error)
+				log.Info("admin", "op", req.Op, "addr", req.Addr, "id", cmp.Or(req.ID, resp.ID), "error", resp.Error)
 				json.NewEncoder(c).Encode(resp)
 			}()
 		}

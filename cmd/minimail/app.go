@@ -56,6 +56,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			backupCommand(),
 			compactCommand(),
 			demoCommand(),
+			sendmailCommand(),
 		},
 	}
 	usage := map[string]string{

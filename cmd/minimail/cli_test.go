@@ -257,7 +257,7 @@ func setListen(t *testing.T, cfg string, listen map[string]string) {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, key := range []string{"smtp", "submission", "submissions", "pop3", "pop3s"} {
+	for _, key := range []string{"smtp", "submission", "submissions", "pop3", "pop3s", "https", "metrics"} {
 		re := regexp.MustCompile(`(?m)^` + key + ` +=.*$`)
 		s = re.ReplaceAllString(s, fmt.Sprintf("%s = %q", key, listen[key]))
 	}

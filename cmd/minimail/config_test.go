@@ -133,6 +133,15 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"bad smarthost", minimalConfig + "[relay]\nsmarthost = \"relay.example\"\n", "relay.smarthost"},
 		{"smarthost user without password", minimalConfig + "[relay]\nsmarthost = \"r.example:587\"\nsmarthost_username = \"u\"\n", "relay.smarthost_password"},
 		{"dkim selector without key", minimalConfig + "[dkim]\nselector = \"mail\"\n", "dkim.key"},
+		{"https without a certificate", minimalConfig + "[listen]\nhttps = \":443\"\n", "tls.cert"},
+		{"bad https address", minimalConfig + "[listen]\nhttps = \"443\"\n", "listen.https"},
+		{"acme without https", minimalConfig + "[acme]\nemail = \"a@example.org\"\n", "acme.email"},
+		{"acme email not an address", minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"admin\"\n", "acme.email"},
+		{"acme and tls files", minimalConfig + "[listen]\nhttps = \":443\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[acme]\nemail = \"a@example.org\"\n", "acme.email"},
+		{"acme directory not https", minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"a@example.org\"\ndirectory = \"http://ca.test/dir\"\n", "acme.directory"},
+		{"bad mta-sts mode", minimalConfig + "[mta_sts]\nmode = \"strict\"\n", "mta_sts.mode"},
+		{"mta-sts max_age over a year", minimalConfig + "[mta_sts]\nmax_age = \"9000h\"\n", "mta_sts.max_age"},
+		{"mta-sts max_age not whole seconds", minimalConfig + "[mta_sts]\nmax_age = \"1500ms\"\n", "mta_sts.max_age"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,6 +161,30 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 	}
 }
 
+func TestLoadConfigACMEAndMTASTSDefaults(t *testing.T) {
+	p := writeConfig(t, minimalConfig+`
+[listen]
+submissions = ":465"
+https = ":443"
+[acme]
+email = "admin@example.org"
+ca = "pebble.pem"
+`)
+	c, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ACME.Directory != defaultACMEDirectory || c.ACME.CA != filepath.Join(filepath.Dir(p), "pebble.pem") {
+		t.Errorf("acme.directory %q, acme.ca %q", c.ACME.Directory, c.ACME.CA)
+	}
+	if c.MTASTS.Mode != "testing" || c.MTASTS.MaxAge.Duration != 7*24*time.Hour {
+		t.Errorf("mta_sts %q %s, want testing and a week", c.MTASTS.Mode, c.MTASTS.MaxAge.Duration)
+	}
+	if err := c.checkFiles(); err == nil || !strings.Contains(err.Error(), "acme.ca") {
+		t.Errorf("a missing acme.ca file: %v, want an error naming acme.ca", err)
+	}
+}
+
 func TestLoadConfigMissingFile(t *testing.T) {
 	_, err := loadConfig(filepath.Join(t.TempDir(), "nope.toml"))
 	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "nope.toml") {
@@ -165,6 +198,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add(minimalConfig)
 	f.Add(minimalConfig + "[listen]\nsmtp = \":25\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n")
 	f.Add(minimalConfig + "[relay]\nroutes = { \"b.test\" = \"127.0.0.1:25\" }\nretry_min = \"1m\"\n")
+	f.Add(minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"a@example.org\"\n[mta_sts]\nmode = \"enforce\"\nmax_age = \"24h\"\n")
 	f.Add("hostname = 1\n")
 	f.Add("[[x]]\n")
 	dir := f.TempDir()

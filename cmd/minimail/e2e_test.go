@@ -56,6 +56,7 @@ submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 pop3 = "127.0.0.1:0"
 pop3s = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
 [tls]
 cert = "cert.pem"
 key = "key.pem"

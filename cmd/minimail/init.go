@@ -290,8 +290,10 @@ submission  = "127.0.0.1:2587"
 submissions = "127.0.0.1:2465"
 pop3        = "127.0.0.1:2110"
 pop3s       = "127.0.0.1:2995"
+https       = "127.0.0.1:2443"   # autoconfig, autodiscover, MTA-STS; ":443" for ACME and real clients
+metrics     = "127.0.0.1:9154"   # Prometheus GET /metrics and GET /healthz; keep it off the internet
 
-[tls]              # self-signed; point these at your certbot files for production
+[tls]              # self-signed; for production remove both and set [acme] email (or point them at certbot's files)
 cert = "tls/cert.pem"
 key  = "tls/key.pem"
 
@@ -336,6 +338,13 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 
 // selfSigned makes an ECDSA P-256 certificate for hostname valid for a year.
 func selfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	return selfSignedFor([]string{hostname}, now)
+}
+
+// selfSignedFor makes an ECDSA P-256 certificate for names valid for a
+// year, the first name its subject.
+func selfSignedFor(names []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	hostname := names[0]
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tls key: %w", err)
@@ -347,7 +356,7 @@ func selfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err err
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: hostname},
-		DNSNames:     []string{hostname},
+		DNSNames:     names,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

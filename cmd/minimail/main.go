@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 )
@@ -27,6 +28,7 @@ func usagef(format string, args ...any) error {
 // 1 runtime failure, 2 bad usage or bad config (SPEC.md).
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := newApp(stdin, stdout, stderr)
+	args = asSendmail(args)
 	err := app.Run(args)
 	if err == nil {
 		return 0
@@ -39,7 +41,25 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return exitCode(err)
 }
 
+// asSendmail turns the command line of a binary called as "sendmail" (a
+// symlink at /usr/sbin/sendmail) into `minimail sendmail ARGS`, reading
+// /etc/minimail/minimail.toml unless MINIMAIL_CONFIG (or -C) names another.
+func asSendmail(args []string) []string {
+	if len(args) == 0 || filepath.Base(args[0]) != "sendmail" {
+		return args
+	}
+	out := []string{args[0]}
+	if os.Getenv("MINIMAIL_CONFIG") == "" {
+		out = append(out, "--config", sendmailConfig)
+	}
+	return append(append(out, "sendmail"), args[1:]...)
+}
+
 func exitCode(err error) int {
+	var xe *exitError
+	if errors.As(err, &xe) {
+		return xe.code
+	}
 	var ue *usageError
 	var ce *configError
 	var ec cli.ExitCoder

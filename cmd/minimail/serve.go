@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,10 +12,12 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/net/netutil"
 
 	"minimail/mda"
 	"minimail/mta"
@@ -24,6 +27,7 @@ import (
 	"minimail/mta/remote"
 	"minimail/mta/resolve"
 	"minimail/mta/srs"
+	"minimail/mta/web"
 	"minimail/pop3"
 	"minimail/store"
 )
@@ -72,10 +76,16 @@ type server struct {
 	log   *slog.Logger
 	st    *store.Store
 	certs *certReloader
+	acme  *acmeCerts  // instead of certs when [acme] email is set
+	https *tls.Config // listen.https's: the mail listeners' plus ALPN
 	grace time.Duration
 
 	addrs   map[string]string // listen key -> bound address
 	started time.Time
+
+	downMu   sync.Mutex
+	down     map[string]error // listen key -> why its server stopped before shutdown
+	stopping atomic.Bool
 
 	shutdowns   []func(context.Context) error
 	stopQueue   context.CancelFunc
@@ -94,7 +104,7 @@ type server struct {
 // relayTranscript, when not nil, receives the outbound SMTP conversations
 // (the demo prints them).
 func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string) io.Writer) (_ *server, err error) {
-	s := &server{started: time.Now(), log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, stopWatch: make(chan struct{})}
+	s := &server{started: time.Now(), log: log, grace: cfg.Limits.ShutdownTimeout.or(30 * time.Second), addrs: map[string]string{}, down: map[string]error{}, stopWatch: make(chan struct{})}
 	if err := cfg.checkFiles(); err != nil {
 		return nil, err
 	}
@@ -127,6 +137,14 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			s.st.Close()
 		}
 	}()
+	if s.acme != nil {
+		s.acme.start(s.st)
+		defer func() {
+			if err != nil {
+				s.acme.shutdown()
+			}
+		}()
+	}
 
 	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
 	// and addresses of outbound.
@@ -137,7 +155,11 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes,
 		Domains: cfg.Domains, SRS: &srs.Rewriter{Secret: secret}}
-	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
+	var m *metrics // nil when listen.metrics is off: nothing is counted
+	if _, ok := listeners["listen.metrics"]; ok {
+		m = newMetrics(s.st.QueueLen, s.certificateExpiries)
+	}
+	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript, m.forQueue())
 	agent.Queue = q // forwarded copies start at once
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
@@ -148,6 +170,11 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	if signer != nil {
 		opts.Sign = signer.Signature
 	}
+	opts.Metrics = m.forMTA()
+	// `minimail sendmail` hands messages to a submission server of their
+	// own (over the control socket), served on no listener.
+	local := mta.NewSubmission(agent, q, smtpUsers{s.st}, opts)
+	s.shutdowns = append(s.shutdowns, local.Shutdown)
 	if l, ok := listeners["listen.smtp"]; ok {
 		mxOpts := opts
 		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
@@ -168,6 +195,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		log.Warn("listen.pop3 has no TLS certificate (tls.cert), so no login can succeed on it: set [tls] or auth.allow_insecure_auth")
 	}
 	popOpts := pop3Options(cfg, tlsConf, throttle, log)
+	popOpts.Metrics = m.forPOP3()
 	for _, key := range []string{"listen.pop3", "listen.pop3s"} {
 		if l, ok := listeners[key]; ok {
 			popOpts.Limiter = &guard.ConnLimiter{Max: cfg.Limits.MaxConnections, MaxPerIP: cfg.Limits.MaxConnectionsPerIP}
@@ -176,8 +204,17 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		}
 	}
 
+	if l, ok := listeners["listen.https"]; ok {
+		h := web.NewHandler(web.Options{Hostname: cfg.Hostname, Domains: cfg.Domains, Ports: webPorts(s.addrs), Policy: cfg.mtaSTSPolicy(), Logger: log})
+		hs := web.NewServer(h, web.ServerLimits{}, log)
+		s.serveOn("listen.https", l, hs.Serve, hs.Shutdown)
+	}
+
+	if l, ok := listeners["listen.metrics"]; ok {
+		s.serveMetrics(l, m)
+	}
 	s.runQueue(q)
-	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle, status: s.status}, log)
+	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle, status: s.status, submit: local.SubmitLocal}, log)
 	if err != nil {
 		s.stopQueue()
 		<-s.queueDone
@@ -193,15 +230,26 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	return s, nil
 }
 
-// loadKeys reads the TLS pair (kept reloadable) and the DKIM key.
+// loadKeys reads the TLS pair (kept reloadable), or sets up ACME, and the
+// DKIM key.
 func (s *server) loadKeys(cfg *Config) (*tls.Config, *msgauth.Signer, error) {
 	var tlsConf *tls.Config
-	if cfg.TLS.Cert != "" {
+	switch {
+	case cfg.ACME.Email != "":
+		a, err := newACME(cfg, s.log)
+		if err != nil {
+			return nil, nil, err
+		}
+		s.acme = a
+		tlsConf, s.https = a.tlsConfigs()
+	case cfg.TLS.Cert != "":
 		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, certChecks{Hostname: cfg.Hostname, Public: cfg.publicListeners()}, s.log)
 		if err != nil {
 			return nil, nil, &configError{path: cfg.path, msg: err.Error()}
 		}
 		s.certs, tlsConf = certs, certs.tlsConfig()
+		s.https = tlsConf.Clone()
+		s.https.NextProtos = []string{"http/1.1"}
 	}
 	if cfg.DKIM.Key == "" {
 		return tlsConf, nil, nil
@@ -230,16 +278,32 @@ func (s *server) bind(cfg *Config, tlsConf *tls.Config) (map[string]net.Listener
 			return nil, &listenError{path: cfg.path, key: lc.key, addr: lc.addr, err: err, hint: listenHint(cfg.DataDir, lc.addr, err)}
 		}
 		var l net.Listener = &guard.Listener{Listener: tcp, Log: s.log}
-		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {
+		switch lc.key {
+		case "listen.submissions", "listen.pop3s":
 			l = tls.NewListener(l, tlsConf)
+		case "listen.https":
+			// net/http has no connection limit of its own.
+			l = tls.NewListener(netutil.LimitListener(l, cfg.Limits.MaxConnections), s.https)
 		}
 		listeners[lc.key] = l
 		s.addrs[lc.key] = l.Addr().String()
 	}
+	// listen.metrics is plain HTTP, never TLS, and no mail listener.
+	if addr := cfg.Listen.Metrics; addr != "" {
+		tcp, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return nil, &listenError{path: cfg.path, key: "listen.metrics", addr: addr, err: err, hint: listenHint(cfg.DataDir, addr, err)}
+		}
+		listeners["listen.metrics"] = &guard.Listener{Listener: tcp, Log: s.log}
+		s.addrs["listen.metrics"] = tcp.Addr().String()
+	}
 	return listeners, nil
 }
 
-func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache *resolve.Cache, log *slog.Logger, transcript func(host string) io.Writer) *queue.Queue {
+func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache *resolve.Cache, log *slog.Logger, transcript func(host string) io.Writer, m queue.Metrics) *queue.Queue {
 	return queue.New(st, queue.Options{
 		Hostname:     cfg.Hostname,
 		LocalDomains: cfg.Domains,
@@ -264,6 +328,7 @@ func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache
 		// RET=FULL (RFC 3461) returns messages up to this size whole.
 		MaxReturnBytes: cfg.Relay.MaxReturnBytes,
 		Logger:         log,
+		Metrics:        m,
 	})
 }
 
@@ -314,8 +379,15 @@ func (s *server) serveOn(key string, l net.Listener, serve func(net.Listener) er
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+		err := serve(l)
+		if err != nil && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("listener stopped", "key", key, "err", err)
+		}
+		if !s.stopping.Load() {
+			// Down for good before any shutdown: /healthz says so.
+			s.downMu.Lock()
+			s.down[key] = cmp.Or(err, errors.New("stopped serving"))
+			s.downMu.Unlock()
 		}
 	}()
 	s.log.Info("listening", "key", key, "addr", l.Addr().String())
@@ -374,6 +446,7 @@ func (s *server) Shutdown(ctx context.Context) error {
 }
 
 func (s *server) shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
 	close(s.stopWatch)
 	s.stopControl()
 	var wg sync.WaitGroup
@@ -388,6 +461,9 @@ func (s *server) shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	s.stopQueue()
 	<-s.queueDone
+	if s.acme != nil {
+		s.acme.shutdown()
+	}
 	if err := s.st.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
@@ -412,4 +488,29 @@ func warnPostmaster(cfg *Config, agent *mda.Agent, log *slog.Logger) {
 			log.Warn("postmaster reaches no mailbox", "domain", d, "fix", "minimail alias add postmaster@"+d+" you@"+d)
 		}
 	}
+}
+
+// webPorts are the ports of the mail listeners that are on, for the client
+// setup answers (the bound addresses) and records (the configured ones),
+// from listen key -> address.
+func webPorts(addrs map[string]string) web.Ports {
+	return web.Ports{
+		POP3S:       listenPort(addrs["listen.pop3s"]),
+		POP3:        listenPort(addrs["listen.pop3"]),
+		Submissions: listenPort(addrs["listen.submissions"]),
+		Submission:  listenPort(addrs["listen.submission"]),
+	}
+}
+
+// listenPort is the port of a listen address, 0 for none.
+func listenPort(addr string) int {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return 0
+	}
+	return n
 }

@@ -110,7 +110,7 @@ func probeListener(key, addr, serverName string) probe {
 		}
 		st, _ := c2.TLSConnectionState()
 		c2.Quit()
-		return probe{leaf: firstCert(st)}
+		return probe{leaf: peerLeaf(st)}
 	case tlsSTLS:
 		r := bufio.NewReader(conn)
 		if err := pop3OK(r); err != nil {
@@ -125,10 +125,10 @@ func probeListener(key, addr, serverName string) probe {
 	if err := tconn.Handshake(); err != nil {
 		return probe{err: fmt.Errorf("TLS handshake: %w", err)}
 	}
-	return probe{leaf: firstCert(tconn.ConnectionState())}
+	return probe{leaf: peerLeaf(tconn.ConnectionState())}
 }
 
-func firstCert(st tls.ConnectionState) *x509.Certificate {
+func peerLeaf(st tls.ConnectionState) *x509.Certificate {
 	if len(st.PeerCertificates) == 0 {
 		return nil
 	}

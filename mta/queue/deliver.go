@@ -248,6 +248,18 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 	q.save(es)
 	for _, ev := range events {
 		es.log.Info(ev.name, ev.attrs...)
+		q.count(ev.name)
+	}
+}
+
+// count reports one recipient's outcome, by its log event, to Metrics.
+func (q *Queue) count(event string) {
+	switch m := q.opts.Metrics; {
+	case m == nil:
+	case event == "sent", event == "delivered":
+		m.Delivered()
+	case event == "bounced":
+		m.Bounced()
 	}
 }
 
@@ -299,6 +311,7 @@ func (q *Queue) finish(es *entryState) {
 			r.LastError = fmt.Sprintf("gave up after %s: %s", age.Round(time.Minute), r.LastError)
 			r.Status = "4.4.7"
 			es.log.Info("bounced", "rcpt", r.Addr, "attempt", r.Attempts, "status", r.Status, "err", r.LastError)
+			q.count("bounced")
 			continue
 		}
 		pending++

@@ -130,6 +130,19 @@ type Options struct {
 	// a message's whole life stays traceable until it expires and a while
 	// after); the spool prunes older ones in each pass, when it can.
 	TraceKeep time.Duration
+	// Metrics gets what the queue counts; nil counts nothing.
+	Metrics Metrics
+}
+
+// Metrics is what a Queue reports for monitoring, one call per recipient
+// and outcome, as the "delivered"/"sent" and "bounced" log lines record
+// them. The methods must not block.
+type Metrics interface {
+	// Delivered is one recipient stored in a local mailbox or accepted by
+	// the next hop.
+	Delivered()
+	// Bounced is one recipient failed for good (a 5xx, or expired).
+	Bounced()
 }
 
 // Queue is the outbound queue over one spool. It is safe for concurrent
