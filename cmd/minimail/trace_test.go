@@ -253,3 +253,18 @@ func TestTraceOfMailFromTheMX(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceOfMailFromSendmail: a message handed in with `minimail
+// sendmail` is traced by its recipient: received on listener sendmail with
+// the Unix user, then delivered.
+func TestTraceOfMailFromSendmail(t *testing.T) {
+	a := newSite(t, "a.test", "")
+	a.addUser(t, "alice@a.test")
+	if r := minimail(t, "Subject: cron\n\nx\n", "--config", a.cfg.path, "sendmail", "alice@a.test"); r.code != 0 {
+		t.Fatalf("sendmail: exit %d %s", r.code, r.stderr)
+	}
+	lines := traceLines(t, a, "alice@a.test")
+	if got := kindsOf(lines); got != "received delivered" || !strings.Contains(lines[0], "listener=sendmail") || !strings.Contains(lines[0], "user=") {
+		t.Fatalf("trace alice@a.test: %q:\n%s", got, strings.Join(lines, "\n"))
+	}
+}
