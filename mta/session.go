@@ -48,7 +48,11 @@ type transaction struct {
 	remote   []string // accepted remote recipients (submission only)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
-	logged   bool
+	// reason is set by an antispam refusal (antispamRefusal), detail
+	// says more (the zone, the SPF result), for the log.
+	reason, reasonDetail string
+	authenticated        []string // domains the message authenticated for (MX)
+	logged               bool
 }
 
 func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
@@ -121,12 +125,17 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	}
 	// No transaction opens, so no transaction line will tell of it: the
 	// refusal gets its own.
+	var refusal transaction // holds an antispam reason for that line
 	defer func() {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code >= 400 {
 			_, user := ss.current()
-			ss.srv.log.Info("rejected", "listener", ss.listener(), "client", ss.ip.String(), "user", user,
-				"from", logSafe(from), "result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message))
+			attrs := []any{"listener", ss.listener(), "client", ss.ip.String(), "user", user, "from", logSafe(from)}
+			if refusal.reason != "" {
+				attrs = append(attrs, "reason", refusal.reason, "detail", refusal.reasonDetail)
+			}
+			attrs = append(attrs, "result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message))
+			ss.srv.log.Info("rejected", attrs...)
 		}
 	}()
 	if ss.srv.isDraining() {
@@ -162,6 +171,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			return ss.reject(553, smtp.EnhancedCode{5, 1, 7}, "bad sender address: "+err.Error())
 		}
 		from = a.Path()
+		if err := ss.checkLocalSender(&refusal, from); err != nil {
+			return err
+		}
 	}
 	if !ss.tc.begin() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
@@ -231,6 +243,13 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 	if ss.srv.isLocal(a.Domain) {
 		if ss.srv.kind == kindMX && relayTrick(a.Local) {
 			return ss.reject(550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
+		}
+		if zone, reason, listed := ss.tc.blocklist.result(); listed && !ss.srv.isPostmaster(a) {
+			text := fmt.Sprintf("client [%s] is listed in %s", ss.ip, zone)
+			if reason != "" {
+				text += ": " + reason
+			}
+			return ss.antispamRefusal(tx, ReasonDNSBL, zone, smtpErr(554, smtp.EnhancedCode{5, 7, 1}, text))
 		}
 		_, err := ss.srv.local.Resolve(a.String())
 		switch {
@@ -450,7 +469,9 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 	o := &ss.srv.opts
 	now := o.Now()
 	var checks []byte // the checks' field (Authentication-Results), MX only
+	var spam []byte   // the spam filter's fields, MX only
 	if ss.srv.kind == kindMX {
+		var authenticated []string
 		if o.Verify != nil {
 			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, mb.bytes())
 			tx.checks = v.Summary
@@ -465,6 +486,18 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 				mb.set(v.Message)
 			}
 			checks = v.Prepend
+			authenticated = v.Authenticated
+		}
+		tx.authenticated = authenticated
+		if err := ss.checkLocalFrom(tx, mb.bytes(), authenticated); err != nil {
+			return err
+		}
+		if err := ss.greylist(tx, authenticated); err != nil {
+			return err
+		}
+		var err error
+		if spam, err = ss.scan(tx, mb); err != nil {
+			return err
 		}
 	} else {
 		msg := mb.bytes()
@@ -498,7 +531,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		Rcpts:    append(append([]string(nil), tx.local...), tx.remote...),
 		Time:     now,
 	})
-	mb.prepend(rcv, checks)
+	mb.prepend(rcv, checks, spam)
 	return nil
 }
 
@@ -542,6 +575,7 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 	if len(full) > 0 {
 		ss.overflow(tx, full, msg)
 	}
+	ss.greylistDelivered(tx)
 	return smtpErr(250, codeOK, "OK id="+tx.id)
 }
 
@@ -604,6 +638,9 @@ func (ss *session) logTx(tx *transaction, user, event string, attrs ...slog.Attr
 	}, attrs...)
 	if tx.checks != "" {
 		attrs = append(attrs, slog.String("checks", tx.checks))
+	}
+	if tx.reason != "" {
+		attrs = append(attrs, slog.String("reason", tx.reason), slog.String("detail", tx.reasonDetail))
 	}
 	attrs = append(attrs, slog.Duration("duration", time.Since(tx.start)))
 	level := slog.LevelInfo
