@@ -98,6 +98,16 @@ type Config struct {
 		Reject *bool `toml:"reject"`
 	} `toml:"dmarc"`
 
+	// Antispam applies to the MX listener only (antispam.go).
+	Antispam struct {
+		DNSBL         []string `toml:"dnsbl"`
+		Rspamd        string   `toml:"rspamd"`
+		RspamdTimeout duration `toml:"rspamd_timeout"`
+		Greylist      duration `toml:"greylist"`
+		// GreetDelay: unset is mta.DefaultGreetDelay, "0s" turns it off.
+		GreetDelay *duration `toml:"greet_delay"`
+	} `toml:"antispam"`
+
 	path string // the file this was read from, for error messages
 }
 
@@ -175,7 +185,7 @@ func (c *Config) fail(key, format string, args ...any) error {
 // validate checks the config and fills in defaults and absolute paths; the
 // error names the file and the key.
 func (c *Config) validate() error {
-	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM} {
+	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM, c.validateAntispam} {
 		if err := check(); err != nil {
 			return err
 		}
