@@ -166,6 +166,7 @@ func (ss *session) checkLocalSender(tx *transaction, from string) error {
 	}
 	result := o.SenderSPF(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), from)
 	if result == "pass" {
+		tx.authenticated = []string{a.Domain}
 		return nil
 	}
 	return ss.antispamRefusal(tx, ReasonSpoofedLocalSender, "spf="+result, smtpErr(550, smtp.EnhancedCode{5, 7, 1},

@@ -125,7 +125,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	}
 	// No transaction opens, so no transaction line will tell of it: the
 	// refusal gets its own.
-	var refusal transaction // holds an antispam reason for that line
+	var refusal transaction // holds an antispam reason for that line, or SPF's pass
 	defer func() {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code >= 400 {
@@ -178,7 +178,8 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if !ss.tc.begin() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
-	tx = &transaction{id: delivery.NewID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size}
+	tx = &transaction{id: delivery.NewID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size,
+		authenticated: refusal.authenticated}
 	ss.mu.Lock()
 	ss.tx = tx
 	ss.mu.Unlock()
@@ -487,6 +488,11 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 			}
 			checks = v.Prepend
 			authenticated = v.Authenticated
+		}
+		for _, d := range tx.authenticated { // SPF's pass at MAIL
+			if !containsFold(authenticated, d) {
+				authenticated = append(authenticated, d)
+			}
 		}
 		tx.authenticated = authenticated
 		if err := ss.checkLocalFrom(tx, mb.bytes(), authenticated); err != nil {
