@@ -22,6 +22,18 @@ const (
 	maxRspamdTimeout = 5 * time.Minute  // below limits.data_timeout's default, which the sender sees too
 )
 
+// offDuration is a duration whose "" means off, as SPEC writes
+// antispam.greylist.
+type offDuration struct{ duration }
+
+func (d *offDuration) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		d.Duration = 0
+		return nil
+	}
+	return d.duration.UnmarshalText(b)
+}
+
 // validateAntispam: [antispam].
 func (c *Config) validateAntispam() error {
 	a := &c.Antispam
@@ -39,9 +51,6 @@ func (c *Config) validateAntispam() error {
 	}
 	if a.RspamdTimeout.Duration > maxRspamdTimeout {
 		return c.fail("antispam.rspamd_timeout", "%s is above %s", a.RspamdTimeout.Duration, maxRspamdTimeout)
-	}
-	if a.RspamdTimeout.Duration != 0 && a.Rspamd == "" {
-		return c.fail("antispam.rspamd_timeout", "set without antispam.rspamd")
 	}
 	if g := a.Greylist.Duration; g > maxGreylist {
 		return c.fail("antispam.greylist", "%s is above %s, after which senders stop retrying", g, maxGreylist)

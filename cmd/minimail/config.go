@@ -100,10 +100,10 @@ type Config struct {
 
 	// Antispam applies to the MX listener only (antispam.go).
 	Antispam struct {
-		DNSBL         []string `toml:"dnsbl"`
-		Rspamd        string   `toml:"rspamd"`
-		RspamdTimeout duration `toml:"rspamd_timeout"`
-		Greylist      duration `toml:"greylist"`
+		DNSBL         []string    `toml:"dnsbl"`
+		Rspamd        string      `toml:"rspamd"`
+		RspamdTimeout duration    `toml:"rspamd_timeout"`
+		Greylist      offDuration `toml:"greylist"`
 		// GreetDelay: unset is mta.DefaultGreetDelay, "0s" turns it off.
 		GreetDelay *duration `toml:"greet_delay"`
 	} `toml:"antispam"`

@@ -138,7 +138,6 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"rspamd without a port", minimalConfig + "[antispam]\nrspamd = \"http://localhost\"\n", "antispam.rspamd"},
 		{"rspamd with a path", minimalConfig + "[antispam]\nrspamd = \"http://localhost:11333/checkv2\"\n", "antispam.rspamd"},
 		{"rspamd timeout too long", minimalConfig + "[antispam]\nrspamd = \"http://127.0.0.1:11333\"\nrspamd_timeout = \"1h\"\n", "antispam.rspamd_timeout"},
-		{"rspamd timeout without rspamd", minimalConfig + "[antispam]\nrspamd_timeout = \"5s\"\n", "antispam.rspamd_timeout"},
 		{"greylist not a duration", minimalConfig + "[antispam]\ngreylist = \"five minutes\"\n", "greylist"},
 		{"greylist too long", minimalConfig + "[antispam]\ngreylist = \"48h\"\n", "antispam.greylist"},
 		{"greet delay too long", minimalConfig + "[antispam]\ngreet_delay = \"1m\"\n", "antispam.greet_delay"},
@@ -215,9 +214,12 @@ greet_delay = "0s"
 	if d := c.greetDelay(); d >= 0 {
 		t.Fatalf("greet_delay = \"0s\" gives %s, want off (negative)", d)
 	}
-	c, err = loadConfig(writeConfig(t, minimalConfig))
+	c, err = loadConfig(writeConfig(t, minimalConfig+"[antispam]\ngreylist = \"\"\n"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.Antispam.Greylist.Duration != 0 {
+		t.Fatalf("greylist = \"\" gives %s, want off", c.Antispam.Greylist.Duration)
 	}
 	if d := c.greetDelay(); d != 0 {
 		t.Fatalf("greet_delay unset gives %s, want 0 (the MX's default)", d)
