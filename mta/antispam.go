@@ -68,13 +68,20 @@ type Envelope struct {
 	ID    string   // the transaction's id, the one the 250 gives
 }
 
-// antispamRefusal is the one way an antispam check refuses: it records the
-// reason for the log line of the transaction (tx may be nil, when there is
-// none yet) and builds the reply.
-func (ss *session) antispamRefusal(tx *transaction, reason, detail string, reply *smtp.SMTPError) error {
+// antispamRefused is the one place every antispam refusal passes, with
+// its reason (one of the Reason words): the session's through
+// antispamRefusal, an early talker's directly. It records the reason for
+// the log line that tells of the refusal: the transaction's (tx), or the
+// one the caller writes when there is no transaction (tx nil).
+func (s *Server) antispamRefused(tx *transaction, reason, detail string) {
 	if tx != nil {
 		tx.reason, tx.reasonDetail = reason, detail
 	}
+}
+
+// antispamRefusal refuses a command of the session for reason.
+func (ss *session) antispamRefusal(tx *transaction, reason, detail string, reply *smtp.SMTPError) error {
+	ss.srv.antispamRefused(tx, reason, detail)
 	return reply
 }
 
@@ -129,6 +136,7 @@ func (s *Server) earlyTalker(tc *trackedConn) bool {
 	var ne net.Error
 	switch {
 	case n > 0:
+		s.antispamRefused(nil, ReasonEarlyTalker, "")
 		ip := s.clientIP(conn)
 		s.log.Info("rejected", "listener", "smtp", "client", ip, "reason", ReasonEarlyTalker,
 			"result", "554 5.5.1 "+earlyTalkerText)
@@ -165,9 +173,14 @@ func (ss *session) checkLocalSender(tx *transaction, from string) error {
 		return nil
 	}
 	result := o.SenderSPF(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), from)
-	if result == "pass" {
+	switch result {
+	case "pass":
 		tx.authenticated = []string{a.Domain}
 		return nil
+	case "temperror":
+		// Our own domain's record could not be read: a retry may pass.
+		return ss.antispamRefusal(tx, ReasonSpoofedLocalSender, "spf="+result, smtpErr(451, smtp.EnhancedCode{4, 7, 1},
+			fmt.Sprintf("<%s> is in a local domain and its SPF record could not be checked, try again later", logSafe(from))))
 	}
 	return ss.antispamRefusal(tx, ReasonSpoofedLocalSender, "spf="+result, smtpErr(550, smtp.EnhancedCode{5, 7, 1},
 		fmt.Sprintf("<%s> is in a local domain and this client is not authorized to send for it (SPF %s): use submission", logSafe(from), result)))
