@@ -163,15 +163,12 @@ func (s *Server) isPostmaster(a address) bool {
 // checkLocalSender applies the rule that a local domain's address, on the
 // MX, is only for clients its SPF record names: the sender of such mail is
 // one of our users, who sends through submission.
-func (ss *session) checkLocalSender(tx *transaction, from string) error {
+func (ss *session) checkLocalSender(tx *transaction, a address) error {
 	o := &ss.srv.opts
-	if ss.srv.kind != kindMX || o.SenderSPF == nil || from == "" {
+	if ss.srv.kind != kindMX || o.SenderSPF == nil || !ss.srv.isLocal(a.Domain) {
 		return nil
 	}
-	a, err := parseAddress(from)
-	if err != nil || !ss.srv.isLocal(a.Domain) {
-		return nil
-	}
+	from := a.Path()
 	result := o.SenderSPF(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), from)
 	switch result {
 	case "pass":

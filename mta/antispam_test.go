@@ -42,10 +42,12 @@ func (e *env) logCount(parts ...string) int {
 	return n
 }
 
-// With the default wait, a client that speaks before the greeting is
-// refused and closed, and nothing of what it pipelined is run.
+// A client that speaks before the greeting is refused and closed at its
+// first byte, and nothing of what it pipelined is run. The wait is long
+// here so that a slow machine cannot make the client look polite; the
+// refusal itself does not wait for it.
 func TestMX_EarlyTalkerRefused(t *testing.T) {
-	e := newEnv(t, func(o *Options, _ *Local) { o.GreetDelay = 0 }) // the default
+	e := newEnv(t, func(o *Options, _ *Local) { o.GreetDelay = time.Minute })
 	c, err := net.DialTimeout("tcp", e.mxAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

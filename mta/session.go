@@ -171,7 +171,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			return ss.reject(553, smtp.EnhancedCode{5, 1, 7}, "bad sender address: "+err.Error())
 		}
 		from = a.Path()
-		if err := ss.checkLocalSender(&refusal, from); err != nil {
+		if err := ss.checkLocalSender(&refusal, a); err != nil {
 			return err
 		}
 	}
