@@ -69,6 +69,7 @@ func TestMXDNSBL(t *testing.T) {
 	s.dns.Add(t, "2.0.0.127.bl.test. 300 IN A 127.0.0.2")
 	s.dns.Add(t, `2.0.0.127.bl.test. 300 IN TXT "Listed for testing, see https://bl.test/2"`)
 	s.dns.Fail("4.0.0.127.bl.test")
+	s.dns.Hang("5.0.0.127.bl.test") // a timeout: the RCPT waits antispam.DefaultDNSBLTimeout
 	msg := testMessage("bob@remote.test", "alice@example.test", "hello", "hi\n")
 
 	err := s.mxFrom(t, "127.0.0.2", "bob@remote.test", []string{"alice@example.test"}, msg)
@@ -76,15 +77,18 @@ func TestMXDNSBL(t *testing.T) {
 	if err := s.mxFrom(t, "127.0.0.2", "bob@remote.test", []string{"postmaster@example.test"}, msg); err != nil {
 		t.Fatalf("listed client to postmaster: %v", err)
 	}
-	for _, ip := range []string{"127.0.0.3", "127.0.0.4"} { // not listed; SERVFAIL
+	for _, ip := range []string{"127.0.0.3", "127.0.0.4", "127.0.0.5"} { // not listed; SERVFAIL; timeout
 		if err := s.mxFrom(t, ip, "bob@remote.test", []string{"alice@example.test"}, msg); err != nil {
 			t.Fatalf("from %s: %v", ip, err)
 		}
 	}
-	s.waitMessages(t, "alice@example.test", 2)
+	s.waitMessages(t, "alice@example.test", 3)
 	s.waitMessages(t, "postmaster@example.test", 1)
 	if n := strings.Count(s.logs.String(), "reason=dnsbl detail=bl.test"); n != 1 {
 		t.Fatalf("%d dnsbl refusals logged, want 1:\n%s", n, s.logs)
+	}
+	if !strings.Contains(s.logs.String(), `msg="dnsbl lookup failed"`) {
+		t.Fatalf("the failed lookups were not logged:\n%s", s.logs)
 	}
 }
 
