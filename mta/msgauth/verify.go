@@ -114,16 +114,8 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	if err != nil {
 		return Verdict{Disposition: RejectUnevaluable, Reason: capitalize(err.Error())}, nil
 	}
-	timeout := v.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel, res := v.lookups(ctx)
 	defer cancel()
-	res := resolver{v.Resolver}
-	if res.r == nil {
-		res.r = net.DefaultResolver
-	}
 
 	// The SPF check and the DMARC record lookup run beside the DKIM check,
 	// so that a server hanging on one lookup does not eat the others' time.
@@ -222,17 +214,24 @@ type spfOutcome struct {
 // FROM about senders in the local domains, which only a client the
 // domain's SPF record names may use.
 func (v *Verifier) CheckSPF(ctx context.Context, ip net.IP, helo, mailFrom string) string {
+	ctx, cancel, res := v.lookups(ctx)
+	defer cancel()
+	return string(checkSPF(ctx, res, ip, helo, mailFrom).value)
+}
+
+// lookups bounds the DNS work of one check by Timeout and gives the
+// resolver it goes through.
+func (v *Verifier) lookups(ctx context.Context) (context.Context, context.CancelFunc, resolver) {
 	timeout := v.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	res := resolver{v.Resolver}
 	if res.r == nil {
 		res.r = net.DefaultResolver
 	}
-	return string(checkSPF(ctx, res, ip, helo, mailFrom).value)
+	return ctx, cancel, res
 }
 
 // checkSPF checks the MAIL FROM identity, or the HELO identity for the null
