@@ -20,13 +20,23 @@
 // will not fit); Resolve reports a mailbox already at its quota with 4.2.2
 // (temporary: it may be emptied). Notices (DeliverNotice) are stored even
 // past the quota: a bounce must not be lost, and it exceeds it by its size.
+//
+// Forwarding (forward.go): an alias may name remote addresses. Their copy
+// goes to the outbound queue in the same store transaction as the local
+// copies, one queue entry per message with each remote address once, its
+// envelope sender rewritten with SRS when the original sender is not
+// local. An SRS address at a local domain is reversed here too: a bounce
+// to it is queued for the original sender; one with a bad hash or an
+// expired timestamp has no mailbox (5.1.1).
 package mda
 
 import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	"minimail/mta/srs"
 	"minimail/store"
 )
 
@@ -37,9 +47,19 @@ type Mailboxes interface {
 	// Usage returns the octets a mailbox holds and its own quota (0:
 	// DefaultQuota applies).
 	Usage(addr string) (used, quota int64, err error)
-	// ExpandAlias returns the mailboxes an alias (local@domain, or
-	// @domain for a catch-all) reaches, or store.ErrNoAlias.
-	ExpandAlias(addr string) ([]string, error)
+	// Expand returns the mailboxes and remote addresses an alias
+	// (local@domain, or @domain for a catch-all) reaches, or
+	// store.ErrNoAlias.
+	Expand(addr string) (store.Expansion, error)
+	// AppendAndEnqueue is AppendMany that also queues the forwarded
+	// copies, all in one commit.
+	AppendAndEnqueue(ds []store.Delivery, out []store.Outgoing) ([]uint64, []store.QueueEntry, error)
+}
+
+// Queue is told of the entries Deliver committed, so that its runner
+// starts them at once; *queue.Queue satisfies it.
+type Queue interface {
+	Queued(e store.QueueEntry)
 }
 
 // Error is a delivery failure for one recipient. Temporary failures (storage
@@ -89,6 +109,22 @@ type Agent struct {
 	// DefaultQuota is the quota in octets of a mailbox without one of its
 	// own (limits.max_mailbox_bytes); 0 means none.
 	DefaultQuota int64
+
+	// Domains are the local domains: a sender in one is not rewritten
+	// when forwarded, and an SRS address reversed to one is delivered
+	// here.
+	Domains []string
+	// SRS rewrites forwarded senders and reverses bounces; nil forwards
+	// with the sender unchanged and treats SRS addresses as any other.
+	SRS *srs.Rewriter
+	// Queue is woken for forwarded copies; nil leaves them to the
+	// runner's next scan.
+	Queue Queue
+	// MaxHops refuses to forward a message with more Received fields
+	// (a forwarding loop between two servers); 0 = DefaultMaxHops.
+	MaxHops int
+	// Now is the clock of queue entries; nil = time.Now.
+	Now func() time.Time
 }
 
 // Resolve returns the canonical address of a local recipient (for an
@@ -100,6 +136,9 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 	t, err := a.lookup(rcpt)
 	if err != nil {
 		return "", err
+	}
+	if len(t.mailboxes) == 0 && len(t.remote) > 0 {
+		return t.remote[0], nil // forwarded only: no quota here
 	}
 	var full error
 	for _, addr := range t.mailboxes {
@@ -119,10 +158,12 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 	return "", full
 }
 
-// target is what a recipient resolves to: its mailboxes, and the address
-// its copies' Delivered-To names.
+// target is what a recipient resolves to: its mailboxes, the remote
+// addresses it forwards to, and the address its copies' Delivered-To
+// names.
 type target struct {
 	mailboxes   []string
+	remote      []string
 	deliveredTo string
 }
 
@@ -130,8 +171,17 @@ type target struct {
 // address, an alias with it, then without the extension (see Delimiter)
 // a user and an alias, then the domain's catch-all (@domain). A user's
 // Delivered-To is its own spelling with the extension written kept
-// (deliveredTo); an alias's, the address as the sender wrote it.
+// (deliveredTo); an alias's, the address as the sender wrote it. An SRS0
+// address is reversed (reverse) after the whole-address steps and before
+// the others: a forged one must not reach a catch-all.
 func (a *Agent) lookup(rcpt string) (target, error) {
+	if a.SRS != nil && srs.IsSRS(rcpt[:max(strings.LastIndexByte(rcpt, '@'), 0)]) {
+		t, err := a.lookupWhole(rcpt)
+		if err == nil || !errors.Is(err, ErrUnknownUser) {
+			return t, err
+		}
+		return a.reverse(rcpt)
+	}
 	base, _, hasExt := a.splitExtension(rcpt)
 	type step struct {
 		addr  string
@@ -155,10 +205,10 @@ func (a *Agent) lookup(rcpt string) (target, error) {
 			}
 			continue
 		}
-		boxes, err := a.Mailboxes.ExpandAlias(st.addr)
+		x, err := a.Mailboxes.Expand(st.addr)
 		switch {
-		case err == nil && len(boxes) > 0:
-			return target{mailboxes: boxes, deliveredTo: rcpt}, nil
+		case err == nil && len(x.Mailboxes)+len(x.Remote) > 0:
+			return target{mailboxes: x.Mailboxes, remote: x.Remote, deliveredTo: rcpt}, nil
 		case err == nil, errors.Is(err, store.ErrNoAlias):
 		default:
 			return target{}, &Error{Rcpt: rcpt, Err: err, temporary: true}
@@ -185,8 +235,8 @@ func (a *Agent) MaySendAs(user, addr string) bool {
 		if got, err := a.Mailboxes.LookupUser(c); err == nil {
 			return strings.EqualFold(got, user)
 		}
-		if boxes, err := a.Mailboxes.ExpandAlias(c); err == nil {
-			for _, b := range boxes {
+		if x, err := a.Mailboxes.Expand(c); err == nil {
+			for _, b := range x.Mailboxes {
 				if strings.EqualFold(b, user) {
 					return true
 				}
@@ -238,28 +288,43 @@ func (a *Agent) deliveredTo(rcpt, addr string) string {
 // A copy that would take its mailbox past its quota fails with an *Error
 // wrapping ErrMailboxFull, permanent, status 5.2.2; the other copies are
 // stored.
+//
+// Remote targets of aliases (and the original sender of a bounce to an SRS
+// address) get one copy in the queue, committed with the local copies: see
+// forward.go.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
-	return a.deliver(from, rcpts, msg, false)
+	return a.deliver("", from, rcpts, msg, false)
+}
+
+// DeliverID is Deliver for the message that goes by id (the id of its 250
+// reply or queue entry): a forwarded copy is queued under it.
+func (a *Agent) DeliverID(id, from string, rcpts []string, msg []byte) []error {
+	return a.deliver(id, from, rcpts, msg, false)
 }
 
 // DeliverNotice is Deliver for the server's own notices (bounces, delay
 // warnings): they are stored even past the quota, which they exceed by
 // their size, because a notice refused would be lost.
 func (a *Agent) DeliverNotice(from string, rcpts []string, msg []byte) []error {
-	return a.deliver(from, rcpts, msg, true)
+	return a.deliver("", from, rcpts, msg, true)
 }
 
-func (a *Agent) deliver(from string, rcpts []string, msg []byte, notice bool) []error {
+func (a *Agent) deliver(id, from string, rcpts []string, msg []byte, notice bool) []error {
 	results := make([]error, len(rcpts))
 	var ds []store.Delivery
 	var idx []int // the recipient each copy is for
 	seen := make(map[string]bool, len(rcpts))
+	fwd := forwarding{seen: map[string]bool{}}
 	for i, rcpt := range rcpts {
 		t, err := a.lookup(rcpt)
+		if err == nil && len(t.remote) > 0 {
+			err = a.checkHops(rcpt, msg)
+		}
 		if err != nil {
 			results[i] = err
 			continue
 		}
+		fwd.add(i, rcpt, t.remote)
 		for _, addr := range t.mailboxes {
 			if seen[store.Key(addr)] {
 				continue
@@ -275,10 +340,38 @@ func (a *Agent) deliver(from string, rcpts []string, msg []byte, notice bool) []
 			idx = append(idx, i)
 		}
 	}
-	if len(ds) == 0 {
+	if len(ds) == 0 && len(fwd.rcpts) == 0 {
 		return results
 	}
-	_, err := a.Mailboxes.AppendMany(ds)
+	out, err := a.outgoing(id, from, &fwd, msg)
+	if err != nil {
+		for _, i := range append(append([]int(nil), idx...), fwd.idx...) {
+			results[i] = &Error{Rcpt: rcpts[i], Err: err, temporary: true}
+		}
+		return results
+	}
+	_, queued, err := a.Mailboxes.AppendAndEnqueue(ds, out)
+	if err == nil {
+		a.wake(queued)
+		return results
+	}
+	if errors.Is(err, store.ErrNoUser) || errors.Is(err, store.ErrOverQuota) {
+		// The forwarded copy does not depend on the mailboxes: it is
+		// committed on its own, then the copies as below.
+		if len(out) > 0 {
+			_, queued, qerr := a.Mailboxes.AppendAndEnqueue(nil, out)
+			if qerr != nil {
+				for _, i := range fwd.idx {
+					results[i] = appendError(rcpts[i], qerr)
+				}
+			}
+			a.wake(queued)
+			if len(ds) == 1 {
+				results[idx[0]] = appendError(rcpts[idx[0]], err)
+				return results
+			}
+		}
+	}
 	if (errors.Is(err, store.ErrNoUser) || errors.Is(err, store.ErrOverQuota)) && len(ds) > 1 {
 		// A user was deleted since Resolve, or a mailbox has no room, and
 		// the batch is all or nothing: store each copy alone so only that
@@ -292,8 +385,11 @@ func (a *Agent) deliver(from string, rcpts []string, msg []byte, notice bool) []
 		}
 		return results
 	}
-	if err != nil {
-		for _, i := range idx {
+	for _, i := range idx {
+		results[i] = appendError(rcpts[i], err)
+	}
+	if len(out) > 0 && !errors.Is(err, store.ErrNoUser) && !errors.Is(err, store.ErrOverQuota) {
+		for _, i := range fwd.idx {
 			results[i] = appendError(rcpts[i], err)
 		}
 	}

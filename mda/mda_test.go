@@ -41,9 +41,19 @@ func (f *fakeMailboxes) LookupUser(addr string) (string, error) {
 	return "", fmt.Errorf("%s: %w", addr, store.ErrNoUser)
 }
 
-// ExpandAlias knows no aliases (alias_test.go uses the real store).
-func (f *fakeMailboxes) ExpandAlias(addr string) ([]string, error) {
-	return nil, fmt.Errorf("%s: %w", addr, store.ErrNoAlias)
+// Expand knows no aliases (alias_test.go uses the real store).
+func (f *fakeMailboxes) Expand(addr string) (store.Expansion, error) {
+	return store.Expansion{}, fmt.Errorf("%s: %w", addr, store.ErrNoAlias)
+}
+
+// AppendAndEnqueue is AppendMany: the fake knows no aliases, so nothing
+// is forwarded.
+func (f *fakeMailboxes) AppendAndEnqueue(ds []store.Delivery, out []store.Outgoing) ([]uint64, []store.QueueEntry, error) {
+	if len(out) > 0 {
+		return nil, nil, fmt.Errorf("fake: unexpected forwarding")
+	}
+	ids, err := f.AppendMany(ds)
+	return ids, nil, err
 }
 
 // Usage reports every mailbox empty, without a quota.

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"minimail/mta/mailaddr"
+	"minimail/mta/srs"
 )
 
 // RFC 5321 4.5.3.1 size limits.
@@ -67,7 +68,10 @@ func parseAddress(s string) (address, error) {
 		return address{}, errAddrSyntax
 	}
 	a := address{Local: s[:at], Domain: strings.ToLower(s[at+1:])}
-	if len(a.Local) > maxLocalPart {
+	// SRS addresses (minimail/mta/srs) carry a whole address in their
+	// local part and often pass 64 octets; RFC 5321 4.5.3.1 asks servers
+	// to take longer objects where they can. The path limit still holds.
+	if len(a.Local) > maxLocalPart && !srs.IsSRS(a.Local) {
 		return address{}, errAddrTooLong
 	}
 	for i := 0; i < len(s); i++ {
@@ -113,14 +117,7 @@ func validDomain(d string) bool {
 // Submission refuses such recipients: relaying to them would let any user
 // make the server connect to port 25 of its own loopback, the internal
 // network or a cloud metadata address.
-func isAddressLiteral(domain string) bool {
-	domain = strings.TrimSuffix(domain, ".")
-	if strings.HasPrefix(domain, "[") {
-		return true
-	}
-	last := domain[strings.LastIndexByte(domain, '.')+1:]
-	return last != "" && strings.Trim(last, "0123456789") == ""
-}
+func isAddressLiteral(domain string) bool { return mailaddr.IsIPDomain(domain) }
 
 // relayTrick reports whether a local part addressed to one of our domains
 // tries to route elsewhere: the percent hack (user%other@local), a bang path
@@ -135,21 +132,7 @@ func relayTrick(local string) bool {
 // (RFC 5321 4.1.2 Dot-string; UTF-8 allowed per RFC 6531). Submission only
 // relays such addresses: go-smtp drops the quotes, and re-quoting every
 // oddity correctly is not worth the risk for addresses nobody uses.
-func isDotAtom(local string) bool {
-	if local == "" || local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") {
-		return false
-	}
-	for i := 0; i < len(local); i++ {
-		c := local[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c >= 0x80:
-		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func isDotAtom(local string) bool { return mailaddr.IsDotString(local) }
 
 // sameAddress compares addresses the way the store keys users: case
 // insensitively, local part included.

@@ -1,6 +1,9 @@
 package mta
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestIsAddressLiteral(t *testing.T) {
 	tests := []struct {
@@ -34,5 +37,20 @@ func TestIsAddressLiteral(t *testing.T) {
 		if got := isAddressLiteral(tt.domain); got != tt.want {
 			t.Errorf("isAddressLiteral(%q) = %v, want %v", tt.domain, got, tt.want)
 		}
+	}
+}
+
+// TestParseAddressSRSLocalPartsPast64: an SRS address carries a whole
+// address in its local part; it is taken past 64 octets, others are not.
+func TestParseAddressSRSLocalPartsPast64(t *testing.T) {
+	long := strings.Repeat("l", 60)
+	if _, err := parseAddress("SRS0=HHHH=TT=other.example=" + long + "@example.org"); err != nil {
+		t.Errorf("long SRS0 local part: %v", err)
+	}
+	if _, err := parseAddress("x" + long + "abcd@example.org"); err != errAddrTooLong {
+		t.Errorf("65-octet local part: %v, want errAddrTooLong", err)
+	}
+	if _, err := parseAddress("SRS0=" + strings.Repeat("l", 260) + "@example.org"); err != errAddrTooLong {
+		t.Errorf("an SRS path past 256 octets: %v, want errAddrTooLong", err)
 	}
 }

@@ -149,6 +149,9 @@ func FuzzSession(f *testing.F) {
 		"EHLO a\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGNvcnJlY3QgaG9yc2U=\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<c@remote.test>\r\nDATA\r\nFrom: alice@example.org\r\n\r\nx\r\n.\r\n",
 		"EHLO a\r\nAUTH LOGIN\r\nYWxpY2VAZXhhbXBsZS5vcmc=\r\nY29ycmVjdCBob3JzZQ==\r\nRSET\r\nNOOP\r\nVRFY x\r\nSTARTTLS\r\n",
 		"RCPT TO:<x>\r\nDATA\r\nMAIL FROM:<\"a@b\"@example.org> SIZE=1 BODY=8BITMIME SMTPUTF8\r\n",
+		// RFC 3461 parameters, good and bad, on both listeners.
+		"EHLO a\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGNvcnJlY3QgaG9yc2U=\r\nMAIL FROM:<alice@example.org> RET=FULL ENVID=Q+2B1\r\nRCPT TO:<c@remote.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;c+2Bx@remote.test\r\nRCPT TO:<bob@example.org> NOTIFY=SUCCESS\r\nRCPT TO:<d@remote.test> NOTIFY=SUCCESS,NEVER ORCPT=utf-8;d\\x{E9}@remote.test\r\nDATA\r\nFrom: alice@example.org\r\n\r\nx\r\n.\r\n",
+		"EHLO a\r\nMAIL FROM:<b@c.test> RET=HDRS ENVID=a+3d\r\nMAIL FROM:<b@c.test>\r\nRCPT TO:<alice@example.org> ORCPT=rfc822;+\r\n",
 	} {
 		f.Add(byte(0), []byte(s))
 		f.Add(byte(1), []byte(s))

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"minimail/mda"
+	"minimail/mta/delivery"
 	"minimail/mta/msgauth"
 	"minimail/mta/tlstest"
 	"minimail/store"
@@ -145,9 +146,10 @@ func (e *env) submitWithHeader(t testing.TB, header string) string {
 
 // fakeQueue records what is enqueued, or fails with err.
 type fakeQueue struct {
-	mu  sync.Mutex
-	err error
-	got []queued
+	mu   sync.Mutex
+	err  error
+	got  []queued
+	dsns []delivery.DSN // the RFC 3461 request of each entry of got
 }
 
 type queued struct {
@@ -164,6 +166,19 @@ func (q *fakeQueue) Enqueue(id, from string, rcpts []string, msg []byte) (string
 		return "", q.err
 	}
 	q.got = append(q.got, queued{id, from, append([]string(nil), rcpts...), append([]byte(nil), msg...)})
+	q.dsns = append(q.dsns, delivery.DSN{})
+	return id, nil
+}
+
+// EnqueueDSN makes the fake a DSNQueue, so submission offers DSN.
+func (q *fakeQueue) EnqueueDSN(id, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.err != nil {
+		return "", q.err
+	}
+	q.got = append(q.got, queued{id, from, append([]string(nil), rcpts...), append([]byte(nil), msg...)})
+	q.dsns = append(q.dsns, p)
 	return id, nil
 }
 

@@ -14,11 +14,14 @@
 //
 //	MX:         RCPT  -> Local.Resolve (550 5.1.1 unknown, 550 5.7.1 not ours)
 //	            DATA  -> CRLF normalised -> Verify (SPF/DKIM/DMARC)
-//	                  -> Received prepended -> Local.Deliver
+//	                  -> Received prepended -> Local.Deliver (with the
+//	                     queue entry for aliases' remote targets, one commit)
 //	Submission: AUTH PLAIN/LOGIN (after TLS) -> MAIL must be the user's address
 //	            DATA  -> CRLF normalised -> From:/Sender: checked,
 //	                     Date/Message-ID added -> Sign -> Received prepended
 //	                  -> Local.Deliver for local recipients, then Queue.Enqueue
+//	                     (with RFC 3461 DSN parameters: local recipients
+//	                     asking NOTIFY=SUCCESS are queued too, see dsn.go)
 //
 // Local recipients are stored before anything is queued: when local delivery
 // fails temporarily the client gets 451 and nothing has been queued, so its
@@ -49,6 +52,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"minimail/mta/delivery"
 	"minimail/mta/guard"
 	"minimail/mta/mailaddr"
 )
@@ -68,11 +72,33 @@ type Local interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
+// IDDeliverer is a Local that takes the transaction's id (*mda.Agent's
+// DeliverID): the copies it forwards to remote alias targets go to the
+// queue under the id the 250 reply gives.
+type IDDeliverer interface {
+	DeliverID(id, from string, rcpts []string, msg []byte) []error
+}
+
+// Forwarder is a Local that says whether a recipient forwards to a remote
+// address (*mda.Agent). Submission then DKIM-signs the message as it does
+// for remote recipients: it leaves with the user's From. The MX never
+// signs: a forwarded copy keeps the signature it came with.
+type Forwarder interface {
+	Forwards(rcpt string) bool
+}
+
 // Queue is the durable outbound queue. Enqueue keeps the message under the
 // id its 250 reply gives (the transaction's) and returns only once the
 // message is on disk.
 type Queue interface {
 	Enqueue(id, from string, rcpts []string, msg []byte) (string, error)
+}
+
+// DSNQueue is a Queue that keeps a message's RFC 3461 parameters with it
+// and acts on them (*queue.Queue does). Submission offers DSN only when its
+// queue is one: a request it could not honour must not be accepted.
+type DSNQueue interface {
+	EnqueueDSN(id, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error)
 }
 
 // Users checks login credentials. authz is the SASL authorization identity
@@ -433,6 +459,9 @@ func (s *Server) engine(tlsConfig *tls.Config) *smtp.Server {
 	e.ReadTimeout = s.opts.CommandTimeout
 	e.WriteTimeout = s.opts.CommandTimeout
 	e.EnableSMTPUTF8 = true
+	// RFC 3461 on submission only: DSN on port 25 would let anyone make
+	// this server send notices to forged senders (backscatter).
+	e.EnableDSN = s.dsnQueue() != nil
 	e.ErrorLog = errorLog{s.log}
 	return e
 }
@@ -667,6 +696,15 @@ func (s *Server) holdBuffer(n int64) bool {
 }
 
 func (s *Server) releaseBuffer(n int64) { s.buffered.Add(-n) }
+
+// dsnQueue is the submission queue when it keeps DSN parameters, else nil.
+func (s *Server) dsnQueue() DSNQueue {
+	if s.kind != kindSubmission {
+		return nil
+	}
+	dq, _ := s.queue.(DSNQueue)
+	return dq
+}
 
 // isLocal reports whether domain (lower case) is one of ours.
 func (s *Server) isLocal(domain string) bool { return s.domains[domain] }

@@ -19,6 +19,7 @@ import (
 	"minimail/mta/delivery"
 	"minimail/mta/guard"
 	"minimail/mta/mailaddr"
+	"minimail/mta/xtext"
 )
 
 // session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, after
@@ -46,13 +47,20 @@ type transaction struct {
 	sizeHint int64
 	local    []string // accepted local recipients, as written (domain lower-cased)
 	remote   []string // accepted remote recipients (submission only)
+	forwards bool     // a local recipient forwards to a remote address (Forwarder)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
+	logged   bool
+	// RFC 3461 (submission only): RET and ENVID of MAIL, and the NOTIFY
+	// and ORCPT of each accepted recipient that had any.
+	ret      smtp.DSNReturn
+	envID    string
+	rcptOpts map[string]*smtp.RcptOptions
+	queued   bool // the message went (also) to the queue
 	// reason is set by an antispam refusal (antispamRefusal), detail
 	// says more (the zone, the SPF result), for the log.
 	reason, reasonDetail string
 	authenticated        []string // domains the message authenticated for (MX)
-	logged               bool
 }
 
 func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
@@ -155,6 +163,8 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
 	case opts.Size > ss.srv.opts.MaxMessageBytes:
 		return ss.reject(552, smtp.EnhancedCode{5, 3, 4}, ss.tooBig())
+	case len(xtext.Encode(opts.EnvelopeID)) > maxEnvID:
+		return ss.reject(501, smtp.EnhancedCode{5, 5, 4}, fmt.Sprintf("ENVID longer than %d characters", maxEnvID))
 	}
 	if ss.srv.kind == kindSubmission {
 		// RFC 4954 6 and RFC 6409 6.1: who may send, and as whom.
@@ -179,7 +189,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
 	tx = &transaction{id: delivery.NewID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size,
-		authenticated: refusal.authenticated}
+		ret: opts.Return, envID: opts.EnvelopeID, authenticated: refusal.authenticated}
 	ss.mu.Lock()
 	ss.tx = tx
 	ss.mu.Unlock()
@@ -204,11 +214,19 @@ func mailLineLen(from string, opts *smtp.MailOptions) int {
 	if opts.Auth != nil {
 		n += len(" AUTH=<>") + len(*opts.Auth)
 	}
+	// RET and ENVID are left out: RFC 3461 4 lets them lengthen the line
+	// beyond 512 octets, and ENVID has its own bound (maxEnvID).
 	return n
 }
 
+// RFC 3461 4.2 and 4.4: the longest ORCPT and ENVID values, as sent.
+const (
+	maxORCPT = 500
+	maxEnvID = 100
+)
+
 // Rcpt accepts or refuses one recipient (RFC 5321 4.1.1.3).
-func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if ss.gone() {
 		return errGone
 	}
@@ -216,7 +234,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if tx == nil {
 		return ss.reject(503, smtp.EnhancedCode{5, 5, 1}, "need MAIL first")
 	}
-	err := ss.rcpt(tx, to)
+	err := ss.rcpt(tx, to, opts)
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		// The address is the client's, as long as its line limit allows.
@@ -225,9 +243,12 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return err
 }
 
-func (ss *session) rcpt(tx *transaction, to string) error {
+func (ss *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error {
 	if len("RCPT TO:<>\r\n")+len(to) > maxCommandLine {
 		return ss.reject(500, smtp.EnhancedCode{5, 5, 2}, "command line too long")
+	}
+	if opts != nil && len(opts.OriginalRecipientType)+1+len(xtext.Encode(opts.OriginalRecipient)) > maxORCPT {
+		return ss.reject(501, smtp.EnhancedCode{5, 5, 4}, fmt.Sprintf("ORCPT longer than %d characters", maxORCPT))
 	}
 	if !tx.utf8 && !mailaddr.IsASCII(to) {
 		return ss.reject(553, smtp.EnhancedCode{5, 6, 7}, "non-ASCII address requires SMTPUTF8")
@@ -265,6 +286,10 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		// Kept as the client wrote it (an extension too: Delivered-To names
 		// it); Local delivers one copy per mailbox however many reach it.
 		tx.local = appendNew(tx.local, a.String())
+		tx.keepDSN(a.String(), opts)
+		if f, ok := ss.srv.local.(Forwarder); ok && ss.srv.kind == kindSubmission && f.Forwards(a.String()) {
+			tx.forwards = true
+		}
 		return nil
 	}
 	if ss.srv.kind == kindMX || ss.srv.queue == nil {
@@ -279,6 +304,7 @@ func (ss *session) rcpt(tx *transaction, to string) error {
 		return ss.reject(553, smtp.EnhancedCode{5, 1, 3}, "local part needs quoting, which is not supported")
 	}
 	tx.remote = appendNew(tx.remote, a.String())
+	tx.keepDSN(a.String(), opts)
 	return nil
 }
 
@@ -517,7 +543,9 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		}
 		mb.set(ss.submissionHeaderEdits(tx, user, fields, msg))
 		mb.prepend(submissionHeaders(fields, addFrom, user, o.Hostname, now))
-		if len(tx.remote) > 0 && o.Sign != nil {
+		// Signed when it leaves: to a remote recipient, or through an
+		// alias that forwards (mail from the MX is never signed as ours).
+		if (len(tx.remote) > 0 || tx.forwards) && o.Sign != nil {
 			a, _ := parseAddress(user)
 			sig, err := o.Sign(a.Domain, mb.bytes())
 			if err != nil {
@@ -543,34 +571,58 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 
 // store makes the message durable: local recipients first, in one commit,
 // then the queue for the rest (see the package comment for why this order).
+// Local recipients that asked for a success notice (NOTIFY=SUCCESS) go
+// through the queue too, which stores the notice in the same commit as the
+// record of the delivery it reports: none lost, none sent twice.
 func (ss *session) store(tx *transaction, msg []byte) error {
-	stored := 0
+	stored, loops := 0, 0
 	var full []string // local recipients whose mailbox had no room
-	if len(tx.local) > 0 {
-		for i, err := range ss.srv.local.Deliver(tx.from, tx.local, msg) {
+	local, queued := tx.local, tx.remote
+	if ss.srv.dsnQueue() != nil {
+		local, queued = nil, nil
+		for _, r := range tx.local {
+			if wantsSuccess(tx.rcptOpts[r]) {
+				queued = append(queued, r)
+			} else {
+				local = append(local, r)
+			}
+		}
+		queued = append(queued, tx.remote...)
+	}
+	if len(local) > 0 {
+		for i, err := range ss.deliverLocal(tx, local, msg) {
 			switch {
 			case err == nil:
 				stored++
 			case permanent(err) && status(err) == "5.2.2":
-				full = append(full, tx.local[i])
-				tx.refused = append(tx.refused, tx.local[i]+" 552")
+				full = append(full, local[i])
+				tx.refused = append(tx.refused, local[i]+" 552")
+			case permanent(err) && status(err) == "5.4.6":
+				// An alias would forward a message that is looping.
+				loops++
+				tx.refused = append(tx.refused, local[i]+" 554")
 			case permanent(err):
 				// The mailbox vanished since RCPT; nothing to retry.
-				tx.refused = append(tx.refused, tx.local[i]+" 550")
+				tx.refused = append(tx.refused, local[i]+" 550")
 			default:
-				ss.srv.log.Error("local delivery failed", "id", tx.id, "rcpt", tx.local[i], "err", err)
+				ss.srv.log.Error("local delivery failed", "id", tx.id, "rcpt", local[i], "err", err)
 				return smtpErr(451, codeTransient, "temporary local delivery failure, try again later")
 			}
 		}
 	}
-	if len(tx.remote) > 0 {
+	if len(queued) > 0 {
 		// The queue keeps the message under the transaction's id, the one
 		// the 250 gives: one id in the reply, the logs and the queue.
-		if _, err := ss.srv.queue.Enqueue(tx.id, tx.from, tx.remote, msg); err != nil {
+		if _, err := ss.enqueue(ss.srv.queue, tx, queued, msg); err != nil {
 			ss.srv.log.Error("enqueue failed", "id", tx.id, "local_stored", stored, "err", err)
 			return smtpErr(451, codeTransient, "temporary queue failure, try again later")
 		}
-		stored += len(tx.remote)
+		stored += len(queued)
+		tx.queued = true
+	}
+	if stored == 0 && loops > 0 {
+		// RFC 5321 6.3: a message with too many Received fields is looping.
+		return ss.reject(554, smtp.EnhancedCode{5, 4, 6}, "forwarding loop detected (too many Received fields)")
 	}
 	if stored == 0 && len(full) > 0 {
 		return ss.reject(552, smtp.EnhancedCode{5, 2, 2}, "mailbox full")
@@ -585,6 +637,15 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 	return smtpErr(250, codeOK, "OK id="+tx.id)
 }
 
+// deliverLocal hands the local recipients to Local, with the transaction's
+// id when Local takes it (IDDeliverer): forwarded copies are queued under it.
+func (ss *session) deliverLocal(tx *transaction, rcpts []string, msg []byte) []error {
+	if d, ok := ss.srv.local.(IDDeliverer); ok {
+		return d.DeliverID(tx.id, tx.from, rcpts, msg)
+	}
+	return ss.srv.local.Deliver(tx.from, rcpts, msg)
+}
+
 // overflow hands the recipients whose mailbox had no room for a message
 // others received to the queue, so that the sender hears of them after
 // the 250 (a bounce with 5.2.2, or the copy if room was made meanwhile).
@@ -597,7 +658,7 @@ func (ss *session) overflow(tx *transaction, full []string, msg []byte) {
 		ss.srv.log.Warn("over_quota", "id", tx.id, "rcpts", full, "result", "dropped")
 		return
 	}
-	if _, err := q.Enqueue(tx.id, tx.from, full, msg); err != nil {
+	if _, err := ss.enqueue(q, tx, full, msg); err != nil {
 		ss.srv.log.Error("over_quota", "id", tx.id, "rcpts", full, "err", err, "result", "dropped")
 		return
 	}
@@ -616,7 +677,7 @@ func (ss *session) finish(tx *transaction, user string, size int, reply error) e
 		event = "rejected"
 	case se.Code >= 400:
 		event = "deferred"
-	case len(tx.remote) > 0:
+	case len(tx.remote) > 0 || tx.queued:
 		event = "queued"
 	}
 	ss.logTx(tx, user, event, slog.Int("size", size),

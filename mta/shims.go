@@ -51,6 +51,14 @@ func newReplyShims(maxMessageBytes int64, hostname string) *replyShims {
 	// RFC 5321 4.1.1.11: an unknown MAIL or RCPT parameter is 555.
 	r.exact["500 5.5.4 Unknown MAIL FROM argument"] = "555 5.5.4 unknown MAIL FROM parameter"
 	r.exact["500 5.5.4 Unknown RCPT TO argument"] = "555 5.5.4 unknown RCPT TO parameter"
+	// The same for the RFC 3461 parameters where DSN is not offered (the
+	// MX): go-smtp says 504 ("not implemented"), as for a known command.
+	for _, p := range []string{"RET", "ENVID"} {
+		r.exact["504 5.5.4 "+p+" is not implemented"] = "555 5.5.4 unknown MAIL FROM parameter"
+	}
+	for _, p := range []string{"NOTIFY", "ORCPT"} {
+		r.exact["504 5.5.4 "+p+" is not implemented"] = "555 5.5.4 unknown RCPT TO parameter"
+	}
 	// RFC 4954 4: a response that is not valid base64 is 501 5.5.2.
 	r.exact["454 4.7.0 Invalid base64 data"] = "501 5.5.2 invalid base64 data"
 	r.sizeFrom = "SIZE " + strconv.FormatInt(maxMessageBytes+1, 10)

@@ -46,9 +46,13 @@ func TestGoSMTPStillNeedsTheShims(t *testing.T) {
 			{"RCPT TO:<a@b.test>", "502 5.5.1 Missing MAIL FROM command."},
 			{"DATA", "502 5.5.1 Missing RCPT TO command."},
 			{"MAIL FROM:<a@b.test> FOO=BAR", "500 5.5.4 Unknown MAIL FROM argument"},
+			{"MAIL FROM:<a@b.test> RET=HDRS", "504 5.5.4 RET is not implemented"},
+			{"MAIL FROM:<a@b.test> ENVID=x", "504 5.5.4 ENVID is not implemented"},
 			{"AUTH PLAIN %%%", "454 4.7.0 Invalid base64 data"},
 			{"MAIL FROM:<a@b.test>", "250 "},
 			{"RCPT TO:<c@d.test> FOO=BAR", "500 5.5.4 Unknown RCPT TO argument"},
+			{"RCPT TO:<c@d.test> NOTIFY=NEVER", "504 5.5.4 NOTIFY is not implemented"},
+			{"RCPT TO:<c@d.test> ORCPT=rfc822;c@d.test", "504 5.5.4 ORCPT is not implemented"},
 			{"STARTTLS", string(startTLSReady)},
 		} {
 			if c.want == "" {

@@ -20,9 +20,11 @@ import (
 //
 // The store keeps three rules at every change, so that delivery never has
 // to judge: an alias never shadows a user (nor a user an alias), every
-// target is an existing user or alias, and no alias reaches itself through
-// its targets. Whether a domain is local is the caller's to check: the
-// store does not know the configuration.
+// local target is an existing user or alias, and no alias reaches itself
+// through its targets. Whether a domain is local is the caller's to judge:
+// the store does not know the configuration, so AddAliasRemote is told
+// which targets are remote addresses (forwarding); they are kept in the
+// record's remote list and never looked up.
 
 var (
 	// ErrNoAlias means the address is not an alias.
@@ -48,8 +50,11 @@ var bucketAliases = []byte("aliases")
 
 // Alias is an alias as listed by Aliases.
 type Alias struct {
-	Address string    `json:"address"` // local@domain, or @domain (catch-all)
-	Targets []string  `json:"targets"`
+	Address string   `json:"address"` // local@domain, or @domain (catch-all)
+	Targets []string `json:"targets"`
+	// Remote lists the targets that are remote addresses (forwarded
+	// through the queue); empty for an alias without.
+	Remote  []string  `json:"remote,omitempty"`
 	Created time.Time `json:"created"`
 }
 
@@ -60,7 +65,18 @@ func (a Alias) CatchAll() bool { return strings.HasPrefix(a.Address, "@") }
 type aliasRecord struct {
 	Address string    `json:"address"`
 	Targets []string  `json:"targets"`
+	Remote  []string  `json:"remote,omitempty"` // the targets that are remote addresses
 	Created time.Time `json:"created"`
+}
+
+// isRemote reports whether target is one of rec's remote targets.
+func (rec aliasRecord) isRemote(target string) bool {
+	for _, r := range rec.Remote {
+		if Key(r) == Key(target) {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeAliasRecord reads the aliases bucket's value for key k.
@@ -109,6 +125,13 @@ const maxAliasDepth = 32
 // (ErrNoTarget), and one that would make the alias reach itself
 // (ErrAliasLoop). Targets are plain addresses: no catch-all.
 func (s *Store) AddAlias(alias string, targets []string) (Alias, error) {
+	return s.AddAliasRemote(alias, targets, nil)
+}
+
+// AddAliasRemote is AddAlias with remote targets: those remote reports
+// true for (the caller knows the local domains) are forwarded, not looked
+// up. nil means none is remote.
+func (s *Store) AddAliasRemote(alias string, targets []string, remote func(target string) bool) (Alias, error) {
 	canon, err := CanonicalAlias(alias)
 	if err != nil {
 		return Alias{}, fmt.Errorf("%w: %w", ErrBadAlias, err)
@@ -116,7 +139,7 @@ func (s *Store) AddAlias(alias string, targets []string) (Alias, error) {
 	if len(targets) == 0 {
 		return Alias{}, fmt.Errorf("%w: %s: no targets", ErrBadAlias, canon)
 	}
-	var ts []string
+	var ts, rs []string
 	seen := map[string]bool{}
 	for _, t := range targets {
 		ct, err := CanonicalAddress(t)
@@ -126,9 +149,12 @@ func (s *Store) AddAlias(alias string, targets []string) (Alias, error) {
 		if !seen[Key(ct)] {
 			seen[Key(ct)] = true
 			ts = append(ts, ct)
+			if remote != nil && remote(ct) {
+				rs = append(rs, ct)
+			}
 		}
 	}
-	rec := aliasRecord{Address: canon, Targets: ts, Created: time.Now().UTC()}
+	rec := aliasRecord{Address: canon, Targets: ts, Remote: rs, Created: time.Now().UTC()}
 	b, _ := json.Marshal(rec)
 	key := []byte(Key(canon))
 	err = s.update(func(tx *bolt.Tx) error {
@@ -142,13 +168,16 @@ func (s *Store) AddAlias(alias string, targets []string) (Alias, error) {
 		}
 		for _, t := range ts {
 			tk := []byte(Key(t))
+			if rec.isRemote(t) {
+				continue
+			}
 			if users.Get(tk) == nil && aliases.Get(tk) == nil && !bytesEqual(tk, key) {
 				return fmt.Errorf("alias %s: %s: %w", canon, t, ErrNoTarget)
 			}
 		}
 		// The aliases already stored have no loop, so a loop the new one
 		// makes runs through it: look for it among what its targets reach.
-		if path := reachPath(aliases, ts, string(key), nil, 0); path != nil {
+		if path := reachPath(aliases, rec.localTargets(), string(key), nil, 0); path != nil {
 			return fmt.Errorf("alias %s: %w: %s -> %s", canon, ErrAliasLoop, canon, strings.Join(path, " -> "))
 		}
 		return aliases.Put(key, b)
@@ -180,7 +209,7 @@ func reachPath(aliases *bolt.Bucket, targets []string, want string, path []strin
 		if err != nil {
 			continue
 		}
-		if r := reachPath(aliases, rec.Targets, want, p, depth+1); r != nil {
+		if r := reachPath(aliases, rec.localTargets(), want, p, depth+1); r != nil {
 			return r
 		}
 	}
@@ -244,11 +273,40 @@ func (s *Store) Aliases() ([]Alias, error) {
 	return out, err
 }
 
+// localTargets are rec's targets that are users or aliases.
+func (rec aliasRecord) localTargets() []string {
+	if len(rec.Remote) == 0 {
+		return rec.Targets
+	}
+	var out []string
+	for _, t := range rec.Targets {
+		if !rec.isRemote(t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // ExpandAlias returns the canonical addresses of the mailboxes alias
 // reaches, each once, in the order of its targets (depth first); or
 // ErrNoAlias when addr is no alias. A catch-all is asked for as @domain.
+// Remote targets are left out (see Expand).
 func (s *Store) ExpandAlias(addr string) ([]string, error) {
-	var out []string
+	x, err := s.Expand(addr)
+	return x.Mailboxes, err
+}
+
+// Expansion is what an alias reaches: local mailboxes and remote
+// addresses, each once, in the order of the targets (depth first).
+type Expansion struct {
+	Mailboxes []string
+	Remote    []string
+}
+
+// Expand returns everything alias addr reaches, through other aliases
+// too, or ErrNoAlias when addr is no alias.
+func (s *Store) Expand(addr string) (Expansion, error) {
+	var out Expansion
 	err := s.db.View(func(tx *bolt.Tx) error {
 		aliases := tx.Bucket(bucketAliases)
 		key := []byte(Key(addr))
@@ -261,30 +319,34 @@ func (s *Store) ExpandAlias(addr string) ([]string, error) {
 			return err
 		}
 		seen := map[string]bool{}
-		return expand(tx, rec.Targets, seen, &out, 0)
+		return expand(tx, rec, seen, &out, 0)
 	})
 	if err != nil {
-		return nil, err
+		return Expansion{}, err
 	}
 	return out, nil
 }
 
-func expand(tx *bolt.Tx, targets []string, seen map[string]bool, out *[]string, depth int) error {
+func expand(tx *bolt.Tx, from aliasRecord, seen map[string]bool, out *Expansion, depth int) error {
 	if depth > maxAliasDepth {
 		return fmt.Errorf("alias expansion deeper than %d: corrupt", maxAliasDepth)
 	}
-	for _, t := range targets {
+	for _, t := range from.Targets {
 		k := []byte(Key(t))
 		if seen[string(k)] {
 			continue
 		}
 		seen[string(k)] = true
+		if from.isRemote(t) {
+			out.Remote = append(out.Remote, t)
+			continue
+		}
 		if v := tx.Bucket(bucketUsers).Get(k); v != nil {
 			rec, err := decodeUserRecord(k, v)
 			if err != nil {
 				return err
 			}
-			*out = append(*out, rec.Address)
+			out.Mailboxes = append(out.Mailboxes, rec.Address)
 			continue
 		}
 		v := tx.Bucket(bucketAliases).Get(k)
@@ -295,7 +357,7 @@ func expand(tx *bolt.Tx, targets []string, seen map[string]bool, out *[]string, 
 		if err != nil {
 			return err
 		}
-		if err := expand(tx, rec.Targets, seen, out, depth+1); err != nil {
+		if err := expand(tx, rec, seen, out, depth+1); err != nil {
 			return err
 		}
 	}

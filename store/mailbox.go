@@ -71,9 +71,37 @@ func (s *Store) Append(addr string, msg []byte) (uint64, error) {
 // AppendMany stores every delivery in one transaction: all are durable when it
 // returns nil, and none are stored when it returns an error.
 func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
+	ids, _, err := s.AppendAndEnqueue(ds, nil)
+	return ids, err
+}
+
+// Outgoing is a message for the outbound queue that AppendAndEnqueue
+// commits together with mailbox copies: Body is stored as the entry's
+// message (the same slice as the copies' Message costs no memory).
+type Outgoing struct {
+	Entry QueueEntry
+	Body  []byte
+}
+
+// AppendAndEnqueue stores the deliveries and queues the outgoing messages
+// in one transaction: all of it is durable when it returns nil, none of it
+// when it returns an error. It returns the mailbox ids and the queue
+// entries with their ids set. Forwarding uses it, so that the local copies
+// and the one for a remote target are accepted in one step.
+func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []QueueEntry, error) {
 	ids := make([]uint64, len(ds))
+	entries := make([]QueueEntry, len(out))
+	// Marshalled inside the transaction (the id comes from its sequence),
+	// which update may run more than once: every run starts from out.
 	now := time.Now().UTC()
 	err := s.update(func(tx *bolt.Tx) error {
+		for i, o := range out {
+			e, err := enqueueTx(tx, o.Entry, o.Body)
+			if err != nil {
+				return err
+			}
+			entries[i] = e
+		}
 		mailboxes := tx.Bucket(bucketMailboxes)
 		bodies := newBodyWriter(tx)
 		for i, d := range ds {
@@ -115,9 +143,9 @@ func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
 		return bodies.writeRefs()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("append: %w", err)
+		return nil, nil, fmt.Errorf("append: %w", err)
 	}
-	return ids, nil
+	return ids, entries, nil
 }
 
 // checkQuota refuses d when it would take mb past its quota. It runs in the

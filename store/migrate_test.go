@@ -51,6 +51,9 @@ func schemaOf(t *testing.T, dir string) string {
 func TestOpen_MigratesSchema1KeepingEveryUIDL(t *testing.T) {
 	dir := schema1Dir(t)
 	s := openStore(t, dir)
+	if secret, err := s.SRSSecret(); err != nil || len(secret) == 0 {
+		t.Errorf("no SRS secret after migration: %v", err)
+	}
 
 	mail := map[string][]string{ // UIDL and body per message, as schema 1 served them
 		alice: {"1", "Subject: one\r\n\r\nfirst\r\n", "4", "Subject: three\r\n\r\nthird\r\n"},

@@ -40,9 +40,24 @@ type QueueRcpt struct {
 	Diagnostic string `json:"diagnostic,omitempty"`
 	// RemoteMTA is the host that gave the last answer, if any.
 	RemoteMTA string `json:"remote_mta,omitempty"`
-	// Notified records that the failure notice for this recipient was
-	// handed on (or is not owed, for a null sender).
+	// Notified records that the notice about this recipient's outcome
+	// (its failure, or the success SuccessAction names) was handed on, or
+	// is not owed (a null sender, NOTIFY=NEVER).
 	Notified bool `json:"notified,omitempty"`
+
+	// The RFC 3461 parameters of its RCPT command (submission only).
+	// Notify is the NOTIFY list, upper case; nil when none was given,
+	// which RFC 3461 4.1 reads as FAILURE,DELAY (so do entries from
+	// before these fields).
+	Notify []string `json:"notify,omitempty"`
+	// ORcptType and ORcpt are the ORCPT parameter, the address decoded
+	// from xtext; "" when none was given.
+	ORcptType string `json:"orcpt_type,omitempty"`
+	ORcpt     string `json:"orcpt,omitempty"`
+	// SuccessAction is the RFC 3464 action a NOTIFY=SUCCESS recipient is
+	// owed once sent: "delivered" (a local mailbox has it) or "relayed"
+	// (a next hop without DSN took it); "" when no success notice is owed.
+	SuccessAction string `json:"success_action,omitempty"`
 }
 
 // QueueEntry is one queued message without its body.
@@ -60,6 +75,13 @@ type QueueEntry struct {
 	Attempts      int         `json:"attempts,omitempty"`
 	LastError     string      `json:"last_error,omitempty"`
 	DelayNotified bool        `json:"delay_notified,omitempty"`
+	// Ret and EnvID are the RFC 3461 RET and ENVID of its MAIL command
+	// (ENVID decoded from xtext); "" when none was given.
+	Ret   string `json:"ret,omitempty"`
+	EnvID string `json:"envid,omitempty"`
+	// Notice marks a delivery status notification of this server's own:
+	// it is stored in a local mailbox even past the quota.
+	Notice bool `json:"notice,omitempty"`
 }
 
 // EnqueueMessage stores a new entry and its body in one transaction and
@@ -68,26 +90,62 @@ type QueueEntry struct {
 func (s *Store) EnqueueMessage(e QueueEntry, body []byte) (uint64, error) {
 	var id uint64
 	err := s.update(func(tx *bolt.Tx) error {
-		q := tx.Bucket(bucketQueue)
-		n, err := q.NextSequence()
-		if err != nil {
-			return err
-		}
-		id = n
-		e.ID = n
-		v, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		if err := q.Put(idKey(n), v); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketQueueBody).Put(idKey(n), body)
+		stored, err := enqueueTx(tx, e, body)
+		id = stored.ID
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("enqueue: %w", err)
 	}
 	return id, nil
+}
+
+// EnqueueNotice replaces the existing entry e (matched by e.ID, as
+// UpdateQueueEntry) and stores the new entry n with its body, in one
+// transaction, and returns n's id. A notice and the record that it was
+// sent are thus on disk together or not at all: a crash can neither lose
+// the notice nor, by leaving e unmarked, have it sent twice.
+func (s *Store) EnqueueNotice(e QueueEntry, n QueueEntry, body []byte) (uint64, error) {
+	v, err := json.Marshal(e)
+	if err != nil {
+		return 0, fmt.Errorf("queue entry %d: %w", e.ID, err)
+	}
+	var id uint64
+	err = s.update(func(tx *bolt.Tx) error {
+		q := tx.Bucket(bucketQueue)
+		if q.Get(idKey(e.ID)) == nil {
+			return fmt.Errorf("queue entry %d: %w", e.ID, ErrNoQueueEntry)
+		}
+		if err := q.Put(idKey(e.ID), v); err != nil {
+			return err
+		}
+		stored, err := enqueueTx(tx, n, body)
+		id = stored.ID
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("enqueue notice: %w", err)
+	}
+	return id, nil
+}
+
+// enqueueTx puts e under the queue's next id, and its body, in tx; it
+// returns e with that id.
+func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
+	q := tx.Bucket(bucketQueue)
+	n, err := q.NextSequence()
+	if err != nil {
+		return QueueEntry{}, err
+	}
+	e.ID = n
+	v, err := json.Marshal(e)
+	if err != nil {
+		return QueueEntry{}, err
+	}
+	if err := q.Put(idKey(n), v); err != nil {
+		return QueueEntry{}, err
+	}
+	return e, tx.Bucket(bucketQueueBody).Put(idKey(n), body)
 }
 
 // QueueEntries returns every queued entry in id order, without bodies.

@@ -21,6 +21,11 @@
 //	aliases    lower-cased alias (local@domain or @domain) -> JSON
 //	           aliasRecord (created when missing at Open: no migration,
 //	           see aliases.go)
+//	meta "srs_secret" -> 32 random bytes, the SRS key (srs.go; drawn at
+//	           the first read-write Open that finds none: no migration)
+//	certs      ACME client key name -> PEM (account key; certificate and
+//	           its key), created when missing at Open like aliases
+//	           (certcache.go)
 //
 // A stored message is its mailbox's head followed by the shared body. One
 // delivery to a hundred mailboxes writes the body once and a hundred small
@@ -408,18 +413,22 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 	return nil
 }
 
-// initSchema creates the buckets a new file needs, which is all a schema 1
+// initSchema creates the buckets a new file needs (and the SRS secret), which is all a schema 1
 // file (already checked by checkExisting) needs to become schema 2; on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
-// version (aliases.go), and so is the greylist bucket (greylist.go).
+// version (aliases.go); so are the certs bucket (certcache.go) and the
+// greylist bucket (greylist.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketGreylist} {
+		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketCerts, bucketGreylist} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if err := ensureSRSSecret(tx.Bucket(bucketMeta)); err != nil {
+			return err
 		}
 		return tx.Bucket(bucketMeta).Put(keySchema, []byte(SchemaVersion))
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"minimail/mta/guard"
+	"minimail/mta/mailaddr"
 	"minimail/mta/queue"
 	"minimail/store"
 )
@@ -104,6 +105,7 @@ type response struct {
 	Cleared []netip.Prefix `json:"cleared,omitempty"`
 	Status  *serverStatus  `json:"status,omitempty"`  // status.go
 	Aliases []store.Alias  `json:"aliases,omitempty"` // alias.list
+	Certs   []certInfo     `json:"certs,omitempty"`   // certs: the ACME certificates (acme.go)
 	// Refused says Error is a request refused for what it asks (an alias
 	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
 	Refused bool `json:"refused,omitempty"`
@@ -153,6 +155,8 @@ func (a *adminOps) do(req request) response {
 		} else {
 			err = dropStored(a.st, req.ID)
 		}
+	case "certs":
+		resp.Certs, err = storedCerts(a.st, acmeNames(a.cfg))
 	case "status":
 		if a.status == nil {
 			err = errors.New("no server is running")
@@ -182,9 +186,9 @@ func (e *refusedError) Error() string { return e.err.Error() }
 func (e *refusedError) Unwrap() error { return e.err }
 
 // addAlias runs alias.add: the alias in a local domain, every target a
-// local address (forwarding elsewhere is not there yet), then the store's
-// rules (no shadowed user, targets that exist, no loop). Every refusal is
-// a refusedError.
+// local address or a remote one fit to forward to (checkRemoteTarget),
+// then the store's rules (no shadowed user, local targets that exist, no
+// loop). Every refusal is a refusedError.
 func (a *adminOps) addAlias(req request) (store.Alias, error) {
 	alias, err := store.CanonicalAlias(req.Addr)
 	if err != nil {
@@ -209,16 +213,39 @@ func (a *adminOps) addAlias(req request) (store.Alias, error) {
 			return store.Alias{}, &refusedError{fmt.Errorf("target: %w", err)}
 		}
 		if !a.cfg.isLocalDomain(store.Domain(ct)) {
-			return store.Alias{}, &refusedError{fmt.Errorf("forwarding to remote addresses is not supported yet: %s", t)}
+			if err := checkRemoteTarget(ct); err != nil {
+				return store.Alias{}, &refusedError{fmt.Errorf("alias %s: target %s: %w", alias, t, err)}
+			}
 		}
 	}
-	al, err := a.st.AddAlias(alias, req.Targets)
+	remote := func(t string) bool { return !a.cfg.isLocalDomain(store.Domain(t)) }
+	al, err := a.st.AddAliasRemote(alias, req.Targets, remote)
 	for _, e := range []error{store.ErrBadAlias, store.ErrAliasExists, store.ErrAliasShadowsUser, store.ErrNoTarget, store.ErrAliasLoop} {
 		if errors.Is(err, e) {
 			return store.Alias{}, &refusedError{err}
 		}
 	}
 	return al, err
+}
+
+// checkRemoteTarget refuses a remote target the queue could not (or must
+// not) send to, as submission refuses such recipients: a local part over
+// 64 octets or one needing quotes, a malformed domain, an IP address in
+// place of a domain (it would make the queue dial internal hosts).
+func checkRemoteTarget(addr string) error {
+	at := strings.LastIndexByte(addr, '@')
+	local, domain := addr[:at], addr[at+1:]
+	switch {
+	case len(local) > maxLocalPart:
+		return fmt.Errorf("local part of %d octets, more than the %d RFC 5321 4.5.3.1.1 allows", len(local), maxLocalPart)
+	case !mailaddr.IsDotString(local):
+		return fmt.Errorf("local part %q needs quoting, which is not supported", local)
+	case mailaddr.IsIPDomain(domain):
+		return fmt.Errorf("forwarding to an IP address is refused")
+	case !mailaddr.ValidDomain(domain):
+		return fmt.Errorf("malformed domain %q", domain)
+	}
+	return nil
 }
 
 // setUser runs user.add and user.passwd. The socket takes the addresses and

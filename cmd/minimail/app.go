@@ -325,7 +325,7 @@ func aliasCommand() *cli.Command {
 		UsageText: "minimail [--config FILE] alias add|del|list [ALIAS] [TARGET...]",
 		Subcommands: []*cli.Command{
 			{
-				Name: "add", Usage: "make ALIAS deliver to the TARGETs (local users or aliases)", ArgsUsage: "ALIAS TARGET...",
+				Name: "add", Usage: "make ALIAS deliver to the TARGETs (local users, aliases, or remote addresses to forward to)", ArgsUsage: "ALIAS TARGET...",
 				UsageText: "minimail [--config FILE] alias add ALIAS TARGET...",
 				Action: func(c *cli.Context) error {
 					if c.NArg() < 2 {

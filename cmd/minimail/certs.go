@@ -95,30 +95,35 @@ func (r *certReloader) load() error {
 // report logs the certificate just loaded and warns about each check it
 // fails.
 func (r *certReloader) report(leaf *x509.Certificate) {
+	r.checks.report(r.log, "tls certificate loaded", []any{"cert", r.certPath}, leaf)
+}
+
+// report logs leaf with msg and about, and warns about each check it fails.
+func (c certChecks) report(log *slog.Logger, msg string, about []any, leaf *x509.Certificate) {
 	names := strings.Join(certNames(leaf), ",")
 	notAfter := leaf.NotAfter.UTC().Format(time.RFC3339)
-	about := []any{"cert", r.certPath, "names", names, "not_after", notAfter}
-	r.log.Info("tls certificate loaded", append(about, "subject", leaf.Subject.String(), "issuer", leaf.Issuer.String())...)
-	if r.checks.Hostname != "" && leaf.VerifyHostname(r.checks.Hostname) != nil {
-		r.log.Warn("tls certificate does not name the hostname: clients connecting to it refuse the certificate",
-			append(about, "hostname", r.checks.Hostname)...)
+	about = append(slices.Clip(about), "names", names, "not_after", notAfter)
+	log.Info(msg, append(about, "subject", leaf.Subject.String(), "issuer", leaf.Issuer.String())...)
+	if c.Hostname != "" && leaf.VerifyHostname(c.Hostname) != nil {
+		log.Warn("tls certificate does not name the hostname: clients connecting to it refuse the certificate",
+			append(about, "hostname", c.Hostname)...)
 	}
-	if len(r.checks.Public) > 0 && isSelfSigned(leaf) {
-		r.log.Warn("tls certificate is self-signed, and listeners not on loopback serve it: mail clients and other servers checking it refuse it",
-			append(about, "listeners", strings.Join(r.checks.Public, ","))...)
+	if len(c.Public) > 0 && isSelfSigned(leaf) {
+		log.Warn("tls certificate is self-signed, and listeners not on loopback serve it: mail clients and other servers checking it refuse it",
+			append(about, "listeners", strings.Join(c.Public, ","))...)
 	}
 	now := time.Now
-	if r.checks.Now != nil {
-		now = r.checks.Now
+	if c.Now != nil {
+		now = c.Now
 	}
 	switch left := leaf.NotAfter.Sub(now()); {
 	case left <= 0:
-		r.log.Warn("tls certificate has expired", about...)
+		log.Warn("tls certificate has expired", about...)
 	case left < expiryWarning:
-		r.log.Warn("tls certificate expires soon: renew it", append(about, "days_left", int(left.Hours()/24))...)
+		log.Warn("tls certificate expires soon: renew it", append(about, "days_left", int(left.Hours()/24))...)
 	}
 	if now().Before(leaf.NotBefore) {
-		r.log.Warn("tls certificate is not valid yet", append(about, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339))...)
+		log.Warn("tls certificate is not valid yet", append(about, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339))...)
 	}
 }
 
@@ -179,13 +184,19 @@ func (r *certReloader) watch(every time.Duration, stop <-chan struct{}) {
 
 // tlsConfig is the server config every TLS listener uses.
 func (r *certReloader) tlsConfig() *tls.Config {
+	return serverTLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		return r.cert, nil
+	})
+}
+
+// serverTLSConfig is the config of every TLS listener, whichever source
+// the certificates come from.
+func serverTLSConfig(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			r.mu.RLock()
-			defer r.mu.RUnlock()
-			return r.cert, nil
-		},
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: get,
 		// Microsoft's senders (Outlook.com, Exchange Online) fail STARTTLS
 		// against servers that issue session tickets.
 		SessionTicketsDisabled: true,

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"minimail/mta/mailaddr"
 	"minimail/mta/msgauth"
+	"minimail/mta/web"
 )
 
 // Config is the TOML file, as in SPEC.md plus the keys README's reference
@@ -32,6 +35,9 @@ type Config struct {
 		Submissions string `toml:"submissions"`
 		POP3        string `toml:"pop3"`
 		POP3S       string `toml:"pop3s"`
+		// HTTPS serves autoconfig, autodiscover and the MTA-STS policy,
+		// and answers ACME's TLS-ALPN-01 challenges.
+		HTTPS string `toml:"https"`
 	} `toml:"listen"`
 
 	TLS struct {
@@ -41,6 +47,19 @@ type Config struct {
 		// checked; SIGHUP reloads at once.
 		ReloadInterval duration `toml:"reload_interval"`
 	} `toml:"tls"`
+
+	// ACME gets and renews the certificates (RFC 8555) when Email is set;
+	// the [tls] files are then not set.
+	ACME struct {
+		Email     string `toml:"email"`
+		Directory string `toml:"directory"` // default Let's Encrypt
+		CA        string `toml:"ca"`        // PEM file of CAs to trust the directory with
+	} `toml:"acme"`
+
+	MTASTS struct {
+		Mode   string   `toml:"mode"`    // none, testing (default), enforce
+		MaxAge duration `toml:"max_age"` // the policy's max_age; default a week
+	} `toml:"mta_sts"`
 
 	Auth struct {
 		AllowInsecureAuth bool     `toml:"allow_insecure_auth"`
@@ -85,6 +104,9 @@ type Config struct {
 		DelayNotice       duration          `toml:"delay_notice"`
 		MaxConcurrent     int               `toml:"max_concurrent"`
 		MaxPerDomain      int               `toml:"max_per_domain"`
+		// MaxReturnBytes bounds the message a failure DSN returns whole
+		// for RET=FULL (RFC 3461); 0 = queue.DefaultMaxReturnBytes.
+		MaxReturnBytes int `toml:"max_return_bytes"`
 	} `toml:"relay"`
 
 	DKIM struct {
@@ -185,7 +207,7 @@ func (c *Config) fail(key, format string, args ...any) error {
 // validate checks the config and fills in defaults and absolute paths; the
 // error names the file and the key.
 func (c *Config) validate() error {
-	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM, c.validateAntispam} {
+	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM, c.validateACME, c.validateMTASTS, c.validateAntispam} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -245,8 +267,8 @@ func (c *Config) validateListeners() error {
 		}
 		return c.fail("tls.key", "required when tls.cert is set")
 	}
-	if tlsNeeded && c.TLS.Cert == "" {
-		return c.fail("tls.cert", "required: listen.submission, listen.submissions and listen.pop3s need a certificate")
+	if tlsNeeded && c.TLS.Cert == "" && c.ACME.Email == "" {
+		return c.fail("tls.cert", "required (or acme.email): listen.submission, listen.submissions, listen.pop3s and listen.https need a certificate")
 	}
 	if c.TLS.Cert != "" {
 		c.TLS.Cert, c.TLS.Key = c.rel(c.TLS.Cert), c.rel(c.TLS.Key)
@@ -289,6 +311,7 @@ func (c *Config) validateLimits() error {
 		"auth.min_password_length":      int64(c.Auth.MinPasswordLength),
 		"relay.max_concurrent":          int64(c.Relay.MaxConcurrent),
 		"relay.max_per_domain":          int64(c.Relay.MaxPerDomain),
+		"relay.max_return_bytes":        int64(c.Relay.MaxReturnBytes),
 	} {
 		if v < 0 {
 			return c.fail(key, "must not be negative")
@@ -364,6 +387,60 @@ func (c *Config) validateDKIM() error {
 	return nil
 }
 
+// defaultACMEDirectory is Let's Encrypt's production directory.
+const defaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+
+// validateACME: [acme] and what it needs.
+func (c *Config) validateACME() error {
+	if c.ACME.Email == "" {
+		// ACME off: directory and ca are not looked at.
+		c.ACME.CA = ""
+		return nil
+	}
+	if local, domain, ok := strings.Cut(c.ACME.Email, "@"); !ok || local == "" || !validDomain(domain) || strings.ContainsAny(c.ACME.Email, " <>\t") {
+		return c.fail("acme.email", "%q is not an address", c.ACME.Email)
+	}
+	if c.TLS.Cert != "" {
+		return c.fail("acme.email", "set together with tls.cert: ACME certificates replace the [tls] files, so remove tls.cert and tls.key (or empty acme.email)")
+	}
+	if c.Listen.HTTPS == "" {
+		return c.fail("acme.email", "needs listen.https: the CA checks the name over TLS-ALPN-01 on port 443")
+	}
+	if c.ACME.Directory == "" {
+		c.ACME.Directory = defaultACMEDirectory
+	}
+	u, err := url.Parse(c.ACME.Directory)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return c.fail("acme.directory", "%q is not an https:// URL", c.ACME.Directory)
+	}
+	if c.ACME.CA != "" {
+		c.ACME.CA = c.rel(c.ACME.CA)
+	}
+	return nil
+}
+
+// mtaSTSPolicy is the policy [mta_sts] describes.
+func (c *Config) mtaSTSPolicy() web.Policy {
+	return web.Policy{Mode: c.MTASTS.Mode, MaxAge: c.MTASTS.MaxAge.Duration}
+}
+
+// validateMTASTS: [mta_sts], with its defaults.
+func (c *Config) validateMTASTS() error {
+	if c.MTASTS.Mode == "" {
+		c.MTASTS.Mode = "testing"
+	}
+	if !slices.Contains(web.Modes, c.MTASTS.Mode) {
+		return c.fail("mta_sts.mode", "%q is not one of %s", c.MTASTS.Mode, strings.Join(web.Modes, ", "))
+	}
+	if c.MTASTS.MaxAge.Duration == 0 {
+		c.MTASTS.MaxAge.Duration = web.DefaultMaxAge
+	}
+	if d := c.MTASTS.MaxAge.Duration; d > web.MaxMaxAge || d%time.Second != 0 {
+		return c.fail("mta_sts.max_age", "%s is not whole seconds up to %s (RFC 8461 section 3.2)", d, web.MaxMaxAge)
+	}
+	return nil
+}
+
 // checkHostPort accepts host:port with a port number (0-65535) or a
 // service name the system knows ("smtp"), so that a bad port is a config
 // error here and not a failure to listen or dial later.
@@ -391,6 +468,7 @@ func (c *Config) listeners() []listenerConf {
 		{"listen.submissions", c.Listen.Submissions},
 		{"listen.pop3", c.Listen.POP3},
 		{"listen.pop3s", c.Listen.POP3S},
+		{"listen.https", c.Listen.HTTPS},
 	}
 }
 

@@ -119,6 +119,7 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"negative limit", minimalConfig + "[limits]\nmax_recipients = -1\n", "limits.max_recipients"},
 		{"negative data rate", minimalConfig + "[limits]\nmin_data_rate = -5\n", "limits.min_data_rate"},
 		{"negative mailbox quota", minimalConfig + "[limits]\nmax_mailbox_bytes = -1\n", "limits.max_mailbox_bytes"},
+		{"negative DSN return limit", minimalConfig + "[relay]\nmax_return_bytes = -1\n", "relay.max_return_bytes"},
 		{"bad session time", minimalConfig + "[limits]\nmax_session_time = \"-1m\"\n", "max_session_time"},
 		{"tiny line length", minimalConfig + "[limits]\nmax_line_length = 100\n", "limits.max_line_length"},
 		{"@ as recipient delimiter", "recipient_delimiter = \"@\"\n" + minimalConfig, "recipient_delimiter"},
@@ -132,6 +133,15 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"bad smarthost", minimalConfig + "[relay]\nsmarthost = \"relay.example\"\n", "relay.smarthost"},
 		{"smarthost user without password", minimalConfig + "[relay]\nsmarthost = \"r.example:587\"\nsmarthost_username = \"u\"\n", "relay.smarthost_password"},
 		{"dkim selector without key", minimalConfig + "[dkim]\nselector = \"mail\"\n", "dkim.key"},
+		{"https without a certificate", minimalConfig + "[listen]\nhttps = \":443\"\n", "tls.cert"},
+		{"bad https address", minimalConfig + "[listen]\nhttps = \"443\"\n", "listen.https"},
+		{"acme without https", minimalConfig + "[acme]\nemail = \"a@example.org\"\n", "acme.email"},
+		{"acme email not an address", minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"admin\"\n", "acme.email"},
+		{"acme and tls files", minimalConfig + "[listen]\nhttps = \":443\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[acme]\nemail = \"a@example.org\"\n", "acme.email"},
+		{"acme directory not https", minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"a@example.org\"\ndirectory = \"http://ca.test/dir\"\n", "acme.directory"},
+		{"bad mta-sts mode", minimalConfig + "[mta_sts]\nmode = \"strict\"\n", "mta_sts.mode"},
+		{"mta-sts max_age over a year", minimalConfig + "[mta_sts]\nmax_age = \"9000h\"\n", "mta_sts.max_age"},
+		{"mta-sts max_age not whole seconds", minimalConfig + "[mta_sts]\nmax_age = \"1500ms\"\n", "mta_sts.max_age"},
 		{"dnsbl not a zone", minimalConfig + "[antispam]\ndnsbl = [\"zen spamhaus\"]\n", "antispam.dnsbl"},
 		{"dnsbl a bare name", minimalConfig + "[antispam]\ndnsbl = [\"zen\"]\n", "antispam.dnsbl"},
 		{"rspamd not a URL", minimalConfig + "[antispam]\nrspamd = \"127.0.0.1:11333\"\n", "antispam.rspamd"},
@@ -161,6 +171,30 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 	}
 }
 
+func TestLoadConfigACMEAndMTASTSDefaults(t *testing.T) {
+	p := writeConfig(t, minimalConfig+`
+[listen]
+submissions = ":465"
+https = ":443"
+[acme]
+email = "admin@example.org"
+ca = "pebble.pem"
+`)
+	c, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ACME.Directory != defaultACMEDirectory || c.ACME.CA != filepath.Join(filepath.Dir(p), "pebble.pem") {
+		t.Errorf("acme.directory %q, acme.ca %q", c.ACME.Directory, c.ACME.CA)
+	}
+	if c.MTASTS.Mode != "testing" || c.MTASTS.MaxAge.Duration != 7*24*time.Hour {
+		t.Errorf("mta_sts %q %s, want testing and a week", c.MTASTS.Mode, c.MTASTS.MaxAge.Duration)
+	}
+	if err := c.checkFiles(); err == nil || !strings.Contains(err.Error(), "acme.ca") {
+		t.Errorf("a missing acme.ca file: %v, want an error naming acme.ca", err)
+	}
+}
+
 func TestLoadConfigMissingFile(t *testing.T) {
 	_, err := loadConfig(filepath.Join(t.TempDir(), "nope.toml"))
 	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "nope.toml") {
@@ -174,6 +208,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add(minimalConfig)
 	f.Add(minimalConfig + "[listen]\nsmtp = \":25\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n")
 	f.Add(minimalConfig + "[relay]\nroutes = { \"b.test\" = \"127.0.0.1:25\" }\nretry_min = \"1m\"\n")
+	f.Add(minimalConfig + "[listen]\nhttps = \":443\"\n[acme]\nemail = \"a@example.org\"\n[mta_sts]\nmode = \"enforce\"\nmax_age = \"24h\"\n")
 	f.Add("hostname = 1\n")
 	f.Add("[[x]]\n")
 	dir := f.TempDir()

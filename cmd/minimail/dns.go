@@ -12,14 +12,15 @@ import (
 
 	"minimail/mta/msgauth"
 	"minimail/mta/resolve"
+	"minimail/mta/web"
 )
 
 func dnsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "dns",
-		Usage: "print the DNS records to publish for the configured domains (MX, SPF, DKIM, DMARC); --check compares them with what is published",
+		Usage: "print the DNS records to publish for the configured domains (MX, SPF, DKIM, DMARC; SRV, autoconfig/autodiscover/mta-sts names, MTA-STS, TLS-RPT); --check compares the first four with what is published",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "check", Usage: "look the records up through relay.dns (or the system resolver) and say of each: ok, missing or different; exit 1 unless all are ok"},
+			&cli.BoolFlag{Name: "check", Usage: "look the MX, SPF, DKIM and DMARC records up through relay.dns (or the system resolver) and say of each: ok, missing or different; exit 1 unless all are ok"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
@@ -36,7 +37,10 @@ func dnsCommand() *cli.Command {
 			if c.Bool("check") {
 				return checkRecords(c.Context, c.App.Writer, cfg, recs)
 			}
-			printRecords(c.App.Writer, cfg.Hostname, recs)
+			printRecords(c.App.Writer, cfg.Hostname, append(recs, clientRecords(cfg)...))
+			if cfg.Listen.HTTPS == "" {
+				fmt.Fprintf(c.App.Writer, "\n; listen.https is off: the autoconfig., autodiscover. and mta-sts. names and the _mta-sts record\n; are left out, since nothing serves them.\n")
+			}
 			return nil
 		},
 	}
@@ -71,6 +75,28 @@ func domainRecords(domains []string, hostname, selector string, pub crypto.Publi
 	return all, nil
 }
 
+// clientRecords are the records that let mail clients find the servers
+// (SRV, RFC 6186 and 8314; autoconfig and autodiscover names) and senders
+// the MTA-STS policy and where to report TLS failures, for every domain.
+// The names served over HTTPS are left out while listen.https is off.
+func clientRecords(cfg *Config) []msgauth.Record {
+	addrs := map[string]string{}
+	for _, l := range cfg.listeners() {
+		addrs[l.key] = l.addr
+	}
+	ports := webPorts(addrs)
+	var out []msgauth.Record
+	for _, d := range cfg.Domains {
+		for _, r := range web.Records(d, cfg.Hostname, ports, cfg.mtaSTSPolicy()) {
+			if cfg.Listen.HTTPS == "" && (r.Kind == web.KindCNAME || r.Kind == web.KindMTASTS) {
+				continue
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // printRecords prints each record twice: as a zone-file line, for those
 // who edit a zone, and as name / type / value, for a web DNS panel. The
 // panel's value is the text in one piece: a TXT record split into quoted
@@ -81,7 +107,7 @@ func printRecords(w io.Writer, hostname string, recs []msgauth.Record) {
 	for _, r := range recs {
 		fmt.Fprintln(w, r.Zone())
 	}
-	fmt.Fprintf(w, "\n; For a web DNS panel, as name / type / value. Paste each value whole, without adding quotes;\n; in an MX value, 10 is the priority.\n")
+	fmt.Fprintf(w, "\n; For a web DNS panel, as name / type / value. Paste each value whole, without adding quotes;\n; in an MX value, 10 is the priority; an SRV value is priority, weight, port and target\n; (target \".\": the service is not offered).\n")
 	fmt.Fprintf(w, "; A panel that wants names relative to the domain takes @ for the domain itself and the part before it for the others.\n")
 	for _, r := range recs {
 		fmt.Fprintf(w, "%s / %s / %s\n", strings.TrimSuffix(r.Name, "."), r.Type, panelValue(r))
@@ -89,9 +115,14 @@ func printRecords(w io.Writer, hostname string, recs []msgauth.Record) {
 }
 
 // panelValue is the value as a web panel wants it: host names without the
-// root's trailing dot, which some panels would take for part of the name.
+// root's trailing dot, which some panels would take for part of the name
+// (the root itself, an SRV target meaning "not offered", stays ".").
 func panelValue(r msgauth.Record) string {
-	if r.Type == "MX" {
+	switch r.Type {
+	case "MX", "CNAME", "SRV":
+		if strings.HasSuffix(r.Value, " .") || r.Value == "." {
+			return r.Value
+		}
 		return strings.TrimSuffix(r.Value, ".")
 	}
 	return r.Value

@@ -14,6 +14,7 @@ import (
 
 	"minimail/mta/dnstest"
 	"minimail/mta/msgauth"
+	"minimail/mta/web"
 )
 
 // siteRecords is what `minimail dns` prints for the site cfg, as records.
@@ -116,5 +117,72 @@ key      = "dkim/mail.key"
 	r := minimail(t, "", "--config", cfg, "dns")
 	if r.code != 0 || strings.Contains(r.stdout, "_domainkey") || !strings.Contains(r.stdout, "_dmarc.example.test / TXT / v=DMARC1; p=quarantine") {
 		t.Fatalf("exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// dnsOutput runs `minimail dns` on cfg and returns what it printed.
+func dnsOutput(t *testing.T, cfg string) string {
+	t.Helper()
+	r := minimail(t, "", "--config", cfg, "dns")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// printedOnce checks that rec is printed once as a zone line that parses
+// and once for a panel (name / type / value).
+func printedOnce(t *testing.T, out, zone, panel string) {
+	t.Helper()
+	zones, panels := 0, 0
+	for _, line := range strings.Split(out, "\n") {
+		if line == zone {
+			zones++
+			if _, err := dns.NewRR(line); err != nil {
+				t.Errorf("zone line %q: %v", line, err)
+			}
+		}
+		if line == panel {
+			panels++
+		}
+	}
+	if zones != 1 || panels != 1 {
+		t.Errorf("%q printed %d times, %q %d times, want once each:\n%s", zone, zones, panel, panels, out)
+	}
+}
+
+func TestDNSPrintsTheRecordsMailClientsAndSendersLookFor(t *testing.T) {
+	cfg := initSite(t)
+	// init's trial ports, and no https.
+	out := dnsOutput(t, cfg)
+	for _, rec := range [][2]string{
+		{"_submissions._tcp.example.test. 3600 IN SRV 0 1 2465 mx.example.test.", "_submissions._tcp.example.test / SRV / 0 1 2465 mx.example.test"},
+		{"_submission._tcp.example.test. 3600 IN SRV 10 1 2587 mx.example.test.", "_submission._tcp.example.test / SRV / 10 1 2587 mx.example.test"},
+		{"_pop3s._tcp.example.test. 3600 IN SRV 0 1 2995 mx.example.test.", "_pop3s._tcp.example.test / SRV / 0 1 2995 mx.example.test"},
+		{"_pop3._tcp.example.test. 3600 IN SRV 10 1 2110 mx.example.test.", "_pop3._tcp.example.test / SRV / 10 1 2110 mx.example.test"},
+		{"_imaps._tcp.example.test. 3600 IN SRV 0 0 0 .", "_imaps._tcp.example.test / SRV / 0 0 0 ."},
+		{"_imap._tcp.example.test. 3600 IN SRV 0 0 0 .", "_imap._tcp.example.test / SRV / 0 0 0 ."},
+		{`_smtp._tls.example.test. 3600 IN TXT "v=TLSRPTv1; rua=mailto:postmaster@example.test"`, "_smtp._tls.example.test / TXT / v=TLSRPTv1; rua=mailto:postmaster@example.test"},
+	} {
+		printedOnce(t, out, rec[0], rec[1])
+	}
+	if strings.Contains(out, " CNAME ") || strings.Contains(out, "_mta-sts.example.test") || !strings.Contains(out, "listen.https is off") {
+		t.Errorf("with listen.https off, the names it would serve are printed, or their absence not explained:\n%s", out)
+	}
+
+	// listen.pop3 off: its SRV record says "not offered".
+	appendConfig(t, cfg, "", `pop3        = "127.0.0.1:2110"`, "pop3 = \"\"\nhttps = \"127.0.0.1:2443\"")
+	out = dnsOutput(t, cfg)
+	printedOnce(t, out, "_pop3._tcp.example.test. 3600 IN SRV 0 0 0 .", "_pop3._tcp.example.test / SRV / 0 0 0 .")
+	for _, n := range []string{"autoconfig", "autodiscover", "mta-sts"} {
+		printedOnce(t, out, n+".example.test. 3600 IN CNAME mx.example.test.", n+".example.test / CNAME / mx.example.test")
+	}
+	id := web.Policy{Mode: "testing", MaxAge: web.DefaultMaxAge}.ID("mx.example.test")
+	printedOnce(t, out, `_mta-sts.example.test. 3600 IN TXT "v=STSv1; id=`+id+`"`, "_mta-sts.example.test / TXT / v=STSv1; id="+id)
+
+	// Another policy, another id: senders fetch the policy again.
+	appendConfig(t, cfg, "[mta_sts]\nmode = \"enforce\"\n", "", "")
+	if out2 := dnsOutput(t, cfg); strings.Contains(out2, id) || !strings.Contains(out2, "v=STSv1; id="+web.Policy{Mode: "enforce"}.ID("mx.example.test")) {
+		t.Errorf("the _mta-sts id did not follow mta_sts.mode = enforce:\n%s", out2)
 	}
 }

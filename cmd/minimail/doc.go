@@ -18,7 +18,10 @@
 //	             local-domain senders without SPF (MAIL, From:),
 //	             greylisting (store) and rspamd after DATA
 //	mda          Return-Path and Delivered-To per recipient, every copy in
-//	             one commit
+//	             one commit; an alias's remote targets get one queue entry
+//	             in that same commit, its sender rewritten with SRS
+//	             (mta/srs) unless local; an SRS address is reversed to
+//	             its original sender or refused
 //	store        one bbolt transaction, fsync'd: then, and only then, 250
 //	pop3         the owner logs in, lists, retrieves and deletes (store)
 //
@@ -30,10 +33,15 @@
 //	             removed, Date and Message-ID added
 //	mta/msgauth  DKIM signature for the sender's domain
 //	mda          local recipients, as above
-//	mta/queue    the remote recipients, stored (store) before the 250
+//	mta/queue    the remote recipients (and local ones asking for a DSN
+//	             on success), stored (store) before the 250, with their
+//	             RFC 3461 parameters
 //	mta/remote   queue runner: route, smarthost or MX (mta/resolve), never
-//	             an internal address, STARTTLS, per-recipient results
-//	mta/queue    retries with backoff, delay notices, and in the end a
-//	             bounce (RFC 3464), delivered through mda to a local sender
-//	             or queued to a remote one; never a bounce for a bounce
+//	             an internal address, STARTTLS, per-recipient results,
+//	             DSN parameters passed on to a next hop that offers DSN
+//	mta/queue    retries with backoff, delay notices, success notices, and
+//	             in the end a bounce (RFC 3464), each as NOTIFY asks,
+//	             queued in the commit that marks it sent and delivered
+//	             through mda to a local sender or sent on to a remote one;
+//	             never a notice for a notice
 package main

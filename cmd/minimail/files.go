@@ -15,6 +15,7 @@ func (c *Config) checkFiles() error {
 		{"tls.cert", c.TLS.Cert},
 		{"tls.key", c.TLS.Key},
 		{"dkim.key", c.DKIM.Key},
+		{"acme.ca", c.ACME.CA},
 	} {
 		if f.path == "" {
 			continue

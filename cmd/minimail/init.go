@@ -336,6 +336,13 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 
 // selfSigned makes an ECDSA P-256 certificate for hostname valid for a year.
 func selfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	return selfSignedFor([]string{hostname}, now)
+}
+
+// selfSignedFor makes an ECDSA P-256 certificate for names valid for a
+// year, the first name its subject.
+func selfSignedFor(names []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	hostname := names[0]
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tls key: %w", err)
@@ -347,7 +354,7 @@ func selfSigned(hostname string, now time.Time) (certPEM, keyPEM []byte, err err
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: hostname},
-		DNSNames:     []string{hostname},
+		DNSNames:     names,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/net/netutil"
 
 	"minimail/mda"
 	"minimail/mta"
@@ -23,6 +24,8 @@ import (
 	"minimail/mta/queue"
 	"minimail/mta/remote"
 	"minimail/mta/resolve"
+	"minimail/mta/srs"
+	"minimail/mta/web"
 	"minimail/pop3"
 	"minimail/store"
 )
@@ -71,6 +74,8 @@ type server struct {
 	log   *slog.Logger
 	st    *store.Store
 	certs *certReloader
+	acme  *acmeCerts  // instead of certs when [acme] email is set
+	https *tls.Config // listen.https's: the mail listeners' plus ALPN
 	grace time.Duration
 
 	addrs   map[string]string // listen key -> bound address
@@ -126,12 +131,26 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 			s.st.Close()
 		}
 	}()
+	if s.acme != nil {
+		s.acme.start(s.st)
+		defer func() {
+			if err != nil {
+				s.acme.shutdown()
+			}
+		}()
+	}
 
 	// One cache for every lookup: SPF, DKIM and DMARC of inbound mail, MX
 	// and addresses of outbound.
 	dnsCache := resolve.NewCache(resolve.CacheOptions{})
-	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes}
+	secret, err := s.st.SRSSecret()
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", cfg.DataDir, err)
+	}
+	agent := &mda.Agent{Mailboxes: s.st, Delimiter: cfg.recipientDelimiter(), DefaultQuota: cfg.Limits.MaxMailboxBytes,
+		Domains: cfg.Domains, SRS: &srs.Rewriter{Secret: secret}}
 	q := newQueue(cfg, s.st, agent, dnsCache, log, relayTranscript)
+	agent.Queue = q // forwarded copies start at once
 	throttle := &guard.AuthThrottle{MaxPerIP: cfg.Auth.MaxFailures, Window: cfg.Auth.FailureWindow.Duration, Log: log}
 
 	warnPostmaster(cfg, agent, log)
@@ -170,6 +189,12 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		}
 	}
 
+	if l, ok := listeners["listen.https"]; ok {
+		h := web.NewHandler(web.Options{Hostname: cfg.Hostname, Domains: cfg.Domains, Ports: webPorts(s.addrs), Policy: cfg.mtaSTSPolicy(), Logger: log})
+		hs := web.NewServer(h, web.ServerLimits{}, log)
+		s.serveOn("listen.https", l, hs.Serve, hs.Shutdown)
+	}
+
 	s.runQueue(q)
 	s.stopControl, err = serveControl(cfg.DataDir, &adminOps{st: s.st, cfg: cfg, queue: q, throttle: throttle, status: s.status}, log)
 	if err != nil {
@@ -187,15 +212,26 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	return s, nil
 }
 
-// loadKeys reads the TLS pair (kept reloadable) and the DKIM key.
+// loadKeys reads the TLS pair (kept reloadable), or sets up ACME, and the
+// DKIM key.
 func (s *server) loadKeys(cfg *Config) (*tls.Config, *msgauth.Signer, error) {
 	var tlsConf *tls.Config
-	if cfg.TLS.Cert != "" {
+	switch {
+	case cfg.ACME.Email != "":
+		a, err := newACME(cfg, s.log)
+		if err != nil {
+			return nil, nil, err
+		}
+		s.acme = a
+		tlsConf, s.https = a.tlsConfigs()
+	case cfg.TLS.Cert != "":
 		certs, err := newCertReloader(cfg.TLS.Cert, cfg.TLS.Key, certChecks{Hostname: cfg.Hostname, Public: cfg.publicListeners()}, s.log)
 		if err != nil {
 			return nil, nil, &configError{path: cfg.path, msg: err.Error()}
 		}
 		s.certs, tlsConf = certs, certs.tlsConfig()
+		s.https = tlsConf.Clone()
+		s.https.NextProtos = []string{"http/1.1"}
 	}
 	if cfg.DKIM.Key == "" {
 		return tlsConf, nil, nil
@@ -224,8 +260,12 @@ func (s *server) bind(cfg *Config, tlsConf *tls.Config) (map[string]net.Listener
 			return nil, &listenError{path: cfg.path, key: lc.key, addr: lc.addr, err: err, hint: listenHint(cfg.DataDir, lc.addr, err)}
 		}
 		var l net.Listener = &guard.Listener{Listener: tcp, Log: s.log}
-		if lc.key == "listen.submissions" || lc.key == "listen.pop3s" {
+		switch lc.key {
+		case "listen.submissions", "listen.pop3s":
 			l = tls.NewListener(l, tlsConf)
+		case "listen.https":
+			// net/http has no connection limit of its own.
+			l = tls.NewListener(netutil.LimitListener(l, cfg.Limits.MaxConnections), s.https)
 		}
 		listeners[lc.key] = l
 		s.addrs[lc.key] = l.Addr().String()
@@ -255,7 +295,9 @@ func newQueue(cfg *Config, st *store.Store, local queue.LocalDeliverer, dnsCache
 		DelayNotice:   cfg.Relay.DelayNotice.Duration,
 		MaxConcurrent: cfg.Relay.MaxConcurrent,
 		MaxPerDomain:  cfg.Relay.MaxPerDomain,
-		Logger:        log,
+		// RET=FULL (RFC 3461) returns messages up to this size whole.
+		MaxReturnBytes: cfg.Relay.MaxReturnBytes,
+		Logger:         log,
 	})
 }
 
@@ -380,6 +422,9 @@ func (s *server) shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	s.stopQueue()
 	<-s.queueDone
+	if s.acme != nil {
+		s.acme.shutdown()
+	}
 	if err := s.st.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
@@ -404,4 +449,29 @@ func warnPostmaster(cfg *Config, agent *mda.Agent, log *slog.Logger) {
 			log.Warn("postmaster reaches no mailbox", "domain", d, "fix", "minimail alias add postmaster@"+d+" you@"+d)
 		}
 	}
+}
+
+// webPorts are the ports of the mail listeners that are on, for the client
+// setup answers (the bound addresses) and records (the configured ones),
+// from listen key -> address.
+func webPorts(addrs map[string]string) web.Ports {
+	return web.Ports{
+		POP3S:       listenPort(addrs["listen.pop3s"]),
+		POP3:        listenPort(addrs["listen.pop3"]),
+		Submissions: listenPort(addrs["listen.submissions"]),
+		Submission:  listenPort(addrs["listen.submission"]),
+	}
+}
+
+// listenPort is the port of a listen address, 0 for none.
+func listenPort(addr string) int {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return 0
+	}
+	return n
 }

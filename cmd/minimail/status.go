@@ -98,7 +98,9 @@ func printStatus(w io.Writer, cfg *Config, now time.Time) error {
 			len(entries), now.Sub(oldest.Created).Round(time.Second), oldest.Created.Local().Format(time.RFC3339))
 	}
 
-	if cfg.TLS.Cert == "" {
+	if cfg.ACME.Email != "" {
+		printACMECerts(w, cfg, now)
+	} else if cfg.TLS.Cert == "" {
 		fmt.Fprintln(w, "certificate: none (tls.cert is not set)")
 	} else if leaf, err := readLeaf(cfg.TLS.Cert); err != nil {
 		fmt.Fprintf(w, "certificate: %s: %v\n", cfg.TLS.Cert, err)
@@ -115,6 +117,28 @@ func printStatus(w io.Writer, cfg *Config, now time.Time) error {
 		return errNotRunning
 	}
 	return nil
+}
+
+// printACMECerts prints the ACME certificate of each name, from the store
+// (through the running server when there is one).
+func printACMECerts(w io.Writer, cfg *Config, now time.Time) {
+	resp, err := adminDo(cfg, request{Op: "certs"})
+	if err != nil {
+		fmt.Fprintf(w, "certificate: acme (%s), cannot read: %v\n", cfg.ACME.Directory, err)
+		return
+	}
+	for _, c := range resp.Certs {
+		if c.NotAfter.IsZero() {
+			fmt.Fprintf(w, "certificate: acme for %s: none yet (a self-signed one is served until the CA issues it)\n", c.Name)
+			continue
+		}
+		left := c.NotAfter.Sub(now)
+		state := fmt.Sprintf("%d days left", int(left.Hours()/24))
+		if left <= 0 {
+			state = "EXPIRED"
+		}
+		fmt.Fprintf(w, "certificate: acme for %s, until %s (%s), from %s\n", c.Name, c.NotAfter.Local().Format(time.RFC3339), state, c.Issuer)
+	}
 }
 
 // queueEntries asks the running server, or reads the store when none runs.

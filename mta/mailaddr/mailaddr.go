@@ -60,3 +60,36 @@ func ValidDomain(d string) bool {
 	}
 	return true
 }
+
+// IsIPDomain reports whether domain names a host by its IP address rather
+// than by a name: an address literal (RFC 5321 4.1.3: "[192.0.2.1]",
+// "[ipv6:...]"), or a dotted quad written as a domain, which the implicit
+// MX rule (RFC 5321 5.1) dials all the same. No top-level domain is all
+// digits (RFC 3696 2), so a domain whose last label is a number is taken
+// as an IPv4 address in disguise ("127.1", "2130706433", "0x7f.0.0.1").
+func IsIPDomain(domain string) bool {
+	domain = strings.TrimSuffix(domain, ".")
+	if strings.HasPrefix(domain, "[") {
+		return true
+	}
+	last := domain[strings.LastIndexByte(domain, '.')+1:]
+	return last != "" && strings.Trim(last, "0123456789") == ""
+}
+
+// IsDotString reports whether local can be written without quotes
+// (RFC 5321 4.1.2 Dot-string; UTF-8 allowed per RFC 6531).
+func IsDotString(local string) bool {
+	if local == "" || local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") {
+		return false
+	}
+	for i := 0; i < len(local); i++ {
+		c := local[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c >= 0x80:
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -23,6 +23,10 @@ type entryState struct {
 	attempted bool // some recipient was tried this pass
 	dropped   bool // the entry left the store meanwhile (queue drop)
 
+	// ctx and wg are the pass's, for the notices it starts (see sendDSN).
+	ctx context.Context
+	wg  *sync.WaitGroup
+
 	bodyOnce sync.Once
 	body     []byte
 	bodyErr  error
@@ -46,7 +50,7 @@ type group struct {
 // removes the entry. It reads the entry afresh: the caller's view may be
 // older than the last attempt's results. Unless force is set (Flush), an
 // entry that is not due is left alone.
-func (q *Queue) process(ctx context.Context, id uint64, force bool) {
+func (q *Queue) process(ctx context.Context, id uint64, force bool, wg *sync.WaitGroup) {
 	e, err := q.spool.QueueEntry(id)
 	if err != nil {
 		if !errors.Is(err, store.ErrNoQueueEntry) {
@@ -58,16 +62,16 @@ func (q *Queue) process(ctx context.Context, id uint64, force bool) {
 		q.noteNext(e.NextAttempt)
 		return
 	}
-	es := &entryState{e: e, log: q.log.With("id", EntryID(e))}
-	var wg sync.WaitGroup
+	es := &entryState{e: e, log: q.log.With("id", EntryID(e)), ctx: ctx, wg: wg}
+	var groups sync.WaitGroup
 	for _, g := range q.groups(e) {
-		wg.Add(1)
+		groups.Add(1)
 		go func() {
-			defer wg.Done()
+			defer groups.Done()
 			q.deliverGroup(ctx, es, g)
 		}()
 	}
-	wg.Wait()
+	groups.Wait()
 	q.finish(es)
 }
 
@@ -106,6 +110,10 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 	from := es.e.From
 	body, err := es.loadBody(q.spool)
 	var res []error
+	// offered: the next hop offers DSN, so it reports success itself
+	// (RFC 3461 5.2.1); local delivery and a hop without DSN leave that
+	// to this server.
+	offered := false
 	switch {
 	case err != nil:
 		res = make([]error, len(rcpts))
@@ -113,9 +121,13 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 			res[i] = fmt.Errorf("read queued message: %w", err)
 		}
 	case g.domain == "" && q.opts.Local != nil:
-		res = q.opts.Local.Deliver(from, rcpts, body)
+		res = q.deliverLocal(es.e, from, rcpts, body)
 	case g.domain != "" && q.opts.Remote != nil:
-		res = q.opts.Remote.Deliver(ctx, from, rcpts, body)
+		if d, ok := q.opts.Remote.(dsnDeliverer); ok {
+			res, offered = d.DeliverDSN(ctx, from, rcpts, body, dsnOf(es.e, g.idx))
+		} else {
+			res = q.opts.Remote.Deliver(ctx, from, rcpts, body)
+		}
 	default:
 		res = make([]error, len(rcpts))
 		for i := range res {
@@ -128,15 +140,28 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 			res[i] = fmt.Errorf("deliverer returned a wrong number of results")
 		}
 	}
-	q.record(ctx, es, g, res)
+	q.record(ctx, es, g, res, offered)
 }
 
 // errNotConfigured keeps mail queued when a deliverer is missing.
 var errNotConfigured = errors.New("no deliverer configured for this destination")
 
 // record applies one group's results and commits them before anything
+// deliverLocal hands a group of local recipients to the mda: a notice may
+// go past a full mailbox's quota (DeliverNotice), and an alias that forwards
+// needs the entry's id for the copy it queues (DeliverID).
+func (q *Queue) deliverLocal(e store.QueueEntry, from string, rcpts []string, body []byte) []error {
+	if n, ok := q.opts.Local.(noticeDeliverer); ok && e.Notice {
+		return n.DeliverNotice(from, rcpts, body)
+	}
+	if d, ok := q.opts.Local.(idDeliverer); ok {
+		return d.DeliverID(EntryID(e), from, rcpts, body)
+	}
+	return q.opts.Local.Deliver(from, rcpts, body)
+}
+
 // else happens, logging included.
-func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error) {
+func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error, dsnOffered bool) {
 	via := "remote"
 	if g.domain == "" {
 		via = "local"
@@ -170,6 +195,7 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 		case err == nil:
 			r.State = store.RcptSent
 			r.LastError, r.Status, r.Diagnostic, r.RemoteMTA = "", "", "", ""
+			r.SuccessAction = successAction(es.e, r, via == "local", dsnOffered)
 		case temporary:
 			name = "deferred"
 			setFailure(r, err)
@@ -275,10 +301,11 @@ func (q *Queue) finish(es *entryState) {
 	q.noteNext(e.NextAttempt)
 }
 
-// done reports whether every recipient is delivered or failed and told.
+// done reports whether every recipient is delivered or failed, and told
+// where a notice is owed.
 func done(e *store.QueueEntry) bool {
 	for _, r := range e.Rcpts {
-		if r.State == store.RcptPending || (r.State == store.RcptFailed && !r.Notified) {
+		if r.State == store.RcptPending || owesNotice(r) {
 			return false
 		}
 	}

@@ -2,54 +2,90 @@ package queue
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/emersion/go-smtp"
+
 	"minimail/mta/delivery"
 	"minimail/mta/mailaddr"
+	"minimail/mta/xtext"
 	"minimail/store"
 )
 
-// notify sends the failure notice for recipients that failed and were not
-// reported yet, and the one delay notice once the entry has waited long
-// enough. A notice counts as sent once it is in the sender's mailbox or in
-// the queue; until then the entry stays, and the next pass tries again (so
-// a crash in between may repeat a notice, never lose one). The caller holds
-// es.mu.
+// notify sends the notices the recipients' outcomes call for, each as
+// asked for with NOTIFY (see rfc3461.go): one failure notice for those that
+// failed since the last, one success notice per action ("delivered",
+// "relayed") for those sent, and the one delay notice once the entry has
+// waited long enough. A notice counts as sent once it is in the queue,
+// stored in the same commit as the mark that it was sent (see sendDSN): a
+// crash neither loses it nor sends it twice. Until then the entry stays,
+// and the next pass tries again. The caller holds es.mu.
 func (q *Queue) notify(es *entryState, now time.Time) {
 	e := &es.e
-	var failed, pending []int
+	var failed, delivered, relayed, pending []int
 	for i, r := range e.Rcpts {
 		switch {
 		case r.State == store.RcptFailed && !r.Notified:
+			// RFC 5321 6.1 / RFC 3464 2: never report to the null sender,
+			// or two servers could bounce a bounce back and forth forever.
+			if e.From == "" || !wants(r, smtp.DSNNotifyFailure) {
+				e.Rcpts[i].Notified = true // nobody is owed a notice
+				continue
+			}
 			failed = append(failed, i)
+		case owesNotice(r) && r.SuccessAction == dsnDelivered:
+			delivered = append(delivered, i)
+		case owesNotice(r):
+			relayed = append(relayed, i)
 		case r.State == store.RcptPending:
-			pending = append(pending, i)
-		}
-	}
-	if len(failed) > 0 {
-		// RFC 5321 6.1 / RFC 3464 2: never report to the null sender,
-		// or two servers could bounce a bounce back and forth forever.
-		if e.From == "" || q.sendDSN(es, dsnFailed, failed, now) {
-			for _, i := range failed {
-				e.Rcpts[i].Notified = true
+			if wants(r, smtp.DSNNotifyDelayed) {
+				pending = append(pending, i)
 			}
 		}
 	}
-	delayDue := q.opts.DelayNotice > 0 && now.Sub(e.Created) >= q.opts.DelayNotice
-	if len(pending) > 0 && delayDue && !e.DelayNotified {
-		if e.From == "" || q.sendDSN(es, dsnDelayed, pending, now) {
-			e.DelayNotified = true
+	for _, n := range []struct {
+		action string
+		idx    []int
+	}{{dsnFailed, failed}, {dsnDelivered, delivered}, {dsnRelayed, relayed}} {
+		if len(n.idx) > 0 && !es.dropped {
+			q.sendDSN(es, n.action, n.idx, now, func(c *store.QueueEntry) {
+				for _, i := range n.idx {
+					c.Rcpts[i].Notified = true
+				}
+			})
 		}
+	}
+	delayDue := q.opts.DelayNotice > 0 && now.Sub(e.Created) >= q.opts.DelayNotice
+	if delayDue && !e.DelayNotified && !es.dropped && q.pendingLeft(e) {
+		if e.From == "" || len(pending) == 0 {
+			e.DelayNotified = true // nobody waiting asked to hear of it
+			return
+		}
+		q.sendDSN(es, dsnDelayed, pending, now, func(c *store.QueueEntry) { c.DelayNotified = true })
 	}
 }
 
-// sendDSN builds a notice about e.Rcpts[idx] and hands it on: into the
-// sender's mailbox when the sender is local, else into this queue. It
-// reports whether the notice is safely on its way.
-func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time) bool {
+// pendingLeft reports whether any recipient of e is still pending.
+func (q *Queue) pendingLeft(e *store.QueueEntry) bool {
+	for _, r := range e.Rcpts {
+		if r.State == store.RcptPending {
+			return true
+		}
+	}
+	return false
+}
+
+// sendDSN builds a notice about e.Rcpts[idx] and queues it, from the null
+// sender to the sender, with the entry as mark leaves it, in one commit;
+// then it starts the notice's delivery at once (into the sender's mailbox
+// when the sender is local, past its quota: a notice refused would be
+// lost). It reports whether the notice is safely on its way.
+func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time, mark func(*store.QueueEntry)) bool {
 	e := &es.e
 	// Without the body the notice still names the recipients and why;
 	// only the returned header is missing.
@@ -68,52 +104,66 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time)
 		RetryUntil: e.Created.Add(q.opts.MaxAge),
 		Now:        now,
 		Original:   body,
+		EnvID:      e.EnvID,
+		Ret:        e.Ret,
+		MaxReturn:  q.opts.MaxReturnBytes,
 	})
 	log := es.log.With("kind", action, "to", e.From)
-	if q.isLocal(e.From) && q.opts.Local != nil {
-		deliver := q.opts.Local.Deliver
-		if n, ok := q.opts.Local.(noticeDeliverer); ok {
-			deliver = n.DeliverNotice
-		}
-		err := deliver("", []string{e.From}, msg)[0]
-		switch {
-		case err == nil:
-			log.Info("dsn", "via", "local", "rcpts", len(rcpts))
-			return true
-		case !delivery.Temporary(err):
-			// The sender's mailbox is gone: there is no one left to
-			// tell, and a notice about a notice is never sent.
-			log.Info("dsn", "via", "local", "rcpts", len(rcpts), "err", err.Error(), "result", "discarded")
-			return true
-		}
-		// A passing storage problem: let the queue retry the notice.
-	}
-	id, err := q.Enqueue("", "", []string{e.From}, msg)
+	updated := *e
+	updated.Rcpts = slices.Clone(e.Rcpts)
+	mark(&updated)
+	at := now.UTC()
+	notice := store.QueueEntry{MsgID: delivery.NewID(), From: "", Created: at, NextAttempt: at, Notice: true,
+		Rcpts: []store.QueueRcpt{{Addr: e.From, State: store.RcptPending, Notify: []string{string(smtp.DSNNotifyNever)}}}}
+	n, err := q.spool.EnqueueNotice(updated, notice, msg)
 	if err != nil {
+		if errors.Is(err, store.ErrNoQueueEntry) {
+			es.dropped = true
+			log.Info("dropped during delivery")
+			return false
+		}
 		log.Error("dsn", "err", err.Error(), "result", "retry later")
 		return false
 	}
-	log.Info("dsn", "via", "queue", "dsn_id", id, "rcpts", len(rcpts))
+	*e = updated
+	log.Info("dsn", "via", "queue", "dsn_id", notice.MsgID, "rcpts", len(rcpts))
+	q.log.Info("queued", "id", notice.MsgID, "from", "", "rcpts", 1, "size", len(msg))
+	q.mu.Lock()
+	if !q.inflight[n] {
+		q.start(es.ctx, n, false, es.wg)
+	}
+	q.mu.Unlock()
 	return true
 }
 
 // Actions of RFC 3464 2.3.3 that minimail reports.
 const (
-	dsnFailed  = "failed"
-	dsnDelayed = "delayed"
+	dsnFailed    = "failed"
+	dsnDelayed   = "delayed"
+	dsnDelivered = "delivered"
+	dsnRelayed   = "relayed"
 )
+
+// DefaultMaxReturnBytes is Options.MaxReturnBytes's default.
+const DefaultMaxReturnBytes = 50000
 
 // dsnParams is everything a notice says; buildDSN is a pure function of it.
 type dsnParams struct {
 	Hostname   string
 	QueueID    string
 	Sender     string
-	Action     string // dsnFailed or dsnDelayed
+	Action     string // one of the dsn* actions
 	Rcpts      []store.QueueRcpt
 	Arrival    time.Time
 	RetryUntil time.Time
 	Now        time.Time
-	Original   []byte // the queued message; only its header is returned
+	// Original is the queued message: a failure notice returns it whole
+	// for RET=FULL when it has at most MaxReturn octets; otherwise, and
+	// in every other notice, only its header is returned.
+	Original  []byte
+	Ret       string
+	MaxReturn int
+	EnvID     string // ENVID, for Original-Envelope-Id
 }
 
 // maxFieldText bounds remote text copied into one header line, well under
@@ -126,20 +176,18 @@ const maxHeaderCopy = 64 * 1024
 // buildDSN writes an RFC 3464 delivery status notification: a
 // multipart/report (RFC 6522) with a human explanation, the
 // message/delivery-status fields, and the original message's header
-// (RFC 3462 text/rfc822-headers). It comes from MAILER-DAEMON, goes to the
-// null sender's envelope, and says Auto-Submitted (RFC 3834 5).
+// (RFC 3462 text/rfc822-headers), or for RET=FULL the message itself
+// (message/rfc822). It comes from MAILER-DAEMON, goes to the null sender's
+// envelope, and says Auto-Submitted (RFC 3834 5).
 func buildDSN(p dsnParams) []byte {
 	host := clean(p.Hostname)
-	text := explanation(p, host)
+	headersType, headers, note := returned(p)
+	text := explanation(p, host, note)
 	status, utf8Addrs := deliveryStatus(p, host)
-	headers := originalHeader(p.Original)
 
-	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
+	statusType := "message/delivery-status"
 	if utf8Addrs {
 		statusType = "message/global-delivery-status" // RFC 6533 6.1
-	}
-	if !mailaddr.IsASCII(string(headers)) {
-		headersType = "message/global-headers" // RFC 6533 6.3
 	}
 	boundary := pickBoundary(p.QueueID, p.Now, text, status, headers)
 
@@ -153,26 +201,64 @@ func buildDSN(p dsnParams) []byte {
 }
 
 // explanation is the human part: what happened, and why for each
-// recipient.
-func explanation(p dsnParams, host string) []byte {
+// recipient; note says what is attached.
+func explanation(p dsnParams, host, note string) []byte {
 	var text bytes.Buffer
 	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\n", host)
-	if p.Action == dsnDelayed {
+	switch p.Action {
+	case dsnDelayed:
 		fmt.Fprintf(&text, "Your message has not been delivered yet to the recipients below.\r\n")
 		fmt.Fprintf(&text, "It will be retried until %s; you do not need to send it again.\r\n\r\n", p.RetryUntil.Format(time.RFC1123Z))
-	} else {
+	case dsnDelivered:
+		fmt.Fprintf(&text, "Your message was delivered to the mailboxes of the recipients below,\r\n")
+		fmt.Fprintf(&text, "as you asked (NOTIFY=SUCCESS).\r\n\r\n")
+	case dsnRelayed:
+		fmt.Fprintf(&text, "Your message was handed on to the next mail server for the recipients\r\n")
+		fmt.Fprintf(&text, "below, as you asked (NOTIFY=SUCCESS). That server does not send delivery\r\n")
+		fmt.Fprintf(&text, "status notifications: you may hear nothing further about them.\r\n\r\n")
+	default:
 		fmt.Fprintf(&text, "Your message could not be delivered to the recipients below.\r\n")
 		fmt.Fprintf(&text, "This is a permanent failure; the technical details follow.\r\n\r\n")
 	}
 	for _, r := range p.Rcpts {
 		reason := clean(r.LastError)
-		if reason == "" {
+		switch {
+		case p.Action == dsnDelivered || p.Action == dsnRelayed:
+			reason = p.Action
+		case reason == "":
 			reason = "no reason given"
 		}
 		fmt.Fprintf(&text, "<%s>: %s\r\n", clean(r.Addr), reason)
 	}
-	text.WriteString("\r\nThe header of your message is attached.\r\n")
+	fmt.Fprintf(&text, "\r\n%s\r\n", note)
 	return text.Bytes()
+}
+
+// returned is the third part of a notice: its type, its content, and the
+// sentence that tells the reader what it is. A failure notice for RET=FULL
+// returns the whole message up to MaxReturn octets (RFC 3461 4.3); any
+// other notice, or a bigger message, returns its header. RET absent
+// returns the header, as RFC 3461 4.3 leaves to the server.
+func returned(p dsnParams) (contentType string, content []byte, note string) {
+	full := p.Action == dsnFailed && p.Ret == string(smtp.DSNReturnFull) && len(p.Original) > 0
+	if full && len(p.Original) <= p.MaxReturn {
+		header := originalHeader(p.Original)
+		contentType = "message/rfc822"
+		if !mailaddr.IsASCII(string(header)) {
+			contentType = "message/global" // RFC 6533 3
+		}
+		return contentType, p.Original, "Your message is attached."
+	}
+	content = originalHeader(p.Original)
+	contentType = "text/rfc822-headers"
+	if !mailaddr.IsASCII(string(content)) {
+		contentType = "message/global-headers" // RFC 6533 6.3
+	}
+	note = "The header of your message is attached."
+	if full {
+		note = fmt.Sprintf("Your message of %d octets is over the %d-octet limit for returning it whole:\r\nonly its header is attached.", len(p.Original), p.MaxReturn)
+	}
+	return contentType, content, note
 }
 
 // deliveryStatus is the machine-readable part (RFC 3464 2.2 and 2.3): the
@@ -180,6 +266,10 @@ func explanation(p dsnParams, host string) []byte {
 // any address is not ASCII, which makes the part global (RFC 6533).
 func deliveryStatus(p dsnParams, host string) (status []byte, utf8Addrs bool) {
 	var b bytes.Buffer
+	// RFC 3464 2.2.1: the ENVID, first, in the xtext it came in (RFC 3461 4.4).
+	if p.EnvID != "" {
+		fmt.Fprintf(&b, "Original-Envelope-Id: %s\r\n", xtext.Encode(p.EnvID))
+	}
 	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\n", host)
 	fmt.Fprintf(&b, "X-Minimail-Queue-ID: %s\r\n", clean(p.QueueID))
 	if !p.Arrival.IsZero() {
@@ -192,7 +282,18 @@ func deliveryStatus(p dsnParams, host string) (status []byte, utf8Addrs bool) {
 		if !mailaddr.IsASCII(addr) {
 			addrType, utf8Addrs = "utf-8", true
 		}
-		fmt.Fprintf(&b, "\r\nFinal-Recipient: %s; %s\r\n", addrType, addr)
+		b.WriteString("\r\n")
+		// RFC 3464 2.3.1: the ORCPT as given, its address in xtext
+		// (RFC 3461 4.2); a utf-8 one as it is (RFC 6533 3).
+		switch r.ORcptType {
+		case "":
+		case "utf-8":
+			fmt.Fprintf(&b, "Original-Recipient: utf-8;%s\r\n", clean(r.ORcpt))
+			utf8Addrs = utf8Addrs || !mailaddr.IsASCII(r.ORcpt)
+		default:
+			fmt.Fprintf(&b, "Original-Recipient: %s;%s\r\n", clean(r.ORcptType), xtext.Encode(r.ORcpt))
+		}
+		fmt.Fprintf(&b, "Final-Recipient: %s; %s\r\n", addrType, addr)
 		fmt.Fprintf(&b, "Action: %s\r\n", p.Action)
 		fmt.Fprintf(&b, "Status: %s\r\n", statusCode(r.Status, p.Action))
 		if m := clean(r.RemoteMTA); m != "" {
@@ -213,14 +314,19 @@ func deliveryStatus(p dsnParams, host string) (status []byte, utf8Addrs bool) {
 // multipart preamble.
 func writeReportHeader(b *bytes.Buffer, p dsnParams, host, boundary string) {
 	subject := "Undelivered Mail Returned to Sender"
-	if p.Action == dsnDelayed {
+	switch p.Action {
+	case dsnDelayed:
 		subject = "Delayed Mail (still being retried)"
+	case dsnDelivered:
+		subject = "Successful Mail Delivery Report"
+	case dsnRelayed:
+		subject = "Relayed Mail Report"
 	}
 	fmt.Fprintf(b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", host)
 	fmt.Fprintf(b, "To: <%s>\r\n", clean(p.Sender))
 	fmt.Fprintf(b, "Subject: %s\r\n", subject)
 	fmt.Fprintf(b, "Date: %s\r\n", p.Now.Format(time.RFC1123Z))
-	fmt.Fprintf(b, "Message-ID: <dsn.%s.%d@%s>\r\n", clean(p.QueueID), p.Now.UnixNano(), host)
+	fmt.Fprintf(b, "Message-ID: <dsn.%s.%s.%d@%s>\r\n", clean(p.QueueID), p.Action, p.Now.UnixNano(), host)
 	b.WriteString("Auto-Submitted: auto-replied\r\n")
 	b.WriteString("MIME-Version: 1.0\r\n")
 	fmt.Fprintf(b, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n", boundary)
@@ -241,10 +347,14 @@ func writePart(b *bytes.Buffer, boundary, contentType string, body []byte) {
 // statusCode returns a well-formed RFC 3463 code for the action, whatever
 // was recorded.
 func statusCode(s, action string) string {
-	if validStatus(s) {
+	success := action == dsnDelivered || action == dsnRelayed
+	if validStatus(s) && success == (s[0] == '2') {
 		return s
 	}
-	if action == dsnDelayed {
+	switch {
+	case success:
+		return "2.0.0"
+	case action == dsnDelayed:
 		return "4.0.0"
 	}
 	return "5.0.0"

@@ -47,6 +47,22 @@ func TestDSNStructure(t *testing.T) {
 			statusType:  "message/global-delivery-status",
 			headersType: "text/rfc822-headers",
 		},
+		{
+			name:        "delivered (NOTIFY=SUCCESS): 2.0.0 and the header only",
+			action:      dsnDelivered,
+			rcpts:       []store.QueueRcpt{{Addr: "carol@a.test", ORcptType: "rfc822", ORcpt: "carol@a.test"}},
+			wantStatus:  []string{"2.0.0"},
+			statusType:  "message/delivery-status",
+			headersType: "text/rfc822-headers",
+		},
+		{
+			name:        "relayed with a UTF-8 ORCPT (RFC 6533)",
+			action:      dsnRelayed,
+			rcpts:       []store.QueueRcpt{{Addr: "x@b.test", Status: "5.1.1", ORcptType: "utf-8", ORcpt: "jürgen@b.test"}},
+			wantStatus:  []string{"2.0.0"},
+			statusType:  "message/global-delivery-status",
+			headersType: "text/rfc822-headers",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -93,6 +109,9 @@ func TestDSNStructure(t *testing.T) {
 				}
 				if tt.rcpts[i].RemoteMTA != "" && r.Get("Remote-MTA") != "dns; "+tt.rcpts[i].RemoteMTA {
 					t.Errorf("rcpt %d Remote-MTA %q", i, r.Get("Remote-MTA"))
+				}
+				if o := tt.rcpts[i]; o.ORcpt != "" && r.Get("Original-Recipient") != o.ORcptType+";"+o.ORcpt {
+					t.Errorf("rcpt %d Original-Recipient %q", i, r.Get("Original-Recipient"))
 				}
 				if !strings.Contains(d.text, tt.rcpts[i].Addr) {
 					t.Errorf("explanation does not name %s:\n%s", tt.rcpts[i].Addr, d.text)

@@ -20,8 +20,11 @@
 // pending, retried with exponential backoff from RetryMin up to RetryMax
 // until MaxAge, when it fails as expired. Failed recipients are reported to
 // the sender in one RFC 3464 delivery status notification per pass, and a
-// single delay notice goes out once an entry has waited DelayNotice. Nothing
-// is ever reported to the null sender, so a bounce never bounces.
+// single delay notice goes out once an entry has waited DelayNotice; with
+// RFC 3461 parameters (EnqueueDSN), NOTIFY decides which of these a
+// recipient gets and asks for success notices too (rfc3461.go). Every
+// notice is itself an entry, queued in the commit that marks it sent.
+// Nothing is ever reported to the null sender, so a bounce never bounces.
 //
 // Log lines carry a stable event name and the queue id: queued, delivered,
 // deferred, bounced (one per recipient and attempt), dsn (a notice sent),
@@ -46,9 +49,16 @@ import (
 
 // Deliverer sends to remote servers: one call per destination domain,
 // returning one error per recipient (nil = accepted); *remote.Client
-// satisfies it.
+// satisfies it. When it also has DeliverDSN (dsnDeliverer), the RFC 3461
+// parameters are passed on to next hops that offer DSN.
 type Deliverer interface {
 	Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error
+}
+
+// dsnDeliverer is a Deliverer that passes RFC 3461 parameters on and
+// says whether the next hop offered DSN.
+type dsnDeliverer interface {
+	DeliverDSN(ctx context.Context, from string, rcpts []string, msg []byte, p delivery.DSN) ([]error, bool)
 }
 
 // LocalDeliverer stores mail in local mailboxes, one error per recipient;
@@ -57,6 +67,12 @@ type Deliverer interface {
 // mailbox's quota: a bounce refused would be lost.
 type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
+}
+
+// idDeliverer is a LocalDeliverer that takes the entry's id, for the
+// copies it forwards (*mda.Agent's DeliverID).
+type idDeliverer interface {
+	DeliverID(id, from string, rcpts []string, msg []byte) []error
 }
 
 // noticeDeliverer is a LocalDeliverer that stores notices past quotas.
@@ -74,6 +90,8 @@ type Spool interface {
 	QueueBody(id uint64) ([]byte, error)
 	UpdateQueueEntry(e store.QueueEntry) error
 	DeleteQueueEntry(id uint64) error
+	// EnqueueNotice updates e and stores the notice n in one commit.
+	EnqueueNotice(e, n store.QueueEntry, body []byte) (id uint64, err error)
 }
 
 // Options configure a Queue. Zero durations and limits take the defaults
@@ -97,6 +115,10 @@ type Options struct {
 	// DelayNotice is when the sender hears that mail is still waiting
 	// (4 hours); negative sends no delay notice.
 	DelayNotice time.Duration
+	// MaxReturnBytes bounds the message a failure notice returns whole
+	// for RET=FULL (50000 octets, Postfix's bounce_size_limit); a bigger
+	// one is returned as its header only, and the notice says so.
+	MaxReturnBytes int
 	// MaxConcurrent bounds deliveries in progress (20); MaxPerDomain
 	// bounds them per destination domain (4).
 	MaxConcurrent int
@@ -145,6 +167,7 @@ func New(spool Spool, opts Options) *Queue {
 	if opts.DelayNotice == 0 {
 		opts.DelayNotice = 4 * time.Hour
 	}
+	opts.MaxReturnBytes = positiveOr(opts.MaxReturnBytes, DefaultMaxReturnBytes)
 	opts.MaxConcurrent = positiveOr(opts.MaxConcurrent, 20)
 	opts.MaxPerDomain = positiveOr(opts.MaxPerDomain, 4)
 	log := opts.Logger
@@ -213,6 +236,13 @@ func Find(spool Lister, id string) (uint64, error) {
 // CRLF-only, as the SMTP server and buildDSN write it: it is sent on as it
 // is stored.
 func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, error) {
+	return q.EnqueueDSN(id, from, rcpts, msg, delivery.DSN{})
+}
+
+// EnqueueDSN is Enqueue keeping the message's RFC 3461 parameters with it
+// (submission's DSN): they decide the notices it gets and are passed on
+// to next hops that offer DSN.
+func (q *Queue) EnqueueDSN(id, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error) {
 	if len(rcpts) == 0 {
 		return "", errors.New("enqueue: no recipients")
 	}
@@ -220,15 +250,29 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 		id = delivery.NewID()
 	}
 	now := q.opts.Now().UTC()
-	e := store.QueueEntry{MsgID: id, From: from, Created: now, NextAttempt: now}
-	for _, r := range rcpts {
-		e.Rcpts = append(e.Rcpts, store.QueueRcpt{Addr: r, State: store.RcptPending})
+	e := store.QueueEntry{MsgID: id, From: from, Created: now, NextAttempt: now, Ret: string(p.Ret), EnvID: p.EnvID}
+	for i, r := range rcpts {
+		qr := store.QueueRcpt{Addr: r, State: store.RcptPending}
+		setRcptDSN(&qr, p.Rcpt(i))
+		e.Rcpts = append(e.Rcpts, qr)
 	}
+	return q.enqueue(e, msg)
+}
+
+// enqueue stores a new entry and hands it to the runner.
+func (q *Queue) enqueue(e store.QueueEntry, msg []byte) (string, error) {
+	id, from, rcpts := e.MsgID, e.From, e.Rcpts
 	n, err := q.spool.EnqueueMessage(e, msg)
 	if err != nil {
 		return "", err
 	}
 	q.log.Info("queued", "id", id, "from", from, "rcpts", len(rcpts), "size", len(msg))
+	q.addFresh(n)
+	return id, nil
+}
+
+// addFresh hands a new entry to the runner without a rescan, and wakes it.
+func (q *Queue) addFresh(n uint64) {
 	q.mu.Lock()
 	if len(q.fresh) < maxFresh {
 		q.fresh = append(q.fresh, n)
@@ -237,7 +281,14 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 	}
 	q.mu.Unlock()
 	q.poke()
-	return id, nil
+}
+
+// Queued takes note of an entry another component committed to the spool
+// (mda's forwarded copies, stored in one transaction with the local ones)
+// and starts it like one from Enqueue.
+func (q *Queue) Queued(e store.QueueEntry) {
+	q.log.Info("queued", "id", EntryID(e), "from", e.From, "rcpts", len(e.Rcpts), "origin", "forward")
+	q.addFresh(e.ID)
 }
 
 // List returns every queued entry, without bodies.
@@ -401,7 +452,7 @@ func (q *Queue) start(ctx context.Context, id uint64, force bool, wg *sync.WaitG
 			}
 			q.poke() // the runner recomputes its sleep
 		}()
-		q.process(ctx, id, force)
+		q.process(ctx, id, force, wg)
 	}()
 }
 
@@ -457,8 +508,6 @@ func (q *Queue) acquire(ctx context.Context, domain string) (release func(), ok 
 		done()
 	}, true
 }
-
-func (q *Queue) isLocal(addr string) bool { return q.local[mailaddr.Domain(addr)] }
 
 // sortedKeys keeps delivery order stable, for logs and tests.
 func sortedKeys[V any](m map[string]V) []string {

@@ -53,6 +53,7 @@ import (
 	"sync"
 	"time"
 
+	"minimail/mta/delivery"
 	"minimail/mta/mailaddr"
 	"minimail/mta/resolve"
 )
@@ -136,9 +137,19 @@ type hop struct {
 // in order: nil when the next hop accepted it with a 2xx after DATA, else an
 // *Error that says whether to retry.
 func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg []byte) []error {
-	results := make([]error, len(rcpts))
+	results, _ := c.DeliverDSN(ctx, from, rcpts, msg, delivery.DSN{})
+	return results
+}
+
+// DeliverDSN is Deliver passing p on to a next hop that offers DSN (RFC
+// 3461 5.2.1: that hop then reports); go-smtp leaves the parameters out
+// for one that does not. offered reports whether the server that gave the
+// verdicts offered DSN, so that the caller owes a NOTIFY=SUCCESS
+// recipient the "relayed" notice (RFC 3461 5.2.2) when it did not.
+func (c *Client) DeliverDSN(ctx context.Context, from string, rcpts []string, msg []byte, p delivery.DSN) (results []error, offered bool) {
+	results = make([]error, len(rcpts))
 	if len(rcpts) == 0 {
-		return results
+		return results, false
 	}
 	c.setUp.Do(func() {
 		c.routes = normalizeRoutes(c.Routes)
@@ -147,11 +158,11 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			c.resolver = c.DNSCache.Resolver(c.DNS)
 		}
 	})
-	fail := func(err error) []error {
+	fail := func(err error) ([]error, bool) {
 		for i := range results {
 			results[i] = err
 		}
-		return results
+		return results, false
 	}
 	// go-smtp refuses CR and LF in addresses as a local error; say plainly
 	// that such an address can never work.
@@ -180,16 +191,16 @@ func (c *Client) Deliver(ctx context.Context, from string, rcpts []string, msg [
 			last = err
 			continue
 		}
-		env := envelope{from: from, rcpts: rcpts, msg: msg}
+		env := envelope{from: from, rcpts: rcpts, msg: msg, dsn: p}
 		for _, addr := range addrs {
-			res, err := c.session(ctx, target{hop: h, addr: addr}, env)
+			res, offered, err := c.session(ctx, target{hop: h, addr: addr}, env)
 			if res == nil && !h.auth && errors.Is(err, errHandshake) && ctx.Err() == nil {
 				// RFC 7435: opportunistic TLS must not leave mail less
 				// deliverable than plain text would. Try again without.
-				res, err = c.session(ctx, target{hop: h, addr: addr, plainText: true}, env)
+				res, offered, err = c.session(ctx, target{hop: h, addr: addr, plainText: true}, env)
 			}
 			if res != nil {
-				return res
+				return res, offered
 			}
 			last = err
 			if ctx.Err() != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"minimail/mta/delivery"
 	"minimail/mta/mailaddr"
 )
 
@@ -31,6 +32,7 @@ type envelope struct {
 	from  string
 	rcpts []string
 	msg   []byte
+	dsn   delivery.DSN
 }
 
 // target is where one session goes: one address of a hop.
@@ -64,17 +66,19 @@ type conversation struct {
 // connection, a refused session, TLS or AUTH trouble): err says why and the
 // caller tries the next address. Otherwise the result has one entry per
 // recipient.
-func (c *Client) session(ctx context.Context, t target, env envelope) ([]error, error) {
+func (c *Client) session(ctx context.Context, t target, env envelope) (results []error, dsnOffered bool, err error) {
 	s := &conversation{c: c, to: t, tlsState: "none"}
 	defer s.logDone(time.Now(), len(env.rcpts))
 	if err := s.dial(ctx); err != nil {
-		return nil, s.fail(err)
+		return nil, false, s.fail(err)
 	}
 	defer s.release()
 	if err := s.greet(ctx); err != nil {
-		return nil, s.fail(err)
+		return nil, false, s.fail(err)
 	}
-	return s.transact(env)
+	dsnOffered, _ = s.sc.Extension("DSN")
+	results, err = s.transact(env)
+	return results, dsnOffered, err
 }
 
 func (s *conversation) logDone(start time.Time, rcpts int) {
@@ -173,7 +177,7 @@ func (s *conversation) transact(env envelope) ([]error, error) {
 		return nil, s.fail(e)
 	}
 	for i, rcpt := range env.rcpts {
-		if err := s.sc.Rcpt(rcpt, nil); err != nil {
+		if err := s.sc.Rcpt(rcpt, env.dsn.Rcpt(i)); err != nil {
 			e := replyError(h.name, err)
 			if e.Code == 0 {
 				return s.failPending(results, e), nil
@@ -206,7 +210,8 @@ func (s *conversation) mailOptions(env envelope) (*smtp.MailOptions, *Error) {
 	if limit, ok := s.sc.MaxMessageSize(); ok && limit > 0 && len(env.msg) > limit {
 		return nil, errPermanent(h.name, "5.3.4", fmt.Sprintf("message of %d bytes exceeds the server's SIZE limit of %d", len(env.msg), limit))
 	}
-	opts := &smtp.MailOptions{Size: int64(len(env.msg))}
+	// go-smtp sends RET and ENVID only to a server that offers DSN.
+	opts := &smtp.MailOptions{Size: int64(len(env.msg)), Return: env.dsn.Ret, EnvelopeID: env.dsn.EnvID}
 	if !mailaddr.IsASCII(env.from) || !allASCII(env.rcpts) {
 		// RFC 6531 3.2: a non-ASCII address needs SMTPUTF8 end to end.
 		if ok, _ := s.sc.Extension("SMTPUTF8"); !ok {

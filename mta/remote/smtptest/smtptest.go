@@ -26,6 +26,11 @@ type Message struct {
 	Data     []byte
 	TLS      bool
 	AuthUser string // "" when the client did not authenticate
+	// MailOpts and RcptOpts are the parameters of MAIL and of each RCPT
+	// (in the order of Rcpts), as go-smtp parsed them: with DSN on, the
+	// RFC 3461 ones a client passed on.
+	MailOpts smtp.MailOptions
+	RcptOpts []smtp.RcptOptions
 }
 
 // Options shape a server's behaviour.
@@ -38,6 +43,8 @@ type Options struct {
 	MaxMessageBytes int64
 	// SMTPUTF8 advertises RFC 6531 support.
 	SMTPUTF8 bool
+	// DSN advertises RFC 3461 support (and records the parameters).
+	DSN bool
 	// Username and Password, when set, offer AUTH PLAIN.
 	Username, Password string
 	// Rcpt answers each RCPT TO; nil accepts everyone.
@@ -78,6 +85,7 @@ func Start(t testing.TB, opts Options) *Server {
 	s.srv.TLSConfig = opts.TLSConfig
 	s.srv.MaxMessageBytes = opts.MaxMessageBytes
 	s.srv.EnableSMTPUTF8 = opts.SMTPUTF8
+	s.srv.EnableDSN = opts.DSN
 	s.srv.AllowInsecureAuth = opts.TLSConfig == nil
 	s.srv.ReadTimeout = 10 * time.Second
 	s.srv.WriteTimeout = 10 * time.Second
@@ -176,21 +184,29 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	se.s.mu.Lock()
 	se.s.mails++
 	se.s.mu.Unlock()
 	se.m = Message{Helo: se.conn.Hostname(), From: from}
+	if opts != nil {
+		se.m.MailOpts = *opts
+	}
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if se.s.opts.Rcpt != nil {
 		if err := se.s.opts.Rcpt(to); err != nil {
 			return err
 		}
 	}
 	se.m.Rcpts = append(se.m.Rcpts, to)
+	var o smtp.RcptOptions
+	if opts != nil {
+		o = *opts
+	}
+	se.m.RcptOpts = append(se.m.RcptOpts, o)
 	return nil
 }
 
