@@ -28,6 +28,8 @@ type trackedConn struct {
 	start   time.Time // accepted, for MaxSessionTime
 	// implicitTLS: the connection came in over TLS (465), not STARTTLS.
 	implicitTLS bool
+	// blocklist is the client's DNSBL verdict (MX), under way from accept.
+	blocklist *blockCheck
 
 	mu        sync.Mutex
 	conn      net.Conn  // the transport: TCP, or a *tls.Conn over it

@@ -1,6 +1,7 @@
 package mta
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -52,7 +53,7 @@ func openDialog(t *testing.T, script *dialogtest.Script) *dialog {
 	for _, dir := range script.Setup {
 		name, arg, _ := strings.Cut(dir, " ")
 		n, nerr := strconv.Atoi(arg)
-		if name != "listener" && name != "insecure" && nerr != nil {
+		if name != "listener" && name != "insecure" && name != "sender_spf" && nerr != nil {
 			t.Fatalf("%s: directive %q: want a number", script.Name, dir)
 		}
 		switch name {
@@ -68,6 +69,12 @@ func openDialog(t *testing.T, script *dialogtest.Script) *dialog {
 			mods = append(mods, func(o *Options) { o.MaxMessageBytes = int64(n) })
 		case "max_line_length":
 			mods = append(mods, func(o *Options) { o.MaxLineLength = n })
+		case "greet_delay":
+			mods = append(mods, func(o *Options) { o.GreetDelay = time.Duration(n) * time.Millisecond })
+		case "sender_spf":
+			mods = append(mods, func(o *Options) {
+				o.SenderSPF = func(context.Context, net.IP, string, string) string { return arg }
+			})
 		default:
 			t.Fatalf("%s: unknown setup directive %q", script.Name, dir)
 		}

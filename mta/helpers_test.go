@@ -65,8 +65,11 @@ func newEnv(t testing.TB, mod func(o *Options, local *Local)) *env {
 		TLSConfig:           serverTLS,
 		MaxConnectionsPerIP: 300,
 		AuthFailDelay:       -1,
-		Now:                 func() time.Time { return testNow },
-		Logger:              slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// No wait before the greeting: hundreds of MX connections; the
+		// default wait has tests of its own (antispam_test.go).
+		GreetDelay: -1,
+		Now:        func() time.Time { return testNow },
+		Logger:     slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	var local Local = e.agent
 	if mod != nil {

@@ -86,22 +86,34 @@ func reasonFor(code int, ec smtp.EnhancedCode) string {
 // reason goes with the reply to the "rejected" line that logs it (see
 // reasonOf).
 func (ss *session) refuse(reason string, code int, ec smtp.EnhancedCode, msg string) error {
-	se := smtpErr(code, ec, msg)
-	ss.mu.Lock()
-	ss.refusal, ss.refusalReason = se, reason
-	ss.mu.Unlock()
-	return se
+	return ss.refuseWith(reason, "", smtpErr(code, ec, msg))
 }
 
-// reasonOf is the reason of reply: the one it was made with, if it was
-// the session's last refusal, else what its code says.
+// refuseWith records reply as the session's last refusal, for reason, with
+// detail for the log line that tells of it, and returns it.
+func (ss *session) refuseWith(reason, detail string, reply *smtp.SMTPError) error {
+	ss.mu.Lock()
+	ss.refusal, ss.refusalReason, ss.refusalDetail = reply, reason, detail
+	ss.mu.Unlock()
+	return reply
+}
+
+// reasonOf is the reason of reply (see refusalOf).
 func (ss *session) reasonOf(se *smtp.SMTPError) string {
+	reason, _, _ := ss.refusalOf(se)
+	return reason
+}
+
+// refusalOf is the reason and detail of reply: those it was made with
+// (named), if it was the session's last refusal, else what its code says,
+// with no detail.
+func (ss *session) refusalOf(se *smtp.SMTPError) (reason, detail string, named bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if se == ss.refusal {
-		return ss.refusalReason
+		return ss.refusalReason, ss.refusalDetail, true
 	}
-	return reasonFor(se.Code, se.EnhancedCode)
+	return reasonFor(se.Code, se.EnhancedCode), "", false
 }
 
 // rejected is the one place that logs a refusal, of a connection, a

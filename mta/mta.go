@@ -240,6 +240,28 @@ type Options struct {
 	// Metrics gets what the server counts (messages received, copies
 	// delivered, refusals by reason); nil counts nothing.
 	Metrics Metrics
+	// Antispam, MX only (see antispam.go); nil or zero: off, except
+	// GreetDelay.
+	//
+	// SenderSPF returns the SPF result ("pass", "fail", ...) for a
+	// client using mailFrom: a local domain's sender on the MX needs
+	// "pass", and so does a From: in a local domain (or a DKIM pass for
+	// it, Verdict.Authenticated). nil turns the rule off.
+	SenderSPF func(ctx context.Context, ip net.IP, helo, mailFrom string) string
+	// Blocklist refuses listed clients at RCPT (554 5.7.1), postmaster
+	// excepted.
+	Blocklist Blocklist
+	// Greylist defers unknown triplets after DATA (451 4.7.1).
+	Greylist Greylister
+	// Scan is the spam filter (rspamd), run on accepted messages before
+	// the 250: its Verdict's Message (if set) replaces the message, also
+	// when it fails, and Prepend goes in front; RejectSpam and DeferSpam
+	// refuse. An error delivers the message unscanned, with a warning.
+	Scan func(ctx context.Context, env Envelope, msg []byte) (Verdict, error)
+	// GreetDelay is the wait before the 220 greeting in which a client
+	// that speaks is refused (554 5.5.1); 0 = DefaultGreetDelay,
+	// negative = no wait.
+	GreetDelay time.Duration
 
 	Now    func() time.Time
 	Logger *slog.Logger // nil discards
@@ -274,6 +296,7 @@ func (o *Options) setDefaults() {
 	o.MaxConnectionsPerIP = orDefault(o.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
 	o.MaxErrors = orDefault(o.MaxErrors, DefaultMaxErrors)
 	o.AuthFailDelay = orDefault(o.AuthFailDelay, DefaultAuthFailDelay)
+	o.GreetDelay = orDefault(o.GreetDelay, DefaultGreetDelay)
 	if o.AuthThrottle == nil {
 		o.AuthThrottle = &guard.AuthThrottle{}
 	}
@@ -515,6 +538,10 @@ func (s *Server) handoff(c net.Conn) {
 	}
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
+	tc.blocklist = s.startBlockCheck(guard.IP(c.RemoteAddr()))
+	if s.earlyTalker(tc) {
+		return
+	}
 	s.toEngine(tc, false)
 }
 

@@ -380,7 +380,9 @@ func TestMX_VerifyHook(t *testing.T) {
 			"550 5.7.1 Rejected by the DMARC policy of bank.test"},
 		{Verdict{Disposition: Defer, Reason: "DMARC check of bank.test failed temporarily, try again later"},
 			"451 4.7.0 DMARC check of bank.test failed temporarily, try again later"},
-		{Verdict{Disposition: Defer + 1, Reason: "a verdict from a newer checker"},
+		{Verdict{Disposition: RejectSpam, Reason: "Gtube pattern"}, "550 5.7.1 Gtube pattern"},
+		{Verdict{Disposition: DeferSpam, Reason: "try again later"}, "451 4.7.1 try again later"},
+		{Verdict{Disposition: DeferSpam + 1, Reason: "a verdict from a newer checker"},
 			"451 4.3.0 temporary failure checking message, try again later"},
 	} {
 		verdict = c.verdict

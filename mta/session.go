@@ -38,9 +38,9 @@ type session struct {
 	user string // authenticated address; "" before AUTH
 	tx   *transaction
 	// refusal is the last reply refuse made, refusalReason its reason
-	// (see reasonOf).
-	refusal       *smtp.SMTPError
-	refusalReason string
+	// and refusalDetail what the log adds (see refusalOf).
+	refusal                      *smtp.SMTPError
+	refusalReason, refusalDetail string
 }
 
 // transaction is one MAIL ... DATA exchange.
@@ -55,7 +55,6 @@ type transaction struct {
 	forwards bool     // a local recipient forwards to a remote address (Forwarder)
 	refused  []string // "rcpt code" of refused recipients, for the log
 	checks   string   // the inbound checks' verdicts (Verdict.Summary), for the log
-	reason   string   // why the last recipient was refused (Reasons), for the log
 	stored   int      // copies stored in local mailboxes, for Metrics
 	logged   bool
 	// RFC 3461 (submission only): RET and ENVID of MAIL, and the NOTIFY
@@ -64,6 +63,10 @@ type transaction struct {
 	envID    string
 	rcptOpts map[string]*smtp.RcptOptions
 	queued   bool // the message went (also) to the queue
+	// reason is why the last recipient or the message was refused (one of
+	// Reasons), detail says more (a DNSBL zone, the SPF result), for the log.
+	reason, reasonDetail string
+	authenticated        []string // domains the message authenticated for (MX)
 }
 
 func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
@@ -137,13 +140,19 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	}
 	// No transaction opens, so no transaction line will tell of it: the
 	// refusal gets its own.
+	var refusal transaction // holds an antispam reason for that line, or SPF's pass
 	defer func() {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code >= 400 {
 			_, user := ss.current()
-			ss.srv.rejected(slog.LevelInfo, ss.reasonOf(se), slog.String("listener", ss.listener()), slog.String("client", ss.ip.String()),
-				slog.String("user", user), slog.String("from", logSafe(from)),
-				slog.String("result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)))
+			reason, detail, _ := ss.refusalOf(se)
+			attrs := []slog.Attr{slog.String("listener", ss.listener()), slog.String("client", ss.ip.String()),
+				slog.String("user", user), slog.String("from", logSafe(from))}
+			if detail != "" {
+				attrs = append(attrs, slog.String("detail", detail))
+			}
+			attrs = append(attrs, slog.String("result", fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)))
+			ss.srv.rejected(slog.LevelInfo, reason, attrs...)
 		}
 	}()
 	if ss.srv.isDraining() {
@@ -181,12 +190,15 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			return ss.reject(553, smtp.EnhancedCode{5, 1, 7}, "bad sender address: "+err.Error())
 		}
 		from = a.Path()
+		if err := ss.checkLocalSender(&refusal, a); err != nil {
+			return err
+		}
 	}
 	if !ss.tc.begin() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
 	tx = &transaction{id: delivery.NewID(), start: time.Now(), from: from, utf8: opts.UTF8, sizeHint: opts.Size,
-		ret: opts.Return, envID: opts.EnvelopeID}
+		ret: opts.Return, envID: opts.EnvelopeID, authenticated: refusal.authenticated}
 	ss.mu.Lock()
 	ss.tx = tx
 	ss.mu.Unlock()
@@ -236,9 +248,19 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if errors.As(err, &se) {
 		// The address is the client's, as long as its line limit allows.
 		tx.refused = append(tx.refused, fmt.Sprintf("%s %d", logSafe(to), se.Code))
-		tx.reason = ss.reasonOf(se)
+		reason, detail, _ := ss.refusalOf(se)
+		ss.setReason(tx, reason, detail)
 	}
 	return err
+}
+
+// setReason records why tx's last recipient or tx itself was refused, for
+// its log line; under mu, since with CHUNKING the line may be written from
+// Data's goroutine or from Reset's.
+func (ss *session) setReason(tx *transaction, reason, detail string) {
+	ss.mu.Lock()
+	tx.reason, tx.reasonDetail = reason, detail
+	ss.mu.Unlock()
 }
 
 func (ss *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error {
@@ -263,6 +285,13 @@ func (ss *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) erro
 	if ss.srv.isLocal(a.Domain) {
 		if ss.srv.kind == kindMX && relayTrick(a.Local) {
 			return ss.refuse(ReasonRelayDenied, 550, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
+		}
+		if zone, reason, listed := ss.blocklisted(); listed && !ss.srv.isPostmaster(a) {
+			text := fmt.Sprintf("client [%s] is listed in %s", ss.ip, zone)
+			if reason != "" {
+				text += ": " + reason
+			}
+			return ss.antispamRefusal(tx, ReasonDNSBL, zone, smtpErr(554, smtp.EnhancedCode{5, 7, 1}, text))
 		}
 		_, err := ss.srv.local.Resolve(a.String())
 		switch {
@@ -487,7 +516,9 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 	o := &ss.srv.opts
 	now := o.Now()
 	var checks []byte // the checks' field (Authentication-Results), MX only
+	var spam []byte   // the spam filter's fields, MX only
 	if ss.srv.kind == kindMX {
+		var authenticated []string
 		if o.Verify != nil {
 			v, err := o.Verify(ss.srv.ctx, net.IP(ss.ip.AsSlice()), ss.conn.Hostname(), tx.from, mb.bytes())
 			tx.checks = v.Summary
@@ -502,6 +533,23 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 				mb.set(v.Message)
 			}
 			checks = v.Prepend
+			authenticated = v.Authenticated
+		}
+		for _, d := range tx.authenticated { // SPF's pass at MAIL
+			if !containsFold(authenticated, d) {
+				authenticated = append(authenticated, d)
+			}
+		}
+		tx.authenticated = authenticated
+		if err := ss.checkLocalFrom(tx, mb.bytes(), authenticated); err != nil {
+			return err
+		}
+		if err := ss.greylist(tx, authenticated); err != nil {
+			return err
+		}
+		var err error
+		if spam, err = ss.scan(tx, mb); err != nil {
+			return err
 		}
 	} else {
 		msg := mb.bytes()
@@ -529,7 +577,7 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 		Rcpts:    append(append([]string(nil), tx.local...), tx.remote...),
 		Time:     now,
 	})
-	mb.prepend(rcv, checks)
+	mb.prepend(rcv, checks, spam)
 	return nil
 }
 
@@ -604,6 +652,7 @@ func (ss *session) store(tx *transaction, user string, msg []byte) error {
 	if len(full) > 0 {
 		ss.overflow(tx, trace, full, msg)
 	}
+	ss.greylistDelivered(tx)
 	return smtpErr(250, codeOK, "OK id="+tx.id)
 }
 
@@ -645,12 +694,19 @@ func (ss *session) finish(tx *transaction, user string, size int, reply error) e
 		se = smtpErr(451, codeTransient, "message transfer aborted")
 	}
 	event := "delivered"
+	reason, detail, named := ss.refusalOf(se)
 	switch {
 	case se.Code >= 500:
 		event = "rejected"
-		tx.reason = ss.reasonOf(se)
+		ss.setReason(tx, reason, detail)
 	case se.Code >= 400:
 		event = "deferred"
+		// A deferral tells its reason when one was named (greylisting,
+		// rspamd's soft reject); a passing trouble of ours has none.
+		if !named {
+			reason, detail = "", ""
+		}
+		ss.setReason(tx, reason, detail)
 	case len(tx.remote) > 0 || tx.queued:
 		event = "queued"
 	}
@@ -669,6 +725,7 @@ func (ss *session) logTx(tx *transaction, user, event string, attrs ...slog.Attr
 		return
 	}
 	tx.logged = true
+	reason, detail := tx.reason, tx.reasonDetail
 	ss.mu.Unlock()
 	attrs = append([]slog.Attr{
 		slog.String("id", tx.id),
@@ -683,14 +740,22 @@ func (ss *session) logTx(tx *transaction, user, event string, attrs ...slog.Attr
 	if tx.checks != "" {
 		attrs = append(attrs, slog.String("checks", tx.checks))
 	}
+	// The reason and detail of the last refusal in the transaction (a
+	// recipient's too, when others were accepted).
+	if detail != "" {
+		attrs = append(attrs, slog.String("detail", detail))
+	}
 	attrs = append(attrs, slog.Duration("duration", time.Since(tx.start)))
 	level := slog.LevelInfo
 	switch event {
 	case "deferred":
 		level = slog.LevelWarn
 	case "rejected":
-		ss.srv.rejected(level, tx.reason, attrs...)
+		ss.srv.rejected(level, reason, attrs...)
 		return
+	}
+	if reason != "" {
+		attrs = append(attrs, slog.String("reason", reason))
 	}
 	ss.srv.log.LogAttrs(ss.srv.ctx, level, event, attrs...)
 }

@@ -17,6 +17,9 @@ type Verdict struct {
 	// Prepend is what the checks add in front of the message for Accept
 	// (their Authentication-Results field), CRLF-terminated.
 	Prepend []byte
+	// Authenticated is the domains the message authenticated for (SPF or
+	// DKIM pass), for the local-sender rule and greylisting.
+	Authenticated []string
 }
 
 // Disposition is what becomes of a message the checks have seen.
@@ -37,6 +40,11 @@ const (
 	// Defer: the checks could not reach a verdict for now (DNS trouble
 	// where the policy may reject): 451 4.7.0, the sender tries again.
 	Defer
+	// RejectSpam: the spam filter refuses the message: 550 5.7.1.
+	RejectSpam
+	// DeferSpam: the spam filter wants the message again later (rspamd's
+	// soft reject and greylist): 451 4.7.1.
+	DeferSpam
 )
 
 // reply is the answer to DATA for a message the checks do not accept. A
@@ -46,11 +54,13 @@ func (v Verdict) reply() *smtp.SMTPError {
 	switch v.Disposition {
 	case RejectMalformed:
 		return smtpErr(550, smtp.EnhancedCode{5, 6, 0}, v.Reason)
-	case RejectUnevaluable, RejectPolicy:
+	case RejectUnevaluable, RejectPolicy, RejectSpam:
 		// RFC 3463 X.7.1: delivery not authorized, message refused.
 		return smtpErr(550, smtp.EnhancedCode{5, 7, 1}, v.Reason)
 	case Defer:
 		return smtpErr(451, smtp.EnhancedCode{4, 7, 0}, v.Reason)
+	case DeferSpam:
+		return smtpErr(451, smtp.EnhancedCode{4, 7, 1}, v.Reason)
 	}
 	return smtpErr(451, codeTransient, "temporary failure checking message, try again later")
 }

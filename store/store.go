@@ -425,10 +425,10 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
 // version (aliases.go); so are the certs bucket (certcache.go) and the
-// trace buckets (trace.go).
+// greylist bucket (greylist.go), and the trace buckets (trace.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketCerts} {
+		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketCerts, bucketGreylist} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

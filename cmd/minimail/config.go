@@ -123,6 +123,16 @@ type Config struct {
 		Reject *bool `toml:"reject"`
 	} `toml:"dmarc"`
 
+	// Antispam applies to the MX listener only (antispam.go).
+	Antispam struct {
+		DNSBL         []string    `toml:"dnsbl"`
+		Rspamd        string      `toml:"rspamd"`
+		RspamdTimeout duration    `toml:"rspamd_timeout"`
+		Greylist      offDuration `toml:"greylist"`
+		// GreetDelay: unset is mta.DefaultGreetDelay, "0s" turns it off.
+		GreetDelay *duration `toml:"greet_delay"`
+	} `toml:"antispam"`
+
 	path string // the file this was read from, for error messages
 }
 
@@ -200,7 +210,7 @@ func (c *Config) fail(key, format string, args ...any) error {
 // validate checks the config and fills in defaults and absolute paths; the
 // error names the file and the key.
 func (c *Config) validate() error {
-	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM, c.validateACME, c.validateMTASTS} {
+	for _, check := range []func() error{c.validateNames, c.validateListeners, c.validateLimits, c.validateRelay, c.validateDKIM, c.validateACME, c.validateMTASTS, c.validateAntispam} {
 		if err := check(); err != nil {
 			return err
 		}

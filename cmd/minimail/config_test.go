@@ -142,6 +142,16 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"bad mta-sts mode", minimalConfig + "[mta_sts]\nmode = \"strict\"\n", "mta_sts.mode"},
 		{"mta-sts max_age over a year", minimalConfig + "[mta_sts]\nmax_age = \"9000h\"\n", "mta_sts.max_age"},
 		{"mta-sts max_age not whole seconds", minimalConfig + "[mta_sts]\nmax_age = \"1500ms\"\n", "mta_sts.max_age"},
+		{"dnsbl not a zone", minimalConfig + "[antispam]\ndnsbl = [\"zen spamhaus\"]\n", "antispam.dnsbl"},
+		{"dnsbl a bare name", minimalConfig + "[antispam]\ndnsbl = [\"zen\"]\n", "antispam.dnsbl"},
+		{"rspamd not a URL", minimalConfig + "[antispam]\nrspamd = \"127.0.0.1:11333\"\n", "antispam.rspamd"},
+		{"rspamd without a port", minimalConfig + "[antispam]\nrspamd = \"http://localhost\"\n", "antispam.rspamd"},
+		{"rspamd with a path", minimalConfig + "[antispam]\nrspamd = \"http://localhost:11333/checkv2\"\n", "antispam.rspamd"},
+		{"rspamd timeout too long", minimalConfig + "[antispam]\nrspamd = \"http://127.0.0.1:11333\"\nrspamd_timeout = \"1h\"\n", "antispam.rspamd_timeout"},
+		{"greylist not a duration", minimalConfig + "[antispam]\ngreylist = \"five minutes\"\n", "greylist"},
+		{"greylist too long", minimalConfig + "[antispam]\ngreylist = \"48h\"\n", "antispam.greylist"},
+		{"greet delay too long", minimalConfig + "[antispam]\ngreet_delay = \"1m\"\n", "antispam.greet_delay"},
+		{"negative greet delay", minimalConfig + "[antispam]\ngreet_delay = \"-1s\"\n", "greet_delay"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -219,4 +229,34 @@ func FuzzLoadConfig(f *testing.F) {
 			t.Fatalf("accepted a config without hostname, domains or data_dir: %+v", c)
 		}
 	})
+}
+
+func TestLoadConfigAntispam(t *testing.T) {
+	c, err := loadConfig(writeConfig(t, minimalConfig+`
+[antispam]
+dnsbl = ["Zen.Spamhaus.org."]
+rspamd = "http://127.0.0.1:11333"
+greylist = "5m"
+greet_delay = "0s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Antispam
+	if len(a.DNSBL) != 1 || a.DNSBL[0] != "zen.spamhaus.org" || a.Rspamd != "http://127.0.0.1:11333" || a.Greylist.Duration != 5*time.Minute {
+		t.Fatalf("antispam = %+v", a)
+	}
+	if d := c.greetDelay(); d >= 0 {
+		t.Fatalf("greet_delay = \"0s\" gives %s, want off (negative)", d)
+	}
+	c, err = loadConfig(writeConfig(t, minimalConfig+"[antispam]\ngreylist = \"\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Antispam.Greylist.Duration != 0 {
+		t.Fatalf("greylist = \"\" gives %s, want off", c.Antispam.Greylist.Duration)
+	}
+	if d := c.greetDelay(); d != 0 {
+		t.Fatalf("greet_delay unset gives %s, want 0 (the MX's default)", d)
+	}
 }

@@ -14,6 +14,9 @@
 //	             only, header limits)
 //	mta/msgauth  SPF, DKIM, DMARC: Authentication-Results, or a refusal
 //	             (lookups through mta/resolve, cached)
+//	mta/antispam early talkers and DNSBL (at connect, refused at RCPT),
+//	             local-domain senders without SPF (MAIL, From:),
+//	             greylisting (store) and rspamd after DATA
 //	mda          Return-Path and Delivered-To per recipient, every copy in
 //	             one commit; an alias's remote targets get one queue entry
 //	             in that same commit, its sender rewritten with SRS

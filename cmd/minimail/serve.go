@@ -179,6 +179,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		mxOpts := opts
 		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
 		mxOpts.Verify = verifyOnMX(verifier)
+		antispamOptions(&mxOpts, cfg, verifier, dnsCache, s.st, log)
 		// Copies refused for quota after others were stored bounce
 		// through the queue (mta.Options.Overflow).
 		mxOpts.Overflow = q
@@ -414,7 +415,7 @@ func verifyOnMX(v *msgauth.Verifier) func(context.Context, net.IP, string, strin
 		if err != nil {
 			return mta.Verdict{}, err
 		}
-		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message, Prepend: got.Field, Summary: got.Summary}, nil
+		return mta.Verdict{Disposition: mxDisposition(got.Disposition), Reason: got.Reason, Message: got.Message, Prepend: got.Field, Summary: got.Summary, Authenticated: got.Authenticated}, nil
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -75,6 +76,10 @@ type Verdict struct {
 	// Field is the Authentication-Results field to put in front of
 	// Message (Deliver only), with the line ending of the rest.
 	Field []byte
+	// Authenticated is the domains the message authenticated for: the
+	// SPF domain (MAIL FROM's, or HELO's for the null sender) when SPF
+	// passes, and the d= of each DKIM signature that verifies.
+	Authenticated []string
 	// Message is the message to deliver after Field (Deliver only): the
 	// one given, with every Authentication-Results field claiming
 	// AuthServID removed; the very slice given when there was none, so the
@@ -109,16 +114,8 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	if err != nil {
 		return Verdict{Disposition: RejectUnevaluable, Reason: capitalize(err.Error())}, nil
 	}
-	timeout := v.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel, res := v.lookups(ctx)
 	defer cancel()
-	res := resolver{v.Resolver}
-	if res.r == nil {
-		res.r = net.DefaultResolver
-	}
 
 	// The SPF check and the DMARC record lookup run beside the DKIM check,
 	// so that a server hanging on one lookup does not eat the others' time.
@@ -162,6 +159,15 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	summary := fmt.Sprintf("spf=%s dkim=%s dmarc=%s policy=%s from_domain=%s",
 		sp.value, strings.Join(dkimSummary, ","), dm.value, dm.policy, from)
 
+	var authenticated []string
+	if sp.value == spf.Pass {
+		authenticated = append(authenticated, sp.domain)
+	}
+	for _, o := range dk {
+		if o.value == authres.ResultPass && o.domain != "" && !slices.Contains(authenticated, o.domain) {
+			authenticated = append(authenticated, o.domain)
+		}
+	}
 	switch {
 	case dm.value == authres.ResultFail && dm.policy == policyReject && v.RejectDMARC:
 		return Verdict{Disposition: RejectPolicy, Reason: "Rejected by the DMARC policy of " + from, Summary: summary}, nil
@@ -169,7 +175,7 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 		return Verdict{Disposition: Temporary, Reason: "DMARC check of " + from + " failed temporarily, try again later", Summary: summary}, nil
 	}
 	h := formatAuthResults(v.AuthServID, results, lineEnding(msg))
-	return Verdict{Disposition: Deliver, Field: []byte(h), Message: stripAuthResults(msg, v.AuthServID), Summary: summary}, nil
+	return Verdict{Disposition: Deliver, Field: []byte(h), Message: stripAuthResults(msg, v.AuthServID), Summary: summary, Authenticated: authenticated}, nil
 }
 
 func (v *Verifier) logger() *slog.Logger {
@@ -200,6 +206,32 @@ type spfOutcome struct {
 	helo       string
 	domain     string // the domain checked: MAIL FROM's, or HELO's for the null sender
 	dnsTrouble bool
+}
+
+// CheckSPF returns the SPF result ("pass", "fail", "softfail", "neutral",
+// "none", "temperror", "permerror") for a client at ip sending from
+// mailFrom after HELO helo, as Verify computes it: the MX asks it at MAIL
+// FROM about senders in the local domains, which only a client the
+// domain's SPF record names may use.
+func (v *Verifier) CheckSPF(ctx context.Context, ip net.IP, helo, mailFrom string) string {
+	ctx, cancel, res := v.lookups(ctx)
+	defer cancel()
+	return string(checkSPF(ctx, res, ip, helo, mailFrom).value)
+}
+
+// lookups bounds the DNS work of one check by Timeout and gives the
+// resolver it goes through.
+func (v *Verifier) lookups(ctx context.Context) (context.Context, context.CancelFunc, resolver) {
+	timeout := v.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	res := resolver{v.Resolver}
+	if res.r == nil {
+		res.r = net.DefaultResolver
+	}
+	return ctx, cancel, res
 }
 
 // checkSPF checks the MAIL FROM identity, or the HELO identity for the null

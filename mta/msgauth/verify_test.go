@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -490,4 +491,33 @@ func (v Verdict) delivered() []byte {
 		return nil
 	}
 	return append(append([]byte(nil), v.Field...), v.Message...)
+}
+
+// Verdict.Authenticated names the domains SPF and DKIM passed for, which
+// the MX's local-sender rule and greylisting rely on; CheckSPF gives the
+// SPF result alone, as Verify computes it.
+func TestVerifyAuthenticatedAndCheckSPF(t *testing.T) {
+	srv := world(t)
+	v := &Verifier{Resolver: srv.Resolver(), AuthServID: ourID, RejectDMARC: false, Timeout: 10 * time.Second}
+	ctx := context.Background()
+	msg := signed(t, "a.test", plainMessage("alice@a.test"))
+	for _, c := range []struct {
+		ip, mailFrom string
+		msg          []byte
+		want         []string
+		spf          string
+	}{
+		{"127.0.0.1", "alice@a.test", msg, []string{"a.test"}, "pass"},                                         // both, one domain
+		{"192.0.2.9", "alice@a.test", msg, []string{"a.test"}, "fail"},                                         // DKIM only
+		{"127.0.0.1", "alice@a.test", plainMessage("alice@a.test"), []string{"a.test"}, "pass"},                // SPF only
+		{"192.0.2.9", "alice@a.test", bytes.Replace(msg, []byte("tomorrow"), []byte("never"), 1), nil, "fail"}, // neither
+	} {
+		got, err := v.Verify(ctx, net.ParseIP(c.ip), "mx.a.test", c.mailFrom, c.msg)
+		if err != nil || !slices.Equal(got.Authenticated, c.want) {
+			t.Errorf("Verify from %s: Authenticated = %q, %v; want %q", c.ip, got.Authenticated, err, c.want)
+		}
+		if spf := v.CheckSPF(ctx, net.ParseIP(c.ip), "mx.a.test", c.mailFrom); spf != c.spf {
+			t.Errorf("CheckSPF from %s = %q, want %q", c.ip, spf, c.spf)
+		}
+	}
 }
