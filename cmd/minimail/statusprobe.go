@@ -19,8 +19,10 @@ import (
 // listener really presents, which may differ from tls.cert on disk (a
 // certificate renewed but not reloaded, or one obtained over ACME).
 
-// probeTimeout bounds each probe, connection and every reply.
-const probeTimeout = 5 * time.Second
+// probeTimeout bounds each probe, connection and every reply: longer than
+// the longest antispam.greet_delay (maxGreetDelay), so an MX that waits
+// before its greeting is not taken for one that is down.
+const probeTimeout = maxGreetDelay + 5*time.Second
 
 // probe is what status learnt of one listener.
 type probe struct {
