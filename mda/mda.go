@@ -36,6 +36,7 @@ import (
 	"strings"
 	"time"
 
+	"minimail/mta/delivery"
 	"minimail/mta/srs"
 	"minimail/store"
 )
@@ -293,23 +294,35 @@ func (a *Agent) deliveredTo(rcpt, addr string) string {
 // address) get one copy in the queue, committed with the local copies: see
 // forward.go.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
-	return a.deliver("", from, rcpts, msg, false)
+	return a.deliver(delivery.Trace{}, from, rcpts, msg, false)
 }
 
 // DeliverID is Deliver for the message that goes by id (the id of its 250
 // reply or queue entry): a forwarded copy is queued under it.
 func (a *Agent) DeliverID(id, from string, rcpts []string, msg []byte) []error {
-	return a.deliver(id, from, rcpts, msg, false)
+	return a.deliver(delivery.Trace{ID: id}, from, rcpts, msg, false)
+}
+
+// DeliverTraced is DeliverID under t.ID that records trace events in the
+// same commit as the copies (trace.go).
+func (a *Agent) DeliverTraced(t delivery.Trace, from string, rcpts []string, msg []byte) []error {
+	return a.deliver(t, from, rcpts, msg, false)
+}
+
+// DeliverNoticeTraced is DeliverNotice with DeliverTraced's events.
+func (a *Agent) DeliverNoticeTraced(t delivery.Trace, from string, rcpts []string, msg []byte) []error {
+	return a.deliver(t, from, rcpts, msg, true)
 }
 
 // DeliverNotice is Deliver for the server's own notices (bounces, delay
 // warnings): they are stored even past the quota, which they exceed by
 // their size, because a notice refused would be lost.
 func (a *Agent) DeliverNotice(from string, rcpts []string, msg []byte) []error {
-	return a.deliver("", from, rcpts, msg, true)
+	return a.deliver(delivery.Trace{}, from, rcpts, msg, true)
 }
 
-func (a *Agent) deliver(id, from string, rcpts []string, msg []byte, notice bool) []error {
+func (a *Agent) deliver(tr delivery.Trace, from string, rcpts []string, msg []byte, notice bool) []error {
+	id := tr.ID
 	results := make([]error, len(rcpts))
 	var ds []store.Delivery
 	var idx []int // the recipient each copy is for
@@ -336,6 +349,8 @@ func (a *Agent) deliver(id, from string, rcpts []string, msg []byte, notice bool
 				Message:      msg,
 				DefaultQuota: a.DefaultQuota,
 				IgnoreQuota:  notice,
+				TraceID:      tr.ID,
+				TraceFacts:   []store.Fact{{Key: store.FactRcpt, Value: rcpt}},
 			})
 			idx = append(idx, i)
 		}
@@ -350,6 +365,7 @@ func (a *Agent) deliver(id, from string, rcpts []string, msg []byte, notice bool
 		}
 		return results
 	}
+	traceWith(tr, ds, out, msg)
 	_, queued, err := a.Mailboxes.AppendAndEnqueue(ds, out)
 	if err == nil {
 		a.wake(queued)

@@ -50,7 +50,10 @@ func wantsSuccess(o *smtp.RcptOptions) bool {
 
 // enqueue queues msg for rcpts with their RFC 3461 parameters, when q
 // keeps them.
-func (ss *session) enqueue(q Queue, tx *transaction, rcpts []string, msg []byte) (string, error) {
+func (ss *session) enqueue(q Queue, tx *transaction, trace delivery.Trace, rcpts []string, msg []byte) (string, error) {
+	if tq, ok := q.(tracedQueue); ok {
+		return tq.EnqueueTraced(trace, tx.from, rcpts, msg, tx.dsnFor(rcpts))
+	}
 	if dq, ok := q.(DSNQueue); ok {
 		return dq.EnqueueDSN(tx.id, tx.from, rcpts, msg, tx.dsnFor(rcpts))
 	}

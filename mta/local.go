@@ -137,7 +137,7 @@ func (ss *session) submitLocal(tx *transaction, m LocalMessage) error {
 		return smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}
 	defer s.endCommit()
-	return ss.store(tx, mb.bytes())
+	return ss.store(tx, m.User, mb.bytes())
 }
 
 // sign prepends the DKIM signature of the sender's domain to a message

@@ -20,6 +20,7 @@ import (
 	"minimail/mta/guard"
 	"minimail/mta/mailaddr"
 	"minimail/mta/xtext"
+	"minimail/store"
 )
 
 // session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, after
@@ -401,7 +402,7 @@ func (ss *session) Data(r io.Reader) (reply error) {
 		// storing now would deliver a message the client will send again.
 		return ss.finish(tx, user, len(msg), smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "shutting down"))
 	}
-	err = ss.store(tx, msg)
+	err = ss.store(tx, user, msg)
 	ss.srv.endCommit()
 	return ss.finish(tx, user, len(msg), err)
 }
@@ -585,8 +586,10 @@ func (ss *session) complete(tx *transaction, user string, mb *msgBuf) error {
 // Local recipients that asked for a success notice (NOTIFY=SUCCESS) go
 // through the queue too, which stores the notice in the same commit as the
 // record of the delivery it reports: none lost, none sent twice.
-func (ss *session) store(tx *transaction, msg []byte) error {
+func (ss *session) store(tx *transaction, user string, msg []byte) error {
 	stored, loops := 0, 0
+	// The received event commits with the first copy that is stored.
+	trace := delivery.Trace{ID: tx.id, Events: []store.Event{ss.receivedEvent(tx, user, msg)}}
 	var full []string // local recipients whose mailbox had no room
 	local, queued := tx.local, tx.remote
 	if ss.srv.dsnQueue() != nil {
@@ -601,7 +604,7 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		queued = append(queued, tx.remote...)
 	}
 	if len(local) > 0 {
-		for i, err := range ss.deliverLocal(tx, local, msg) {
+		for i, err := range ss.deliverLocal(tx, trace, local, msg) {
 			switch {
 			case err == nil:
 				stored++
@@ -622,15 +625,19 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 			}
 		}
 	}
+	if stored > 0 {
+		trace.Events = nil
+	}
 	if len(queued) > 0 {
 		// The queue keeps the message under the transaction's id, the one
 		// the 250 gives: one id in the reply, the logs and the queue.
-		if _, err := ss.enqueue(ss.srv.queue, tx, queued, msg); err != nil {
+		if _, err := ss.enqueue(ss.srv.queue, tx, trace, queued, msg); err != nil {
 			ss.srv.log.Error("enqueue failed", "id", tx.id, "local_stored", stored, "err", err)
 			return smtpErr(451, codeTransient, "temporary queue failure, try again later")
 		}
 		stored += len(queued)
 		tx.queued = true
+		trace.Events = nil
 	}
 	if stored == 0 && loops > 0 {
 		// RFC 5321 6.3: a message with too many Received fields is looping.
@@ -643,7 +650,7 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 		return ss.reject(550, smtp.EnhancedCode{5, 1, 1}, "no such user here")
 	}
 	if len(full) > 0 {
-		ss.overflow(tx, full, msg)
+		ss.overflow(tx, trace, full, msg)
 	}
 	ss.greylistDelivered(tx)
 	return smtpErr(250, codeOK, "OK id="+tx.id)
@@ -651,7 +658,10 @@ func (ss *session) store(tx *transaction, msg []byte) error {
 
 // deliverLocal hands the local recipients to Local, with the transaction's
 // id when Local takes it (IDDeliverer): forwarded copies are queued under it.
-func (ss *session) deliverLocal(tx *transaction, rcpts []string, msg []byte) []error {
+func (ss *session) deliverLocal(tx *transaction, trace delivery.Trace, rcpts []string, msg []byte) []error {
+	if d, ok := ss.srv.local.(tracedLocal); ok {
+		return d.DeliverTraced(trace, tx.from, rcpts, msg)
+	}
 	if d, ok := ss.srv.local.(IDDeliverer); ok {
 		return d.DeliverID(tx.id, tx.from, rcpts, msg)
 	}
@@ -661,7 +671,7 @@ func (ss *session) deliverLocal(tx *transaction, rcpts []string, msg []byte) []e
 // overflow hands the recipients whose mailbox had no room for a message
 // others received to the queue, so that the sender hears of them after
 // the 250 (a bounce with 5.2.2, or the copy if room was made meanwhile).
-func (ss *session) overflow(tx *transaction, full []string, msg []byte) {
+func (ss *session) overflow(tx *transaction, trace delivery.Trace, full []string, msg []byte) {
 	q := ss.srv.opts.Overflow
 	if q == nil {
 		q = ss.srv.queue
@@ -670,7 +680,7 @@ func (ss *session) overflow(tx *transaction, full []string, msg []byte) {
 		ss.srv.log.Warn("over_quota", "id", tx.id, "rcpts", full, "result", "dropped")
 		return
 	}
-	if _, err := ss.enqueue(q, tx, full, msg); err != nil {
+	if _, err := ss.enqueue(q, tx, trace, full, msg); err != nil {
 		ss.srv.log.Error("over_quota", "id", tx.id, "rcpts", full, "err", err, "result", "dropped")
 		return
 	}

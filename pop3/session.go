@@ -27,7 +27,8 @@ const (
 // Message number n is msgs[n-1] for the whole session (RFC 1939 section 5).
 type message struct {
 	MessageInfo
-	deleted bool
+	deleted   bool
+	retrieved bool // RETR sent it whole, for the Updater's trace
 }
 
 // Session results, logged as "result".

@@ -109,6 +109,7 @@ func (s *session) cmdRetr(c command) {
 	s.ok("%d octets", len(data))
 	writeDotStuffed(s.w, data)
 	s.retrieved++
+	m.retrieved = true
 }
 
 // cmdTop sends the header and the first lines of the body (RFC 1939
@@ -157,6 +158,39 @@ func (s *session) cmdRset(c command) {
 	s.ok("maildrop has %d messages (%d octets)", count, size)
 }
 
+// Updater is a Maildrop that also records, in the transaction that
+// deletes, which messages the session retrieved (for `minimail trace`):
+// one write per session at QUIT, none per RETR. Found by type assertion.
+type Updater interface {
+	Update(addr string, u Update) error
+}
+
+// Update is what one session's QUIT commits.
+type Update struct {
+	Deleted   []uint64
+	Retrieved []uint64
+	Client    string // the client's address
+}
+
+// update commits the UPDATE state: through the Updater when the Maildrop
+// is one, else only the deletions. A session that only retrieved learns
+// nothing from a failed write: its mail is as it was.
+func (s *session) update(deleted, retrieved []uint64) error {
+	u, ok := s.srv.md.(Updater)
+	if !ok {
+		if len(deleted) == 0 {
+			return nil
+		}
+		return s.srv.md.Delete(s.addr, deleted)
+	}
+	err := u.Update(s.addr, Update{Deleted: deleted, Retrieved: retrieved, Client: s.ip.String()})
+	if err != nil && len(deleted) == 0 {
+		s.srv.log.Warn("pop3 trace write failed", "client", s.ip.String(), "user", s.addr, "err", err)
+		return nil
+	}
+	return err
+}
+
 // cmdQuit ends the session. From TRANSACTION it is the UPDATE state (RFC
 // 1939 section 6): the marked messages go in one Delete, and if that fails
 // none are gone and the client hears -ERR.
@@ -167,19 +201,22 @@ func (s *session) cmdQuit(c command) {
 		s.result = resultQuit
 		return
 	}
-	var ids []uint64
+	var ids, retrieved []uint64
 	for _, m := range s.msgs {
 		if m.deleted {
 			ids = append(ids, m.ID)
 		}
+		if m.retrieved {
+			retrieved = append(retrieved, m.ID)
+		}
 	}
-	if len(ids) > 0 {
+	if len(ids) > 0 || len(retrieved) > 0 {
 		if s.cut.Load() {
 			// Shutdown gave up on this session: it must not delete.
 			s.result = resultShutdown
 			return
 		}
-		if err := s.srv.md.Delete(s.addr, ids); err != nil {
+		if err := s.update(ids, retrieved); err != nil {
 			s.srv.log.Warn("pop3 delete failed", "client", s.ip.String(), "user", s.addr, "err", err)
 			s.err("[SYS/TEMP] deleted messages not removed, try again later")
 			s.result = resultDeleteFailed

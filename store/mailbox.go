@@ -56,6 +56,17 @@ type Delivery struct {
 
 	DefaultQuota int64
 	IgnoreQuota  bool
+
+	// Events are trace events written with this copy, in the same
+	// transaction, before its own delivered event (the received event of
+	// the message that is being delivered, for instance).
+	Events []Event
+	// TraceID, when set, records a delivered event under that message id
+	// for this copy, naming the mailbox and the copy's number, so that a
+	// POP3 retrieval or deletion of it can be traced back to the id.
+	TraceID string
+	// TraceFacts are extra facts for that delivered event.
+	TraceFacts []Fact
 }
 
 // Append stores msg at the end of addr's mailbox and returns its id once it
@@ -136,6 +147,15 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 					return err
 				}
 				if err := heads.Put(idKey(id), d.Header); err != nil {
+					return err
+				}
+			}
+			if err := putEvents(tx, d.Events); err != nil {
+				return err
+			}
+			if d.TraceID != "" {
+				facts := append([]Fact{{FactMailbox, Key(d.Address)}, {FactMsg, strconv.FormatUint(id, 10)}}, d.TraceFacts...)
+				if err := putEvents(tx, []Event{{Time: now, Kind: EventDelivered, ID: d.TraceID, Facts: facts}}); err != nil {
 					return err
 				}
 			}

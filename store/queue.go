@@ -82,6 +82,12 @@ type QueueEntry struct {
 	// Notice marks a delivery status notification of this server's own:
 	// it is stored in a local mailbox even past the quota.
 	Notice bool `json:"notice,omitempty"`
+
+	// Events are trace events written with the entry by EnqueueMessage,
+	// EnqueueNotice and UpdateQueueEntry, in the same transaction; they
+	// are not part of the
+	// entry and never read back into it.
+	Events []Event `json:"-"`
 }
 
 // EnqueueMessage stores a new entry and its body in one transaction and
@@ -119,6 +125,9 @@ func (s *Store) EnqueueNotice(e QueueEntry, n QueueEntry, body []byte) (uint64, 
 		if err := q.Put(idKey(e.ID), v); err != nil {
 			return err
 		}
+		if err := putEvents(tx, e.Events); err != nil {
+			return err
+		}
 		stored, err := enqueueTx(tx, n, body)
 		id = stored.ID
 		return err
@@ -143,6 +152,9 @@ func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
 		return QueueEntry{}, err
 	}
 	if err := q.Put(idKey(n), v); err != nil {
+		return QueueEntry{}, err
+	}
+	if err := putEvents(tx, e.Events); err != nil {
 		return QueueEntry{}, err
 	}
 	return e, tx.Bucket(bucketQueueBody).Put(idKey(n), body)
@@ -225,17 +237,24 @@ func (s *Store) UpdateQueueEntry(e QueueEntry) error {
 		if q.Get(idKey(e.ID)) == nil {
 			return fmt.Errorf("queue entry %d: %w", e.ID, ErrNoQueueEntry)
 		}
+		if err := putEvents(tx, e.Events); err != nil {
+			return err
+		}
 		return q.Put(idKey(e.ID), v)
 	})
 }
 
-// DeleteQueueEntry removes an entry and its body. A missing entry gives an
-// error wrapping ErrNoQueueEntry.
-func (s *Store) DeleteQueueEntry(id uint64) error {
+// DeleteQueueEntry removes an entry and its body, writing events (trace
+// events about why it goes) in the same transaction. A missing entry gives
+// an error wrapping ErrNoQueueEntry, and no event is written.
+func (s *Store) DeleteQueueEntry(id uint64, events ...Event) error {
 	return s.update(func(tx *bolt.Tx) error {
 		q := tx.Bucket(bucketQueue)
 		if q.Get(idKey(id)) == nil {
 			return fmt.Errorf("queue entry %d: %w", id, ErrNoQueueEntry)
+		}
+		if err := putEvents(tx, events); err != nil {
+			return err
 		}
 		if err := q.Delete(idKey(id)); err != nil {
 			return err

@@ -23,6 +23,8 @@
 //	           see aliases.go)
 //	meta "srs_secret" -> 32 random bytes, the SRS key (srs.go; drawn at
 //	           the first read-write Open that finds none: no migration)
+//	trace      the events `minimail trace` shows, and their indexes
+//	           (created when missing at Open, see trace.go)
 //	certs      ACME client key name -> PEM (account key; certificate and
 //	           its key), created when missing at Open like aliases
 //	           (certcache.go)
@@ -423,13 +425,16 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
 // version (aliases.go); so are the certs bucket (certcache.go) and the
-// greylist bucket (greylist.go).
+// greylist bucket (greylist.go), and the trace buckets (trace.go).
 func initSchema(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketMailboxes, bucketBodies, bucketBodyRefs, bucketQueue, bucketQueueBody, bucketAliases, bucketCerts, bucketGreylist} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if err := initTrace(tx); err != nil {
+			return err
 		}
 		if err := ensureSRSSecret(tx.Bucket(bucketMeta)); err != nil {
 			return err
@@ -487,6 +492,13 @@ func (s *Store) Writable() error {
 // Commits reports how many write transactions (each one fsync'd commit) the
 // store has made; benchmarks divide it by the messages written.
 func (s *Store) Commits() int64 { return s.commits.Load() }
+
+// PagesWritten reports how many pages the store's commits have written,
+// for benchmarks: the size of what each fsync has to flush.
+func (s *Store) PagesWritten() int64 {
+	st := s.db.Stats()
+	return st.TxStats.GetWrite()
+}
 
 // errClosed is returned for writes attempted after Close.
 var errClosed = errors.New("store is closed")

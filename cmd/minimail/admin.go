@@ -112,6 +112,8 @@ type response struct {
 	Cleared []netip.Prefix `json:"cleared,omitempty"`
 	Status  *serverStatus  `json:"status,omitempty"`  // status.go
 	Aliases []store.Alias  `json:"aliases,omitempty"` // alias.list
+	Events  []store.Event  `json:"events,omitempty"`  // trace (trace.go)
+	Counts  map[string]int `json:"counts,omitempty"`  // trace.count: events of the last hour by kind
 	Certs   []certInfo     `json:"certs,omitempty"`   // certs: the ACME certificates (acme.go)
 	// Refused says Error is a request refused for what it asks (an alias
 	// that would shadow a user, loop, ...): exit code 2, as for bad usage.
@@ -166,6 +168,10 @@ func (a *adminOps) do(req request) response {
 		} else {
 			err = dropStored(a.st, req.ID)
 		}
+	case "trace":
+		resp.Events, err = a.st.Trace(req.ID)
+	case "trace.count":
+		resp.Counts, err = a.st.TraceCount(time.Now().Add(-time.Hour))
 	case "certs":
 		resp.Certs, err = storedCerts(a.st, acmeNames(a.cfg))
 	case "status":

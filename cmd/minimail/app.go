@@ -51,6 +51,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			queueCommand(),
 			authCommand(),
 			statusCommand(),
+			traceCommand(),
 			dnsCommand(),
 			backupCommand(),
 			compactCommand(),

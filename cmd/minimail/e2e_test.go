@@ -755,34 +755,7 @@ func TestOneIDFromThe250ReplyToTheQueue(t *testing.T) {
 	dead.Close()
 	a := newSite(t, "a.test", fmt.Sprintf("[relay]\nretry_min = \"1h\"\nroutes = { \"far.test\" = %q }\n", deadAddr))
 	a.addUser(t, "bob@a.test")
-
-	c, err := smtp.DialStartTLS(a.srv.addrs["listen.submission"], &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "bob@a.test", "pw-bob@a.test")); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Mail("bob@a.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Rcpt("carol@far.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(testMessage("bob@a.test", "carol@far.test", "one id", "x\r\n"))
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, id, ok := strings.Cut(resp.StatusText, "id=")
-	if !ok || len(id) != 16 {
-		t.Fatalf("250 reply %q names no id", resp.StatusText)
-	}
+	id := submitForID(t, a, "bob@a.test", []string{"carol@far.test"}, testMessage("bob@a.test", "carol@far.test", "one id", "x\r\n"))
 
 	waitFor(t, "the queue to try once", func() bool {
 		entries, _ := a.srv.st.QueueEntries()

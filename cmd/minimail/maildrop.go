@@ -64,3 +64,12 @@ func (m maildrop) Read(addr string, id uint64) ([]byte, error) {
 }
 
 func (m maildrop) Delete(addr string, ids []uint64) error { return m.st.Delete(addr, ids) }
+
+// Update commits a POP3 session's QUIT with its trace events.
+func (m maildrop) Update(addr string, u pop3.Update) error {
+	return m.st.UpdateMaildrop(addr, store.MaildropUpdate{
+		Deleted:   u.Deleted,
+		Retrieved: u.Retrieved,
+		Facts:     []store.Fact{{Key: "client", Value: u.Client}},
+	})
+}

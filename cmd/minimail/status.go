@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"minimail/mta/queue"
 	"minimail/store"
 )
 
@@ -56,29 +57,34 @@ func statusCommand() *cli.Command {
 // said all it can without one.
 var errNotRunning = errors.New("no server is running")
 
+// certWarning is how close to its expiry a certificate makes status fail:
+// a week leaves time to act, and ACME renews well before (30 days).
+const certWarning = 7 * 24 * time.Hour
+
+// printStatus says what it can find out, then returns an error (exit 1)
+// naming every problem: no server, a listener down, a certificate that
+// expires within certWarning, a queued message older than
+// relay.delay_notice.
 func printStatus(w io.Writer, cfg *Config, now time.Time) error {
 	fmt.Fprintf(w, "minimail %s\n", version())
+	var problems []string
 	resp, err := callServer(cfg.DataDir, request{Op: "status"})
 	running := err == nil && resp.Error == "" && resp.Status != nil
 	switch {
 	case running:
 		st := resp.Status
-		fmt.Fprintf(w, "server:      running, pid %d, since %s (%s)\n", st.PID, st.Started.Local().Format(time.RFC3339), st.Version)
-		keys := make([]string, 0, len(st.Listeners))
-		for k := range st.Listeners {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			fmt.Fprintf(w, "  %-19s %s\n", k, st.Listeners[k])
-		}
+		fmt.Fprintf(w, "server:      running, pid %d, since %s, up %s (%s)\n", st.PID, st.Started.Local().Format(time.RFC3339),
+			now.Sub(st.Started).Round(time.Second), st.Version)
+		problems = append(problems, printListeners(w, cfg, st.Listeners, now)...)
 	case errors.Is(err, errNoServer):
 		fmt.Fprintf(w, "server:      not running (nothing answers on %s)\n", filepath.Join(cfg.DataDir, controlSocket))
+		problems = append(problems, errNotRunning.Error())
 	default:
 		if err == nil {
 			err = errors.New(resp.Error)
 		}
 		fmt.Fprintf(w, "server:      no answer: %v\n", err)
+		problems = append(problems, "server: no answer")
 	}
 
 	entries, err := queueEntries(cfg, running)
@@ -94,8 +100,17 @@ func printStatus(w io.Writer, cfg *Config, now time.Time) error {
 				oldest = e
 			}
 		}
-		fmt.Fprintf(w, "queue:       %d message(s), the oldest queued %s ago (%s)\n",
-			len(entries), now.Sub(oldest.Created).Round(time.Second), oldest.Created.Local().Format(time.RFC3339))
+		age := now.Sub(oldest.Created)
+		lastErr := oldest.LastError
+		if lastErr == "" {
+			lastErr = "none yet"
+		}
+		fmt.Fprintf(w, "queue:       %d message(s), the oldest (%s) queued %s ago (%s), last error: %s\n",
+			len(entries), queue.EntryID(oldest), age.Round(time.Second), oldest.Created.Local().Format(time.RFC3339), lastErr)
+		if notice := cfg.Relay.DelayNotice.or(4 * time.Hour); notice > 0 && age > notice {
+			problems = append(problems, fmt.Sprintf("queue: message %s has waited %s, more than relay.delay_notice (%s)",
+				queue.EntryID(oldest), age.Round(time.Second), notice))
+		}
 	}
 
 	if cfg.ACME.Email != "" {
@@ -105,18 +120,74 @@ func printStatus(w io.Writer, cfg *Config, now time.Time) error {
 	} else if leaf, err := readLeaf(cfg.TLS.Cert); err != nil {
 		fmt.Fprintf(w, "certificate: %s: %v\n", cfg.TLS.Cert, err)
 	} else {
-		left := leaf.NotAfter.Sub(now)
-		state := fmt.Sprintf("%d days left", int(left.Hours()/24))
-		if left <= 0 {
-			state = "EXPIRED"
-		}
 		fmt.Fprintf(w, "certificate: %s for %s, until %s (%s)\n", cfg.TLS.Cert, strings.Join(certNames(leaf), ", "),
-			leaf.NotAfter.Local().Format(time.RFC3339), state)
+			leaf.NotAfter.Local().Format(time.RFC3339), daysLeft(leaf, now))
+		if !running && leaf.NotAfter.Sub(now) < certWarning {
+			problems = append(problems, fmt.Sprintf("certificate %s: %s", cfg.TLS.Cert, daysLeft(leaf, now)))
+		}
 	}
-	if !running {
-		return errNotRunning
+
+	dbPath := filepath.Join(cfg.DataDir, store.FileName)
+	if fi, err := os.Stat(dbPath); err != nil {
+		fmt.Fprintf(w, "store:       %v\n", err)
+	} else {
+		fmt.Fprintf(w, "store:       %s, %d bytes\n", dbPath, fi.Size())
+	}
+	if counts, err := adminDo(cfg, request{Op: "trace.count"}); err != nil {
+		fmt.Fprintf(w, "last hour:   cannot read: %v\n", err)
+	} else {
+		c := counts.Counts
+		fmt.Fprintf(w, "last hour:   %d received, %d delivered to mailboxes, %d sent on, %d bounced\n",
+			c[store.EventReceived], c[store.EventDelivered], c[store.EventSent], c[store.EventBounced])
+	}
+
+	if len(problems) > 0 {
+		for _, p := range problems {
+			fmt.Fprintf(w, "PROBLEM:     %s\n", p)
+		}
+		if len(problems) == 1 && problems[0] == errNotRunning.Error() {
+			return errNotRunning
+		}
+		return fmt.Errorf("status: %d problem(s): %s", len(problems), strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// printListeners prints one line per listener of the running server, up
+// or down and the certificate it presents, and returns the problems.
+func printListeners(w io.Writer, cfg *Config, listeners map[string]string, now time.Time) []string {
+	keys := make([]string, 0, len(listeners))
+	for k := range listeners {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var problems []string
+	for _, k := range keys {
+		addr := listeners[k]
+		p := probeListener(k, addr, cfg.Hostname)
+		switch {
+		case p.err != nil:
+			fmt.Fprintf(w, "  %-19s %s DOWN: %v\n", k, addr, p.err)
+			problems = append(problems, fmt.Sprintf("%s (%s) is down: %v", k, addr, p.err))
+		case p.leaf == nil:
+			fmt.Fprintf(w, "  %-19s %s up, no TLS\n", k, addr)
+		default:
+			fmt.Fprintf(w, "  %-19s %s up, certificate for %s, %s\n", k, addr, strings.Join(certNames(p.leaf), ", "), daysLeft(p.leaf, now))
+			if p.leaf.NotAfter.Sub(now) < certWarning {
+				problems = append(problems, fmt.Sprintf("%s: certificate for %s: %s", k, strings.Join(certNames(p.leaf), ", "), daysLeft(p.leaf, now)))
+			}
+		}
+	}
+	return problems
+}
+
+// daysLeft says how long a certificate has before it expires.
+func daysLeft(leaf *x509.Certificate, now time.Time) string {
+	left := leaf.NotAfter.Sub(now)
+	if left <= 0 {
+		return "EXPIRED"
+	}
+	return fmt.Sprintf("%d days left", int(left.Hours()/24))
 }
 
 // printACMECerts prints the ACME certificate of each name, from the store

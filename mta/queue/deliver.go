@@ -22,6 +22,9 @@ type entryState struct {
 	log       *slog.Logger
 	attempted bool // some recipient was tried this pass
 	dropped   bool // the entry left the store meanwhile (queue drop)
+	// events are trace events waiting for the next write of the entry,
+	// which carries them into the store (trace.go).
+	events []store.Event
 
 	// ctx and wg are the pass's, for the notices it starts (see sendDSN).
 	ctx context.Context
@@ -110,6 +113,8 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 	from := es.e.From
 	body, err := es.loadBody(q.spool)
 	var res []error
+	var attempts attemptLog
+	ctx = attempts.context(ctx)
 	// offered: the next hop offers DSN, so it reports success itself
 	// (RFC 3461 5.2.1); local delivery and a hop without DSN leave that
 	// to this server.
@@ -140,7 +145,7 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 			res[i] = fmt.Errorf("deliverer returned a wrong number of results")
 		}
 	}
-	q.record(ctx, es, g, res, offered)
+	q.record(ctx, es, g, res, offered, attempts.list())
 }
 
 // errNotConfigured keeps mail queued when a deliverer is missing.
@@ -151,8 +156,15 @@ var errNotConfigured = errors.New("no deliverer configured for this destination"
 // go past a full mailbox's quota (DeliverNotice), and an alias that forwards
 // needs the entry's id for the copy it queues (DeliverID).
 func (q *Queue) deliverLocal(e store.QueueEntry, from string, rcpts []string, body []byte) []error {
+	t := delivery.Trace{ID: EntryID(e)}
+	if n, ok := q.opts.Local.(tracedNotice); ok && e.Notice {
+		return n.DeliverNoticeTraced(t, from, rcpts, body)
+	}
 	if n, ok := q.opts.Local.(noticeDeliverer); ok && e.Notice {
 		return n.DeliverNotice(from, rcpts, body)
+	}
+	if d, ok := q.opts.Local.(tracedLocal); ok {
+		return d.DeliverTraced(t, from, rcpts, body)
 	}
 	if d, ok := q.opts.Local.(idDeliverer); ok {
 		return d.DeliverID(EntryID(e), from, rcpts, body)
@@ -161,7 +173,7 @@ func (q *Queue) deliverLocal(e store.QueueEntry, from string, rcpts []string, bo
 }
 
 // else happens, logging included.
-func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error, dsnOffered bool) {
+func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error, dsnOffered bool, attempts []delivery.Attempt) {
 	via := "remote"
 	if g.domain == "" {
 		via = "local"
@@ -174,6 +186,15 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 		attrs []any
 	}
 	var events []event
+	now := q.opts.Now().UTC()
+	id := EntryID(es.e)
+	var traces []store.Event
+	// The reply that settled the session, the same for all its recipients.
+	var reply, host string
+	if len(attempts) > 0 {
+		last := attempts[len(attempts)-1]
+		reply, host = last.Reply, last.Host
+	}
 	for i, j := range g.idx {
 		r := &es.e.Rcpts[j]
 		err := res[i]
@@ -196,10 +217,16 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 			r.State = store.RcptSent
 			r.LastError, r.Status, r.Diagnostic, r.RemoteMTA = "", "", "", ""
 			r.SuccessAction = successAction(es.e, r, via == "local", dsnOffered)
+			if via == "remote" {
+				// Local copies have their delivered event from the store.
+				traces = append(traces, rcptEvent(store.EventSent, id, now, r,
+					store.Fact{Key: "host", Value: host}, store.Fact{Key: "reply", Value: reply}))
+			}
 		case temporary:
 			name = "deferred"
 			setFailure(r, err)
 			es.e.LastError = r.LastError
+			traces = append(traces, rcptEvent(store.EventDeferred, id, now, r, store.Fact{Key: "reply", Value: r.LastError}))
 		default:
 			name = "bounced"
 			r.State = store.RcptFailed
@@ -214,6 +241,10 @@ func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error
 	if len(events) == 0 {
 		return
 	}
+	// A bounced recipient's event waits for its notice (notify), which
+	// names the DSN's id.
+	es.events = append(es.events, attemptEvents(id, now, attempts)...)
+	es.events = append(es.events, traces...)
 	q.save(es)
 	for _, ev := range events {
 		es.log.Info(ev.name, ev.attrs...)
@@ -237,7 +268,14 @@ func (q *Queue) save(es *entryState) {
 	if es.dropped {
 		return
 	}
-	if err := q.spool.UpdateQueueEntry(es.e); err != nil {
+	// A copy carries the events: other groups read es.e unlocked.
+	e := es.e
+	e.Events = es.events
+	err := q.spool.UpdateQueueEntry(e)
+	if err == nil {
+		es.events = nil
+	}
+	if err != nil {
 		if errors.Is(err, store.ErrNoQueueEntry) {
 			es.dropped = true
 			es.log.Info("dropped during delivery")
@@ -297,7 +335,7 @@ func (q *Queue) finish(es *entryState) {
 
 	q.notify(es, now)
 	if done(e) {
-		if err := q.spool.DeleteQueueEntry(e.ID); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
+		if err := q.spool.DeleteQueueEntry(e.ID, es.events...); err != nil && !errors.Is(err, store.ErrNoQueueEntry) {
 			es.log.Error("queue delete failed", "err", err)
 			return
 		}

@@ -35,6 +35,7 @@ func (q *Queue) notify(es *entryState, now time.Time) {
 			// or two servers could bounce a bounce back and forth forever.
 			if e.From == "" || !wants(r, smtp.DSNNotifyFailure) {
 				e.Rcpts[i].Notified = true // nobody is owed a notice
+				es.events = append(es.events, bouncedEvent(EntryID(*e), now, &e.Rcpts[i], "none"))
 				continue
 			}
 			failed = append(failed, i)
@@ -115,6 +116,16 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time,
 	at := now.UTC()
 	notice := store.QueueEntry{MsgID: delivery.NewID(), From: "", Created: at, NextAttempt: at, Notice: true,
 		Rcpts: []store.QueueRcpt{{Addr: e.From, State: store.RcptPending, Notify: []string{string(smtp.DSNNotifyNever)}}}}
+	// The trace: the notice is queued, and a failed recipient's bounced
+	// event names it, in the commit that queues it.
+	notice.Events = []store.Event{queuedEvent(notice.MsgID, "", []string{e.From}, msg, at,
+		[]store.Fact{{Key: "dsn_for", Value: EntryID(*e)}, {Key: "action", Value: action}})}
+	updated.Events = es.events
+	if action == dsnFailed {
+		for _, j := range idx {
+			updated.Events = append(updated.Events, bouncedEvent(EntryID(*e), at, &e.Rcpts[j], notice.MsgID))
+		}
+	}
 	n, err := q.spool.EnqueueNotice(updated, notice, msg)
 	if err != nil {
 		if errors.Is(err, store.ErrNoQueueEntry) {
@@ -125,6 +136,7 @@ func (q *Queue) sendDSN(es *entryState, action string, idx []int, now time.Time,
 		log.Error("dsn", "err", err.Error(), "result", "retry later")
 		return false
 	}
+	updated.Events, es.events = nil, nil
 	*e = updated
 	log.Info("dsn", "via", "queue", "dsn_id", notice.MsgID, "rcpts", len(rcpts))
 	q.log.Info("queued", "id", notice.MsgID, "from", "", "rcpts", 1, "size", len(msg))

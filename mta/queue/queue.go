@@ -89,7 +89,8 @@ type Spool interface {
 	QueueEntry(id uint64) (store.QueueEntry, error)
 	QueueBody(id uint64) ([]byte, error)
 	UpdateQueueEntry(e store.QueueEntry) error
-	DeleteQueueEntry(id uint64) error
+	// DeleteQueueEntry writes events (trace events) in the same commit.
+	DeleteQueueEntry(id uint64, events ...store.Event) error
 	// EnqueueNotice updates e and stores the notice n in one commit.
 	EnqueueNotice(e, n store.QueueEntry, body []byte) (id uint64, err error)
 }
@@ -125,6 +126,10 @@ type Options struct {
 	MaxPerDomain  int
 	// Logger gets the queue's events; nil discards.
 	Logger *slog.Logger
+	// TraceKeep is how long trace events are kept (MaxAge plus a day, so
+	// a message's whole life stays traceable until it expires and a while
+	// after); the spool prunes older ones in each pass, when it can.
+	TraceKeep time.Duration
 	// Metrics gets what the queue counts; nil counts nothing.
 	Metrics Metrics
 }
@@ -181,6 +186,7 @@ func New(spool Spool, opts Options) *Queue {
 		opts.DelayNotice = 4 * time.Hour
 	}
 	opts.MaxReturnBytes = positiveOr(opts.MaxReturnBytes, DefaultMaxReturnBytes)
+	opts.TraceKeep = max(opts.TraceKeep, opts.MaxAge+traceMargin)
 	opts.MaxConcurrent = positiveOr(opts.MaxConcurrent, 20)
 	opts.MaxPerDomain = positiveOr(opts.MaxPerDomain, 4)
 	log := opts.Logger
@@ -256,6 +262,13 @@ func (q *Queue) Enqueue(id, from string, rcpts []string, msg []byte) (string, er
 // (submission's DSN): they decide the notices it gets and are passed on
 // to next hops that offer DSN.
 func (q *Queue) EnqueueDSN(id, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error) {
+	return q.EnqueueTraced(delivery.Trace{ID: id}, from, rcpts, msg, p)
+}
+
+// EnqueueTraced is EnqueueDSN under t.ID that also writes t.Events, then
+// a queued event, in the same commit as the entry (see trace.go).
+func (q *Queue) EnqueueTraced(t delivery.Trace, from string, rcpts []string, msg []byte, p delivery.DSN) (string, error) {
+	id := t.ID
 	if len(rcpts) == 0 {
 		return "", errors.New("enqueue: no recipients")
 	}
@@ -269,6 +282,7 @@ func (q *Queue) EnqueueDSN(id, from string, rcpts []string, msg []byte, p delive
 		setRcptDSN(&qr, p.Rcpt(i))
 		e.Rcpts = append(e.Rcpts, qr)
 	}
+	e.Events = append(append([]store.Event(nil), t.Events...), queuedEvent(id, from, rcpts, msg, now, nil))
 	return q.enqueue(e, msg)
 }
 
@@ -407,6 +421,7 @@ func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) error {
 	q.notes = time.Time{}
 	q.mu.Unlock()
 
+	q.pruneTrace()
 	entries, err := q.spool.QueueEntries()
 	if err != nil {
 		q.mu.Lock()

@@ -58,6 +58,7 @@ type conversation struct {
 
 	tlsState string // "none", "unverified" or "verified"
 	accepted int    // recipients the server took, once DATA succeeded
+	reply    string // the server's reply after DATA, once it took the message
 	err      error  // why the session failed, if it did
 }
 
@@ -69,6 +70,8 @@ type conversation struct {
 func (c *Client) session(ctx context.Context, t target, env envelope) (results []error, dsnOffered bool, err error) {
 	s := &conversation{c: c, to: t, tlsState: "none"}
 	defer s.logDone(time.Now(), len(env.rcpts))
+	// For `minimail trace`, when the caller asked (delivery.WithAttempts).
+	defer func() { delivery.ReportAttempt(ctx, s.attempt()) }()
 	if err := s.dial(ctx); err != nil {
 		return nil, false, s.fail(err)
 	}
@@ -84,6 +87,15 @@ func (c *Client) session(ctx context.Context, t target, env envelope) (results [
 func (s *conversation) logDone(start time.Time, rcpts int) {
 	s.c.logger().Info("remote session", "host", s.to.hop.name, "addr", s.to.addr, "tls", s.tlsState,
 		"rcpts", rcpts, "accepted", s.accepted, "err", s.err, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// attempt is the session as trace shows it.
+func (s *conversation) attempt() delivery.Attempt {
+	a := delivery.Attempt{Host: s.to.hop.name, Addr: s.to.addr, TLS: s.tlsState, Reply: s.reply}
+	if s.err != nil {
+		a.Err = oneLine(s.err.Error())
+	}
+	return a
 }
 
 // fail records err as the session's failure and returns it.
@@ -235,9 +247,11 @@ func (s *conversation) data(msg []byte) *Error {
 	if _, err := w.Write(msg); err != nil {
 		return errConnection(h.name, err)
 	}
-	if _, err := w.CloseWithResponse(); err != nil {
+	resp, err := w.CloseWithResponse()
+	if err != nil {
 		return s.replied(replyError(h.name, err))
 	}
+	s.reply = "250 " + oneLine(resp.StatusText)
 	return nil
 }
 

@@ -1,0 +1,499 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Trace events live in the trace bucket, created when missing at Open like
+// the aliases bucket (no migration, no new schema version):
+//
+//	trace       sequence = last event number
+//	  events    8-byte event number -> event record (events.go)
+//	  index     one bucket for every index, told apart by a first byte:
+//	            'i' id 0x00 8-byte number -> empty
+//	            'm' lower-cased Message-ID without <> 0x00 number -> id
+//	            'r' lower-cased recipient 0x00 number -> id
+//	            'b' lower-cased mailbox 0x00 8-byte mailbox message id -> id
+//
+//	  "indexed" 8-byte number of the last event the index holds
+//
+// Event numbers grow with every event written, so the events bucket is in
+// the order the events happened and the 'i' keys list one message's
+// events oldest first.
+//
+// An event is written in the transaction of the change it describes, and
+// only appended to the events bucket: its pages are shared by every
+// message of a group commit. The index keys are random (ids, addresses),
+// and each one written next to a delivery would cost that commit pages of
+// its own; BenchmarkMXDelivery with 32 clients lost half its throughput to
+// them. So the index is derived data, brought up to date in batches by
+// IndexTrace (the queue's runner calls it each pass), and every lookup
+// also reads the events past "indexed" (a minute's worth, typically).
+// Every index key is derived from its event alone (indexKeys), so pruning
+// an event removes exactly the keys indexing it added.
+var (
+	bucketTrace       = []byte("trace")
+	bucketTraceEvents = []byte("events")
+	bucketTraceIndex  = []byte("index")
+	keyTraceIndexed   = []byte("indexed")
+)
+
+// The indexes, as the first byte of their keys in the index bucket.
+const (
+	indexID    byte = 'i'
+	indexMsgID byte = 'm'
+	indexRcpt  byte = 'r'
+	indexMbox  byte = 'b'
+)
+
+// ErrNoTrace means no event names the id, Message-ID or recipient asked for.
+var ErrNoTrace = errors.New("no trace events")
+
+// TraceRecipientMessages is how many of a recipient's messages a trace by
+// address shows: the most recent ones.
+const TraceRecipientMessages = 20
+
+// initTrace creates the trace buckets; run by initSchema.
+func initTrace(tx *bolt.Tx) error {
+	root, err := tx.CreateBucketIfNotExists(bucketTrace)
+	if err != nil {
+		return err
+	}
+	for _, name := range [][]byte{bucketTraceEvents, bucketTraceIndex} {
+		if _, err := root.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// traceKey is one entry of the index bucket.
+type traceKey struct {
+	key   []byte
+	value []byte
+}
+
+// indexPrefix is where an index's keys for s begin: the index's byte, s,
+// and a 0 that ends s (no id, address or Message-ID contains one).
+func indexPrefix(index byte, s string) []byte {
+	k := make([]byte, 0, len(s)+10)
+	k = append(k, index)
+	k = append(k, s...)
+	return append(k, 0)
+}
+
+// indexKeys lists the index entries event number n (e) has.
+func indexKeys(n uint64, e Event) []traceKey {
+	num := idKey(n)
+	join := func(index byte, s string) []byte { return append(indexPrefix(index, s), num...) }
+	id := []byte(e.ID)
+	keys := []traceKey{{join(indexID, e.ID), nil}}
+	if e.Kind != EventReceived && e.Kind != EventQueued {
+		if e.Kind == EventDelivered {
+			if mid, err := strconv.ParseUint(e.Get(FactMsg), 10, 64); err == nil && e.Get(FactMailbox) != "" {
+				keys = append(keys, traceKey{mboxKey(e.Get(FactMailbox), mid), id})
+			}
+		}
+		return keys
+	}
+	if mid := NormalMessageID(e.Get(FactMessageID)); mid != "" {
+		keys = append(keys, traceKey{join(indexMsgID, mid), id})
+	}
+	seen := map[string]bool{}
+	for _, f := range e.Facts {
+		if f.Key != FactRcpt || seen[Key(f.Value)] {
+			continue
+		}
+		seen[Key(f.Value)] = true
+		keys = append(keys, traceKey{join(indexRcpt, Key(f.Value)), id})
+	}
+	return keys
+}
+
+// mboxKey is the index key of copy n in mailbox addr.
+func mboxKey(addr string, n uint64) []byte {
+	return append(indexPrefix(indexMbox, Key(addr)), idKey(n)...)
+}
+
+// NormalMessageID is how a Message-ID is looked up: without the angle
+// brackets, surrounding space, and case.
+func NormalMessageID(s string) string {
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(s, "<")
+	s = strings.TrimSuffix(s, ">")
+	return strings.ToLower(strings.TrimSpace(s))
+}
+
+// putEvents writes events inside tx: the caller's transaction, which is
+// the point: the event commits with the change it describes.
+func putEvents(tx *bolt.Tx, events []Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	root := tx.Bucket(bucketTrace)
+	evs := root.Bucket(bucketTraceEvents)
+	// Numbers only grow: appended keys fill pages whole instead of
+	// splitting them in half.
+	evs.FillPercent = 1.0
+	for _, e := range events {
+		if e.ID == "" || e.Kind == "" {
+			continue // nothing could ever find it
+		}
+		n, err := root.NextSequence()
+		if err != nil {
+			return err
+		}
+		e.Time = e.Time.UTC()
+		if err := evs.Put(idKey(n), encodeEvent(e)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// indexed is the number of the last event the index holds.
+func indexed(root *bolt.Bucket) uint64 {
+	if v := root.Get(keyTraceIndexed); len(v) == 8 {
+		return keyID(v)
+	}
+	return 0
+}
+
+// tail calls fn for each event the index does not hold yet, oldest first.
+func tail(root *bolt.Bucket, fn func(n uint64, e Event)) {
+	c := root.Bucket(bucketTraceEvents).Cursor()
+	for k, v := c.Seek(idKey(indexed(root) + 1)); k != nil; k, v = c.Next() {
+		if e, err := decodeEvent(v); err == nil {
+			fn(keyID(k), e)
+		}
+	}
+}
+
+// IndexTrace adds up to limit events to the index in one commit and
+// reports how many; none waiting costs a read, not a commit.
+func (s *Store) IndexTrace(limit int) (int, error) {
+	waiting := false
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketTrace)
+		k, _ := root.Bucket(bucketTraceEvents).Cursor().Last()
+		waiting = k != nil && keyID(k) > indexed(root)
+		return nil
+	}); err != nil || !waiting || limit <= 0 {
+		return 0, err
+	}
+	done := 0
+	err := s.update(func(tx *bolt.Tx) error {
+		done = 0
+		root := tx.Bucket(bucketTrace)
+		idx := root.Bucket(bucketTraceIndex)
+		last := indexed(root)
+		c := root.Bucket(bucketTraceEvents).Cursor()
+		for k, v := c.Seek(idKey(last + 1)); k != nil && done < limit; k, v = c.Next() {
+			last = keyID(k)
+			done++
+			e, err := decodeEvent(v)
+			if err != nil {
+				continue // unreadable: nothing to index, pruned in its time
+			}
+			for _, ik := range indexKeys(last, e) {
+				if err := idx.Put(ik.key, ik.value); err != nil {
+					return err
+				}
+			}
+		}
+		return root.Put(keyTraceIndexed, idKey(last))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("index trace: %w", err)
+	}
+	return done, nil
+}
+
+// RecordEvents writes events on their own, in one commit. The paths that
+// change state pass their events with the change instead; this is for
+// events that describe no stored change.
+func (s *Store) RecordEvents(events []Event) error {
+	return s.update(func(tx *bolt.Tx) error { return putEvents(tx, events) })
+}
+
+// mailboxTraceIDs maps copies in addr's mailbox to the message ids their
+// delivered events gave them; copies without one are left out.
+func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
+	root := tx.Bucket(bucketTrace)
+	idx := root.Bucket(bucketTraceIndex)
+	out := make(map[uint64]string, len(ids))
+	for _, n := range ids {
+		if v := idx.Get(mboxKey(addr, n)); v != nil {
+			out[n] = string(v)
+		}
+	}
+	if len(out) == len(ids) {
+		return out
+	}
+	tail(root, func(_ uint64, e Event) {
+		if e.Kind != EventDelivered || Key(e.Get(FactMailbox)) != Key(addr) {
+			return
+		}
+		if n, err := strconv.ParseUint(e.Get(FactMsg), 10, 64); err == nil && slices.Contains(ids, n) {
+			out[n] = e.ID
+		}
+	})
+	return out
+}
+
+// Trace returns the events of the messages query names, each message's
+// events oldest first and the messages in the order they began. query is
+// a message id (the 250 reply's), a Message-ID with or without <>, or a
+// recipient address, which gives its last TraceRecipientMessages messages.
+// Nothing found is an error wrapping ErrNoTrace.
+func (s *Store) Trace(query string) ([]Event, error) {
+	query = strings.TrimSpace(query)
+	var out []Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketTrace)
+		if root == nil {
+			return nil // a file opened read-only before it had events
+		}
+		ids := lookupIDs(root, indexID, query, 1)
+		if len(ids) == 0 {
+			ids = lookupIDs(root, indexMsgID, NormalMessageID(query), 0)
+		}
+		if len(ids) == 0 {
+			ids = lookupIDs(root, indexRcpt, Key(query), TraceRecipientMessages)
+		}
+		for _, id := range ids {
+			evs, err := eventsOf(root, id)
+			if err != nil {
+				return err
+			}
+			out = append(out, evs...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("trace %q: %w", query, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("trace %q: %w", query, ErrNoTrace)
+	}
+	return out, nil
+}
+
+// lookupIDs returns the distinct ids that index lists under key, oldest
+// first, the index's entries and the events past it alike; limit > 0 keeps
+// only the most recent limit of them.
+func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
+	if key == "" {
+		return nil
+	}
+	first := map[string]uint64{} // id -> its first event's number
+	p := indexPrefix(index, key)
+	c := root.Bucket(bucketTraceIndex).Cursor()
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		if len(k) != len(p)+8 {
+			continue // a longer key that merely starts the same
+		}
+		id := string(v)
+		if index == indexID {
+			id = key
+		}
+		if _, ok := first[id]; !ok {
+			first[id] = keyID(k[len(p):])
+		}
+	}
+	tail(root, func(n uint64, e Event) {
+		for _, ik := range indexKeys(n, e) {
+			if bytes.HasPrefix(ik.key, p) && len(ik.key) == len(p)+8 {
+				if _, ok := first[e.ID]; !ok {
+					first[e.ID] = n
+				}
+			}
+		}
+	})
+	type hit struct {
+		id  string
+		num uint64
+	}
+	hits := make([]hit, 0, len(first))
+	for id, n := range first {
+		hits = append(hits, hit{id, n})
+	}
+	sort.Slice(hits, func(i, j int) bool { return hits[i].num < hits[j].num })
+	if limit > 0 && len(hits) > limit {
+		hits = hits[len(hits)-limit:]
+	}
+	out := make([]string, len(hits))
+	for i, h := range hits {
+		out[i] = h.id
+	}
+	return out
+}
+
+// eventsOf reads one message's events, oldest first.
+func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
+	p := indexPrefix(indexID, id)
+	evs := root.Bucket(bucketTraceEvents)
+	var out []Event
+	c := root.Bucket(bucketTraceIndex).Cursor()
+	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+		if len(k) != len(p)+8 {
+			continue
+		}
+		v := evs.Get(k[len(p):])
+		if v == nil {
+			continue
+		}
+		e, err := decodeEvent(v)
+		if err != nil {
+			return nil, fmt.Errorf("event %d: %w", keyID(k[len(p):]), err)
+		}
+		out = append(out, e)
+	}
+	tail(root, func(_ uint64, e Event) {
+		if e.ID == id {
+			out = append(out, e)
+		}
+	})
+	return out, nil
+}
+
+// PruneTrace deletes events older than before, oldest first, at most limit
+// of them in one commit (so one pass holds the writer briefly), and
+// reports how many went. Only indexed events go (IndexTrace first), so
+// their index keys go with them. Callers repeat it until it returns fewer than
+// limit.
+func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
+	if limit <= 0 {
+		return 0, nil
+	}
+	// Most calls find nothing to do: a read says so without a commit.
+	due := false
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		_, v := tx.Bucket(bucketTrace).Bucket(bucketTraceEvents).Cursor().First()
+		if v != nil {
+			e, err := decodeEvent(v)
+			due = err != nil || e.Time.Before(before)
+		}
+		return nil
+	}); err != nil || !due {
+		return 0, err
+	}
+	pruned := 0
+	err := s.update(func(tx *bolt.Tx) error {
+		pruned = 0
+		root := tx.Bucket(bucketTrace)
+		evs := root.Bucket(bucketTraceEvents)
+		var doomed [][]byte
+		last := indexed(root)
+		c := evs.Cursor()
+		for k, v := c.First(); k != nil && len(doomed) < limit && keyID(k) <= last; k, v = c.Next() {
+			e, err := decodeEvent(v)
+			if err == nil && !e.Time.Before(before) {
+				// Numbers follow time: the rest are younger. (An event
+				// written with an earlier clock waits for the next pass
+				// after this one goes.)
+				break
+			}
+			doomed = append(doomed, append([]byte(nil), k...))
+			if err != nil {
+				continue // unreadable: no index keys to find, drop it
+			}
+			for _, ik := range indexKeys(keyID(k), e) {
+				if err := root.Bucket(bucketTraceIndex).Delete(ik.key); err != nil {
+					return err
+				}
+			}
+		}
+		for _, k := range doomed {
+			if err := evs.Delete(k); err != nil {
+				return err
+			}
+		}
+		pruned = len(doomed)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune trace: %w", err)
+	}
+	return pruned, nil
+}
+
+// TraceCount reports events recorded since `since` by kind, for status:
+// it walks the events bucket from the newest back until an older one.
+func (s *Store) TraceCount(since time.Time) (map[string]int, error) {
+	out := map[string]int{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketTrace)
+		if root == nil {
+			return nil
+		}
+		c := root.Bucket(bucketTraceEvents).Cursor()
+		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+			e, err := decodeEvent(v)
+			if err != nil {
+				continue
+			}
+			if e.Time.Before(since) {
+				break
+			}
+			out[e.Kind]++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("trace count: %w", err)
+	}
+	return out, nil
+}
+
+// MaildropUpdate is the end of a POP3 session (RFC 1939 section 6, the
+// UPDATE state): the copies it deletes, the ones it retrieved, and facts
+// about the session (the client's address) for their events.
+type MaildropUpdate struct {
+	Deleted   []uint64
+	Retrieved []uint64
+	Facts     []Fact
+}
+
+// UpdateMaildrop deletes u.Deleted from addr's mailbox as Delete does and,
+// in the same transaction, records a retrieved event for each retrieved
+// copy and a deleted event for each deleted one, under the message id its
+// delivered event named (copies stored without one get no event). A POP3
+// session makes one such write at QUIT, so a retrieval costs no commit of
+// its own.
+func (s *Store) UpdateMaildrop(addr string, u MaildropUpdate) error {
+	now := time.Now().UTC()
+	return s.update(func(tx *bolt.Tx) error {
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
+		}
+		ids := mailboxTraceIDs(tx, addr, append(append([]uint64(nil), u.Retrieved...), u.Deleted...))
+		var events []Event
+		add := func(kind string, ns []uint64) {
+			for _, n := range ns {
+				if id, ok := ids[n]; ok {
+					facts := append([]Fact{{FactMailbox, Key(addr)}, {FactMsg, strconv.FormatUint(n, 10)}}, u.Facts...)
+					events = append(events, Event{Time: now, Kind: kind, ID: id, Facts: facts})
+				}
+			}
+		}
+		add(EventRetrieved, u.Retrieved)
+		for _, n := range u.Deleted {
+			if err := deleteMessage(tx, mb, n); err != nil {
+				return err
+			}
+		}
+		add(EventDeleted, u.Deleted)
+		return putEvents(tx, events)
+	})
+}

@@ -1,0 +1,48 @@
+package store_test
+
+import (
+	"bytes"
+	"strconv"
+	"testing"
+	"time"
+
+	"minimail/store"
+)
+
+// BenchmarkAppendTraced measures what trace events add to one delivery
+// (the index is built later, in batches: IndexTrace):
+// the same 4 KiB copy stored alone and with the events a delivery from
+// the MX carries (received, then delivered). Commits per message must stay
+// 1: the events ride in the copy's own transaction; pages/msg is what
+// they add to it.
+func BenchmarkAppendTraced(b *testing.B) {
+	msg := bytes.Repeat([]byte("0123456789abcde\n"), 4096/16)
+	received := store.Event{Kind: store.EventReceived, Facts: []store.Fact{
+		{Key: "listener", Value: "smtp"}, {Key: "client", Value: "192.0.2.1"}, {Key: "helo", Value: "mx.other.test"},
+		{Key: "from", Value: "bob@other.test"}, {Key: store.FactRcpt, Value: alice}, {Key: "size", Value: "4096"},
+		{Key: store.FactMessageID, Value: "<1234567890@other.test>"}, {Key: "checks", Value: "spf=pass dkim=none dmarc=none"}}}
+	for _, traced := range []bool{false, true} {
+		b.Run("traced="+strconv.FormatBool(traced), func(b *testing.B) {
+			s := storeWithUsers(b, alice)
+			b.SetBytes(int64(len(msg)))
+			before, pages := s.Commits(), s.PagesWritten()
+			b.ResetTimer()
+			for i := range b.N {
+				d := store.Delivery{Address: alice, Message: msg}
+				if traced {
+					// Ids are random in life: spread them over the index.
+					id := strconv.FormatUint(uint64(i)*2654435761%1000000007, 16)
+					ev := received
+					ev.ID, ev.Time = id, time.Now()
+					d.Events, d.TraceID = []store.Event{ev}, id
+				}
+				if _, err := s.AppendMany([]store.Delivery{d}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(s.Commits()-before)/float64(b.N), "commits/msg")
+			b.ReportMetric(float64(s.PagesWritten()-pages)/float64(b.N), "pages/msg")
+		})
+	}
+}
