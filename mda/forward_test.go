@@ -2,6 +2,7 @@ package mda_test
 
 import (
 	"errors"
+	"minimail/mta/delivery"
 	"reflect"
 	"strings"
 	"testing"
@@ -56,7 +57,7 @@ const fwdMsg = "Received: from x by y\r\nDKIM-Signature: v=1; d=remote.test; h=f
 
 func TestForward_OneCopyPerMailboxAndPerRemoteAddress(t *testing.T) {
 	s, a, q := forwardSite(t)
-	errs := a.DeliverID("id1", "carol@remote.test", []string{"sales@d.test", "fwd@d.test", "bob@d.test"}, []byte(fwdMsg))
+	errs := a.DeliverTraced(delivery.Trace{ID: "id1"}, "carol@remote.test", []string{"sales@d.test", "fwd@d.test", "bob@d.test"}, []byte(fwdMsg))
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("recipient %d: %v", i, err)

@@ -18,7 +18,7 @@
 // Quotas (store.Delivery): each copy is judged against its own mailbox, so
 // a full one fails its recipient alone, with 5.2.2 (permanent: this message
 // will not fit); Resolve reports a mailbox already at its quota with 4.2.2
-// (temporary: it may be emptied). Notices (DeliverNotice) are stored even
+// (temporary: it may be emptied). Notices (DeliverTraced with Trace.Notice) are stored even
 // past the quota: a bounce must not be lost, and it exceeds it by its size.
 //
 // Forwarding (forward.go): an alias may name remote addresses. Their copy
@@ -294,34 +294,19 @@ func (a *Agent) deliveredTo(rcpt, addr string) string {
 // address) get one copy in the queue, committed with the local copies: see
 // forward.go.
 func (a *Agent) Deliver(from string, rcpts []string, msg []byte) []error {
-	return a.deliver(delivery.Trace{}, from, rcpts, msg, false)
+	return a.deliver(delivery.Trace{}, from, rcpts, msg)
 }
 
-// DeliverID is Deliver for the message that goes by id (the id of its 250
-// reply or queue entry): a forwarded copy is queued under it.
-func (a *Agent) DeliverID(id, from string, rcpts []string, msg []byte) []error {
-	return a.deliver(delivery.Trace{ID: id}, from, rcpts, msg, false)
-}
-
-// DeliverTraced is DeliverID under t.ID that records trace events in the
-// same commit as the copies (trace.go).
+// DeliverTraced is Deliver for the message t describes: forwarded copies
+// are queued under t.ID, t.Events commit with the copies (trace.go), and
+// a notice of the server's own (t.Notice: bounces, delay warnings) is
+// stored even past the quota, which it exceeds by its size, because a
+// notice refused would be lost.
 func (a *Agent) DeliverTraced(t delivery.Trace, from string, rcpts []string, msg []byte) []error {
-	return a.deliver(t, from, rcpts, msg, false)
+	return a.deliver(t, from, rcpts, msg)
 }
 
-// DeliverNoticeTraced is DeliverNotice with DeliverTraced's events.
-func (a *Agent) DeliverNoticeTraced(t delivery.Trace, from string, rcpts []string, msg []byte) []error {
-	return a.deliver(t, from, rcpts, msg, true)
-}
-
-// DeliverNotice is Deliver for the server's own notices (bounces, delay
-// warnings): they are stored even past the quota, which they exceed by
-// their size, because a notice refused would be lost.
-func (a *Agent) DeliverNotice(from string, rcpts []string, msg []byte) []error {
-	return a.deliver(delivery.Trace{}, from, rcpts, msg, true)
-}
-
-func (a *Agent) deliver(tr delivery.Trace, from string, rcpts []string, msg []byte, notice bool) []error {
+func (a *Agent) deliver(tr delivery.Trace, from string, rcpts []string, msg []byte) []error {
 	id := tr.ID
 	results := make([]error, len(rcpts))
 	var ds []store.Delivery
@@ -348,7 +333,7 @@ func (a *Agent) deliver(tr delivery.Trace, from string, rcpts []string, msg []by
 				Header:       traceHeader(from, t.deliveredTo),
 				Message:      msg,
 				DefaultQuota: a.DefaultQuota,
-				IgnoreQuota:  notice,
+				IgnoreQuota:  tr.Notice,
 				TraceID:      tr.ID,
 				TraceFacts:   []store.Fact{{Key: store.FactRcpt, Value: rcpt}},
 			})

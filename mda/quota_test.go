@@ -97,9 +97,9 @@ func TestResolve_MailboxAtQuotaIsTemporarilyFull(t *testing.T) {
 	}
 }
 
-// TestDeliverNotice_StoredPastQuota: a bounce to a full mailbox is not
+// TestDeliverTraced_NoticeStoredPastQuota: a bounce to a full mailbox is not
 // lost; it exceeds the quota by its size.
-func TestDeliverNotice_StoredPastQuota(t *testing.T) {
+func TestDeliverTraced_NoticeStoredPastQuota(t *testing.T) {
 	s := quotaStore(t, "alice@example.org")
 	if err := s.SetQuota("alice@example.org", 10); err != nil {
 		t.Fatal(err)
@@ -112,8 +112,8 @@ func TestDeliverNotice_StoredPastQuota(t *testing.T) {
 	if err := a.Deliver("", []string{"alice@example.org"}, notice)[0]; !errors.Is(err, mda.ErrMailboxFull) {
 		t.Fatalf("Deliver to the full mailbox: %v, want ErrMailboxFull", err)
 	}
-	if err := a.DeliverNotice("", []string{"alice@example.org"}, notice)[0]; err != nil {
-		t.Fatalf("DeliverNotice to the full mailbox: %v", err)
+	if err := a.DeliverTraced(delivery.Trace{Notice: true}, "", []string{"alice@example.org"}, notice)[0]; err != nil {
+		t.Fatalf("the notice to the full mailbox: %v", err)
 	}
 	if n := count(t, s, "alice@example.org"); n != 2 {
 		t.Errorf("alice holds %d messages, want 2", n)

@@ -72,13 +72,6 @@ type Local interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
 }
 
-// IDDeliverer is a Local that takes the transaction's id (*mda.Agent's
-// DeliverID): the copies it forwards to remote alias targets go to the
-// queue under the id the 250 reply gives.
-type IDDeliverer interface {
-	DeliverID(id, from string, rcpts []string, msg []byte) []error
-}
-
 // Forwarder is a Local that says whether a recipient forwards to a remote
 // address (*mda.Agent). Submission then DKIM-signs the message as it does
 // for remote recipients: it leaves with the user's From. The MX never

@@ -657,13 +657,11 @@ func (ss *session) store(tx *transaction, user string, msg []byte) error {
 }
 
 // deliverLocal hands the local recipients to Local, with the transaction's
-// id when Local takes it (IDDeliverer): forwarded copies are queued under it.
+// id and events when Local takes them (tracedLocal): forwarded copies are
+// queued under that id.
 func (ss *session) deliverLocal(tx *transaction, trace delivery.Trace, rcpts []string, msg []byte) []error {
 	if d, ok := ss.srv.local.(tracedLocal); ok {
 		return d.DeliverTraced(trace, tx.from, rcpts, msg)
-	}
-	if d, ok := ss.srv.local.(IDDeliverer); ok {
-		return d.DeliverID(tx.id, tx.from, rcpts, msg)
 	}
 	return ss.srv.local.Deliver(tx.from, rcpts, msg)
 }

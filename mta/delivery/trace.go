@@ -9,13 +9,17 @@ import (
 )
 
 // Trace goes with a message handed to a deliverer that records trace
-// events (`minimail trace`): the message's id, and events to write in the
-// same store transaction as the message itself (the received event of a
-// message the SMTP server just took). Deliverers that know it are found by
-// type assertion (a DeliverTraced or EnqueueTraced method).
+// events (`minimail trace`): the message's id (the 250 reply's or the
+// queue entry's: a copy an alias forwards is queued under it), events to
+// write in the same store transaction as the message itself (the received
+// event of a message the SMTP server just took), and whether the message
+// is one of the server's own notices (stored even past a full mailbox's
+// quota: a bounce refused would be lost). Deliverers that know it are found
+// by type assertion (a DeliverTraced or EnqueueTraced method).
 type Trace struct {
 	ID     string
 	Events []store.Event
+	Notice bool
 }
 
 // Attempt is one SMTP session with a next hop, as trace shows it: the

@@ -151,27 +151,16 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 // errNotConfigured keeps mail queued when a deliverer is missing.
 var errNotConfigured = errors.New("no deliverer configured for this destination")
 
-// record applies one group's results and commits them before anything
-// deliverLocal hands a group of local recipients to the mda: a notice may
-// go past a full mailbox's quota (DeliverNotice), and an alias that forwards
-// needs the entry's id for the copy it queues (DeliverID).
+// deliverLocal hands a group of local recipients to the mda (see
+// LocalDeliverer for what the Trace tells it).
 func (q *Queue) deliverLocal(e store.QueueEntry, from string, rcpts []string, body []byte) []error {
-	t := delivery.Trace{ID: EntryID(e)}
-	if n, ok := q.opts.Local.(tracedNotice); ok && e.Notice {
-		return n.DeliverNoticeTraced(t, from, rcpts, body)
-	}
-	if n, ok := q.opts.Local.(noticeDeliverer); ok && e.Notice {
-		return n.DeliverNotice(from, rcpts, body)
-	}
 	if d, ok := q.opts.Local.(tracedLocal); ok {
-		return d.DeliverTraced(t, from, rcpts, body)
-	}
-	if d, ok := q.opts.Local.(idDeliverer); ok {
-		return d.DeliverID(EntryID(e), from, rcpts, body)
+		return d.DeliverTraced(delivery.Trace{ID: EntryID(e), Notice: e.Notice}, from, rcpts, body)
 	}
 	return q.opts.Local.Deliver(from, rcpts, body)
 }
 
+// record applies one group's results and commits them before anything
 // else happens, logging included.
 func (q *Queue) record(ctx context.Context, es *entryState, g group, res []error, dsnOffered bool, attempts []delivery.Attempt) {
 	via := "remote"

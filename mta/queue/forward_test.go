@@ -16,7 +16,7 @@ import (
 
 // TestQueuedForwardFromALocalGroupGoesOutAtOnce: a queued message for a
 // local alias that forwards (fwd@a.test -> x@b.test) is delivered by the
-// local group through DeliverID, whose forwarded copy keeps the entry's
+// local group through DeliverTraced, whose forwarded copy keeps the entry's
 // id, is woken through Queued and sent by the running queue without a
 // rescan, from the SRS address of the original sender.
 func TestQueuedForwardFromALocalGroupGoesOutAtOnce(t *testing.T) {

@@ -62,22 +62,13 @@ type dsnDeliverer interface {
 }
 
 // LocalDeliverer stores mail in local mailboxes, one error per recipient;
-// *mda.Agent satisfies it. When it also has DeliverNotice (noticeDeliverer),
-// the queue's own notices go through that, which stores them past a full
-// mailbox's quota: a bounce refused would be lost.
+// *mda.Agent satisfies it. When it also has DeliverTraced (tracedLocal),
+// every local group goes through that, with the entry's id (forwarded
+// copies are queued under it), its delivered events, and whether it is one
+// of the queue's own notices (stored past a full mailbox's quota: a bounce
+// refused would be lost).
 type LocalDeliverer interface {
 	Deliver(from string, rcpts []string, msg []byte) []error
-}
-
-// idDeliverer is a LocalDeliverer that takes the entry's id, for the
-// copies it forwards (*mda.Agent's DeliverID).
-type idDeliverer interface {
-	DeliverID(id, from string, rcpts []string, msg []byte) []error
-}
-
-// noticeDeliverer is a LocalDeliverer that stores notices past quotas.
-type noticeDeliverer interface {
-	DeliverNotice(from string, rcpts []string, msg []byte) []error
 }
 
 // Spool is the durable storage of queued messages; *store.Store satisfies

@@ -36,15 +36,11 @@ func (l *attemptLog) list() []delivery.Attempt {
 	return l.attempts
 }
 
-// tracedLocal is a LocalDeliverer that records a delivered event per copy
-// under the message's id; *mda.Agent has it.
+// tracedLocal is a LocalDeliverer that takes the message's Trace: it
+// records a delivered event per copy under the message's id; *mda.Agent
+// has it.
 type tracedLocal interface {
 	DeliverTraced(t delivery.Trace, from string, rcpts []string, msg []byte) []error
-}
-
-// tracedNotice is DeliverNotice with the same events.
-type tracedNotice interface {
-	DeliverNoticeTraced(t delivery.Trace, from string, rcpts []string, msg []byte) []error
 }
 
 func queuedEvent(id, from string, rcpts []string, msg []byte, now time.Time, extra []store.Fact) store.Event {
