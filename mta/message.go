@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"minimail/mta/header"
 	"net/mail"
 	"net/netip"
 	"slices"
@@ -144,36 +145,7 @@ func checkFrom(fields []headerField, user string, owns func(addr string) bool) (
 // accepts. RFC 5322 3.6.3 leaves it to the sender how blind copies stay
 // blind; like sendmail -t, the MSA removes the field from every copy, so
 // that no recipient, To:, Cc: or Bcc:, learns who else got one.
-func stripBcc(msg []byte) []byte {
-	var out []byte // nil until a field is dropped: most messages have none
-	dropping := false
-	pos := 0
-	for pos < len(msg) {
-		next := len(msg)
-		if i := bytes.Index(msg[pos:], crlf); i >= 0 {
-			next = pos + i + 2
-		}
-		line := msg[pos:next]
-		if bytes.Equal(line, crlf) {
-			break // the empty line that ends the header section
-		}
-		if line[0] != ' ' && line[0] != '\t' {
-			name, _, _ := bytes.Cut(line, []byte(":"))
-			dropping = strings.EqualFold(string(name), "Bcc") || strings.EqualFold(string(name), "Resent-Bcc")
-		}
-		switch {
-		case dropping && out == nil:
-			out = append(make([]byte, 0, len(msg)), msg[:pos]...)
-		case !dropping && out != nil:
-			out = append(out, line...)
-		}
-		pos = next
-	}
-	if out == nil {
-		return msg
-	}
-	return append(out, msg[pos:]...)
-}
+func stripBcc(msg []byte) []byte { return header.Remove(msg, "Bcc", "Resent-Bcc") }
 
 // addressInDisplayName returns an address written in the display name of
 // a mailbox of an originator field value, if it is not the mailbox's own:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"minimail/mta/header"
 	"net/url"
 	"strings"
 	"time"
@@ -97,7 +98,7 @@ func antispamOptions(o *mta.Options, cfg *Config, verifier *msgauth.Verifier, dn
 // write its own "X-Spam: No".
 func scanWithRspamd(r *antispam.Rspamd) func(context.Context, mta.Envelope, []byte) (mta.Verdict, error) {
 	return func(ctx context.Context, env mta.Envelope, msg []byte) (mta.Verdict, error) {
-		msg = antispam.RemoveFields(msg, antispam.ForgedFields...)
+		msg = header.Remove(msg, antispam.ForgedFields...)
 		res, err := r.Check(ctx, antispam.Envelope{IP: env.IP, Helo: env.Helo, From: env.From, Rcpts: env.Rcpts, QueueID: env.ID}, msg)
 		if err != nil {
 			return mta.Verdict{Message: msg}, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"mime"
+	"minimail/mta/header"
 	"slices"
 	"sort"
 	"strings"
@@ -11,43 +12,8 @@ import (
 
 // ForgedFields are the fields the MX adds from rspamd's verdict. A copy
 // that arrives with a message was written by its sender, who would like
-// to be taken for clean: RemoveFields drops them before the scan.
+// to be taken for clean: header.Remove drops them before the scan.
 var ForgedFields = []string{"X-Spam", "X-Spamd-Result", "X-Spam-Status", "X-Spam-Flag"}
-
-// RemoveFields returns the CRLF message msg without the header fields
-// named (any case), continuation lines included; msg itself when it has
-// none of them.
-func RemoveFields(msg []byte, names ...string) []byte {
-	var out []byte // nil until a field is dropped: most messages have none
-	dropping := false
-	pos := 0
-	for pos < len(msg) {
-		next := len(msg)
-		if i := bytes.Index(msg[pos:], []byte("\r\n")); i >= 0 {
-			next = pos + i + 2
-		}
-		line := msg[pos:next]
-		if bytes.HasPrefix(line, []byte("\r\n")) {
-			break // the empty line that ends the header section
-		}
-		if line[0] != ' ' && line[0] != '\t' {
-			name, _, _ := bytes.Cut(line, []byte(":"))
-			n := strings.TrimRight(string(name), " \t")
-			dropping = slices.ContainsFunc(names, func(w string) bool { return strings.EqualFold(w, n) })
-		}
-		switch {
-		case dropping && out == nil:
-			out = append(make([]byte, 0, len(msg)), msg[:pos]...)
-		case !dropping && out != nil:
-			out = append(out, line...)
-		}
-		pos = next
-	}
-	if out == nil {
-		return msg
-	}
-	return append(out, msg[pos:]...)
-}
 
 // maxSymbols bounds the symbols listed in X-Spamd-Result, the largest
 // first.
@@ -115,7 +81,7 @@ func RewriteSubject(msg []byte, subject string) []byte {
 			break
 		}
 	}
-	rest := RemoveFields(msg, "Subject")
+	rest := header.Remove(msg, "Subject")
 	out := make([]byte, 0, len(rest)+len(value)+12)
 	out = append(out, "Subject: "+value+"\r\n"...)
 	return append(out, rest...)
