@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"minimail/mta/guard"
 	"net"
 	"net/netip"
 	"strings"
@@ -121,13 +122,19 @@ func (b *blockCheck) result() (zone, reason string, listed bool) {
 // earlyTalker waits GreetDelay before the greeting and reports whether the
 // client sent anything meanwhile (postscreen's pregreet test); such a
 // client is refused and closed here, before go-smtp sees it, so nothing it
-// sent is read as a command. A client that hangs up is simply closed.
+// sent is read as a command. A client that hangs up is simply closed. A
+// client that waited is not made to wait again for a day (greetPassed), as
+// postscreen does: a real MX that sends often pays the wait once.
 func (s *Server) earlyTalker(tc *trackedConn) bool {
 	d := s.opts.GreetDelay
 	if s.kind != kindMX || d <= 0 || tc.implicitTLS {
 		return false
 	}
 	conn := tc.transport()
+	ip := guard.IP(conn.RemoteAddr())
+	if s.greetPassed.Has(ip) {
+		return false
+	}
 	conn.SetReadDeadline(time.Now().Add(d))
 	var one [1]byte
 	n, err := conn.Read(one[:])
@@ -141,6 +148,7 @@ func (s *Server) earlyTalker(tc *trackedConn) bool {
 		tc.Close()
 		return true
 	case err != nil && errors.As(err, &ne) && ne.Timeout():
+		s.greetPassed.Add(ip)
 		return false
 	case err != nil:
 		tc.Close() // gone before the greeting

@@ -313,3 +313,31 @@ func TestMetrics_AntispamRefusalsAreCounted(t *testing.T) {
 		t.Errorf("rejected %v, want %v", m.rejected, want)
 	}
 }
+
+// A client that waited for the greeting once is not tested again for a
+// day (postscreen's cache): speaking at once on its next connection is no
+// longer refused, while another client that does is.
+func TestMX_ClientThatWaitedIsNotTestedAgain(t *testing.T) {
+	e := newEnv(t, func(o *Options, _ *Local) { o.GreetDelay = 300 * time.Millisecond })
+	first := dialFrom(t, e.mxAddr, "127.0.0.6") // waits out the delay, then the 220
+	first.cmd("QUIT", "221")
+
+	talkAtOnce := func(local string) *client {
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		c, err := d.Dial("tcp", e.mxAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := newClient(t, c)
+		cl.write("EHLO mta.remote.test\r\n")
+		return cl
+	}
+	again := talkAtOnce("127.0.0.6")
+	again.expect("220 " + testHost)
+	again.expect("250")
+	again.cmd("QUIT", "221")
+
+	stranger := talkAtOnce("127.0.0.7")
+	stranger.expect("554 5.5.1 ")
+	stranger.expectClosed()
+}

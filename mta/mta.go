@@ -355,6 +355,9 @@ type Server struct {
 	bufs    bufPool // message buffers, see msgbuf.go
 	limiter *guard.ConnLimiter
 	log     *slog.Logger
+	// greetPassed: the MX's clients that waited for the greeting
+	// (earlyTalker); nil on submission.
+	greetPassed *guard.Passed
 
 	// Two go-smtp servers: one for plain connections, which may offer
 	// STARTTLS, and one for connections that arrived over implicit TLS,
@@ -414,6 +417,9 @@ func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Ser
 		limiter: &guard.ConnLimiter{Max: opts.MaxConnections, MaxPerIP: opts.MaxConnectionsPerIP},
 		log:     opts.Logger.With("server", k.String()),
 		conns:   map[*trackedConn]struct{}{},
+	}
+	if k == kindMX {
+		s.greetPassed = &guard.Passed{Now: opts.Now}
 	}
 	for _, d := range opts.Domains {
 		s.domains[mailaddr.NormalDomain(d)] = true

@@ -45,15 +45,18 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
-			srv, err := startServer(cfg, log, nil)
-			if err != nil {
-				return err
-			}
+			// The signals are caught before the listeners start: a SIGHUP
+			// sent once "listening" is logged must reload, not kill (its
+			// default action), and a SIGTERM then must drain.
 			stop, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer cancel()
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			srv, err := startServer(cfg, log, nil)
+			if err != nil {
+				return err
+			}
 			for {
 				select {
 				case <-hup:
