@@ -148,6 +148,9 @@ type Queue struct {
 
 	mu       sync.Mutex
 	inflight map[uint64]bool
+	// reflush: entries in flight when a Flush came; each runs again,
+	// forced, as soon as its attempt ends (a flush skips none).
+	reflush map[uint64]bool
 	domains  map[string]*domainSlots
 	fresh    []uint64  // enqueued since the last scan
 	flush    bool      // Flush was called: the next scan takes everything
@@ -192,6 +195,7 @@ func New(spool Spool, opts Options) *Queue {
 		wake:     make(chan struct{}, 1),
 		sem:      make(chan struct{}, opts.MaxConcurrent),
 		inflight: map[uint64]bool{},
+		reflush:  map[uint64]bool{},
 		domains:  map[string]*domainSlots{},
 	}
 	for _, d := range opts.LocalDomains {
@@ -426,6 +430,9 @@ func (q *Queue) pass(ctx context.Context, wg *sync.WaitGroup) error {
 	var next time.Time
 	for _, e := range entries {
 		if q.inflight[e.ID] {
+			if flush {
+				q.reflush[e.ID] = true
+			}
 			continue // it notes its next attempt when done
 		}
 		if !flush && e.NextAttempt.After(now) {
@@ -464,6 +471,12 @@ func (q *Queue) start(ctx context.Context, id uint64, force bool, wg *sync.WaitG
 		defer func() {
 			q.mu.Lock()
 			delete(q.inflight, id)
+			if q.reflush[id] {
+				delete(q.reflush, id)
+				if ctx.Err() == nil {
+					q.start(ctx, id, true, wg)
+				}
+			}
 			q.mu.Unlock()
 			q.running.Done()
 			if wg != nil {

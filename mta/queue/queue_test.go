@@ -536,3 +536,68 @@ func TestQueue_SpoolFailureIsTheCallersToSee(t *testing.T) {
 		t.Errorf("RunOnce = %v; want the spool's error", err)
 	}
 }
+
+// stepper is a Deliverer whose calls each wait for a reply from the test:
+// nil delivers, an error is each recipient's result.
+type stepper struct {
+	entered chan struct{}
+	reply   chan error
+}
+
+func (s stepper) Deliver(_ context.Context, _ string, rcpts []string, _ []byte) []error {
+	s.entered <- struct{}{}
+	err := <-s.reply
+	out := make([]error, len(rcpts))
+	for i := range out {
+		out[i] = err
+	}
+	return out
+}
+
+// A flush that comes while an entry's attempt is under way is not lost:
+// the entry runs again as soon as that attempt ends, not at its next retry
+// time an hour later.
+func TestFlushDuringAnAttemptRunsTheEntryAgain(t *testing.T) {
+	s := stepper{entered: make(chan struct{}, 2), reply: make(chan error)}
+	e := newEnv(t, nil, func(o *Options) { o.Remote = s; o.RetryMin = time.Hour; o.RetryMax = time.Hour })
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- e.q.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	e.enqueue("bob@a.test", "x@b.test")
+	hang := time.After(30 * time.Second) // a guard against hanging, not a timing
+	select {
+	case <-s.entered:
+	case <-hang:
+		t.Fatal("the first attempt never started")
+	}
+	e.q.Flush()
+	for { // until the runner's pass has seen the flush and the entry in flight
+		e.q.mu.Lock()
+		seen := len(e.q.reflush) == 1
+		e.q.mu.Unlock()
+		if seen {
+			break
+		}
+		select {
+		case <-hang:
+			t.Fatal("the flush never reached the runner")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	s.reply <- &tempError{errors.New("451 try later")}
+	select {
+	case <-s.entered:
+	case <-hang:
+		t.Fatal("the flushed entry was not tried again after its attempt")
+	}
+	s.reply <- nil
+	for len(e.entries()) != 0 {
+		select {
+		case <-hang:
+			t.Fatalf("queue not empty: %+v", e.entries())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
