@@ -225,25 +225,27 @@ type sendmailSocket struct {
 	submit  func(mta.LocalMessage) (string, error)
 	log     *slog.Logger
 	timeout time.Duration // for reading a request: limits.command_timeout
+	perUser int           // maxSendmailPerUser
 
-	slots chan struct{} // one per connection being served
+	slots chan struct{} // one per connection being served (maxSendmailConns)
 	done  chan struct{} // closed by Shutdown
 	once  sync.Once
 	wg    sync.WaitGroup
 
-	mu      sync.Mutex
-	l       net.Listener
-	perUser map[int]int
-	conns   map[net.Conn]struct{}
+	mu    sync.Mutex
+	l     net.Listener
+	byUID map[int]int // connections being served per peer uid
+	conns map[net.Conn]struct{}
 }
 
 func newSendmailSocket(cfg *Config, submit func(mta.LocalMessage) (string, error), log *slog.Logger) *sendmailSocket {
 	return &sendmailSocket{
 		cfg: cfg, submit: submit, log: log,
 		timeout: cfg.Limits.CommandTimeout.or(mta.DefaultCommandTimeout),
+		perUser: maxSendmailPerUser,
 		slots:   make(chan struct{}, maxSendmailConns),
 		done:    make(chan struct{}),
-		perUser: map[int]int{},
+		byUID:   map[int]int{},
 		conns:   map[net.Conn]struct{}{},
 	}
 }
@@ -287,9 +289,9 @@ func (s *sendmailSocket) Serve(l net.Listener) error {
 		// Counted here, in the order the kernel queued the connections,
 		// so that a user's fifth connection is its fifth.
 		s.mu.Lock()
-		busy := s.perUser[peer.uid] >= maxSendmailPerUser
+		busy := s.byUID[peer.uid] >= s.perUser
 		if !busy {
-			s.perUser[peer.uid]++
+			s.byUID[peer.uid]++
 		}
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
@@ -329,8 +331,8 @@ func (s *sendmailSocket) serveConn(c net.Conn, peer peerCredentials, busy bool) 
 		s.mu.Lock()
 		delete(s.conns, c)
 		if !busy {
-			if s.perUser[peer.uid]--; s.perUser[peer.uid] <= 0 {
-				delete(s.perUser, peer.uid)
+			if s.byUID[peer.uid]--; s.byUID[peer.uid] <= 0 {
+				delete(s.byUID, peer.uid)
 			}
 		}
 		s.mu.Unlock()
@@ -352,7 +354,7 @@ func (s *sendmailSocket) serveConn(c net.Conn, peer peerCredentials, busy bool) 
 func (s *sendmailSocket) handle(c net.Conn, inv invoker, busy bool) sendmailReply {
 	if busy {
 		return sendmailReply{Exit: exTempFail, Busy: true,
-			Error: fmt.Sprintf("busy: %s has %d messages in progress already; try again in a moment", inv.name, maxSendmailPerUser)}
+			Error: fmt.Sprintf("busy: %s has %d messages in progress already; try again in a moment", inv.name, s.perUser)}
 	}
 	c.SetReadDeadline(time.Now().Add(s.timeout))
 	req, msg, err := readSendmailRequest(c, s.cfg.Limits.MaxMessageBytes)
