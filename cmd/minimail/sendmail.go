@@ -25,11 +25,12 @@ import (
 
 // `minimail sendmail` is the sendmail(8) interface that cron, scripts and
 // programs such as PHP's mail() and git send-email call: a message on
-// stdin, queued as if a local user had submitted it. The running server
-// takes it over the control socket (adminOps "sendmail", mta's
-// SubmitLocal); with no server running, the command opens the store and
-// runs the same SubmitLocal itself, so the next `serve` sends what it
-// queued.
+// stdin, queued as if a local user had submitted it. From root and the
+// service user the running server takes it over the control socket
+// (adminOps "sendmail", mta's SubmitLocal); with no server running, the
+// command opens the store and runs the same SubmitLocal itself, so the
+// next `serve` sends what it queued. Other users hand it to the running
+// server over listen.sendmail (sendmailsock.go).
 //
 // Its exit codes are sendmail's (sysexits.h), not minimail's.
 const (
@@ -70,6 +71,9 @@ Queues the message on stdin as a local submission (README: sendmail for cron and
   -f SENDER   envelope sender (-r too); default USER@hostname
   -F NAME     display name of the From: field added when there is none
   -C CONFIG   config file
+Root and the service user use control.sock, or the store when no server runs; any other user
+hands the message to the running server over listen.sendmail ($MINIMAIL_SENDMAIL_SOCKET or
+/run/minimail/sendmail.sock when the config is not readable).
 Exit codes: 0 queued, 64 bad usage, 65 refused, 75 try again later, 77 no permission, 78 bad config.
 `
 

@@ -340,34 +340,35 @@ func (s *sendmailSocket) serveConn(c net.Conn, peer peerCredentials, busy bool) 
 		s.wg.Done()
 	}()
 	inv := invokerFor(peer.uid, s.cfg.DataDir)
-	rep := s.handle(c, inv, busy)
-	if rep.Exit != exOK {
+	rep, submitted := s.handle(c, inv, busy)
+	if !submitted {
 		// A submission logs its own line (mta's SubmitLocal); this is
 		// the line of a request refused before it got that far.
-		s.log.Info("sendmail_refused", "user", inv.name, "uid", inv.uid, "pid", peer.pid, "id", rep.ID, "exit", rep.Exit, "error", rep.Error)
+		s.log.Info("sendmail_refused", "user", inv.name, "uid", inv.uid, "pid", peer.pid, "exit", rep.Exit, "error", rep.Error)
 	}
 	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	json.NewEncoder(c).Encode(rep)
 }
 
-// handle reads one request and submits it as inv.
-func (s *sendmailSocket) handle(c net.Conn, inv invoker, busy bool) sendmailReply {
+// handle reads one request and submits it as inv; submitted says it got
+// as far as SubmitLocal.
+func (s *sendmailSocket) handle(c net.Conn, inv invoker, busy bool) (rep sendmailReply, submitted bool) {
 	if busy {
 		return sendmailReply{Exit: exTempFail, Busy: true,
-			Error: fmt.Sprintf("busy: %s has %d messages in progress already; try again in a moment", inv.name, s.perUser)}
+			Error: fmt.Sprintf("busy: %s has %d messages in progress already; try again in a moment", inv.name, s.perUser)}, false
 	}
 	c.SetReadDeadline(time.Now().Add(s.timeout))
 	req, msg, err := readSendmailRequest(c, s.cfg.Limits.MaxMessageBytes)
 	if err != nil {
-		return replyFor("", err)
+		return replyFor("", err), false
 	}
 	o := sendmailOptions{fromHeader: req.FromHeader, sender: req.Sender, fullName: req.FullName, rcpts: req.Rcpts}
 	lm, err := localMessage(s.cfg, inv, o, msg)
 	if err != nil {
-		return replyFor("", err)
+		return replyFor("", err), false
 	}
 	id, err := s.submit(lm)
-	return replyFor(id, submitExit(err))
+	return replyFor(id, submitExit(err)), true
 }
 
 // replyFor is the reply for err, an *exitError or nil.

@@ -239,7 +239,20 @@ func TestSendmailSocket_TrustsOnlyTheKernel(t *testing.T) {
 	if users, _ := a.srv.st.Users(); len(users) != 2 {
 		t.Errorf("users after the requests: %+v", users)
 	}
-	rep := rawRequest(t, dialAs(t, joe, sock), fmt.Sprintf(`{"op":"sendmail","rcpts":["alice"],"size":%d}`, len(body)), body)
+	// One log line per request: the socket's for those refused before
+	// submission, SubmitLocal's alone for one it refused.
+	rep := rawRequest(t, dialAs(t, joe, sock), fmt.Sprintf(`{"op":"sendmail","rcpts":["nobody"],"size":%d}`, len(body)), body)
+	if rep.Exit != exDataErr || !strings.Contains(rep.Error, "5.1.1") {
+		t.Errorf("to an unknown user: %+v, want 65", rep)
+	}
+	waitFor(t, "the log line of the refused submission", func() bool { return strings.Contains(a.logs.String(), "nobody@a.test") })
+	if n := strings.Count(a.logs.String(), "msg=sendmail_refused"); n != 9 {
+		t.Errorf("%d sendmail_refused lines for 9 refused requests:\n%s", n, a.logs)
+	}
+	if !strings.Contains(a.logs.String(), fmt.Sprintf("msg=sendmail_refused user=%s uid=%d", joe.name, joe.uid)) {
+		t.Errorf("the refusals do not name %s's uid:\n%s", joe.name, a.logs)
+	}
+	rep = rawRequest(t, dialAs(t, joe, sock), fmt.Sprintf(`{"op":"sendmail","rcpts":["alice"],"size":%d}`, len(body)), body)
 	if rep.Exit != exOK || rep.ID == "" {
 		t.Fatalf("a well-formed request: %+v", rep)
 	}
