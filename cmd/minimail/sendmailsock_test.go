@@ -573,3 +573,22 @@ func TestSendmailSocket_ConnectionsAtOnce(t *testing.T) {
 		t.Errorf("socket after Shutdown: %v", err)
 	}
 }
+
+// TestServeRefusesAnUnsafeSendmailSocket: serve does not start with
+// listen.sendmail in a directory others may write, and says which key.
+func TestServeRefusesAnUnsafeSendmailSocket(t *testing.T) {
+	sink := smtptest.Start(t, smtptest.Options{})
+	a := sendmailSite(t, sink, "")
+	a.stop(t)
+	shared := openDir(t)
+	os.Chmod(shared, 0o777|os.ModeSticky)
+	a.cfg.Listen.Sendmail = filepath.Join(shared, "sendmail.sock")
+	srv, err := startServer(a.cfg, slog.New(slog.DiscardHandler), nil)
+	if err == nil {
+		srv.stop(5 * time.Second)
+		t.Fatal("serve started")
+	}
+	if !strings.Contains(err.Error(), "key listen.sendmail") || !strings.Contains(err.Error(), "writable by others") {
+		t.Errorf("error %q names neither the key nor the reason", err)
+	}
+}
