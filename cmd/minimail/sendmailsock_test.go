@@ -105,6 +105,14 @@ func TestSendmailSocket_OrdinaryUser(t *testing.T) {
 	if n := len(a.waitMessages(t, "bob@a.test", 1)); n != 1 {
 		t.Errorf("bob has %d messages: the refused -f alice was stored", n)
 	}
+	// A script's 10 MiB report, under the default 25 MiB limit.
+	big := "Subject: big\n\n" + strings.Repeat(strings.Repeat("y", 1023)+"\n", 10<<10)
+	if r := sendmailAs(t, joe, a, sock, big, "bob"); r.code != 0 {
+		t.Fatalf("10 MiB: exit %d %q", r.code, r.stderr)
+	}
+	if got := a.waitMessages(t, "bob@a.test", 2)[1]; len(got) < 10<<20 {
+		t.Errorf("stored %d bytes of 10 MiB", len(got))
+	}
 }
 
 // TestSendmailSocket_ServerDown: with no server running, a user other than
