@@ -232,10 +232,11 @@ type sendmailSocket struct {
 	once  sync.Once
 	wg    sync.WaitGroup
 
-	mu    sync.Mutex
-	l     net.Listener
-	byUID map[int]int // connections being served per peer uid
-	conns map[net.Conn]struct{}
+	mu      sync.Mutex
+	l       net.Listener
+	closing bool        // set by Shutdown: no connection is added after it
+	byUID   map[int]int // connections being served per peer uid
+	conns   map[net.Conn]struct{}
 }
 
 func newSendmailSocket(cfg *Config, submit func(mta.LocalMessage) (string, error), log *slog.Logger) *sendmailSocket {
@@ -254,12 +255,11 @@ func newSendmailSocket(cfg *Config, submit func(mta.LocalMessage) (string, error
 func (s *sendmailSocket) Serve(l net.Listener) error {
 	s.mu.Lock()
 	s.l = l
+	closing := s.closing
 	s.mu.Unlock()
-	select {
-	case <-s.done: // shut down before serving
+	if closing { // shut down before serving
 		l.Close()
 		return net.ErrClosed
-	default:
 	}
 	l = &guard.Listener{Listener: l, Log: s.log}
 	for {
@@ -289,13 +289,19 @@ func (s *sendmailSocket) Serve(l net.Listener) error {
 		// Counted here, in the order the kernel queued the connections,
 		// so that a user's fifth connection is its fifth.
 		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			<-s.slots
+			return net.ErrClosed
+		}
 		busy := s.byUID[peer.uid] >= s.perUser
 		if !busy {
 			s.byUID[peer.uid]++
 		}
 		s.conns[c] = struct{}{}
+		s.wg.Add(1) // under mu: before Shutdown's Wait, or not at all
 		s.mu.Unlock()
-		s.wg.Add(1)
 		go s.serveConn(c, peer, busy)
 	}
 }
@@ -305,6 +311,7 @@ func (s *sendmailSocket) Serve(l net.Listener) error {
 func (s *sendmailSocket) Shutdown(ctx context.Context) error {
 	s.once.Do(func() { close(s.done) })
 	s.mu.Lock()
+	s.closing = true
 	if s.l != nil {
 		s.l.Close()
 	}
