@@ -58,6 +58,7 @@ type runOptions struct {
 	stdin   string
 	cred    *syscall.Credential // nil: as the test runs
 	timeout time.Duration       // 0: none; else minimail still running then fails the test
+	env     []string            // added to the test's environment
 }
 
 func runMinimail(t *testing.T, o runOptions, args ...string) result {
@@ -69,7 +70,7 @@ func runMinimail(t *testing.T, o runOptions, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Stdin = strings.NewReader(o.stdin)
-	cmd.Env = append(os.Environ(), "MINIMAIL_CONFIG=")
+	cmd.Env = append(append(os.Environ(), "MINIMAIL_CONFIG="), o.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.cred}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -257,7 +258,7 @@ func setListen(t *testing.T, cfg string, listen map[string]string) {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, key := range []string{"smtp", "submission", "submissions", "pop3", "pop3s", "https", "metrics"} {
+	for _, key := range []string{"smtp", "submission", "submissions", "pop3", "pop3s", "https", "metrics", "sendmail"} {
 		re := regexp.MustCompile(`(?m)^` + key + ` +=.*$`)
 		s = re.ReplaceAllString(s, fmt.Sprintf("%s = %q", key, listen[key]))
 	}

@@ -41,6 +41,10 @@ type Config struct {
 		// Metrics serves GET /metrics (Prometheus) and GET /healthz over
 		// plain HTTP; it belongs on loopback or a private network.
 		Metrics string `toml:"metrics"`
+		// Sendmail is the path of a unix socket on which `minimail
+		// sendmail` of any local user submits (sendmailsock.go); its
+		// directory must let others in and nobody else write.
+		Sendmail string `toml:"sendmail"`
 	} `toml:"listen"`
 
 	TLS struct {
@@ -267,6 +271,12 @@ func (c *Config) validateListeners() error {
 	if a := c.Listen.Metrics; a != "" {
 		if err := checkHostPort(a); err != nil {
 			return c.fail("listen.metrics", "%q: %v (\"127.0.0.1:9154\" keeps it on loopback)", a, err)
+		}
+	}
+	if p := c.Listen.Sendmail; p != "" {
+		c.Listen.Sendmail = c.rel(p)
+		if len(c.Listen.Sendmail) > maxSocketPath {
+			return c.fail("listen.sendmail", "%q: longer than the %d bytes a unix socket path may have", c.Listen.Sendmail, maxSocketPath)
 		}
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {

@@ -292,6 +292,7 @@ pop3        = "127.0.0.1:2110"
 pop3s       = "127.0.0.1:2995"
 https       = "127.0.0.1:2443"   # autoconfig, autodiscover, MTA-STS; ":443" for ACME and real clients
 metrics     = "127.0.0.1:9154"   # Prometheus GET /metrics and GET /healthz; keep it off the internet
+sendmail    = ""                 # unix socket for every local user's sendmail, e.g. "/run/minimail/sendmail.sock" (README: sendmail)
 
 [tls]              # self-signed; for production remove both and set [acme] email (or point them at certbot's files)
 cert = "tls/cert.pem"

@@ -25,11 +25,12 @@ import (
 
 // `minimail sendmail` is the sendmail(8) interface that cron, scripts and
 // programs such as PHP's mail() and git send-email call: a message on
-// stdin, queued as if a local user had submitted it. The running server
-// takes it over the control socket (adminOps "sendmail", mta's
-// SubmitLocal); with no server running, the command opens the store and
-// runs the same SubmitLocal itself, so the next `serve` sends what it
-// queued.
+// stdin, queued as if a local user had submitted it. From root and the
+// service user the running server takes it over the control socket
+// (adminOps "sendmail", mta's SubmitLocal); with no server running, the
+// command opens the store and runs the same SubmitLocal itself, so the
+// next `serve` sends what it queued. Other users hand it to the running
+// server over listen.sendmail (sendmailsock.go).
 //
 // Its exit codes are sendmail's (sysexits.h), not minimail's.
 const (
@@ -70,6 +71,9 @@ Queues the message on stdin as a local submission (README: sendmail for cron and
   -f SENDER   envelope sender (-r too); default USER@hostname
   -F NAME     display name of the From: field added when there is none
   -C CONFIG   config file
+Root and the service user use control.sock, or the store when no server runs; any other user
+hands the message to the running server over listen.sendmail ($MINIMAIL_SENDMAIL_SOCKET or
+/run/minimail/sendmail.sock when the config is not readable).
 Exit codes: 0 queued, 64 bad usage, 65 refused, 75 try again later, 77 no permission, 78 bad config.
 `
 
@@ -175,8 +179,9 @@ type invoker struct {
 	trusted bool
 }
 
-func currentInvoker(dataDir string) (invoker, error) {
-	uid := os.Getuid()
+// invokerFor is the user with uid: the command's own, or the peer of
+// listen.sendmail as the kernel names it (sendmailsock.go).
+func invokerFor(uid int, dataDir string) invoker {
 	name := strconv.Itoa(uid)
 	if u, err := user.LookupId(name); err == nil {
 		name = u.Username
@@ -185,33 +190,63 @@ func currentInvoker(dataDir string) (invoker, error) {
 	if o, err := ownerOf(dataDir); err == nil && o.uid == uid {
 		inv.trusted = true
 	}
-	return inv, nil
+	return inv
 }
 
+// runSendmail submits as root or the service user did before there was
+// listen.sendmail: over control.sock, or into the store when no server
+// runs. Any other user can use neither, and hands the message to the
+// running server over listen.sendmail (sendmailsock.go), which knows who
+// it is from the kernel; such a user cannot read an installed config
+// (mode 0640, group minimail) either, and then finds the socket where the
+// systemd unit puts it.
 func runSendmail(o sendmailOptions, stdin io.Reader) error {
+	if f, err := os.Open(o.config); errors.Is(err, os.ErrPermission) {
+		return sendmailOverSocket(userSendmailSocket(), o, stdin, maxUnknownMessage, "the most sendmail reads when it cannot read the config")
+	} else if err == nil {
+		f.Close()
+	}
 	cfg, err := loadConfig(o.config)
 	if err != nil {
 		return &exitError{code: exConfig, err: err}
 	}
-	inv, err := currentInvoker(cfg.DataDir)
-	if err != nil {
-		return &exitError{code: exTempFail, err: err}
+	inv := invokerFor(os.Getuid(), cfg.DataDir)
+	if !inv.trusted {
+		// Said here, before the message is read; the server checks
+		// again with the uid the kernel gives it.
+		if _, err := envelopeSender(cfg, inv, o.sender); err != nil {
+			return &exitError{code: exUsage, err: err}
+		}
+		if cfg.Listen.Sendmail == "" {
+			return exitf(exNoPerm, "%s: listen.sendmail is off, so only root and the owner of %s may send mail (README: sendmail)", cfg.path, cfg.DataDir)
+		}
+		return sendmailOverSocket(cfg.Listen.Sendmail, o, stdin, cfg.Limits.MaxMessageBytes, "limits.max_message_bytes")
 	}
-	from, err := envelopeSender(cfg, inv, o.sender)
-	if err != nil {
-		return &exitError{code: exUsage, err: err}
-	}
-	msg, err := readSendmailMessage(stdin, o.ignoreDots, cfg.Limits.MaxMessageBytes)
+	msg, err := readSendmailMessage(stdin, o.ignoreDots, cfg.Limits.MaxMessageBytes, "limits.max_message_bytes")
 	if err != nil {
 		return err
 	}
-	rcpts, err := sendmailRecipients(cfg, o, msg)
+	lm, err := localMessage(cfg, inv, o, msg)
 	if err != nil {
-		return &exitError{code: exUsage, err: err}
+		return err
 	}
-	lm := mta.LocalMessage{From: from, FullName: o.fullName, Rcpts: rcpts, User: inv.name, UID: inv.uid, Message: msg}
 	_, err = submitSendmail(cfg, lm)
 	return err
+}
+
+// localMessage is the submission of msg by inv with the command line o:
+// the envelope sender inv may use and the recipients. Either error is bad
+// usage (64).
+func localMessage(cfg *Config, inv invoker, o sendmailOptions, msg []byte) (mta.LocalMessage, error) {
+	from, err := envelopeSender(cfg, inv, o.sender)
+	if err != nil {
+		return mta.LocalMessage{}, &exitError{code: exUsage, err: err}
+	}
+	rcpts, err := sendmailRecipients(cfg, o, msg)
+	if err != nil {
+		return mta.LocalMessage{}, &exitError{code: exUsage, err: err}
+	}
+	return mta.LocalMessage{From: from, FullName: o.fullName, Rcpts: rcpts, User: inv.name, UID: inv.uid, Message: msg}, nil
 }
 
 // envelopeSender is -f's address, or the invoking user at hostname. A
@@ -247,9 +282,9 @@ func envelopeSender(cfg *Config, inv invoker, sender string) (string, error) {
 
 // readSendmailMessage reads the message: to the end of input with -i,
 // else up to a line holding only a dot, as sendmail does. More than limit
-// bytes (limits.max_message_bytes, as on SMTP) is refused without
-// reading on.
-func readSendmailMessage(r io.Reader, ignoreDots bool, limit int64) ([]byte, error) {
+// bytes (limits.max_message_bytes, as on SMTP, which limitName names) is
+// refused without reading on.
+func readSendmailMessage(r io.Reader, ignoreDots bool, limit int64, limitName string) ([]byte, error) {
 	br := bufio.NewReader(io.LimitReader(r, limit+1))
 	var msg bytes.Buffer
 	for {
@@ -266,7 +301,7 @@ func readSendmailMessage(r io.Reader, ignoreDots bool, limit int64) ([]byte, err
 		}
 	}
 	if int64(msg.Len()) > limit {
-		return nil, exitf(exDataErr, "message exceeds %d bytes (limits.max_message_bytes)", limit)
+		return nil, exitf(exDataErr, "message exceeds %d bytes (%s)", limit, limitName)
 	}
 	return msg.Bytes(), nil
 }
@@ -389,11 +424,7 @@ func submitSendmail(cfg *Config, lm mta.LocalMessage) (string, error) {
 		return "", &exitError{code: exConfig, err: err}
 	}
 	id, err := sub.SubmitLocal(lm)
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return "", submitError(se.Code, replyError(se))
-	}
-	return id, err
+	return id, submitExit(err)
 }
 
 // replyError words a refusal as the SMTP reply it is: "550 5.1.1 <x>: no

@@ -21,7 +21,7 @@ func FuzzSendmailInput(f *testing.F) {
 			return
 		}
 		const limit = 1 << 12
-		m, err := readSendmailMessage(strings.NewReader(msg), o.ignoreDots, limit)
+		m, err := readSendmailMessage(strings.NewReader(msg), o.ignoreDots, limit, "limit")
 		if err != nil {
 			return
 		}

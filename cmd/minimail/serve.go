@@ -175,9 +175,14 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 	opts.Metrics = m.forMTA()
 	// `minimail sendmail` hands messages to a submission server of their
-	// own (over the control socket), served on no listener.
+	// own (over the control socket, or listen.sendmail), served on no
+	// TCP listener.
 	local := mta.NewSubmission(agent, q, smtpUsers{s.st}, opts)
 	s.shutdowns = append(s.shutdowns, local.Shutdown)
+	if l, ok := listeners["listen.sendmail"]; ok {
+		ss := newSendmailSocket(cfg, local.SubmitLocal, log)
+		s.serveOn("listen.sendmail", l, ss.Serve, ss.Shutdown)
+	}
 	if l, ok := listeners["listen.smtp"]; ok {
 		mxOpts := opts
 		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
@@ -303,6 +308,18 @@ func (s *server) bind(cfg *Config, tlsConf *tls.Config) (map[string]net.Listener
 		}
 		listeners["listen.metrics"] = &guard.Listener{Listener: tcp, Log: s.log}
 		s.addrs["listen.metrics"] = tcp.Addr().String()
+	}
+	// listen.sendmail is a unix socket for local users (sendmailsock.go).
+	if path := cfg.Listen.Sendmail; path != "" {
+		l, err := listenSendmail(path)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return nil, &listenError{path: cfg.path, key: "listen.sendmail", addr: path, err: err}
+		}
+		listeners["listen.sendmail"] = l
+		s.addrs["listen.sendmail"] = path
 	}
 	return listeners, nil
 }
