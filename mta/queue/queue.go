@@ -150,7 +150,7 @@ type Queue struct {
 	inflight map[uint64]bool
 	// reflush: entries in flight when a Flush came; each runs again,
 	// forced, as soon as its attempt ends (a flush skips none).
-	reflush map[uint64]bool
+	reflush  map[uint64]bool
 	domains  map[string]*domainSlots
 	fresh    []uint64  // enqueued since the last scan
 	flush    bool      // Flush was called: the next scan takes everything
