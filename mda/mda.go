@@ -45,9 +45,9 @@ import (
 type Mailboxes interface {
 	LookupUser(addr string) (string, error)
 	AppendMany(ds []store.Delivery) ([]uint64, error)
-	// Usage returns the octets a mailbox holds and its own quota (0:
-	// DefaultQuota applies).
-	Usage(addr string) (used, quota int64, err error)
+	// Room returns the quota that applies to a mailbox (its own, else
+	// defaultQuota; 0 = none) and, when there is one, the octets it holds.
+	Room(addr string, defaultQuota int64) (used, quota int64, err error)
 	// Expand returns the mailboxes and remote addresses an alias
 	// (local@domain, or @domain for a catch-all) reaches, or
 	// store.ErrNoAlias.
@@ -143,12 +143,9 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 	}
 	var full error
 	for _, addr := range t.mailboxes {
-		used, quota, err := a.Mailboxes.Usage(addr)
+		used, quota, err := a.Mailboxes.Room(addr, a.DefaultQuota)
 		if err != nil {
 			return "", appendError(rcpt, err)
-		}
-		if quota == 0 {
-			quota = a.DefaultQuota
 		}
 		if quota > 0 && used >= quota {
 			full = &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %s: %d of %d octets used", ErrMailboxFull, addr, used, quota), temporary: true, status: "4.2.2"}

@@ -57,7 +57,7 @@ func (f *fakeMailboxes) AppendAndEnqueue(ds []store.Delivery, out []store.Outgoi
 }
 
 // Usage reports every mailbox empty, without a quota.
-func (f *fakeMailboxes) Usage(addr string) (int64, int64, error) { return 0, 0, f.lookupErr }
+func (f *fakeMailboxes) Room(string, int64) (int64, int64, error) { return 0, 0, f.lookupErr }
 
 // AppendMany is all-or-nothing, like the real store.
 func (f *fakeMailboxes) AppendMany(ds []store.Delivery) ([]uint64, error) {

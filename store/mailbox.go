@@ -224,6 +224,18 @@ func usage(mb *bolt.Bucket) (int64, error) {
 // Usage returns the octets addr's messages take and the user's own quota (0:
 // none of its own, the server's default applies).
 func (s *Store) Usage(addr string) (used, quota int64, err error) {
+	return s.quotaUse(addr, 0, true)
+}
+
+// Room returns the quota that applies to addr (its own, else defaultQuota;
+// 0 = none) and, only when there is one, the octets its messages take: the
+// check at RCPT then costs no walk of the mailbox's index where no quota
+// applies, which is the usual case.
+func (s *Store) Room(addr string, defaultQuota int64) (used, quota int64, err error) {
+	return s.quotaUse(addr, defaultQuota, false)
+}
+
+func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (used, quota int64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		mb, err := mailbox(tx, addr)
 		if err != nil {
@@ -239,6 +251,14 @@ func (s *Store) Usage(addr string) (used, quota int64, err error) {
 			return err
 		}
 		quota = rec.Quota
+		if !always {
+			if quota <= 0 {
+				quota = defaultQuota
+			}
+			if quota <= 0 {
+				return nil // no quota: nothing to sum
+			}
+		}
 		used, err = usage(mb)
 		return err
 	})
