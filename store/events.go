@@ -50,6 +50,7 @@ const (
 	EventBounced   = "bounced"
 	EventRetrieved = "retrieved"
 	EventDeleted   = "deleted"
+	EventDropped   = "dropped" // queue drop: the operator removed it from the queue
 )
 
 // Get returns the value of the first fact named key, or "".

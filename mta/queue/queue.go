@@ -323,7 +323,19 @@ func (q *Queue) Drop(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := q.spool.DeleteQueueEntry(n); err != nil {
+	// trace tells that the rest of the message's journey was called off,
+	// and for whom.
+	var events []store.Event
+	if e, err := q.spool.QueueEntry(n); err == nil {
+		facts := []store.Fact{}
+		for _, r := range e.Rcpts {
+			if r.State == store.RcptPending {
+				facts = append(facts, store.Fact{Key: store.FactRcpt, Value: r.Addr})
+			}
+		}
+		events = append(events, store.Event{Time: q.opts.Now().UTC(), Kind: store.EventDropped, ID: EntryID(e), Facts: facts})
+	}
+	if err := q.spool.DeleteQueueEntry(n, events...); err != nil {
 		return fmt.Errorf("drop %s: %w", id, err)
 	}
 	q.log.Info("dropped", "id", id)

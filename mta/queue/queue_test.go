@@ -413,6 +413,14 @@ func TestQueueDrop(t *testing.T) {
 	if len(e.entries()) != 0 {
 		t.Fatal("entry still listed after drop")
 	}
+	// trace says so, last, and for whom.
+	events, err := e.st.Trace(id)
+	if err != nil || len(events) == 0 {
+		t.Fatalf("trace after drop: %v, %v", events, err)
+	}
+	if last := events[len(events)-1]; last.Kind != store.EventDropped || last.Get(store.FactRcpt) != "x@b.test" {
+		t.Errorf("last trace event after drop: %+v", last)
+	}
 	if err := e.q.Drop(id); !errors.Is(err, store.ErrNoQueueEntry) {
 		t.Errorf("second drop: %v", err)
 	}
