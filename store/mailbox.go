@@ -137,6 +137,7 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 				arrived: now,
 				epoch:   s.epoch,
 				body:    bodyID,
+				traceID: d.TraceID,
 			}
 			if err := mb.Bucket(bucketIndex).Put(idKey(id), e.encode()); err != nil {
 				return err

@@ -18,24 +18,34 @@ type indexEntry struct {
 	arrived time.Time
 	epoch   uint64 // 0: a schema 1 message, whole in the body bucket
 	body    uint64 // the shared body's id in the bodies bucket
+	// traceID is the id of the message the copy is of (its delivered
+	// trace event's), so that POP3's retrieved and deleted events find it
+	// without a look through the trace (schema 3); "" when unknown.
+	traceID string
 }
 
 // Index entry lengths: schema 1 had size and arrival time; schema 2 adds the
-// epoch and the body id.
+// epoch and the body id; schema 3 may follow them with the trace id, of
+// at most maxEntryTraceID octets.
 const (
 	indexEntryV1Len = 16
 	indexEntryLen   = 32
+	maxEntryTraceID = 64
 )
 
 func (e indexEntry) schemaV1() bool { return e.epoch == 0 }
 
 func (e indexEntry) encode() []byte {
-	v := make([]byte, indexEntryLen)
+	id := e.traceID
+	if len(id) > maxEntryTraceID {
+		id = "" // the trace's own index still finds it
+	}
+	v := make([]byte, indexEntryLen, indexEntryLen+len(id))
 	binary.BigEndian.PutUint64(v, uint64(e.size))
 	binary.BigEndian.PutUint64(v[8:], uint64(e.arrived.UnixNano()))
 	binary.BigEndian.PutUint64(v[16:], e.epoch)
 	binary.BigEndian.PutUint64(v[24:], e.body)
-	return v
+	return append(v, id...)
 }
 
 func (e indexEntry) info(id uint64) MessageInfo {
@@ -51,7 +61,7 @@ func decodeIndexEntry(k, v []byte) (indexEntry, error) {
 		return indexEntry{}, fmt.Errorf("message index entry %x: key of %d bytes: corrupt", k, len(k))
 	}
 	id := keyID(k)
-	if len(v) != indexEntryV1Len && len(v) != indexEntryLen {
+	if len(v) != indexEntryV1Len && (len(v) < indexEntryLen || len(v) > indexEntryLen+maxEntryTraceID) {
 		return indexEntry{}, fmt.Errorf("message index entry %d: %d bytes: corrupt", id, len(v))
 	}
 	e := indexEntry{
@@ -61,9 +71,10 @@ func decodeIndexEntry(k, v []byte) (indexEntry, error) {
 	if e.size < 0 || e.size > maxStoredSize {
 		return indexEntry{}, fmt.Errorf("message index entry %d: size %d: corrupt", id, e.size)
 	}
-	if len(v) == indexEntryLen {
+	if len(v) >= indexEntryLen {
 		e.epoch = binary.BigEndian.Uint64(v[16:])
 		e.body = binary.BigEndian.Uint64(v[24:])
+		e.traceID = string(v[indexEntryLen:])
 		if e.epoch == 0 {
 			return indexEntry{}, fmt.Errorf("message index entry %d: epoch 0: corrupt", id)
 		}

@@ -118,11 +118,18 @@ import (
 )
 
 // SchemaVersion is the on-disk layout this code writes. It also reads
-// schema 1, migrating it on Open.
-const SchemaVersion = "2"
+// schemas 1 and 2, migrating them on Open.
+const SchemaVersion = "3"
 
-// schemaV1 is the layout before shared bodies and epochs.
-const schemaV1 = "1"
+// schemaV1 is the layout before shared bodies and epochs; schemaV2 the one
+// before a copy's index entry could hold its trace id (records.go), which
+// an older minimail would take for corruption: its files are schema 3 from
+// the first Open of this code on, and that older code refuses them by
+// their version instead.
+const (
+	schemaV1 = "1"
+	schemaV2 = "2"
+)
 
 // FileName is the database file inside data_dir.
 const FileName = "minimail.db"
@@ -413,14 +420,16 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	case version == nil && !empty:
 		return fmt.Errorf("open %s: not a minimail database (no schema version)", path)
-	case version != nil && string(version) != SchemaVersion && string(version) != schemaV1:
-		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q and %q)", path, version, schemaV1, SchemaVersion)
+	case version != nil && string(version) != SchemaVersion && string(version) != schemaV1 && string(version) != schemaV2:
+		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q, %q and %q)", path, version, schemaV1, schemaV2, SchemaVersion)
 	}
 	return nil
 }
 
 // initSchema creates the buckets a new file needs (and the SRS secret), which is all a schema 1
-// file (already checked by checkExisting) needs to become schema 2; on a
+// file (already checked by checkExisting) needs to become schema 2, and a
+// schema 2 file to become schema 3 (whose index entries are schema 2's,
+// with a trace id or without); on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new

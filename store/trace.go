@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -168,12 +167,13 @@ func indexed(root *bolt.Bucket) uint64 {
 	return 0
 }
 
-// tail calls fn for each event the index does not hold yet, oldest first.
-func tail(root *bolt.Bucket, fn func(n uint64, e Event)) {
+// tail calls fn for each event the index does not hold yet, oldest first,
+// until fn returns false.
+func tail(root *bolt.Bucket, fn func(n uint64, e Event) bool) {
 	c := root.Bucket(bucketTraceEvents).Cursor()
 	for k, v := c.Seek(idKey(indexed(root) + 1)); k != nil; k, v = c.Next() {
-		if e, err := decodeEvent(v); err == nil {
-			fn(keyID(k), e)
+		if e, err := decodeEvent(v); err == nil && !fn(keyID(k), e) {
+			return
 		}
 	}
 }
@@ -231,21 +231,42 @@ func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 	root := tx.Bucket(bucketTrace)
 	idx := root.Bucket(bucketTraceIndex)
 	out := make(map[uint64]string, len(ids))
+	// The copy's own index entry names it (schema 3); a copy stored by an
+	// older minimail is found in the trace's index, or among the events
+	// past it.
+	var entries *bolt.Bucket
+	if mb, err := mailbox(tx, addr); err == nil {
+		entries = mb.Bucket(bucketIndex)
+	}
+	missing := map[uint64]bool{}
 	for _, n := range ids {
+		if entries != nil {
+			if v := entries.Get(idKey(n)); v != nil {
+				if e, err := decodeIndexEntry(idKey(n), v); err == nil && e.traceID != "" {
+					out[n] = e.traceID
+					continue
+				}
+			}
+		}
 		if v := idx.Get(mboxKey(addr, n)); v != nil {
 			out[n] = string(v)
+			continue
 		}
+		missing[n] = true
 	}
-	if len(out) == len(ids) {
+	if len(missing) == 0 {
 		return out
 	}
-	tail(root, func(_ uint64, e Event) {
-		if e.Kind != EventDelivered || Key(e.Get(FactMailbox)) != Key(addr) {
-			return
+	key := Key(addr)
+	tail(root, func(_ uint64, e Event) bool {
+		if e.Kind != EventDelivered || Key(e.Get(FactMailbox)) != key {
+			return true
 		}
-		if n, err := strconv.ParseUint(e.Get(FactMsg), 10, 64); err == nil && slices.Contains(ids, n) {
+		if n, err := strconv.ParseUint(e.Get(FactMsg), 10, 64); err == nil && missing[n] {
 			out[n] = e.ID
+			delete(missing, n)
 		}
+		return len(missing) > 0
 	})
 	return out
 }
@@ -310,7 +331,7 @@ func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
 			first[id] = keyID(k[len(p):])
 		}
 	}
-	tail(root, func(n uint64, e Event) {
+	tail(root, func(n uint64, e Event) bool {
 		for _, ik := range indexKeys(n, e) {
 			if bytes.HasPrefix(ik.key, p) && len(ik.key) == len(p)+8 {
 				if _, ok := first[e.ID]; !ok {
@@ -318,6 +339,7 @@ func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
 				}
 			}
 		}
+		return true
 	})
 	type hit struct {
 		id  string
@@ -358,10 +380,11 @@ func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
 		}
 		out = append(out, e)
 	}
-	tail(root, func(_ uint64, e Event) {
+	tail(root, func(_ uint64, e Event) bool {
 		if e.ID == id {
 			out = append(out, e)
 		}
+		return true
 	})
 	return out, nil
 }

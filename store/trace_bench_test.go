@@ -46,3 +46,51 @@ func BenchmarkAppendTraced(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkUpdateMaildropUnindexed is a POP3 session's QUIT right after
+// its mail arrived, before IndexTrace caught up (the index is built once
+// per queue pass): 10,000 earlier copies elsewhere, then 8 mailboxes of
+// 250 traced copies each, and each QUIT
+// records the retrieval of all 250. Looking up the copies' message ids in
+// the events past the index must cost about one walk of them, not one per
+// copy.
+func BenchmarkUpdateMaildropUnindexed(b *testing.B) {
+	const boxes, per = 8, 250
+	msg := []byte("Subject: x\r\n\r\nbody\r\n")
+	for b.Loop() {
+		b.StopTimer()
+		users := make([]string, boxes)
+		for i := range users {
+			users[i] = "u" + strconv.Itoa(i) + "@example.org"
+		}
+		s := storeWithUsers(b, append(users, "old@example.org")...)
+		// Earlier mail, not indexed yet either: a busy hour before the
+		// queue's next pass.
+		for range 20 {
+			batch := make([]store.Delivery, 500)
+			for i := range batch {
+				batch[i] = store.Delivery{Address: "old@example.org", Message: msg, TraceID: "old"}
+			}
+			if _, err := s.AppendMany(batch); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ids := make([][]uint64, boxes)
+		for m := range per {
+			for u, addr := range users {
+				id := strconv.Itoa(u*per + m)
+				got, err := s.AppendMany([]store.Delivery{{Address: addr, Message: msg, TraceID: id}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ids[u] = append(ids[u], got[0])
+			}
+		}
+		b.StartTimer()
+		for u, addr := range users {
+			if err := s.UpdateMaildrop(addr, store.MaildropUpdate{Retrieved: ids[u]}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
