@@ -583,6 +583,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.plainL.Close()
 	s.implicitL.Close()
+	// go-smtp's Serve adds each connection it accepts to the WaitGroup its
+	// Shutdown waits on: the Serve loops must have seen their listener
+	// closed and returned before that Wait starts, or a last Add races it.
+	s.engines.Wait()
 
 	errc := make(chan error, 2)
 	for _, e := range []*smtp.Server{s.plain, s.implicit} {
@@ -607,7 +611,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.waitData(ctx)
 	s.closeCommits()
-	s.engines.Wait()
 	s.cancel()
 	return err
 }
