@@ -26,6 +26,9 @@ func TestStatus(t *testing.T) {
 		t.Errorf("status without a server: exit %d, want 1", r.code)
 	}
 
+	// Ports of its own: init's fixed trial ports would collide with another
+	// run of the suite, or with a trial server on this machine.
+	setListen(t, cfg, map[string]string{"smtp": freePort(t), "pop3": freePort(t)})
 	startServe(t, cfg, 2)
 	r = minimail(t, "", "--config", cfg, "status")
 	for _, want := range []string{"server:      running, pid ", "listen.smtp", "listen.pop3", "queue:       empty", "mx.example.test"} {
