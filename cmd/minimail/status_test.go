@@ -95,3 +95,18 @@ func TestStatusExitCodes(t *testing.T) {
 		}
 	})
 }
+
+// A listener the server names but that does not answer is a problem, so
+// status exits 1 (printStatus fails on any problem printListeners finds).
+func TestStatusNamesAListenerThatIsDown(t *testing.T) {
+	var out strings.Builder
+	cfg := &Config{Hostname: "mx.a.test"}
+	addr := smtptest.DownAddr(t)
+	problems := printListeners(&out, cfg, map[string]string{"listen.smtp": addr}, time.Now())
+	if len(problems) != 1 || !strings.Contains(problems[0], "listen.smtp ("+addr+") is down") {
+		t.Errorf("problems %q, want listen.smtp down", problems)
+	}
+	if !strings.Contains(out.String(), "listen.smtp") || !strings.Contains(out.String(), "DOWN") {
+		t.Errorf("status output does not show it down:\n%s", out.String())
+	}
+}
