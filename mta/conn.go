@@ -31,18 +31,19 @@ type trackedConn struct {
 	// blocklist is the client's DNSBL verdict (MX), under way from accept.
 	blocklist *blockCheck
 
-	mu        sync.Mutex
-	conn      net.Conn  // the transport: TCP, or a *tls.Conn over it
-	tls       *tls.Conn // set once TLS is up (implicit or STARTTLS)
-	view      *engineConn
-	inTxn     bool      // between MAIL and the end of the transaction
-	inData    int       // Data handlers receiving a message (see beginData)
-	dataUntil time.Time // while inData: when the whole transfer must be over
-	timedOut  bool      // a read of message data timed out: the session is over
-	cut       bool      // the connection was ended by the server: nothing more is run
-	dot       dotScan   // after a 354: where RFC 5321 says DATA ends
-	errors    int
-	closed    bool
+	mu         sync.Mutex
+	conn       net.Conn  // the transport: TCP, or a *tls.Conn over it
+	tls        *tls.Conn // set once TLS is up (implicit or STARTTLS)
+	view       *engineConn
+	inTxn      bool      // between MAIL and the end of the transaction
+	expectDone func()    // ends the store's Expect of this transaction, nil when none
+	inData     int       // Data handlers receiving a message (see beginData)
+	dataUntil  time.Time // while inData: when the whole transfer must be over
+	timedOut   bool      // a read of message data timed out: the session is over
+	cut        bool      // the connection was ended by the server: nothing more is run
+	dot        dotScan   // after a 354: where RFC 5321 says DATA ends
+	errors     int
+	closed     bool
 }
 
 func (c *trackedConn) transport() net.Conn {
@@ -262,6 +263,9 @@ func (c *trackedConn) begin() bool {
 	if c.srv.isDraining() {
 		return false
 	}
+	if !c.inTxn && c.srv.opts.Expect != nil {
+		c.expectDone = c.srv.opts.Expect()
+	}
 	c.inTxn = true
 	return true
 }
@@ -269,7 +273,12 @@ func (c *trackedConn) begin() bool {
 func (c *trackedConn) end() {
 	c.mu.Lock()
 	c.inTxn = false
+	done := c.expectDone
+	c.expectDone = nil
 	c.mu.Unlock()
+	if done != nil {
+		done()
+	}
 }
 
 // countErrors records n refused commands and reports whether the
@@ -298,7 +307,13 @@ func (c *trackedConn) Close() error {
 	}
 	c.closed = true
 	conn := c.conn
+	// A transaction cut off with its connection is not on its way.
+	done := c.expectDone
+	c.expectDone = nil
 	c.mu.Unlock()
+	if done != nil {
+		done()
+	}
 	err := conn.Close()
 	if c.release != nil {
 		c.release()

@@ -1,6 +1,13 @@
 package mta
 
-import "sync"
+import (
+	"cmp"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
 
 // A message is held once on its way from the socket to the store: read into
 // a buffer with room in front (headroom), checked in place, and the fields
@@ -16,50 +23,167 @@ import "sync"
 // of one copy.
 const headroom = 4 << 10
 
-// maxPooled keeps buffers of messages larger than this out of the pool: a
-// rare big message should not pin its memory for ever.
-const maxPooled = 4 << 20
+// Buffers come in size classes with a pool each. A message takes a buffer
+// of the smallest class that holds it, so the buffers of a burst of big
+// mail stay in the big classes, which the garbage collector empties once
+// the burst is over. With one pool, small messages would pick those
+// megabyte buffers up and keep them alive (and resident) for good. The
+// classes are 1.5x apart (powers of two and the halfway points), which
+// bounds what a buffer wastes; a "1 MiB" message, a little over 1 MiB
+// with its header and headroom, takes 1.5 MiB. Beyond the largest class a
+// buffer is not pooled: a rare huge message should not pin its memory.
+var bufClasses = [...]int{
+	16 << 10, 24 << 10, 32 << 10, 48 << 10, 64 << 10, 96 << 10, 128 << 10, 192 << 10,
+	256 << 10, 384 << 10, 512 << 10, 768 << 10, 1 << 20, 3 << 19, 2 << 20, 3 << 20, 4 << 20,
+}
+
+// classOf returns the index of the smallest class of at least n octets,
+// or -1 when n is beyond them all.
+func classOf(n int) int {
+	for i, c := range bufClasses {
+		if n <= c {
+			return i
+		}
+	}
+	return -1
+}
+
+// pooled reports whether b is a whole buffer of a class, which its pool
+// takes back.
+func pooled(b []byte) bool {
+	i := classOf(cap(b))
+	return i >= 0 && bufClasses[i] == cap(b)
+}
+
+// bigBuffer is the size from which a buffer counts as big mail: when the
+// last big buffer in flight is given back and none follows for
+// reliefDelay, the pool hands the freed memory back to the system.
+// Go's collector would run only as new allocations call for it, and its
+// scavenger returns memory gradually, so a burst of big messages would
+// keep the process tens of megabytes larger for minutes of small mail.
+const (
+	bigBuffer   = 1 << 20
+	reliefDelay = time.Second
+)
 
 type msgBuf struct {
 	b    []byte // b[off:] is the message
 	off  int
-	pool []byte // the pooled allocation, to give back
+	pool []byte // the pooled allocation, to give back; nil when unpooled
+	big  bool   // counted in the pool's bigInFlight
 }
 
-type bufPool struct{ p sync.Pool }
+type bufPool struct {
+	classes [len(bufClasses)]sync.Pool
+
+	bigInFlight   atomic.Int64
+	reliefPending atomic.Bool
+	// relieve and delay replace giveBackMemory and reliefDelay, for
+	// tests.
+	relieve func()
+	delay   time.Duration
+}
 
 // get returns an empty buffer that can take size octets of message
 // without growing.
 func (bp *bufPool) get(size int) *msgBuf {
-	if v, ok := bp.p.Get().(*[]byte); ok && cap(*v) >= headroom+size {
-		b := (*v)[:headroom]
-		return &msgBuf{b: b, off: headroom, pool: b}
+	m := &msgBuf{}
+	bp.use(m, bp.alloc(headroom + size)[:headroom])
+	m.off = headroom
+	return m
+}
+
+// use makes b the buffer of m.
+func (bp *bufPool) use(m *msgBuf, b []byte) {
+	m.b, m.pool = b, nil
+	if pooled(b) {
+		m.pool = b
 	}
-	b := make([]byte, headroom, headroom+size)
-	return &msgBuf{b: b, off: headroom, pool: b}
+	if cap(b) >= bigBuffer && !m.big {
+		m.big = true
+		bp.bigInFlight.Add(1)
+	}
+}
+
+// alloc returns an empty buffer of at least n octets: a pooled one of n's
+// class, or one of n exactly beyond the classes.
+func (bp *bufPool) alloc(n int) []byte {
+	i := classOf(n)
+	if i < 0 {
+		return make([]byte, 0, n)
+	}
+	if v, ok := bp.classes[i].Get().(*[]byte); ok {
+		return (*v)[:0]
+	}
+	return make([]byte, 0, bufClasses[i])
+}
+
+// free gives b back to its class's pool; other sizes are left to the
+// garbage collector.
+func (bp *bufPool) free(b []byte) {
+	if pooled(b) {
+		b = b[:0]
+		bp.classes[classOf(cap(b))].Put(&b)
+	}
 }
 
 func (bp *bufPool) put(m *msgBuf) {
-	if m == nil || m.pool == nil || cap(m.pool) > headroom+maxPooled {
+	if m == nil {
 		return
 	}
-	b := m.pool[:0]
+	if m.pool != nil {
+		bp.free(m.pool)
+	}
 	m.pool, m.b = nil, nil
-	bp.p.Put(&b)
+	if m.big {
+		m.big = false
+		if bp.bigInFlight.Add(-1) == 0 {
+			bp.afterBurst()
+		}
+	}
+}
+
+// afterBurst gives freed memory back to the system once no big message
+// has been in flight for reliefDelay.
+func (bp *bufPool) afterBurst() {
+	if !bp.reliefPending.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(cmp.Or(bp.delay, reliefDelay), func() {
+		bp.reliefPending.Store(false)
+		if bp.bigInFlight.Load() > 0 {
+			return // the burst goes on; its last buffer schedules again
+		}
+		if bp.relieve != nil {
+			bp.relieve()
+			return
+		}
+		giveBackMemory()
+	})
+}
+
+// giveBackMemory collects twice, since a sync.Pool keeps what it held
+// through one collection (its victim cache), and returns what is free to
+// the system.
+func giveBackMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // bytes is the message.
 func (m *msgBuf) bytes() []byte { return m.b[m.off:] }
 
 // grow makes room for n more octets of message and returns it, for a read.
-func (m *msgBuf) grow(n int) []byte {
+// The buffer grows by half at least; an outgrown pooled buffer goes back
+// to bp.
+func (m *msgBuf) grow(bp *bufPool, n int) []byte {
 	if cap(m.b)-len(m.b) < n {
-		nb := make([]byte, len(m.b), 2*cap(m.b)+n)
+		nb := bp.alloc(max(cap(m.b)*3/2, len(m.b)+n))[:len(m.b)]
 		copy(nb, m.b)
-		m.b = nb
-		if cap(nb) <= headroom+maxPooled {
-			m.pool = nb
+		if m.pool != nil {
+			bp.free(m.pool)
 		}
+		bp.use(m, nb)
 	}
 	return m.b[len(m.b):cap(m.b)]
 }

@@ -194,6 +194,11 @@ type Options struct {
 	// MaxErrors is how many rejected commands a connection may collect
 	// before it is dropped with 421; negative = unlimited.
 	MaxErrors int
+	// Expect, when set, is called as a mail transaction opens (MAIL
+	// accepted), and the func it returns as the transaction ends. The
+	// store (store.Expect) waits a moment for messages on their way
+	// before an fsync, so that concurrent deliveries share it.
+	Expect func() (done func())
 	// MaxBufferedBytes bounds the message data all sessions of the Server
 	// hold in memory at once (messages are buffered whole, up to
 	// MaxMessageBytes each). A transfer that would go over it gets 452

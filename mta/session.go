@@ -421,7 +421,7 @@ func (ss *session) readData(r io.Reader, tx *transaction, held *int64) (*msgBuf,
 	var err error
 	for {
 		var n int
-		n, err = dr.Read(mb.grow(dataReadSize))
+		n, err = dr.Read(mb.grow(&ss.srv.bufs, dataReadSize))
 		mb.b = mb.b[:len(mb.b)+n]
 		if err != nil {
 			break

@@ -259,7 +259,7 @@ func (s *Store) DeleteAlias(alias string) error {
 // Aliases lists every alias, sorted by address.
 func (s *Store) Aliases() ([]Alias, error) {
 	var out []Alias
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAliases).ForEach(func(k, v []byte) error {
 			rec, err := decodeAliasRecord(k, v)
 			if err != nil {
@@ -307,7 +307,7 @@ type Expansion struct {
 // too, or ErrNoAlias when addr is no alias.
 func (s *Store) Expand(addr string) (Expansion, error) {
 	var out Expansion
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		aliases := tx.Bucket(bucketAliases)
 		key := []byte(Key(addr))
 		v := aliases.Get(key)

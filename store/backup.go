@@ -12,7 +12,7 @@ import (
 // stream. It returns the bytes written.
 func (s *Store) WriteBackup(w io.Writer, begin func(size int64) error) (int64, error) {
 	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if begin != nil {
 			if err := begin(tx.Size()); err != nil {
 				return err

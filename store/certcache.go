@@ -29,7 +29,7 @@ const maxCertKey = 512
 // CertCacheGet returns a copy of the value under key, or ErrNoCert.
 func (s *Store) CertCacheGet(key string) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCerts)
 		if b == nil { // a read-only open of an older file
 			return ErrNoCert
@@ -67,7 +67,7 @@ func (s *Store) CertCacheDelete(key string) error {
 // CertCacheKeys lists the keys in the cache, sorted.
 func (s *Store) CertCacheKeys() ([]string, error) {
 	var keys []string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCerts)
 		if b == nil {
 			return nil

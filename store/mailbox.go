@@ -237,7 +237,7 @@ func (s *Store) Room(addr string, defaultQuota int64) (used, quota int64, err er
 }
 
 func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (used, quota int64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		mb, err := mailbox(tx, addr)
 		if err != nil {
 			return err
@@ -389,7 +389,7 @@ func mailbox(tx *bolt.Tx, addr string) (*bolt.Bucket, error) {
 // the index, never message bodies.
 func (s *Store) List(addr string) ([]MessageInfo, error) {
 	var out []MessageInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		mb, err := mailbox(tx, addr)
 		if err != nil {
 			return err
@@ -409,7 +409,7 @@ func (s *Store) List(addr string) ([]MessageInfo, error) {
 // Read returns a copy of one message's bytes: its head, then its body.
 func (s *Store) Read(addr string, id uint64) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		mb, err := mailbox(tx, addr)
 		if err != nil {
 			return err

@@ -163,7 +163,7 @@ func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
 // QueueEntries returns every queued entry in id order, without bodies.
 func (s *Store) QueueEntries() ([]QueueEntry, error) {
 	var out []QueueEntry
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketQueue).ForEach(func(k, v []byte) error {
 			e, err := decodeQueueEntry(k, v)
 			if err != nil {
@@ -182,7 +182,7 @@ func (s *Store) QueueEntries() ([]QueueEntry, error) {
 // QueueLen returns how many messages are queued, without reading them.
 func (s *Store) QueueLen() (int, error) {
 	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketQueue).Stats().KeyN
 		return nil
 	})
@@ -195,7 +195,7 @@ func (s *Store) QueueLen() (int, error) {
 // QueueEntry returns one entry, or an error wrapping ErrNoQueueEntry.
 func (s *Store) QueueEntry(id uint64) (QueueEntry, error) {
 	var e QueueEntry
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		k := idKey(id)
 		v := tx.Bucket(bucketQueue).Get(k)
 		if v == nil {
@@ -211,7 +211,7 @@ func (s *Store) QueueEntry(id uint64) (QueueEntry, error) {
 // QueueBody returns a copy of a queued message's bytes.
 func (s *Store) QueueBody(id uint64) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketQueueBody).Get(idKey(id))
 		if v == nil {
 			return fmt.Errorf("queue body %d: %w", id, ErrNoQueueEntry)

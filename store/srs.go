@@ -29,7 +29,7 @@ func ensureSRSSecret(meta *bolt.Bucket) error {
 // SRSSecret returns the key of the Sender Rewriting Scheme (minimail/mta/srs).
 func (s *Store) SRSSecret() ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketMeta).Get(keySRSSecret)
 		if len(v) == 0 {
 			return fmt.Errorf("srs secret missing from meta: corrupt")

@@ -102,6 +102,7 @@
 package store
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -171,6 +172,8 @@ type Options struct {
 	compareHash func(hash, password []byte) error
 	// now is the clock of the verified-password cache, for tests.
 	now func() time.Time
+	// linger replaces groupLinger, for tests.
+	linger time.Duration
 }
 
 // freelistSettings are bbolt's two freelist knobs.
@@ -211,6 +214,12 @@ type Store struct {
 	epoch uint64
 
 	commits atomic.Int64 // committed write transactions, for benchmarks
+	// releasePending is set while a release of the map's resident pages
+	// is scheduled (see mapped.go).
+	releasePending atomic.Bool
+	releaseMu      sync.Mutex // held by a running release
+	// expected counts writes announced by Expect and not yet done.
+	expected atomic.Int64
 	// commitErr is the error of the last commit that failed on its way to
 	// disk (not a request's own refusal), nil once one succeeds again:
 	// Writable reports it.
@@ -539,9 +548,6 @@ const maxGroup = 128
 func (s *Store) committer() {
 	defer close(s.done)
 	group := make([]*writeReq, 0, maxGroup)
-	linger := time.NewTimer(0)
-	<-linger.C
-	lastGroup := 0
 	for {
 		group = group[:0]
 		select {
@@ -552,35 +558,52 @@ func (s *Store) committer() {
 			return
 		}
 		s.fill(&group)
-		// When the last commit was shared, writers are arriving faster than
-		// fsyncs complete: wait a moment for more of them, so the next fsync
-		// is shared too. A lone writer (lastGroup 1) never waits.
-		if lastGroup > 1 && len(group) < maxGroup {
-			linger.Reset(groupLinger)
-		wait:
-			for len(group) < maxGroup {
-				select {
-				case req := <-s.writes:
-					group = append(group, req)
-				case <-linger.C:
-					break wait
-				}
-			}
-			if !linger.Stop() {
-				select {
-				case <-linger.C:
-				default:
-				}
-			}
-		}
-		lastGroup = len(group)
+		s.awaitExpected(&group)
 		s.commitGroup(group)
 	}
 }
 
-// groupLinger is how long a busy committer waits for more writes before an
-// fsync: a fraction of one fsync's cost, so throughput is not lost.
-const groupLinger = 200 * time.Microsecond
+// groupLinger bounds how long the committer waits for writes on their way
+// before an fsync. A write that takes longer (a big message still arriving,
+// a slow client) is left for the next commit.
+const groupLinger = 2 * time.Millisecond
+
+// Expect announces a write on its way: a mail transaction is open and its
+// message will be stored in a moment. done ends the announcement, once the
+// message is stored or the transaction is over; calling it again does
+// nothing.
+//
+// With writes expected the committer waits for some of them, up to
+// groupLinger, before it commits, so that they share its two fsyncs (the
+// idea of PostgreSQL's commit_delay and commit_siblings). It waits for half
+// of them, not all: the other half is being received and checked while the
+// commit is on its way to the disk, so the cores stay busy and throughput
+// is not traded for fewer fsyncs. A lone writer never waits.
+func (s *Store) Expect() (done func()) {
+	s.expected.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { s.expected.Add(-1) }) }
+}
+
+// awaitExpected adds to the group, up to groupLinger, until it holds half of
+// the expected writes. The writes in the group are expected too, until
+// their callers are answered.
+func (s *Store) awaitExpected(group *[]*writeReq) {
+	want := min(int(s.expected.Load()+1)/2, maxGroup)
+	if len(*group) >= want {
+		return
+	}
+	timer := time.NewTimer(cmp.Or(s.opts.linger, groupLinger))
+	defer timer.Stop()
+	for len(*group) < want {
+		select {
+		case req := <-s.writes:
+			*group = append(*group, req)
+		case <-timer.C:
+			return
+		}
+	}
+}
 
 // fill adds every write already waiting, up to maxGroup.
 func (s *Store) fill(group *[]*writeReq) {
@@ -617,6 +640,8 @@ func (s *Store) commitGroup(group []*writeReq) {
 		}
 		return nil
 	})
+	// A write reads the tree's pages on its way to the leaves it changes.
+	s.touchedMap()
 	switch {
 	case err == nil:
 		s.commitErr.Store(nil)
@@ -648,7 +673,7 @@ func (s *Store) Backup(path string) error {
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		_, err := tx.WriteTo(f)
 		return err
 	})

@@ -182,7 +182,7 @@ func tail(root *bolt.Bucket, fn func(n uint64, e Event) bool) {
 // reports how many; none waiting costs a read, not a commit.
 func (s *Store) IndexTrace(limit int) (int, error) {
 	waiting := false
-	if err := s.db.View(func(tx *bolt.Tx) error {
+	if err := s.view(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketTrace)
 		k, _ := root.Bucket(bucketTraceEvents).Cursor().Last()
 		waiting = k != nil && keyID(k) > indexed(root)
@@ -279,7 +279,7 @@ func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 func (s *Store) Trace(query string) ([]Event, error) {
 	query = strings.TrimSpace(query)
 	var out []Event
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketTrace)
 		if root == nil {
 			return nil // a file opened read-only before it had events
@@ -400,7 +400,7 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 	}
 	// Most calls find nothing to do: a read says so without a commit.
 	due := false
-	if err := s.db.View(func(tx *bolt.Tx) error {
+	if err := s.view(func(tx *bolt.Tx) error {
 		_, v := tx.Bucket(bucketTrace).Bucket(bucketTraceEvents).Cursor().First()
 		if v != nil {
 			e, err := decodeEvent(v)
@@ -454,7 +454,7 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 // it walks the events bucket from the newest back until an older one.
 func (s *Store) TraceCount(since time.Time) (map[string]int, error) {
 	out := map[string]int{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketTrace)
 		if root == nil {
 			return nil

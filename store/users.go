@@ -248,7 +248,7 @@ func (s *Store) DeleteUser(addr string) error {
 // Users lists every user, sorted by address.
 func (s *Store) Users() ([]User, error) {
 	var out []User
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
 			rec, err := decodeUserRecord(k, v)
 			if err != nil {
@@ -279,7 +279,7 @@ func (s *Store) LookupUser(addr string) (string, error) {
 
 func (s *Store) userRecord(addr string) (userRecord, error) {
 	var rec userRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		k := []byte(Key(addr))
 		v := tx.Bucket(bucketUsers).Get(k)
 		if v == nil {

@@ -174,6 +174,9 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 		opts.Sign = signer.Signature
 	}
 	opts.Metrics = m.forMTA()
+	// Open transactions tell the store's committer that messages are on
+	// their way, so concurrent deliveries share an fsync.
+	opts.Expect = s.st.Expect
 	// `minimail sendmail` hands messages to a submission server of their
 	// own (over the control socket, or listen.sendmail), served on no
 	// TCP listener.

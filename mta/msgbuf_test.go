@@ -1,0 +1,105 @@
+package mta
+
+import (
+	"bytes"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestBufPool_SizeClasses(t *testing.T) {
+	tests := []struct {
+		size    int
+		wantCap int // 0: unpooled, exactly the size asked for
+	}{
+		{0, 16 << 10},
+		{5 << 10, 16 << 10},
+		{16<<10 - headroom, 16 << 10},
+		{16<<10 - headroom + 1, 24 << 10},
+		{1<<20 - headroom, 1 << 20},
+		{1<<20 + 600, 3 << 19}, // "1 MiB" and its header: 1.5 MiB, not 2
+		{4<<20 - headroom, 4 << 20},
+		{4<<20 - headroom + 1, 0},
+	}
+	var bp bufPool
+	for _, tt := range tests {
+		m := bp.get(tt.size)
+		switch {
+		case tt.wantCap == 0 && (m.pool != nil || cap(m.b) != headroom+tt.size):
+			t.Errorf("get(%d): cap %d, pooled %v; want an unpooled buffer of exactly %d", tt.size, cap(m.b), m.pool != nil, headroom+tt.size)
+		case tt.wantCap != 0 && (m.pool == nil || cap(m.b) != tt.wantCap):
+			t.Errorf("get(%d): cap %d, pooled %v; want a pooled %d", tt.size, cap(m.b), m.pool != nil, tt.wantCap)
+		}
+		if len(m.bytes()) != 0 || m.off != headroom {
+			t.Errorf("get(%d): %d octets of message, headroom %d", tt.size, len(m.bytes()), m.off)
+		}
+		bp.put(m)
+	}
+}
+
+// Small messages after a burst of big ones do not pick up (and keep
+// alive) the big buffers.
+func TestBufPool_SmallMessagesDoNotTakeBigBuffers(t *testing.T) {
+	var bp bufPool
+	for range 20 {
+		bp.put(bp.get(1 << 20))
+		if m := bp.get(4 << 10); cap(m.b) > 16<<10 {
+			t.Fatalf("a 4 KiB message got a buffer of %d", cap(m.b))
+		}
+	}
+}
+
+// A message read through grow keeps every octet as it moves up the
+// classes, and ends in a pooled buffer of the class that holds it.
+func TestMsgBuf_GrowKeepsTheMessage(t *testing.T) {
+	var bp bufPool
+	want := bytes.Repeat([]byte("0123456789"), 30_000) // 300 kB
+	m := bp.get(0)
+	for rest := want; len(rest) > 0; {
+		p := m.grow(&bp, dataReadSize)
+		if len(p) < dataReadSize {
+			t.Fatalf("grow gave %d octets, want %d", len(p), dataReadSize)
+		}
+		n := copy(p[:dataReadSize], rest)
+		m.b = m.b[:len(m.b)+n]
+		rest = rest[n:]
+	}
+	if !bytes.Equal(m.bytes(), want) {
+		t.Fatal("message changed while growing")
+	}
+	if m.pool == nil || cap(m.pool) != 384<<10 {
+		t.Errorf("ended in a buffer of %d (pooled %v), want the pooled 384 KiB class", cap(m.b), m.pool != nil)
+	}
+	bp.put(m)
+}
+
+// Freed memory goes back to the system once the last big buffer in flight
+// is given back, not while one is still in use, and once per burst.
+func TestBufPool_GivesMemoryBackAfterABurstOfBigMail(t *testing.T) {
+	var relieved atomic.Int64
+	bp := bufPool{relieve: func() { relieved.Add(1) }, delay: time.Millisecond}
+	small := bp.get(4 << 10)
+	bp.put(small)
+	a, b := bp.get(1<<20), bp.get(0)
+	b.grow(&bp, 2<<20) // grows into a big one
+	bp.put(a)
+	time.Sleep(50 * time.Millisecond)
+	if n := relieved.Load(); n != 0 {
+		t.Fatalf("memory given back %d times with a big buffer still in flight", n)
+	}
+	bp.put(b)
+	deadline := time.Now().Add(10 * time.Second)
+	for relieved.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("memory not given back after the burst")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := relieved.Load(); n != 1 {
+		t.Errorf("memory given back %d times for one burst", n)
+	}
+	if n := bp.bigInFlight.Load(); n != 0 {
+		t.Errorf("%d big buffers still counted", n)
+	}
+}

@@ -1,0 +1,58 @@
+package store
+
+import (
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bbolt reads the database through a shared, read-only map of the file.
+// Every page read through it stays in the process's resident set until the
+// map is remapped, and bbolt is copy-on-write: each commit moves the pages
+// it changes to new places in the file, which the next reads fault in. Over
+// a day of deliveries and deletions the resident set grows towards the
+// whole file, though none of it is the process's own memory: it is the
+// kernel's page cache, which can drop it at any time, counted again.
+// Operators read RSS and PSS as what the server costs, so the store gives
+// those pages back (MADV_DONTNEED) shortly after it has touched them. For a
+// shared file map that only drops the page table entries: the pages stay
+// cached and the next read maps them again, at the cost of a minor fault.
+
+// releaseDelay is how long pages that were read stay mapped. A page fault
+// maps the cached pages around the one read too (the kernel's fault-around,
+// 64 KiB), so a burst of retrievals maps up to sixteen times what it reads:
+// POP3 at tens of thousands of messages a second would pile up tens of
+// megabytes in a 50 ms window. 10 ms keeps that to a few, at the cost of
+// faulting the tree's hot pages (root, branches) in again up to a hundred
+// times a second.
+const releaseDelay = 10 * time.Millisecond
+
+// touchedMap notes that pages were read through the map; they are released
+// releaseDelay later. Cheap enough for every transaction: one atomic
+// operation unless a release is to be scheduled.
+func (s *Store) touchedMap() {
+	if s.releasePending.CompareAndSwap(false, true) {
+		time.AfterFunc(releaseDelay, s.releaseMap)
+	}
+}
+
+// releaseMap drops the map's resident pages. It runs inside a read
+// transaction: bbolt remaps (on growth) only once every reader is done, so
+// the map cannot move while it is released.
+func (s *Store) releaseMap() {
+	s.releaseMu.Lock()
+	defer s.releaseMu.Unlock()
+	s.releasePending.Store(false)
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		// tx.Size is the end of the pages in use; the map may extend past
+		// it, over pages never read.
+		return releaseMapped(s.db.Info().Data, tx.Size())
+	})
+}
+
+// view runs fn in a read transaction, and schedules the release of what it
+// read. Every read of the store goes through it.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	defer s.touchedMap()
+	return s.db.View(fn)
+}

@@ -1,0 +1,122 @@
+package store
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// mappedResident returns the resident kilobytes of this process's maps of
+// file, from /proc/self/smaps.
+func mappedResident(t *testing.T, file string) int {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	kb, in := 0, false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-"):
+			in = fields[len(fields)-1] == file
+		case in && fields[0] == "Rss:":
+			n, _ := strconv.Atoi(fields[1])
+			kb += n
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return kb
+}
+
+// Retrieving mail reads it through bbolt's map of the file; those pages
+// stop counting as the process's memory shortly after, instead of piling
+// up until the file is remapped.
+func TestReadPagesAreReleased(t *testing.T) {
+	s := openInternal(t, Options{})
+	addr := "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("0123456789abcdef"), 256<<10/16)
+	var ids []uint64
+	for range 64 { // 16 MiB
+		id, err := s.Append(addr, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	file, err := filepath.EvalSymlinks(s.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Let the release the appends scheduled run first, then fault every
+	// body in behind the store's back, so nothing schedules another.
+	waitFor(t, "the appends' release", func() bool { return !s.releasePending.Load() })
+	s.releaseMu.Lock() // and is over
+	s.releaseMu.Unlock()
+	err = s.db.View(func(tx *bolt.Tx) error {
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
+		}
+		sum := 0
+		for _, id := range ids {
+			_, b, err := messageParts(tx, mb, id, mustEntry(t, mb, id))
+			if err != nil {
+				return err
+			}
+			for i := 0; i < len(b); i += 4096 {
+				sum += int(b[i])
+			}
+		}
+		if sum != len(ids)*len(body)/4096*'0' {
+			t.Errorf("read back %d, want %d", sum, len(ids)*len(body)/4096*'0')
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kb := mappedResident(t, file); kb < 12<<10 {
+		t.Fatalf("after reading 16 MiB through the map only %d KiB are resident: the test measures nothing", kb)
+	}
+	if _, err := s.Read(addr, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the read pages to be released", func() bool { return mappedResident(t, file) < 2<<10 })
+}
+
+// waitFor polls cond for up to 10 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func mustEntry(t *testing.T, mb *bolt.Bucket, id uint64) indexEntry {
+	t.Helper()
+	k := idKey(id)
+	e, err := decodeIndexEntry(k, mb.Bucket(bucketIndex).Get(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
