@@ -152,9 +152,19 @@ func (c *Cache) put(answer *dns.Msg) {
 	c.entries[k] = &cacheEntry{msg: answer.Copy(), stored: now, expires: now.Add(ttl)}
 }
 
+// noSOANegativeTTL is how long a negative answer without an SOA record is
+// kept. RFC 2308 5 says such answers SHOULD NOT be cached, for fear of two
+// servers feeding each other the answer for ever; this cache answers only
+// this process, so it cannot loop, and without it every message of a
+// sender domain with no DMARC record asks the server again (some forwarders
+// and small servers strip the SOA). A few seconds absorbs a burst while a
+// record published meanwhile is seen almost at once; answers with an SOA
+// keep its negative TTL, minutes to hours.
+const noSOANegativeTTL = 5 * time.Second
+
 // ttlOf is how long an answer may be kept: the smallest TTL of its
 // answer records; for NXDOMAIN and NODATA, RFC 2308 5's minimum of the SOA
-// record's TTL and its MINIMUM field (no SOA: not kept).
+// record's TTL and its MINIMUM field, and noSOANegativeTTL without an SOA.
 func ttlOf(m *dns.Msg) (time.Duration, bool) {
 	switch m.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
@@ -173,7 +183,7 @@ func ttlOf(m *dns.Msg) (time.Duration, bool) {
 			return time.Duration(min(soa.Hdr.Ttl, soa.Minttl)) * time.Second, true
 		}
 	}
-	return 0, false
+	return noSOANegativeTTL, true
 }
 
 // cachingConn is what the standard resolver dials for a UDP exchange: it

@@ -123,6 +123,37 @@ func TestCache(t *testing.T) {
 	}
 }
 
+// A server that sends NXDOMAIN without an SOA (the zone here has none)
+// gives no negative TTL; the cache keeps the answer a few seconds anyway,
+// so a burst of messages from a domain without DMARC asks once.
+func TestCache_NegativeWithoutSOA(t *testing.T) {
+	srv := dnstest.Start(t, `a.test. 300 IN TXT "v=spf1 -all"`)
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := resolve.NewCache(resolve.CacheOptions{Now: clk.Now}).Resolver(srv.Addr)
+	ctx := context.Background()
+	before := srv.Queries()
+	for range 3 {
+		_, err := r.LookupTXT(ctx, "_dmarc.nothing.test")
+		var de *net.DNSError
+		if !errorsAs(err, &de) || !de.IsNotFound {
+			t.Fatalf("err %v", err)
+		}
+	}
+	if n := srv.Queries() - before; n != 1 {
+		t.Fatalf("%d queries for 3 lookups", n)
+	}
+	clk.add(4 * time.Second)
+	r.LookupTXT(ctx, "_dmarc.nothing.test")
+	if n := srv.Queries() - before; n != 1 {
+		t.Fatalf("asked again within a few seconds (%d queries)", n)
+	}
+	clk.add(2 * time.Second)
+	r.LookupTXT(ctx, "_dmarc.nothing.test")
+	if n := srv.Queries() - before; n != 2 {
+		t.Fatalf("not asked again after %d queries: kept too long", n)
+	}
+}
+
 func errorsAs(err error, target **net.DNSError) bool {
 	de, ok := err.(*net.DNSError)
 	if ok {
