@@ -1,5 +1,7 @@
 package mta
 
+import "bytes"
+
 // Stored and relayed messages are CRLF-only, and this package is the one
 // that makes them so: every message enters minimail through Data, which
 // normalises it once, before any check reads it. Everything after relies
@@ -38,18 +40,33 @@ func normalizeCRLF(msg []byte) []byte {
 }
 
 // cleanPrefix returns the length of the longest prefix of msg in which
-// every CR and LF is part of a CRLF pair.
+// every CR and LF is part of a CRLF pair. It goes a line at a time with
+// bytes.IndexByte (vector instructions) rather than an octet at a time:
+// every message is scanned whole, and for big ones the octet loop was a
+// tenth of the server's CPU.
 func cleanPrefix(msg []byte) int {
-	for i := 0; i < len(msg); i++ {
-		switch msg[i] {
-		case '\r':
-			if i+1 >= len(msg) || msg[i+1] != '\n' {
-				return i
+	for i := 0; ; {
+		rest := msg[i:]
+		j := bytes.IndexByte(rest, '\n')
+		if j < 0 {
+			// No LF left: any CR in the rest is a bare one.
+			if k := bytes.IndexByte(rest, '\r'); k >= 0 {
+				return i + k
 			}
-			i++
-		case '\n':
-			return i
+			return len(msg)
 		}
+		// rest[:j] ends the line; a CR may only be its last octet.
+		line := rest[:j]
+		paired := j > 0 && line[j-1] == '\r'
+		if paired {
+			line = line[:j-1]
+		}
+		if k := bytes.IndexByte(line, '\r'); k >= 0 {
+			return i + k // a bare CR before the line's end
+		}
+		if !paired {
+			return i + j // a bare LF
+		}
+		i += j + 1
 	}
-	return len(msg)
 }

@@ -38,14 +38,15 @@ func TestAwaitExpected(t *testing.T) {
 	}{
 		{"a lone writer never waits", 1, 1, 0, 1},
 		{"nothing announced", 0, 1, 0, 1},
-		{"waits for half of eight", 8, 1, 3, 4},
-		{"half of eight already there", 8, 4, 0, 4},
-		{"waits for half of three, rounded up", 3, 1, 1, 2},
-		{"takes no more than it waits for", 4, 1, 1, 2},
+		{"waits for two thirds of eight, rounded up", 8, 1, 5, 6},
+		{"two thirds of eight already there", 8, 6, 0, 6},
+		{"waits for two thirds of three", 3, 1, 1, 2},
+		{"waits for both of two", 2, 1, 1, 2},
+		{"takes no more than it waits for", 4, 1, 2, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &Store{writes: make(chan *writeReq), opts: Options{linger: testLinger}}
+			s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: testLinger}}
 			s.expected.Store(int64(tt.expected))
 			group := make([]*writeReq, tt.inGroup)
 			go func() {
@@ -68,7 +69,7 @@ func TestAwaitExpected(t *testing.T) {
 }
 
 func TestAwaitExpected_GivesUpAfterTheLinger(t *testing.T) {
-	s := &Store{writes: make(chan *writeReq), opts: Options{linger: 5 * time.Millisecond}}
+	s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: 5 * time.Millisecond}}
 	s.expected.Store(8) // announced, but never written
 	group := make([]*writeReq, 1)
 	start := time.Now()
@@ -81,8 +82,29 @@ func TestAwaitExpected_GivesUpAfterTheLinger(t *testing.T) {
 	}
 }
 
+// A committer waiting for announced writes stops waiting for those that
+// are done without writing (a transaction refused or abandoned).
+func TestAwaitExpected_StopsWaitingForAbandonedWrites(t *testing.T) {
+	s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: testLinger}}
+	dones := make([]func(), 8)
+	for i := range dones {
+		dones[i] = s.Expect()
+	}
+	group := make([]*writeReq, 1)
+	returned := make(chan struct{})
+	go func() { s.awaitExpected(&group); close(returned) }()
+	for _, done := range dones[1:] { // seven give up; the one in the group is left
+		done()
+	}
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("still waiting for writes that were abandoned")
+	}
+}
+
 func TestExpect_DoneCountsOnce(t *testing.T) {
-	s := &Store{}
+	s := &Store{expectEnded: make(chan struct{}, 1)}
 	done := s.Expect()
 	s.Expect()
 	done()
@@ -121,8 +143,9 @@ func TestExpect_StaggeredDeliveriesShareCommits(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	wg.Wait()
-	// Four wait for one another, two of the other four, and the last two
-	// (each half of what is left) go alone: four commits at most.
+	// Six wait for one another, then the last two (both of what is left):
+	// two commits, three if the first six are still announced when the
+	// seventh comes (it then waits for five more, and the linger is long).
 	if c := s.Commits() - before; c > n/2 {
 		t.Errorf("%d deliveries took %d commits, want at most %d", n, c, n/2)
 	}

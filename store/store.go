@@ -218,8 +218,10 @@ type Store struct {
 	// is scheduled (see mapped.go).
 	releasePending atomic.Bool
 	releaseMu      sync.Mutex // held by a running release
-	// expected counts writes announced by Expect and not yet done.
-	expected atomic.Int64
+	// expected counts writes announced by Expect and not yet done;
+	// expectEnded wakes a waiting committer when one is done.
+	expected    atomic.Int64
+	expectEnded chan struct{}
 	// commitErr is the error of the last commit that failed on its way to
 	// disk (not a request's own refusal), nil once one succeeds again:
 	// Writable reports it.
@@ -292,14 +294,15 @@ func Open(dir string, opts Options) (*Store, error) {
 		hashes = defaultHashSlots(runtime.GOMAXPROCS(0))
 	}
 	s := &Store{
-		db:        db,
-		opts:      opts,
-		epoch:     epoch,
-		writes:    make(chan *writeReq, 256),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
-		hashSlots: make(chan struct{}, hashes),
-		auths:     newAuthCache(opts.now),
+		db:          db,
+		opts:        opts,
+		epoch:       epoch,
+		writes:      make(chan *writeReq, 256),
+		expectEnded: make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+		hashSlots:   make(chan struct{}, hashes),
+		auths:       newAuthCache(opts.now),
 	}
 	go s.committer()
 	return s, nil
@@ -575,30 +578,49 @@ const groupLinger = 2 * time.Millisecond
 //
 // With writes expected the committer waits for some of them, up to
 // groupLinger, before it commits, so that they share its two fsyncs (the
-// idea of PostgreSQL's commit_delay and commit_siblings). It waits for half
-// of them, not all: the other half is being received and checked while the
-// commit is on its way to the disk, so the cores stay busy and throughput
-// is not traded for fewer fsyncs. A lone writer never waits.
+// idea of PostgreSQL's commit_delay and commit_siblings). It waits for two
+// thirds of them, not all: the rest are being received and checked while
+// the commit is on its way to the disk, so the cores stay busy and
+// throughput is not traded for fewer fsyncs. At eight sessions that is six
+// messages to a commit, a third of a device flush each (at half, the
+// benchmark measured 0.52 to 0.59 flushes a message; at two thirds, 0.35 to
+// 0.47, with no loss of throughput). A lone writer never waits.
 func (s *Store) Expect() (done func()) {
 	s.expected.Add(1)
 	var once sync.Once
-	return func() { once.Do(func() { s.expected.Add(-1) }) }
+	return func() {
+		once.Do(func() {
+			s.expected.Add(-1)
+			// A committer waiting for this write recounts.
+			select {
+			case s.expectEnded <- struct{}{}:
+			default:
+			}
+		})
+	}
 }
 
-// awaitExpected adds to the group, up to groupLinger, until it holds half of
-// the expected writes. The writes in the group are expected too, until
-// their callers are answered.
+// groupTarget is how many writes a group waits for: two thirds of those
+// expected, rounded up.
+func (s *Store) groupTarget() int {
+	return min(int(2*s.expected.Load()+2)/3, maxGroup)
+}
+
+// awaitExpected adds to the group, up to groupLinger, until it holds two
+// thirds of the expected writes (rounded up). The writes in the group are
+// expected too, until their callers are answered.
 func (s *Store) awaitExpected(group *[]*writeReq) {
-	want := min(int(s.expected.Load()+1)/2, maxGroup)
-	if len(*group) >= want {
+	if len(*group) >= s.groupTarget() {
 		return
 	}
 	timer := time.NewTimer(cmp.Or(s.opts.linger, groupLinger))
 	defer timer.Stop()
-	for len(*group) < want {
+	for len(*group) < s.groupTarget() {
 		select {
 		case req := <-s.writes:
 			*group = append(*group, req)
+		case <-s.expectEnded:
+			// One on its way was abandoned, or was answered: fewer to wait for.
 		case <-timer.C:
 			return
 		}
