@@ -57,13 +57,15 @@ func pooled(b []byte) bool {
 
 // bigBuffer is the size from which a buffer counts as big mail: when the
 // last big buffer in flight is given back and none follows for
-// reliefDelay, the pool hands the freed memory back to the system.
+// reliefDelay (longer than a client takes between two messages, shorter
+// than a burst's aftermath should last), the pool hands the freed memory
+// back to the system.
 // Go's collector would run only as new allocations call for it, and its
 // scavenger returns memory gradually, so a burst of big messages would
 // keep the process tens of megabytes larger for minutes of small mail.
 const (
 	bigBuffer   = 1 << 20
-	reliefDelay = time.Second
+	reliefDelay = 250 * time.Millisecond
 )
 
 type msgBuf struct {
@@ -77,6 +79,7 @@ type bufPool struct {
 	classes [len(bufClasses)]sync.Pool
 
 	bigInFlight   atomic.Int64
+	lastBig       atomic.Int64 // when the last big buffer came back, Unix nanoseconds
 	reliefPending atomic.Bool
 	// relieve and delay replace giveBackMemory and reliefDelay, for
 	// tests.
@@ -137,6 +140,7 @@ func (bp *bufPool) put(m *msgBuf) {
 	m.pool, m.b = nil, nil
 	if m.big {
 		m.big = false
+		bp.lastBig.Store(time.Now().UnixNano())
 		if bp.bigInFlight.Add(-1) == 0 {
 			bp.afterBurst()
 		}
@@ -144,22 +148,31 @@ func (bp *bufPool) put(m *msgBuf) {
 }
 
 // afterBurst gives freed memory back to the system once no big message
-// has been in flight for reliefDelay.
+// has been in flight for reliefDelay: a stream of big messages on one
+// connection, each buffer given back between two of them, is one burst.
 func (bp *bufPool) afterBurst() {
 	if !bp.reliefPending.CompareAndSwap(false, true) {
 		return
 	}
-	time.AfterFunc(cmp.Or(bp.delay, reliefDelay), func() {
-		bp.reliefPending.Store(false)
-		if bp.bigInFlight.Load() > 0 {
-			return // the burst goes on; its last buffer schedules again
-		}
-		if bp.relieve != nil {
-			bp.relieve()
-			return
-		}
-		giveBackMemory()
-	})
+	delay := cmp.Or(bp.delay, reliefDelay)
+	time.AfterFunc(delay, func() { bp.reliefDue(delay) })
+}
+
+// reliefDue runs when a relief scheduled delay ago is due.
+func (bp *bufPool) reliefDue(delay time.Duration) {
+	bp.reliefPending.Store(false)
+	if bp.bigInFlight.Load() > 0 {
+		return // the burst goes on; its last buffer schedules again
+	}
+	if time.Since(time.Unix(0, bp.lastBig.Load())) < delay {
+		bp.afterBurst() // one came and went meanwhile: wait again
+		return
+	}
+	if bp.relieve != nil {
+		bp.relieve()
+		return
+	}
+	giveBackMemory()
 }
 
 // giveBackMemory collects twice, since a sync.Pool keeps what it held

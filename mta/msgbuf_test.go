@@ -103,3 +103,25 @@ func TestBufPool_GivesMemoryBackAfterABurstOfBigMail(t *testing.T) {
 		t.Errorf("%d big buffers still counted", n)
 	}
 }
+
+// A big buffer that came and went while a relief was pending (the next
+// message of a stream of big ones) puts the relief off.
+func TestBufPool_ReliefWaitsForTheStreamToEnd(t *testing.T) {
+	var relieved atomic.Int64
+	bp := bufPool{relieve: func() { relieved.Add(1) }, delay: time.Hour}
+	bp.reliefPending.Store(true)
+	bp.lastBig.Store(time.Now().UnixNano())
+	bp.reliefDue(time.Hour)
+	if relieved.Load() != 0 {
+		t.Fatal("memory given back right after a big message")
+	}
+	if !bp.reliefPending.Load() {
+		t.Fatal("relief not scheduled again")
+	}
+	bp.reliefPending.Store(false)
+	bp.lastBig.Store(time.Now().Add(-2 * time.Hour).UnixNano())
+	bp.reliefDue(time.Hour)
+	if relieved.Load() != 1 {
+		t.Fatal("memory not given back after an hour without big mail")
+	}
+}
