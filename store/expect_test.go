@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,4 +150,39 @@ func TestExpect_StaggeredDeliveriesShareCommits(t *testing.T) {
 	if c := s.Commits() - before; c > n/2 {
 		t.Errorf("%d deliveries took %d commits, want at most %d", n, c, n/2)
 	}
+}
+
+// BenchmarkAppendExpected is eight concurrent writers that announce their
+// deliveries, as SMTP sessions do: it reports the commits (each two
+// fsyncs) a message costs.
+func BenchmarkAppendExpected(b *testing.B) {
+	s := openInternal(b, Options{})
+	const writers = 8
+	for i := range writers {
+		if err := s.AddUser(fmt.Sprintf("u%d@example.test", i), "password-12345"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	body := bytes.Repeat([]byte("x"), 4096)
+	before := s.Commits()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				done := s.Expect()
+				_, err := s.Append(fmt.Sprintf("u%d@example.test", i), body)
+				done()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(s.Commits()-before)/float64(b.N), "commits/msg")
 }

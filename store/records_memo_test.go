@@ -58,3 +58,18 @@ func encodeJSON(t *testing.T, rec userRecord) []byte {
 	}
 	return b
 }
+
+// BenchmarkLookupUser is the recipient lookup every RCPT makes; with the
+// memo it reads the record and decodes nothing.
+func BenchmarkLookupUser(b *testing.B) {
+	s := openInternal(b, Options{})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.LookupUser("alice@example.test"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
