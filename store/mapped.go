@@ -43,6 +43,7 @@ func (s *Store) releaseMap() {
 	s.releaseMu.Lock()
 	defer s.releaseMu.Unlock()
 	s.releasePending.Store(false)
+	defer s.lockShared()()
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		// tx.Size is the end of the pages in use; the map may extend past
 		// it, over pages never read.
@@ -54,5 +55,6 @@ func (s *Store) releaseMap() {
 // read. Every read of the store goes through it.
 func (s *Store) view(fn func(*bolt.Tx) error) error {
 	defer s.touchedMap()
+	defer s.lockShared()()
 	return s.db.View(fn)
 }

@@ -174,6 +174,16 @@ type Options struct {
 	now func() time.Time
 	// linger replaces groupLinger, for tests.
 	linger time.Duration
+
+	// NoOnlineCompaction keeps the store from compacting its file while
+	// open (see compact_online.go); Compacted, when set, is told of each
+	// compaction it does.
+	NoOnlineCompaction bool
+	Compacted          func(CompactResult, error)
+	// compactStep is CompactOptions.step for online compactions, and
+	// compactEvery replaces onlineCompactEvery, for tests.
+	compactStep  func(compactStep, int)
+	compactEvery time.Duration
 }
 
 // freelistSettings are bbolt's two freelist knobs.
@@ -196,8 +206,18 @@ func productionFreelist() freelistSettings {
 
 // Store is an open database. It is safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	opts Options
+	// db is swapped by an online compaction (compact_online.go), which
+	// holds swapMu exclusively; every other use holds it shared
+	// (lockShared), except the committer's own, which cannot overlap a
+	// compaction.
+	db       *bolt.DB
+	swapMu   sync.RWMutex
+	swapGate atomic.Pointer[chan struct{}] // set while a swap waits for swapMu
+	path     string
+	freelist freelistSettings
+	opts     Options
+
+	lastCompactLook time.Time // the committer's
 
 	// closeMu orders writers against Close: a writer holds it shared while
 	// handing its request to the committer, Close holds it exclusively while
@@ -295,6 +315,8 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{
 		db:          db,
+		path:        path,
+		freelist:    freelist,
 		opts:        opts,
 		epoch:       epoch,
 		writes:      make(chan *writeReq, 256),
@@ -501,7 +523,7 @@ func (s *Store) Writable() error {
 	switch {
 	case closed:
 		return errClosed
-	case s.db.IsReadOnly():
+	case s.readOnly():
 		return errors.New("store is open read-only")
 	}
 	if err := s.commitErr.Load(); err != nil {
@@ -517,8 +539,14 @@ func (s *Store) Commits() int64 { return s.commits.Load() }
 // PagesWritten reports how many pages the store's commits have written,
 // for benchmarks: the size of what each fsync has to flush.
 func (s *Store) PagesWritten() int64 {
+	defer s.lockShared()()
 	st := s.db.Stats()
 	return st.TxStats.GetWrite()
+}
+
+func (s *Store) readOnly() bool {
+	defer s.lockShared()()
+	return s.db.IsReadOnly()
 }
 
 // errClosed is returned for writes attempted after Close.
@@ -563,6 +591,7 @@ func (s *Store) committer() {
 		s.fill(&group)
 		s.awaitExpected(&group)
 		s.commitGroup(group)
+		s.maybeCompact()
 	}
 }
 

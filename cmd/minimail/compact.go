@@ -81,6 +81,18 @@ func compactAtStart(dataDir string, log *slog.Logger) {
 	}
 }
 
+// logCompaction logs the compactions the store makes while serving, as
+// compactAtStart does the one before.
+func logCompaction(log *slog.Logger) func(store.CompactResult, error) {
+	return func(res store.CompactResult, err error) {
+		if err != nil {
+			log.Warn("compaction failed; serving the database as it is", "err", err)
+			return
+		}
+		log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond), "online", true)
+	}
+}
+
 // formatSize prints a byte count the way df -h does, with the exact count
 // for small ones.
 func formatSize(n int64) string {

@@ -1,0 +1,293 @@
+package store
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// compactions records what an online compaction reported.
+type compactions struct {
+	mu   sync.Mutex
+	done []CompactResult
+	errs []error
+}
+
+func (c *compactions) record(r CompactResult, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.errs = append(c.errs, err)
+		return
+	}
+	c.done = append(c.done, r)
+}
+
+// wait returns once a compaction was reported (it runs in the committer
+// after the commit that called for it has been answered), or after ten
+// seconds.
+func (c *compactions) wait() ([]CompactResult, []error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		done, errs := c.get()
+		if len(done)+len(errs) > 0 || time.Now().After(deadline) {
+			return done, errs
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (c *compactions) get() ([]CompactResult, []error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.done), slices.Clone(c.errs)
+}
+
+// bigMailComesAndGoes stores n MiB of mail for addr and deletes it, which
+// leaves the file over autoCompactMinBytes and mostly free.
+func bigMailComesAndGoes(t testing.TB, s *Store, addr string, n int) {
+	t.Helper()
+	big := bytes.Repeat([]byte("0123456789abcde\n"), 1<<16)
+	var ids []uint64
+	for range n {
+		id, err := s.Append(addr, big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := s.Delete(addr, ids); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCompactOnline_GivesBackTheSpaceOfDeletedMail(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond})
+	for _, u := range []string{"alice@example.test", "bob@example.test"} {
+		if err := s.AddUser(u, "password-12345"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		if _, err := s.Append("bob@example.test", []byte(fmt.Sprintf("Subject: %d\r\n\r\nkept\r\n", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantUIDLs := uidls(t, s, []string{"alice@example.test", "bob@example.test"})
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+
+	done, errs := c.wait()
+	if len(errs) > 0 || len(done) != 1 {
+		t.Fatalf("compactions %+v, errors %v; want one", done, errs)
+	}
+	if r := done[0]; !r.Compacted || r.Before < autoCompactMinBytes || r.After > r.Before/4 {
+		t.Errorf("compaction %+v: the deleted mail's space is not given back", r)
+	}
+	if fi, err := os.Stat(filepath.Join(filepath.Dir(s.path), FileName)); err != nil || fi.Size() != done[0].After {
+		t.Errorf("file now %v (%v), compaction said %d", fi.Size(), err, done[0].After)
+	}
+	// The store goes on with the new file: same mail, same UIDLs, new
+	// writes land in it and outlive a reopen.
+	if got := uidls(t, s, []string{"alice@example.test", "bob@example.test"}); !maps.EqualFunc(got, wantUIDLs, slices.Equal) {
+		t.Errorf("UIDLs %v, want %v", got, wantUIDLs)
+	}
+	if _, err := s.LookupUser("alice@example.test"); err != nil {
+		t.Error(err)
+	}
+	id, err := s.Append("alice@example.test", []byte("Subject: after\r\n\r\nnew\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := s.Read("alice@example.test", id); err != nil || !bytes.Contains(msg, []byte("new")) {
+		t.Fatalf("read back %q %v", msg, err)
+	}
+	dir := filepath.Dir(s.path)
+	s.Close()
+	s2, err := Open(dir, Options{BcryptCost: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if msg, err := s2.Read("alice@example.test", id); err != nil || !bytes.Contains(msg, []byte("new")) {
+		t.Fatalf("after reopening: %q %v", msg, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, FileName+compactSuffix)); !os.IsNotExist(err) {
+		t.Errorf("left a %s behind: %v", compactSuffix, err)
+	}
+}
+
+// Readers and writers that run across an online compaction see neither
+// errors nor a lost write.
+func TestCompactOnline_UnderLoad(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond})
+	users := []string{"alice@example.test", "bob@example.test", "carol@example.test"}
+	for _, u := range users {
+		if err := s.AddUser(u, "password-12345"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	written := map[uint64]bool{}
+	for range 2 { // writers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id, err := s.Append("bob@example.test", []byte(fmt.Sprintf("Subject: %d\r\n\r\nx\r\n", i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				written[id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	for range 3 { // readers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				list, err := s.List("bob@example.test")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(list) > 0 {
+					if _, err := s.Read("bob@example.test", list[len(list)-1].ID); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	c.wait()
+	close(stop)
+	wg.Wait()
+	done, errs := c.get()
+	if len(done) == 0 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v", done, errs)
+	}
+	list, err := s.List("bob@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range list {
+		delete(written, m.ID)
+	}
+	if len(written) > 0 {
+		t.Fatalf("%d acknowledged writes missing after the compaction", len(written))
+	}
+}
+
+// A compaction that cannot be made leaves the store on its old file.
+func TestCompactOnline_FailureKeepsTheOldFile(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	// Something that is not ours where the new file goes.
+	blocker := s.path + compactSuffix
+	if err := os.MkdirAll(filepath.Join(blocker, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	if _, errs := c.wait(); len(errs) == 0 {
+		t.Fatal("no failure reported")
+	}
+	if id, err := s.Append("alice@example.test", []byte("Subject: x\r\n\r\nstill\r\n")); err != nil {
+		t.Fatal(err)
+	} else if _, err := s.Read("alice@example.test", id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Environment of TestCompactOnlineHelperProcess.
+const onlineHelperDirEnv = "MINIMAIL_ONLINE_COMPACT_HELPER_DIR"
+
+// TestCompactOnlineHelperProcess serves a store in the data_dir it is
+// given until big mail that came and went makes it compact; it says so on
+// stdout at the step it is told and waits there to be killed.
+func TestCompactOnlineHelperProcess(t *testing.T) {
+	dir := os.Getenv(onlineHelperDirEnv)
+	if dir == "" {
+		t.Skip("run by TestCompactOnline_KilledAtAnyStepLosesNothing")
+	}
+	want := os.Getenv(helperStepEnv)
+	s, err := Open(dir, Options{BcryptCost: 4, compactEvery: time.Nanosecond, compactStep: func(st compactStep, entries int) {
+		name := map[compactStep]string{stepCopied: "copying", stepSynced: "synced", stepRenamed: "renamed"}[st]
+		if name == want && (st != stepCopied || entries == 20) {
+			fmt.Println("stopped at", name)
+			time.Sleep(time.Hour)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, "alice@example.org", 80)
+	time.Sleep(10 * time.Second) // the committer compacts after answering
+	t.Fatalf("no compaction reached %q", want)
+}
+
+func TestCompactOnline_KilledAtAnyStepLosesNothing(t *testing.T) {
+	for _, step := range []string{"copying", "synced", "renamed"} {
+		t.Run(step, func(t *testing.T) {
+			dir := t.TempDir()
+			wantUIDLs := fillForCompaction(t, dir)
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCompactOnlineHelperProcess$")
+			cmd.Env = append(os.Environ(), onlineHelperDirEnv+"="+dir, helperStepEnv+"="+step)
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, _ := bufio.NewReader(stdout).ReadString('\n')
+			cmd.Process.Kill()
+			cmd.Wait()
+			if line != "stopped at "+step+"\n" {
+				t.Fatalf("helper said %q", line)
+			}
+			s, err := Open(dir, Options{BcryptCost: 4, NoOnlineCompaction: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			users := slices.Sorted(maps.Keys(wantUIDLs))
+			if got := uidls(t, s, users); !maps.EqualFunc(got, wantUIDLs, slices.Equal) {
+				t.Errorf("UIDLs %v, want %v", got, wantUIDLs)
+			}
+			if _, err := os.Stat(filepath.Join(dir, FileName+compactSuffix)); !os.IsNotExist(err) {
+				t.Errorf("leftover new file after the next open: %v", err)
+			}
+		})
+	}
+}
