@@ -125,8 +125,51 @@ func TestCompactOnline_GivesBackTheSpaceOfDeletedMail(t *testing.T) {
 	}
 }
 
+// Mail deleted while a transaction is open is not compacted then, when the
+// copy would take more than a moment (every read and write waits for it),
+// but once the transaction is over, though no commit follows: the
+// committer looks again on its own.
+func TestCompactOnline_LooksAgainWhenTheTransactionsAreOver(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: 50 * time.Millisecond})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	// More than a pause's worth of live mail stays.
+	kept := bytes.Repeat([]byte("k"), 1<<20)
+	for range 6 {
+		if _, err := s.Append("alice@example.test", kept); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := s.Expect() // an SMTP transaction, open
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	time.Sleep(200 * time.Millisecond)
+	if got, errs := c.get(); len(got)+len(errs) > 0 {
+		t.Fatalf("compacted with a transaction open: %+v %v", got, errs)
+	}
+	done()
+	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v after the transaction ended; want one", got, errs)
+	}
+}
+
 // Readers and writers that run across an online compaction see neither
 // errors nor a lost write.
+// A tiny copy is made at once, with transactions open.
+func TestCompactOnline_TinyCopyDoesNotWaitForQuiet(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Expect()()
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v; want one", got, errs)
+	}
+}
+
 func TestCompactOnline_UnderLoad(t *testing.T) {
 	var c compactions
 	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond})

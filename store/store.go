@@ -217,7 +217,9 @@ type Store struct {
 	freelist freelistSettings
 	opts     Options
 
-	lastCompactLook time.Time // the committer's
+	retiring        sync.WaitGroup // old files an online compaction is closing
+	lastCompactLook time.Time      // the committer's
+	lookDue         *time.Timer    // the committer's: a look at the file put off, nil when none
 
 	// closeMu orders writers against Close: a writer holds it shared while
 	// handing its request to the committer, Close holds it exclusively while
@@ -508,6 +510,7 @@ func (s *Store) Close() error {
 	}
 	s.closeMu.Unlock()
 	<-s.done
+	s.retiring.Wait()
 	return s.db.Close()
 }
 
@@ -584,7 +587,14 @@ func (s *Store) committer() {
 		select {
 		case req := <-s.writes:
 			group = append(group, req)
+		case <-s.lookDueC():
+			s.lookDue = nil
+			s.maybeCompact()
+			continue
 		case <-s.stop:
+			if s.lookDue != nil {
+				s.lookDue.Stop()
+			}
 			s.drain()
 			return
 		}
