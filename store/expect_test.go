@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -185,4 +186,29 @@ func BenchmarkAppendExpected(b *testing.B) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(s.Commits()-before)/float64(b.N), "commits/msg")
+}
+
+// A committed message is not kept alive by the store: its memory goes once
+// the caller lets go of it.
+func TestCommittedMessageIsNotRetained(t *testing.T) {
+	s := openInternal(t, Options{})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	freed := make(chan struct{})
+	msg := bytes.Repeat([]byte("x"), 1<<20)
+	runtime.SetFinalizer(&msg[0], func(*byte) { close(freed) })
+	if _, err := s.Append("alice@example.test", msg); err != nil {
+		t.Fatal(err)
+	}
+	msg = nil
+	for range 20 {
+		runtime.GC()
+		select {
+		case <-freed:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatal("the message's memory is still held after its commit")
 }

@@ -601,6 +601,11 @@ func (s *Store) committer() {
 		s.fill(&group)
 		s.awaitExpected(&group)
 		s.commitGroup(group)
+		// The array is reused: without this its old entries would keep
+		// the last group's writes, and the messages they captured, alive
+		// until as many writes came again (megabytes for each big
+		// message of a burst).
+		clear(group)
 		s.maybeCompact()
 	}
 }
