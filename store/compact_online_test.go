@@ -1,12 +1,10 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -303,22 +301,7 @@ func TestCompactOnline_KilledAtAnyStepLosesNothing(t *testing.T) {
 		t.Run(step, func(t *testing.T) {
 			dir := t.TempDir()
 			wantUIDLs := fillForCompaction(t, dir)
-			cmd := exec.Command(os.Args[0], "-test.run=^TestCompactOnlineHelperProcess$")
-			cmd.Env = append(os.Environ(), onlineHelperDirEnv+"="+dir, helperStepEnv+"="+step)
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			line, _ := bufio.NewReader(stdout).ReadString('\n')
-			cmd.Process.Kill()
-			cmd.Wait()
-			if line != "stopped at "+step+"\n" {
-				t.Fatalf("helper said %q", line)
-			}
+			killHelperAt(t, "TestCompactOnlineHelperProcess", onlineHelperDirEnv, dir, step)
 			s, err := Open(dir, Options{BcryptCost: 4, NoOnlineCompaction: true})
 			if err != nil {
 				t.Fatal(err)

@@ -313,6 +313,29 @@ func TestOpen_AfterWaitingForACompactUsesTheNewFile(t *testing.T) {
 	}
 }
 
+// killHelperAt runs the helper test named helper on dir (given in the
+// environment variable dirEnv) until it says it stopped at step, then
+// kills it with SIGKILL, so that no deferred cleanup runs.
+func killHelperAt(t *testing.T, helper, dirEnv, dir, step string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$")
+	cmd.Env = append(os.Environ(), dirEnv+"="+dir, helperStepEnv+"="+step)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	cmd.Process.Kill()
+	cmd.Wait()
+	if line != "stopped at "+step+"\n" {
+		t.Fatalf("helper said %q", line)
+	}
+}
+
 // Environment of TestCompactHelperProcess.
 const (
 	helperDirEnv  = "MINIMAIL_COMPACT_HELPER_DIR"
@@ -359,24 +382,9 @@ func TestCompact_KilledAtAnyStepLosesNothing(t *testing.T) {
 			before := dumpFile(t, path)
 			oldSize := fileSize(t, path)
 
-			cmd := exec.Command(os.Args[0], "-test.run=^TestCompactHelperProcess$")
-			cmd.Env = append(os.Environ(), helperDirEnv+"="+dir, helperStepEnv+"="+tc.step)
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			line, _ := bufio.NewReader(stdout).ReadString('\n')
-			cmd.Process.Kill() // SIGKILL: no deferred cleanup runs
-			cmd.Wait()
-			if line != "stopped at "+tc.step+"\n" {
-				t.Fatalf("helper said %q", line)
-			}
+			killHelperAt(t, "TestCompactHelperProcess", helperDirEnv, dir, tc.step)
 
-			_, err = os.Stat(path + compactSuffix)
+			_, err := os.Stat(path + compactSuffix)
 			if leftover := err == nil; leftover == tc.renamed {
 				t.Fatalf("after a kill at %s: new file left over %v, want %v", tc.step, leftover, !tc.renamed)
 			}
