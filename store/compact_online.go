@@ -70,10 +70,18 @@ func (s *Store) maybeCompact() {
 		s.lookAgain(every)
 		return
 	}
+	if err != nil {
+		// A full disk, say: not again at every commit, nor in the log.
+		s.lastCompactLook = time.Now().Add(onlineCompactRetry)
+	}
 	if s.opts.Compacted != nil {
 		s.opts.Compacted(res, err)
 	}
 }
+
+// onlineCompactRetry is how long after a failed compaction the next is
+// tried.
+const onlineCompactRetry = 10 * time.Minute
 
 // worthCompacting is CompactIfWasteful's rule, for a copy small enough to
 // make while serving; live is the size of that copy.

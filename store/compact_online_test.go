@@ -262,6 +262,16 @@ func TestCompactOnline_FailureKeepsTheOldFile(t *testing.T) {
 	if _, errs := c.wait(); len(errs) == 0 {
 		t.Fatal("no failure reported")
 	}
+	// Not tried again at every commit.
+	for range 3 {
+		if _, err := s.Append("alice@example.test", []byte("Subject: y\r\n\r\nmore\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if _, errs := c.get(); len(errs) != 1 {
+		t.Errorf("%d failures reported, want 1: a failed compaction is retried at every commit", len(errs))
+	}
 	if id, err := s.Append("alice@example.test", []byte("Subject: x\r\n\r\nstill\r\n")); err != nil {
 		t.Fatal(err)
 	} else if _, err := s.Read("alice@example.test", id); err != nil {
