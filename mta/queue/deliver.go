@@ -106,11 +106,17 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 		return // shutting down: the recipients stay pending as they were
 	}
 	defer release()
+	// A copy of the entry: the other groups' record calls change es.e
+	// (its LastError, their own recipients) under es.mu meanwhile. This
+	// group's recipients are changed by this group alone.
+	es.mu.Lock()
+	e := es.e
+	es.mu.Unlock()
 	rcpts := make([]string, len(g.idx))
 	for i, j := range g.idx {
-		rcpts[i] = es.e.Rcpts[j].Addr // Addr never changes: no lock needed
+		rcpts[i] = e.Rcpts[j].Addr
 	}
-	from := es.e.From
+	from := e.From
 	body, err := es.loadBody(q.spool)
 	var res []error
 	var attempts attemptLog
@@ -126,10 +132,10 @@ func (q *Queue) deliverGroup(ctx context.Context, es *entryState, g group) {
 			res[i] = fmt.Errorf("read queued message: %w", err)
 		}
 	case g.domain == "" && q.opts.Local != nil:
-		res = q.deliverLocal(es.e, from, rcpts, body)
+		res = q.deliverLocal(e, from, rcpts, body)
 	case g.domain != "" && q.opts.Remote != nil:
 		if d, ok := q.opts.Remote.(dsnDeliverer); ok {
-			res, offered = d.DeliverDSN(ctx, from, rcpts, body, dsnOf(es.e, g.idx))
+			res, offered = d.DeliverDSN(ctx, from, rcpts, body, dsnOf(e, g.idx))
 		} else {
 			res = q.opts.Remote.Deliver(ctx, from, rcpts, body)
 		}
@@ -257,7 +263,7 @@ func (q *Queue) save(es *entryState) {
 	if es.dropped {
 		return
 	}
-	// A copy carries the events: other groups read es.e unlocked.
+	// A copy carries the events, so that es.e does not keep them.
 	e := es.e
 	e.Events = es.events
 	err := q.spool.UpdateQueueEntry(e)
