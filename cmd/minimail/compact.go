@@ -68,28 +68,29 @@ func serverAnswers(sock string) bool {
 // file as it was, so serve goes on with it.
 func compactAtStart(dataDir string, log *slog.Logger) {
 	res, err := store.CompactIfWasteful(dataDir, store.CompactOptions{})
-	switch {
-	case errors.Is(err, store.ErrLocked):
-		// Another process has it: the Open that follows says so.
-	case err != nil:
-		log.Warn("compaction failed; serving the database as it is", "err", err)
-	case res.Compacted:
-		log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond))
+	if errors.Is(err, store.ErrLocked) {
+		return // another process has it: the Open that follows says so
+	}
+	logCompaction(log, false)(res, err)
+	if res.Compacted {
 		// Copying the file went through tens of megabytes of buffers that
 		// a server at rest would otherwise keep for minutes.
 		debug.FreeOSMemory()
 	}
 }
 
-// logCompaction logs the compactions the store makes while serving, as
-// compactAtStart does the one before.
-func logCompaction(log *slog.Logger) func(store.CompactResult, error) {
+// logCompaction logs a compaction: serve's at start (online false) and the
+// store's while serving. A failed one leaves the file as it was.
+func logCompaction(log *slog.Logger, online bool) func(store.CompactResult, error) {
 	return func(res store.CompactResult, err error) {
-		if err != nil {
+		switch {
+		case err != nil:
 			log.Warn("compaction failed; serving the database as it is", "err", err)
-			return
+		case res.Compacted && online:
+			log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond), "online", true)
+		case res.Compacted:
+			log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond))
 		}
-		log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond), "online", true)
 	}
 }
 

@@ -131,7 +131,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// Listeners are bound but not yet accepting: clients wait in the
 	// backlog, rather than being refused, while a compaction runs.
 	compactAtStart(cfg.DataDir, log)
-	s.st, err = store.Open(cfg.DataDir, store.Options{Compacted: logCompaction(log)})
+	s.st, err = store.Open(cfg.DataDir, store.Options{Compacted: logCompaction(log, true)})
 	if err != nil {
 		return nil, storeOpenError(cfg.DataDir, err)
 	}
