@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // compactions records what an online compaction reported.
@@ -152,8 +154,6 @@ func TestCompactOnline_LooksAgainWhenTheTransactionsAreOver(t *testing.T) {
 	}
 }
 
-// Readers and writers that run across an online compaction see neither
-// errors nor a lost write.
 // A tiny copy is made at once, with transactions open.
 func TestCompactOnline_TinyCopyDoesNotWaitForQuiet(t *testing.T) {
 	var c compactions
@@ -165,6 +165,69 @@ func TestCompactOnline_TinyCopyDoesNotWaitForQuiet(t *testing.T) {
 	bigMailComesAndGoes(t, s, "alice@example.test", 80)
 	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 {
 		t.Fatalf("compactions %+v, errors %v; want one", got, errs)
+	}
+}
+
+// A read that stays open (a backup streaming to a slow disk) puts the
+// compaction off rather than stalling every other read behind it: reads
+// started meanwhile wait at most swapWait. Once it is over, the committer
+// compacts on its own.
+func TestCompactOnline_LongReadPutsItOff(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: 50 * time.Millisecond})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("0123456789abcde\n"), 1<<16)
+	var ids []uint64
+	for range 80 {
+		id, err := s.Append("alice@example.test", big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// The read starts before the deletion. (bbolt cannot grow its map
+	// while a read is open, so the mail is stored first: the deletion
+	// needs only a few pages, inside the map.)
+	reading, release := make(chan struct{}), make(chan struct{})
+	readDone := make(chan error, 1)
+	go func() {
+		readDone <- s.view(func(*bolt.Tx) error {
+			close(reading)
+			<-release
+			return nil
+		})
+	}()
+	<-reading
+	if err := s.Delete("alice@example.test", ids); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); {
+		listed := make(chan error, 1)
+		go func() { _, err := s.List("alice@example.test"); listed <- err }()
+		// swapWait, and more for a slow machine; a read held behind the
+		// long one would wait for ever.
+		select {
+		case err := <-listed:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(swapWait + 2*time.Second):
+			close(release)
+			t.Fatal("a read waits behind the long one")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, errs := c.get(); len(got)+len(errs) > 0 {
+		t.Fatalf("compacted with a read open: %+v %v", got, errs)
+	}
+	close(release)
+	if err := <-readDone; err != nil {
+		t.Fatal(err)
+	}
+	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v after the read ended; want one", got, errs)
 	}
 }
 
