@@ -2,6 +2,7 @@ package mta
 
 import (
 	"bytes"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ func TestBufPool_SizeClasses(t *testing.T) {
 		{16<<10 - headroom, 16 << 10},
 		{16<<10 - headroom + 1, 24 << 10},
 		{1<<20 - headroom, 1 << 20},
-		{1<<20 + 600, 3 << 19}, // "1 MiB" and its header: 1.5 MiB, not 2
+		{1<<20 + 600, 9 << 17}, // "1 MiB" and its header: 1.125 MiB, not 2
 		{4<<20 - headroom, 4 << 20},
 		{4<<20 - headroom + 1, 0},
 	}
@@ -123,5 +124,75 @@ func TestBufPool_ReliefWaitsForTheStreamToEnd(t *testing.T) {
 	bp.reliefDue(time.Hour)
 	if relieved.Load() != 1 {
 		t.Fatal("memory not given back after an hour without big mail")
+	}
+}
+
+// While big buffers are in flight GOGC lets the heap grow by
+// burstHeadroom, in one pool or several (the MX and submission each have
+// theirs), and is back as it was once the last burst's relief is over.
+func TestBufPool_PacesTheCollectorDuringABurst(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		percent = 100
+		live    uint64
+	)
+	gc := &burstGC{
+		set: func(p int) int {
+			mu.Lock()
+			defer mu.Unlock()
+			prev := percent
+			percent = p
+			return prev
+		},
+		live: func() uint64 { mu.Lock(); defer mu.Unlock(); return live },
+	}
+	gogc := func() int { mu.Lock(); defer mu.Unlock(); return percent }
+	setLive := func(n uint64) { mu.Lock(); defer mu.Unlock(); live = n }
+	var relieved atomic.Int64
+	mx := &bufPool{gc: gc, relieve: func() { relieved.Add(1) }, delay: time.Millisecond}
+	sub := &bufPool{gc: gc, relieve: func() { relieved.Add(1) }, delay: time.Millisecond}
+
+	setLive(64 << 20)
+	mx.put(mx.get(4 << 10))
+	if p := gogc(); p != 100 {
+		t.Fatalf("a small message set GOGC to %d", p)
+	}
+	a := mx.get(1 << 20)
+	if p, want := gogc(), 100*burstHeadroom/(64<<20); p != want {
+		t.Fatalf("GOGC %d with 64 MiB live in a burst, want %d", p, want)
+	}
+	setLive(1 << 30)
+	time.Sleep(burstPaceEvery)
+	b := sub.get(2 << 20)
+	if p := gogc(); p != burstMinGOGC {
+		t.Fatalf("GOGC %d with 1 GiB live, want the floor %d", p, burstMinGOGC)
+	}
+	setLive(8 << 20) // less live than the headroom: GOGC as it was
+	time.Sleep(burstPaceEvery)
+	c := mx.get(1 << 20)
+	if p := gogc(); p != 100 {
+		t.Fatalf("GOGC %d with 8 MiB live, want 100", p)
+	}
+	setLive(64 << 20)
+	time.Sleep(burstPaceEvery)
+	mx.put(a)
+	mx.put(mx.get(1 << 20))
+	mx.put(c)
+	waitFor(t, func() bool { return relieved.Load() == 1 }) // the MX's burst is over
+	if p := gogc(); p == 100 {
+		t.Fatal("GOGC back at 100 while submission still receives big mail")
+	}
+	sub.put(b)
+	waitFor(t, func() bool { return relieved.Load() == 2 })
+	if p := gogc(); p != 100 {
+		t.Fatalf("GOGC %d after the bursts, want 100 again", p)
+	}
+
+	// An operator's GOGC stays.
+	keep := &burstGC{keep: true, set: gc.set, live: gc.live}
+	op := &bufPool{gc: keep, relieve: func() {}, delay: time.Millisecond}
+	op.put(op.get(1 << 20))
+	if p := gogc(); p != 100 {
+		t.Fatalf("the operator's GOGC was changed to %d", p)
 	}
 }

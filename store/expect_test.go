@@ -36,24 +36,37 @@ func TestAwaitExpected(t *testing.T) {
 		expected int // announced writes
 		inGroup  int // writes already in the group
 		arriving int // writes sent while it waits
+		size     int // octets of each write
 		want     int // group size when it returns
 	}{
-		{"a lone writer never waits", 1, 1, 0, 1},
-		{"nothing announced", 0, 1, 0, 1},
-		{"waits for two thirds of eight, rounded up", 8, 1, 5, 6},
-		{"two thirds of eight already there", 8, 6, 0, 6},
-		{"waits for two thirds of three", 3, 1, 1, 2},
-		{"waits for both of two", 2, 1, 1, 2},
-		{"takes no more than it waits for", 4, 1, 2, 3},
+		{"a lone writer never waits", 1, 1, 0, 0, 1},
+		{"nothing announced", 0, 1, 0, 0, 1},
+		{"waits for two thirds of eight, rounded up", 8, 1, 5, 0, 6},
+		{"two thirds of eight already there", 8, 6, 0, 0, 6},
+		{"waits for two thirds of three", 3, 1, 1, 0, 2},
+		{"waits for both of two", 2, 1, 1, 0, 2},
+		{"takes no more than it waits for", 4, 1, 2, 0, 3},
+		{"big mail: no more than maxGroupBytes", 32, 1, 20, 1 << 20, 8},
+		{"big mail: one over it is enough", 8, 1, 5, 3 << 20, 3},
+		{"a group that is full already", 8, 1, 5, maxGroupBytes, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: testLinger}}
 			s.expected.Store(int64(tt.expected))
 			group := make([]*writeReq, tt.inGroup)
+			for i := range group {
+				group[i] = &writeReq{size: tt.size}
+			}
+			stop := make(chan struct{})
+			defer close(stop)
 			go func() {
 				for range tt.arriving {
-					s.writes <- &writeReq{}
+					select {
+					case s.writes <- &writeReq{size: tt.size}:
+					case <-stop:
+						return
+					}
 				}
 			}()
 			done := make(chan struct{})
@@ -70,10 +83,37 @@ func TestAwaitExpected(t *testing.T) {
 	}
 }
 
+// fill takes what is waiting up to maxGroup writes, or maxGroupBytes.
+func TestFill_BoundsTheGroup(t *testing.T) {
+	tests := []struct {
+		name    string
+		waiting int
+		size    int
+		want    int
+	}{
+		{"small records", 200, 100, maxGroup},
+		{"big mail", 20, 1 << 20, 8},
+		{"all that waits", 3, 1 << 20, 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &Store{writes: make(chan *writeReq, tt.waiting)}
+			for range tt.waiting {
+				s.writes <- &writeReq{size: tt.size}
+			}
+			group := []*writeReq{{size: tt.size}}
+			s.fill(&group)
+			if len(group) != min(tt.want, tt.waiting+1) {
+				t.Errorf("group of %d, want %d", len(group), min(tt.want, tt.waiting+1))
+			}
+		})
+	}
+}
+
 func TestAwaitExpected_GivesUpAfterTheLinger(t *testing.T) {
 	s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: 5 * time.Millisecond}}
 	s.expected.Store(8) // announced, but never written
-	group := make([]*writeReq, 1)
+	group := []*writeReq{{}}
 	start := time.Now()
 	s.awaitExpected(&group)
 	if len(group) != 1 {
@@ -92,7 +132,7 @@ func TestAwaitExpected_StopsWaitingForAbandonedWrites(t *testing.T) {
 	for i := range dones {
 		dones[i] = s.Expect()
 	}
-	group := make([]*writeReq, 1)
+	group := []*writeReq{{}}
 	returned := make(chan struct{})
 	go func() { s.awaitExpected(&group); close(returned) }()
 	for _, done := range dones[1:] { // seven give up; the one in the group is left

@@ -86,6 +86,20 @@ func (s *Store) AppendMany(ds []Delivery) ([]uint64, error) {
 	return ids, err
 }
 
+// writeSize is about what AppendAndEnqueue writes: the copies of a
+// delivery share their body, and a forward's queued body is the same
+// message, so the largest of them.
+func writeSize(ds []Delivery, out []Outgoing) int {
+	n := 0
+	for _, d := range ds {
+		n = max(n, len(d.Header)+len(d.Message))
+	}
+	for _, o := range out {
+		n = max(n, len(o.Body))
+	}
+	return n
+}
+
 // Outgoing is a message for the outbound queue that AppendAndEnqueue
 // commits together with mailbox copies: Body is stored as the entry's
 // message (the same slice as the copies' Message costs no memory).
@@ -105,7 +119,7 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 	// Marshalled inside the transaction (the id comes from its sequence),
 	// which update may run more than once: every run starts from out.
 	now := time.Now().UTC()
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.updateSized(writeSize(ds, out), func(tx *bolt.Tx) error {
 		for i, o := range out {
 			e, err := enqueueTx(tx, o.Entry, o.Body)
 			if err != nil {

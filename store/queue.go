@@ -95,7 +95,7 @@ type QueueEntry struct {
 // returns.
 func (s *Store) EnqueueMessage(e QueueEntry, body []byte) (uint64, error) {
 	var id uint64
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.updateSized(len(body), func(tx *bolt.Tx) error {
 		stored, err := enqueueTx(tx, e, body)
 		id = stored.ID
 		return err
@@ -117,7 +117,7 @@ func (s *Store) EnqueueNotice(e QueueEntry, n QueueEntry, body []byte) (uint64, 
 		return 0, fmt.Errorf("queue entry %d: %w", e.ID, err)
 	}
 	var id uint64
-	err = s.update(func(tx *bolt.Tx) error {
+	err = s.updateSized(len(body), func(tx *bolt.Tx) error {
 		q := tx.Bucket(bucketQueue)
 		if q.Get(idKey(e.ID)) == nil {
 			return fmt.Errorf("queue entry %d: %w", e.ID, ErrNoQueueEntry)
