@@ -2,11 +2,11 @@ package store
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"time"
@@ -169,15 +169,35 @@ func writeCompacted(src *bolt.DB, tmp string, opts CompactOptions) error {
 	}
 	f.Close()
 	// No fsync per commit: the file means nothing until it is complete,
-	// and it is synced once below.
-	dst, err := openBolt(tmp, boltOpen{lockTimeout: opts.LockTimeout, freelist: productionFreelist(), noSync: true})
+	// and it is synced once below. Mapped at the size of what it copies
+	// from the start: each time bbolt grows its map, it first copies out
+	// every key and value the open transaction holds, which made half
+	// the time of a copy of 26 MB. The copy is about the pages in use,
+	// less the free ones; half as much again leaves room for pages less
+	// full than the original's.
+	var used int64
+	if err := src.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+		return err
+	}
+	st := src.Stats()
+	live := max(0, used-int64(st.FreePageN+st.PendingPageN)*int64(src.Info().PageSize))
+	dst, err := openBolt(tmp, boltOpen{lockTimeout: opts.LockTimeout, freelist: productionFreelist(), noSync: true, mapSize: int(live + live/2)})
 	if err != nil {
 		return err
 	}
-	want, err := copyLive(src, dst, opts.step)
+	// The check is against a copy gone wrong, not an adversary: a fast
+	// 64-bit hash, seeded afresh each time, does (SHA-256 took a third of
+	// the copy's time).
+	seed := maphash.MakeSeed()
+	newSum := func() hash.Hash {
+		var h maphash.Hash
+		h.SetSeed(seed)
+		return &h
+	}
+	want, err := copyLive(src, dst, newSum(), opts.step)
 	if err == nil {
 		var got []byte
-		got, err = digest(dst)
+		got, err = digest(dst, newSum())
 		if err == nil && !bytes.Equal(got, want) {
 			err = errors.New("the copy differs from the original")
 		}
@@ -206,13 +226,13 @@ type copier struct {
 }
 
 // copyLive copies every entry of src into the empty dst and returns the
-// digest of what it read.
-func copyLive(src, dst *bolt.DB, step func(compactStep, int)) ([]byte, error) {
+// digest (sum) of what it read.
+func copyLive(src, dst *bolt.DB, sum hash.Hash, step func(compactStep, int)) ([]byte, error) {
 	tx, err := dst.Begin(true)
 	if err != nil {
 		return nil, err
 	}
-	c := &copier{dst: dst, tx: tx, sum: sha256.New(), step: step}
+	c := &copier{dst: dst, tx: tx, sum: sum, step: step}
 	defer func() { c.tx.Rollback() }() // a no-op once committed
 	err = errCorrupt(func() error {
 		return src.View(func(stx *bolt.Tx) error { return walk(stx, c.visit) })
@@ -274,9 +294,8 @@ func (c *copier) visit(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
 	return nil
 }
 
-// digest is the SHA-256 of every entry of db, as copyLive computes it.
-func digest(db *bolt.DB) ([]byte, error) {
-	sum := sha256.New()
+// digest is the sum of every entry of db, as copyLive computes it.
+func digest(db *bolt.DB, sum hash.Hash) ([]byte, error) {
 	err := db.View(func(tx *bolt.Tx) error {
 		return walk(tx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
 			addToDigest(sum, path, k, v, sub)

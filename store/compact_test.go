@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"os"
 	"os/exec"
@@ -499,4 +500,64 @@ func TestCompactIfWasteful_CompactsALargeMostlyFreeFile(t *testing.T) {
 			t.Errorf("a file was created: %v", err)
 		}
 	})
+}
+
+// The check of a copy tells apart stores that differ in one octet of a
+// value, a key, a bucket's name or its sequence, and finds equal ones
+// equal.
+func TestDigest_FindsAnyDifference(t *testing.T) {
+	build := func(t *testing.T, bucket, key, value string, seq uint64) *bolt.DB {
+		db, err := bolt.Open(filepath.Join(t.TempDir(), "d.db"), 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		err = db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucket([]byte(bucket))
+			if err != nil {
+				return err
+			}
+			if err := b.SetSequence(seq); err != nil {
+				return err
+			}
+			inner, err := b.CreateBucket([]byte("inner"))
+			if err != nil {
+				return err
+			}
+			return inner.Put([]byte(key), []byte(value))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return db
+	}
+	seed := maphash.MakeSeed()
+	sum := func(db *bolt.DB) []byte {
+		var h maphash.Hash
+		h.SetSeed(seed)
+		d, err := digest(db, &h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	base := sum(build(t, "mailboxes", "k1", "value", 7))
+	if got := sum(build(t, "mailboxes", "k1", "value", 7)); !bytes.Equal(got, base) {
+		t.Fatal("equal stores, different digests")
+	}
+	for _, tt := range []struct {
+		name               string
+		bucket, key, value string
+		seq                uint64
+	}{
+		{"value", "mailboxes", "k1", "valuf", 7},
+		{"key", "mailboxes", "k2", "value", 7},
+		{"bucket", "mailboxez", "k1", "value", 7},
+		{"sequence", "mailboxes", "k1", "value", 8},
+		{"key and value split elsewhere", "mailboxes", "k1v", "alue", 7},
+	} {
+		if got := sum(build(t, tt.bucket, tt.key, tt.value, tt.seq)); bytes.Equal(got, base) {
+			t.Errorf("a different %s, the same digest", tt.name)
+		}
+	}
 }

@@ -341,6 +341,9 @@ type boltOpen struct {
 	readOnly    bool // a shared lock, no writes
 	freelist    freelistSettings
 	noSync      bool // no fsync per commit: for Compact's new file, synced once at the end
+	// mapSize is the size bbolt maps the file at first: for Compact's
+	// new file, the size of what it copies (see writeCompacted).
+	mapSize int
 
 	// opened, when set, is called with each file opened, before its lock
 	// is taken (tests use it to order an open against a Compact).
@@ -395,11 +398,12 @@ func openBoltOnce(path string, o boltOpen) (db *bolt.DB, file *os.File, err erro
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        o.lockTimeout,
-		ReadOnly:       o.readOnly,
-		NoSync:         o.noSync,
-		NoFreelistSync: o.freelist.noSync,
-		FreelistType:   o.freelist.kind,
+		Timeout:         o.lockTimeout,
+		ReadOnly:        o.readOnly,
+		NoSync:          o.noSync,
+		NoFreelistSync:  o.freelist.noSync,
+		InitialMmapSize: o.mapSize,
+		FreelistType:    o.freelist.kind,
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, perm)
 			if err == nil && o.opened != nil {
