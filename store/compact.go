@@ -30,7 +30,7 @@ const (
 // maxCopyTxBytes bounds the data one write transaction of the new file
 // holds before it is committed (bbolt keeps a transaction's pages in
 // memory until then).
-const maxCopyTxBytes = 32 << 20
+const maxCopyTxBytes = 4 << 20
 
 // CompactOptions tune Compact. The zero value is ready for production.
 type CompactOptions struct {
@@ -235,7 +235,13 @@ func copyLive(src, dst *bolt.DB, sum hash.Hash, step func(compactStep, int)) ([]
 	c := &copier{dst: dst, tx: tx, sum: sum, step: step}
 	defer func() { c.tx.Rollback() }() // a no-op once committed
 	err = errCorrupt(func() error {
-		return src.View(func(stx *bolt.Tx) error { return walk(stx, c.visit) })
+		return src.View(func(stx *bolt.Tx) error {
+			rel := mapRelease{db: src, size: stx.Size()}
+			return walk(stx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
+				rel.read(len(k) + len(v))
+				return c.visit(path, k, v, sub)
+			})
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -297,12 +303,35 @@ func (c *copier) visit(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
 // digest is the sum of every entry of db, as copyLive computes it.
 func digest(db *bolt.DB, sum hash.Hash) ([]byte, error) {
 	err := db.View(func(tx *bolt.Tx) error {
+		rel := mapRelease{db: db, size: tx.Size()}
 		return walk(tx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
+			rel.read(len(k) + len(v))
 			addToDigest(sum, path, k, v, sub)
 			return nil
 		})
 	})
 	return sum.Sum(nil), err
+}
+
+// mapRelease gives back the pages a walk of a whole store reads through
+// bbolt's map (see mapped.go) as it goes: a compaction while serving reads
+// the live data twice, the original and the copy, which would otherwise
+// stay in the process's resident set until the old file is closed. Used
+// inside a transaction of db, while the map cannot move.
+type mapRelease struct {
+	db     *bolt.DB
+	size   int64 // the transaction's tx.Size()
+	unread int   // octets read since the last release
+}
+
+// mapReleaseEvery is how much a walk reads between two releases.
+const mapReleaseEvery = 4 << 20
+
+func (r *mapRelease) read(n int) {
+	if r.unread += n; r.unread >= mapReleaseEvery {
+		r.unread = 0
+		_ = releaseMapped(r.db.Info().Data, r.size)
+	}
 }
 
 // addToDigest feeds one entry to h, every part length-prefixed so that no

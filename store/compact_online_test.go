@@ -231,6 +231,62 @@ func TestCompactOnline_LongReadPutsItOff(t *testing.T) {
 	}
 }
 
+// While the copy is made, reads are served from the old file; writes wait
+// for the new one.
+func TestCompactOnline_ReadsGoOnWhileItCopies(t *testing.T) {
+	var c compactions
+	copying, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond,
+		compactStep: func(at compactStep, entries int) {
+			if at == stepCopied && entries == 1 {
+				once.Do(func() { close(copying); <-release })
+			}
+		}})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.Append("alice@example.test", []byte("Subject: kept\r\n\r\nkept\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	select {
+	case <-copying:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no compaction started")
+	}
+	read := make(chan error, 1)
+	go func() { _, err := s.Read("alice@example.test", id); read <- err }()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("a read waits for the copy")
+	}
+	wrote := make(chan error, 1)
+	go func() { _, err := s.Append("alice@example.test", []byte("Subject: new\r\n\r\nnew\r\n")); wrote <- err }()
+	select {
+	case err := <-wrote:
+		close(release)
+		t.Fatalf("a write was stored while the copy was made (%v): it would be lost", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v; want one", got, errs)
+	}
+	if list, err := s.List("alice@example.test"); err != nil || len(list) != 2 {
+		t.Fatalf("after the compaction: %d messages (%v), want the kept one and the new one", len(list), err)
+	}
+}
+
 func TestCompactOnline_UnderLoad(t *testing.T) {
 	var c compactions
 	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond})
