@@ -189,6 +189,8 @@ func (s *Store) compactOnline() (CompactResult, error) {
 	if old == nil {
 		return res, err
 	}
+	// Opening the copy read all of it, to rebuild the freelist.
+	s.touchedMap()
 	s.retiring.Add(1)
 	go func() {
 		defer s.retiring.Done()

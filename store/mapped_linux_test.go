@@ -120,3 +120,37 @@ func mustEntry(t *testing.T, mb *bolt.Bucket, id uint64) indexEntry {
 	}
 	return e
 }
+
+// Opening a store reads every page in use (bbolt rebuilds its freelist
+// from them), and so does opening the copy an online compaction swaps in:
+// neither leaves the file resident.
+func TestOpenedPagesAreReleased(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{BcryptCost: 4, NoOnlineCompaction: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recordTrace(t, s, 20_000) // about 6 MB of small records
+	s.Close()
+
+	var c compactions
+	s, err = Open(dir, Options{BcryptCost: 4, Compacted: c.record, compactEvery: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	file, err := filepath.EvalSymlinks(s.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the opened pages to be released", func() bool { return mappedResident(t, file) < 1<<10 })
+
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	if done, errs := c.wait(); len(done) != 1 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v; want one", done, errs)
+	}
+	waitFor(t, "the copy's pages to be released", func() bool { return mappedResident(t, file) < 1<<10 })
+}

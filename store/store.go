@@ -332,6 +332,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		auths:       newAuthCache(opts.now),
 	}
 	go s.committer()
+	// bbolt read every page in use to rebuild its freelist (etcd's
+	// settings keep it off the disk): the whole file is resident now.
+	s.touchedMap()
 	return s, nil
 }
 
