@@ -74,6 +74,8 @@ func (s *Store) maybeCompact() {
 	}
 	res, err := s.compactOnline()
 	if errors.Is(err, errReadersBusy) {
+		// Not at the next commits either.
+		s.lastCompactLook = time.Now().Add((onlineCompactReadersRetry - 1) * every)
 		s.lookAgain(onlineCompactReadersRetry * every)
 		return
 	}
