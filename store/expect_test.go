@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -251,4 +252,28 @@ func TestCommittedMessageIsNotRetained(t *testing.T) {
 		}
 	}
 	t.Fatal("the message's memory is still held after its commit")
+}
+
+// A delivery counts against maxGroupBytes once, however many recipients
+// share its body, and a forward's queued copy is the same message.
+func TestWriteSize(t *testing.T) {
+	body := make([]byte, 3<<20)
+	head := []byte("Received: x\r\n")
+	tests := []struct {
+		name string
+		ds   []Delivery
+		out  []Outgoing
+		want int
+	}{
+		{"nothing", nil, nil, 0},
+		{"one copy", []Delivery{{Header: head, Message: body}}, nil, len(head) + len(body)},
+		{"ten copies of one body", slices.Repeat([]Delivery{{Header: head, Message: body}}, 10), nil, len(head) + len(body)},
+		{"a forward only", nil, []Outgoing{{Body: body}}, len(body)},
+		{"copies and a forward", []Delivery{{Header: head, Message: body}}, []Outgoing{{Body: body}}, len(head) + len(body)},
+	}
+	for _, tt := range tests {
+		if got := writeSize(tt.ds, tt.out); got != tt.want {
+			t.Errorf("%s: %d, want %d", tt.name, got, tt.want)
+		}
+	}
 }
