@@ -155,6 +155,29 @@ func TestCompactOnline_LooksAgainWhenTheTransactionsAreOver(t *testing.T) {
 	}
 }
 
+// A quiet store compacts right after the deletion, however recent its last
+// look: mail that follows within the second (the next session's) would
+// otherwise keep a big copy waiting, and the freelist's memory held, for as
+// long as transactions stay open.
+func TestCompactOnline_QuietStoreLooksAtOnce(t *testing.T) {
+	var c compactions
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Hour})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err) // the first look, an hour before the next is due
+	}
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 || !got[0].Compacted {
+		t.Fatalf("compactions %+v, errors %v; want one at once", got, errs)
+	}
+	// While mail is on its way, looks stay an hour apart.
+	defer s.Expect()()
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	time.Sleep(200 * time.Millisecond)
+	if got, errs := c.get(); len(got) != 1 || len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v; want no second one with a transaction open", got, errs)
+	}
+}
+
 // A tiny copy is made at once, with transactions open.
 func TestCompactOnline_TinyCopyDoesNotWaitForQuiet(t *testing.T) {
 	var c compactions
