@@ -185,9 +185,7 @@ func (s *Store) lockShared() (unlock func()) {
 // committer calls it, so no write is under way while the copy is made
 // from the open file, and none starts: writes wait (res.Duration), reads
 // go on. Then reads wait at the gate a moment, while the copy is swapped
-// in. The old file is closed after that, in the background: closing it is
-// when the kernel frees its blocks, which for a file of gigabytes takes a
-// second or more.
+// in. The old file is closed after that, in the background.
 func (s *Store) compactOnline() (CompactResult, error) {
 	start := time.Now()
 	tmp, res, err := s.writeCopy()
@@ -200,10 +198,18 @@ func (s *Store) compactOnline() (CompactResult, error) {
 		os.Remove(tmp)
 		return CompactResult{}, errReadersBusy
 	}
+	// The last close of the old file, once renamed over, is when the
+	// kernel frees its blocks: 1.6 s for the 2 GB file of the benchmark's
+	// 1 MiB rows. bbolt drops its freelist first thing in Close, but
+	// closes the file last, so with bbolt's descriptor the last one the
+	// freelist's tens of megabytes would be given back only after those
+	// seconds, into the next burst of mail. This descriptor is the last.
+	last, _ := os.Open(s.path) // without it the memory just comes back later
 	old, err := s.swapIn(tmp, &res)
 	unlock()
 	res.Duration = time.Since(start)
 	if old == nil {
+		closeFile(last)
 		return res, err
 	}
 	// Opening the copy read all of it, to rebuild the freelist.
@@ -218,8 +224,16 @@ func (s *Store) compactOnline() (CompactResult, error) {
 		// collection).
 		runtime.GC()
 		debug.FreeOSMemory()
+		closeFile(last)
 	}()
 	return res, err
+}
+
+// closeFile closes f, which may be nil.
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 // writeCopy writes the compacted copy of the open file beside it, and

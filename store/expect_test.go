@@ -277,3 +277,77 @@ func TestWriteSize(t *testing.T) {
 		}
 	}
 }
+
+// The cap on a group's octets holds through each write path that stores a
+// message: 24 concurrent 1 MiB writes, all announced, would otherwise be
+// taken two thirds at a time (16 MiB that bbolt copies until the commit is
+// done). With the cap they take at least three commits.
+func TestGroupCap_ThroughTheWritePaths(t *testing.T) {
+	const n = 24
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	entry := func() QueueEntry {
+		return QueueEntry{From: "bob@a.test", Rcpts: []QueueRcpt{{Addr: "x@b.test", State: RcptPending}}, Created: now, NextAttempt: now}
+	}
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, s *Store) // before the announcements
+		write func(s *Store, i int) error
+	}{
+		{"AppendAndEnqueue", nil, func(s *Store, i int) error {
+			_, _, err := s.AppendAndEnqueue([]Delivery{{Address: "alice@example.test", Header: []byte("Received: x\r\n"), Message: body}}, nil)
+			return err
+		}},
+		{"EnqueueMessage", nil, func(s *Store, i int) error {
+			_, err := s.EnqueueMessage(entry(), body)
+			return err
+		}},
+		{"EnqueueNotice", func(t *testing.T, s *Store) {
+			for range n {
+				if _, err := s.EnqueueMessage(entry(), []byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, func(s *Store, i int) error {
+			e := entry()
+			e.ID = uint64(i + 1) // the entries setup stored, ids 1 to n
+			e.Rcpts[0].State = RcptFailed
+			_, err := s.EnqueueNotice(e, entry(), body)
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openInternal(t, Options{linger: 5 * time.Second, NoOnlineCompaction: true})
+			if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+				t.Fatal(err)
+			}
+			if tt.setup != nil {
+				tt.setup(t, s)
+			}
+			before := s.commits.Load()
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i := range n {
+				done := s.Expect()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer done()
+					errs <- tt.write(s, i)
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			// 24 MiB at most 8 MiB a group (maxGroupBytes).
+			if got, want := s.commits.Load()-before, int64(3); got < want {
+				t.Errorf("%d MiB in %d commits, want at least %d", n*len(body)>>20, got, want)
+			}
+		})
+	}
+}
