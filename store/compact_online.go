@@ -72,7 +72,14 @@ func (s *Store) maybeCompact() {
 		s.lookAgain(wait)
 		return
 	}
+	if wait > 0 && s.freePages() <= s.lastLookFree {
+		// Quiet, but nothing was freed since the last look, which found
+		// the file not worth compacting: that is most commits of a single
+		// session, and they need not pay for a look.
+		return
+	}
 	s.lastCompactLook = time.Now()
+	defer func() { s.lastLookFree = s.freePages() }()
 	live, worth := s.worthCompacting()
 	if !worth {
 		return
@@ -101,6 +108,13 @@ func (s *Store) maybeCompact() {
 // tried.
 const onlineCompactRetry = 10 * time.Minute
 
+// freePages is how many pages of the open file are free or about to be,
+// as of the last commit.
+func (s *Store) freePages() int {
+	st := s.db.Stats()
+	return st.FreePageN + st.PendingPageN
+}
+
 // quiet reports whether no write is waiting for the committer and no mail
 // transaction is open.
 func (s *Store) quiet() bool {
@@ -114,8 +128,7 @@ func (s *Store) worthCompacting() (live int64, worth bool) {
 	if err != nil {
 		return 0, false
 	}
-	st := s.db.Stats()
-	free := int64(st.FreePageN+st.PendingPageN) * int64(s.db.Info().PageSize)
+	free := int64(s.freePages()) * int64(s.db.Info().PageSize)
 	// The pages in use end below the file's end: bbolt grows the file
 	// ahead of need.
 	var used int64
@@ -243,9 +256,8 @@ func (s *Store) writeCopy() (tmp string, res CompactResult, err error) {
 	if err != nil {
 		return "", res, fmt.Errorf("compact: %w", err)
 	}
-	st := s.db.Stats()
 	res = CompactResult{Before: fi.Size(), After: fi.Size(),
-		Free: int64(st.FreePageN+st.PendingPageN) * int64(s.db.Info().PageSize)}
+		Free: int64(s.freePages()) * int64(s.db.Info().PageSize)}
 	tmp = s.path + compactSuffix
 	if err := removeCompactLeftover(s.path); err != nil {
 		return "", res, fmt.Errorf("compact: %w", err)

@@ -289,6 +289,7 @@ func TestGroupCap_ThroughTheWritePaths(t *testing.T) {
 	entry := func() QueueEntry {
 		return QueueEntry{From: "bob@a.test", Rcpts: []QueueRcpt{{Addr: "x@b.test", State: RcptPending}}, Created: now, NextAttempt: now}
 	}
+	var reported []uint64 // the entries the notices report on
 	tests := []struct {
 		name  string
 		setup func(t *testing.T, s *Store) // before the announcements
@@ -304,13 +305,15 @@ func TestGroupCap_ThroughTheWritePaths(t *testing.T) {
 		}},
 		{"EnqueueNotice", func(t *testing.T, s *Store) {
 			for range n {
-				if _, err := s.EnqueueMessage(entry(), []byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+				id, err := s.EnqueueMessage(entry(), []byte("Subject: x\r\n\r\nx\r\n"))
+				if err != nil {
 					t.Fatal(err)
 				}
+				reported = append(reported, id)
 			}
 		}, func(s *Store, i int) error {
 			e := entry()
-			e.ID = uint64(i + 1) // the entries setup stored, ids 1 to n
+			e.ID = reported[i]
 			e.Rcpts[0].State = RcptFailed
 			_, err := s.EnqueueNotice(e, entry(), body)
 			return err

@@ -219,6 +219,7 @@ type Store struct {
 
 	retiring        sync.WaitGroup // old files an online compaction is closing
 	lastCompactLook time.Time      // the committer's
+	lastLookFree    int            // the committer's: freePages at the last look
 	lookDue         *time.Timer    // the committer's: a look at the file put off, nil when none
 
 	// closeMu orders writers against Close: a writer holds it shared while
