@@ -216,8 +216,10 @@ func (s *Store) compactOnline() (CompactResult, error) {
 	// 1 MiB rows. bbolt drops its freelist first thing in Close, but
 	// closes the file last, so with bbolt's descriptor the last one the
 	// freelist's tens of megabytes would be given back only after those
-	// seconds, into the next burst of mail. This descriptor is the last.
-	last, _ := os.Open(s.path) // without it the memory just comes back later
+	// seconds, into the next burst of mail. This descriptor is the last,
+	// and frees the blocks a step at a time (releaseFile). It is opened
+	// for writing, which the truncation needs.
+	last, _ := os.OpenFile(s.path, os.O_RDWR, 0) // without it the memory just comes back later
 	old, err := s.swapIn(tmp, &res)
 	unlock()
 	res.Duration = time.Since(start)
@@ -237,10 +239,13 @@ func (s *Store) compactOnline() (CompactResult, error) {
 		// collection).
 		runtime.GC()
 		debug.FreeOSMemory()
-		closeFile(last)
+		releaseFile(last, cmp.Or(s.opts.releaseStep, releaseStep), s.opts.released)
 	}()
 	return res, err
 }
+
+// releaseStep is how much of the old file releaseFile frees at a time.
+const releaseStep = 32 << 20
 
 // closeFile closes f, which may be nil.
 func closeFile(f *os.File) {

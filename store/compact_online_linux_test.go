@@ -1,9 +1,11 @@
 package store
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -44,5 +46,85 @@ func TestCompactOnline_LetsGoOfTheOldFile(t *testing.T) {
 	s.retiring.Wait()
 	if open := deletedDescriptors(t, s.path); len(open) > 0 {
 		t.Errorf("old file still open after the compaction: %v", open)
+	}
+}
+
+// The old file's blocks are freed a step at a time, from its end, each
+// step synced, and none of it touches the file now in use.
+func TestCompactOnline_ReleasesTheOldFileInSteps(t *testing.T) {
+	var c compactions
+	var mu sync.Mutex
+	var sizes []int64
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond,
+		releaseStep: 1 << 20,
+		released: func(size int64) {
+			mu.Lock()
+			sizes = append(sizes, size)
+			mu.Unlock()
+		}})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := s.Append("alice@example.test", []byte("Subject: kept\r\n\r\nkept\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	got, errs := c.wait()
+	if len(got) != 1 || len(errs) > 0 || !got[0].Compacted {
+		t.Fatalf("compactions %+v, errors %v; want one", got, errs)
+	}
+	s.retiring.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if want := int((got[0].Before + 1<<20 - 1) >> 20); len(sizes) != want {
+		t.Fatalf("released in %d steps (%v), want %d for %d octets in steps of 1 MiB", len(sizes), sizes, want, got[0].Before)
+	}
+	for i, size := range sizes {
+		if want := max(0, got[0].Before-int64(i+1)<<20); size != want {
+			t.Fatalf("step %d left %d octets, want %d (steps %v)", i, size, want, sizes)
+		}
+	}
+	fi, err := os.Stat(s.path)
+	if err != nil || fi.Size() != got[0].After {
+		t.Fatalf("store file after the release: %v, %v; want %d octets", fi, err, got[0].After)
+	}
+	msgs, err := s.List("alice@example.test")
+	if err != nil || len(msgs) != 1 || msgs[0].ID != kept {
+		t.Fatalf("mailbox after the release: %+v, %v; want only message %d", msgs, err, kept)
+	}
+}
+
+// releaseFile truncates only a file without a name: were it ever handed the
+// store's own file, it must leave it whole.
+func TestReleaseFile_LeavesANamedFileWhole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "named")
+	if err := os.WriteFile(path, make([]byte, 3<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := 0
+	releaseFile(f, 1<<20, func(int64) { steps++ })
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 3<<20 || steps != 0 {
+		t.Fatalf("named file after releaseFile: %v, %v, %d steps; want 3 MiB untouched", fi, err, steps)
+	}
+	if _, err := f.Stat(); err == nil {
+		t.Error("releaseFile left the descriptor open")
+	}
+
+	// Without its name the same file is freed: 3 MiB in three steps.
+	if f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int64
+	releaseFile(f, 1<<20, func(size int64) { sizes = append(sizes, size) })
+	if fmt.Sprint(sizes) != "[2097152 1048576 0]" {
+		t.Errorf("unnamed file released in steps %v, want [2097152 1048576 0]", sizes)
 	}
 }

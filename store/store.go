@@ -184,6 +184,10 @@ type Options struct {
 	// compactEvery replaces onlineCompactEvery, for tests.
 	compactStep  func(compactStep, int)
 	compactEvery time.Duration
+	// releaseStep replaces releaseStep, and released is told of each step
+	// of the old file's release, for tests.
+	releaseStep int64
+	released    func(size int64)
 }
 
 // freelistSettings are bbolt's two freelist knobs.
