@@ -188,7 +188,7 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	}
 	if l, ok := listeners["listen.smtp"]; ok {
 		mxOpts := opts
-		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
+		verifier := &msgauth.Verifier{Resolver: dnsCache.Resolver(cfg.Relay.DNS), Cache: dnsCache, AuthServID: cfg.Hostname, RejectDMARC: cfg.dmarcReject(), Logger: log}
 		mxOpts.Verify = verifyOnMX(verifier)
 		antispamOptions(&mxOpts, cfg, verifier, dnsCache, s.st, log)
 		// Copies refused for quota after others were stored bounce

@@ -29,6 +29,7 @@ const maxSignatures = 10
 // results in an Authentication-Results field (RFC 8601).
 type Verifier struct {
 	Resolver    *net.Resolver // every lookup goes through it; nil means net.DefaultResolver
+	Cache       TXTCache      // when set, TXT answers it holds are taken from it first
 	AuthServID  string        // our host name, the authserv-id of the field we add
 	RejectDMARC bool          // refuse DMARC failures of p=reject domains instead of only recording them
 	Timeout     time.Duration // for all lookups of one message; zero means DefaultTimeout
@@ -227,7 +228,7 @@ func (v *Verifier) lookups(ctx context.Context) (context.Context, context.Cancel
 		timeout = DefaultTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	res := resolver{v.Resolver}
+	res := resolver{r: v.Resolver, cache: v.Cache}
 	if res.r == nil {
 		res.r = net.DefaultResolver
 	}
@@ -355,9 +356,25 @@ func (o dkimOutcome) result() authres.Result {
 // SERVFAIL into the NXDOMAIN of some suffixed name, and every DNS error
 // other than "not found" is marked temporary, so that all three packages
 // report DNS trouble as temperror rather than as a missing record.
-type resolver struct{ r *net.Resolver }
+type resolver struct {
+	r     *net.Resolver
+	cache TXTCache
+}
+
+// TXTCache answers the TXT lookups whose answers it holds (resolve.Cache
+// does): SPF, DKIM and DMARC each ask for TXT records, and a message from
+// a known sender domain asks what was asked moments before. hit is false
+// when it holds no answer; the lookup then goes to the resolver.
+type TXTCache interface {
+	LookupTXT(name string) (txts []string, hit bool, err error)
+}
 
 func (r resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	if r.cache != nil {
+		if txts, hit, err := r.cache.LookupTXT(absolute(name)); hit {
+			return txts, dnsError(err)
+		}
+	}
 	txts, err := r.r.LookupTXT(ctx, absolute(name))
 	return txts, dnsError(err)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"minimail/mta/dnstest"
+	"minimail/mta/resolve"
 )
 
 const ourID = "mx.b.test"
@@ -252,6 +253,21 @@ func TestVerify(t *testing.T) {
 			verdict, err := v.Verify(context.Background(), net.ParseIP(ip), helo, tc.mailFrom, msg)
 			if err != nil {
 				t.Fatalf("Verify: %v", err)
+			}
+			// Through a cache, once to fill it and once from it, the verdict
+			// is the same.
+			cache := resolve.NewCache(resolve.CacheOptions{})
+			cv := *v
+			cv.Resolver, cv.Cache = cache.Resolver(srv.Addr), cache
+			for i := range 2 {
+				got, err := cv.Verify(context.Background(), net.ParseIP(ip), helo, tc.mailFrom, msg)
+				if err != nil || got.Disposition != verdict.Disposition || got.Summary != verdict.Summary ||
+					!bytes.Equal(got.Field, verdict.Field) {
+					t.Fatalf("through the cache (%d): Verify = %+v, %v; without: %+v", i+1, got, err, verdict)
+				}
+			}
+			if hits, _ := cache.Stats(); hits == 0 && !tc.hang {
+				t.Error("the second check through the cache had no hit")
 			}
 			if verdict.Disposition != tc.refused {
 				t.Fatalf("Verify = %+v, want disposition %v", verdict, tc.refused)
@@ -518,6 +534,34 @@ func TestVerifyAuthenticatedAndCheckSPF(t *testing.T) {
 		}
 		if spf := v.CheckSPF(ctx, net.ParseIP(c.ip), "mx.a.test", c.mailFrom); spf != c.spf {
 			t.Errorf("CheckSPF from %s = %q, want %q", c.ip, spf, c.spf)
+		}
+	}
+}
+
+// fakeTXT is a TXTCache holding answers for some names.
+type fakeTXT map[string][]string
+
+func (f fakeTXT) LookupTXT(name string) ([]string, bool, error) {
+	txts, ok := f[name]
+	return txts, ok, nil
+}
+
+// A TXT answer the cache holds is taken from it, not asked of the DNS; a
+// name it does not hold is asked. evil.test publishes "+all", which the
+// cache here contradicts; mail.strict.test is left to the DNS.
+func TestVerify_TakesTXTAnswersFromTheCache(t *testing.T) {
+	srv := world(t)
+	v := &Verifier{Resolver: srv.Resolver(), Cache: fakeTXT{"evil.test.": {"v=spf1 -all"}}, AuthServID: ourID, Timeout: 10 * time.Second}
+	for _, tc := range []struct{ from, want string }{
+		{"forger@evil.test", "spf=fail"},
+		{"alice@mail.strict.test", "spf=pass"},
+	} {
+		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", tc.from, plainMessage(tc.from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, tc.want) {
+			t.Errorf("MAIL FROM %s: Authentication-Results %q lacks %q", tc.from, ar, tc.want)
 		}
 	}
 }

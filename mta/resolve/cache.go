@@ -1,6 +1,7 @@
 package resolve
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // Cache keeps DNS answers for their TTL, negative ones too (RFC 2308), so
@@ -48,6 +50,7 @@ type cacheKey struct {
 
 type cacheEntry struct {
 	msg     *dns.Msg
+	wire    []byte // msg as it came, which LookupTXT reads as the resolver would
 	stored  time.Time
 	expires time.Time
 }
@@ -128,8 +131,8 @@ func (c *Cache) get(query *dns.Msg) *dns.Msg {
 	return m
 }
 
-// put keeps answer, if it is one worth keeping.
-func (c *Cache) put(answer *dns.Msg) {
+// put keeps answer, which came as wire, if it is one worth keeping.
+func (c *Cache) put(answer *dns.Msg, wire []byte) {
 	k, ok := keyOf(answer)
 	if !ok || answer.Truncated {
 		return
@@ -149,7 +152,73 @@ func (c *Cache) put(answer *dns.Msg) {
 		}
 		c.order = append(c.order, k)
 	}
-	c.entries[k] = &cacheEntry{msg: answer.Copy(), stored: now, expires: now.Add(ttl)}
+	c.entries[k] = &cacheEntry{msg: answer.Copy(), wire: bytes.Clone(wire), stored: now, expires: now.Add(ttl)}
+}
+
+// LookupTXT answers a TXT lookup of name from what the cache holds, as
+// net.Resolver's LookupTXT would: each record's strings joined, and a
+// *net.DNSError that IsNotFound for a name or a record type that does not
+// exist. hit is false when the cache holds no fresh answer; the lookup then
+// goes to a Resolver of the cache, which keeps what it gets. Through the
+// resolver even a kept answer costs a query built, parsed and answered,
+// and a context and a goroutine stack to grow: 20 to 25 µs of CPU a lookup
+// in the server's profile (a 4 KiB message from a remote sender does two,
+// SPF's and DMARC's), about a microsecond here.
+func (c *Cache) LookupTXT(name string) (txts []string, hit bool, err error) {
+	k := cacheKey{strings.ToLower(dns.Fqdn(name)), dns.TypeTXT, dns.ClassINET}
+	c.mu.Lock()
+	e := c.entries[k]
+	fresh := e != nil && c.now().Before(e.expires)
+	if fresh {
+		c.hits++
+	}
+	c.mu.Unlock()
+	if !fresh {
+		return nil, false, nil
+	}
+	return txtAnswer(e.wire, name)
+}
+
+// txtAnswer reads the TXT records of a kept answer the way the standard
+// resolver does (net/dnsclient_unix.go): with its parser, taking every TXT
+// record of the answer section. An answer it cannot read is no hit.
+func txtAnswer(wire []byte, name string) (txts []string, hit bool, err error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(wire)
+	if err != nil {
+		return nil, false, nil
+	}
+	notFound := &net.DNSError{Err: "no such host", Name: name, Server: cacheAddr{}.String(), IsNotFound: true}
+	if h.RCode == dnsmessage.RCodeNameError {
+		return nil, true, notFound
+	}
+	if err := p.SkipAllQuestions(); err != nil {
+		return nil, false, nil
+	}
+	for {
+		ah, err := p.AnswerHeader()
+		if err == dnsmessage.ErrSectionDone {
+			break
+		}
+		if err != nil {
+			return nil, false, nil
+		}
+		if ah.Type != dnsmessage.TypeTXT || ah.Class != dnsmessage.ClassINET {
+			if err := p.SkipAnswer(); err != nil {
+				return nil, false, nil
+			}
+			continue
+		}
+		r, err := p.TXTResource()
+		if err != nil {
+			return nil, false, nil
+		}
+		txts = append(txts, strings.Join(r.TXT, ""))
+	}
+	if len(txts) == 0 {
+		return nil, true, notFound
+	}
+	return txts, true, nil
 }
 
 // noSOANegativeTTL is how long a negative answer without an SOA record is
@@ -253,7 +322,7 @@ func (c *cachingConn) Read(p []byte) (int, error) {
 	}
 	m := new(dns.Msg)
 	if m.Unpack(p[:n]) == nil && q != nil && m.Id == q.Id && sameQuestion(m, q) {
-		c.cache.put(m)
+		c.cache.put(m, p[:n])
 	}
 	return n, nil
 }

@@ -2,7 +2,9 @@ package resolve_test
 
 import (
 	"context"
+	"errors"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -183,6 +185,81 @@ func BenchmarkUncachedLookup(b *testing.B) {
 	for range b.N {
 		if _, err := r.LookupTXT(ctx, "a.test"); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The cache answers a TXT lookup it holds itself, and what it answers is
+// what the standard resolver returns for the same answer: strings of one
+// record joined, raw octets (no zone-file escapes), every record, and
+// "not found" for a name or a type that does not exist.
+func TestCache_LookupTXTAnswersAsTheResolverDoes(t *testing.T) {
+	srv := dnstest.Start(t,
+		"test. 60 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 30",
+		`multi.test. 300 IN TXT "v=spf1 " "ip4:192.0.2.0/24 -all"`,
+		`two.test. 300 IN TXT "first"`,
+		`two.test. 300 IN TXT "second"`,
+		`quote.test. 300 IN TXT "say \"hi\"; a\\b \255"`,
+		"mxonly.test. 300 IN MX 10 mx.test.",
+	)
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cache := resolve.NewCache(resolve.CacheOptions{Now: clk.Now})
+	r := cache.Resolver(srv.Addr)
+	ctx := context.Background()
+	for _, name := range []string{"multi.test", "two.test", "quote.test", "mxonly.test", "none.test", "Multi.Test."} {
+		t.Run(name, func(t *testing.T) {
+			if _, hit, _ := cache.LookupTXT(name); hit && name != "Multi.Test." {
+				t.Fatal("a hit before any lookup")
+			}
+			want, wantErr := r.LookupTXT(ctx, name)
+			before := srv.Queries()
+			got, hit, err := cache.LookupTXT(name)
+			if !hit {
+				t.Fatal("no hit after the resolver's lookup")
+			}
+			if srv.Queries() != before {
+				t.Error("a hit asked the server")
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("TXT %q, resolver %q", got, want)
+			}
+			var de, wantDE *net.DNSError
+			if errors.As(wantErr, &wantDE) != errors.As(err, &de) || (de != nil && de.IsNotFound != wantDE.IsNotFound) {
+				t.Errorf("error %#v, resolver %#v", err, wantErr)
+			}
+		})
+	}
+	if got := mustTXT(t, cache, "quote.test"); got != "say \"hi\"; a\\b \xff" {
+		t.Errorf("escaped record read as %q", got)
+	}
+	if got := mustTXT(t, cache, "multi.test"); got != "v=spf1 ip4:192.0.2.0/24 -all" {
+		t.Errorf("two strings read as %q", got)
+	}
+	clk.add(301 * time.Second)
+	if _, hit, _ := cache.LookupTXT("multi.test"); hit {
+		t.Error("a hit after the TTL")
+	}
+}
+
+func mustTXT(t *testing.T, c *resolve.Cache, name string) string {
+	t.Helper()
+	txts, hit, err := c.LookupTXT(name)
+	if !hit || err != nil || len(txts) != 1 {
+		t.Fatalf("LookupTXT(%s) = %q, %v, %v", name, txts, hit, err)
+	}
+	return txts[0]
+}
+
+func BenchmarkCacheLookupTXT(b *testing.B) {
+	srv := dnstest.Start(b, `a.test. 300 IN TXT "v=spf1 -all"`)
+	cache := resolve.NewCache(resolve.CacheOptions{})
+	if _, err := cache.Resolver(srv.Addr).LookupTXT(context.Background(), "a.test"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for range b.N {
+		if _, hit, err := cache.LookupTXT("a.test"); !hit || err != nil {
+			b.Fatal(hit, err)
 		}
 	}
 }
