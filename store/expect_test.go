@@ -43,6 +43,7 @@ func TestAwaitExpected(t *testing.T) {
 		{"a lone writer never waits", 1, 1, 0, 0, 1},
 		{"nothing announced", 0, 1, 0, 0, 1},
 		{"waits for two thirds of eight, rounded up", 8, 1, 5, 0, 6},
+		{"and then for the rest of eight", 8, 1, 7, 0, 8},
 		{"two thirds of eight already there", 8, 6, 0, 0, 6},
 		{"waits for two thirds of three", 3, 1, 1, 0, 2},
 		{"waits for both of two", 2, 1, 1, 0, 2},
@@ -53,7 +54,13 @@ func TestAwaitExpected(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: testLinger}}
+			// Where the rest never come, the wait for them ends soon; where
+			// they come, it never ends before they are there.
+			straggle := 10 * time.Millisecond
+			if tt.inGroup+tt.arriving >= tt.expected {
+				straggle = testLinger
+			}
+			s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1), opts: Options{linger: testLinger, straggle: straggle}}
 			s.expected.Store(int64(tt.expected))
 			group := make([]*writeReq, tt.inGroup)
 			for i := range group {
@@ -122,6 +129,33 @@ func TestAwaitExpected_GivesUpAfterTheLinger(t *testing.T) {
 	}
 	if d := time.Since(start); d < 5*time.Millisecond {
 		t.Errorf("returned after %v, before the linger", d)
+	}
+}
+
+// Once two thirds are there, the rest are waited for only groupStraggle:
+// an open transaction that is slow must not hold up every commit for the
+// whole linger.
+func TestAwaitExpected_WaitsForTheRestOnlyAMoment(t *testing.T) {
+	s := &Store{writes: make(chan *writeReq), expectEnded: make(chan struct{}, 1),
+		opts: Options{linger: testLinger, straggle: 5 * time.Millisecond}}
+	s.expected.Store(8) // two never come
+	group := make([]*writeReq, 6)
+	for i := range group {
+		group[i] = &writeReq{}
+	}
+	start := time.Now()
+	returned := make(chan struct{})
+	go func() { s.awaitExpected(&group); close(returned) }()
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("still waiting for the last two after 10 s: the wait for the rest is not bounded")
+	}
+	if d := time.Since(start); d < 5*time.Millisecond {
+		t.Errorf("returned after %v, without waiting for the rest", d)
+	}
+	if len(group) != 6 {
+		t.Errorf("group of %d, want 6", len(group))
 	}
 }
 
