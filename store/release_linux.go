@@ -12,9 +12,9 @@ import (
 // one journal commit, and on a filesystem mounted with discard that commit
 // also trims them: every fsync on the disk waits for it. The benchmark's
 // 2 GB file made fsyncs of other files wait up to 73 ms that way; shrunk
-// by 32 MiB a time, each step synced, the longest wait was 5 ms and the
-// release took as long. A file that still has a name is only closed: what
-// is truncated here is never the open store.
+// by 32 MiB a time, each step synced, the longest wait was 5 ms, and the
+// release took about half a second either way. A file that still has a
+// name is only closed: what is truncated here is never the open store.
 func releaseFile(f *os.File, step int64, stepped func(size int64)) {
 	if f == nil {
 		return
