@@ -49,8 +49,7 @@ type cacheKey struct {
 }
 
 type cacheEntry struct {
-	msg     *dns.Msg
-	wire    []byte // msg as it came, which LookupTXT reads as the resolver would
+	wire    []byte // the answer as it came: unpacked for each hit, read by LookupTXT as the resolver would
 	stored  time.Time
 	expires time.Time
 }
@@ -110,15 +109,23 @@ func (c *Cache) get(query *dns.Msg) *dns.Msg {
 		return nil
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	e := c.entries[k]
 	now := c.now()
-	if e == nil || !now.Before(e.expires) {
+	fresh := e != nil && now.Before(e.expires)
+	if fresh {
+		c.hits++
+	} else {
 		c.misses++
+	}
+	c.mu.Unlock()
+	if !fresh {
 		return nil
 	}
-	c.hits++
-	m := e.msg.Copy()
+	// An entry is never changed once kept, only replaced.
+	m := new(dns.Msg)
+	if m.Unpack(e.wire) != nil {
+		return nil // it was unpacked once before it was kept
+	}
 	m.Id = query.Id
 	age := uint32(now.Sub(e.stored) / time.Second)
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
@@ -152,7 +159,7 @@ func (c *Cache) put(answer *dns.Msg, wire []byte) {
 		}
 		c.order = append(c.order, k)
 	}
-	c.entries[k] = &cacheEntry{msg: answer.Copy(), wire: bytes.Clone(wire), stored: now, expires: now.Add(ttl)}
+	c.entries[k] = &cacheEntry{wire: bytes.Clone(wire), stored: now, expires: now.Add(ttl)}
 }
 
 // LookupTXT answers a TXT lookup of name from what the cache holds, as
