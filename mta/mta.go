@@ -206,6 +206,10 @@ type Options struct {
 	// each cannot exhaust memory. 0 means 8 × MaxMessageBytes; negative
 	// means unlimited.
 	MaxBufferedBytes int64
+	// BigTransfers bounds how many big messages are received at once (see
+	// TransferGate); nil gives the server a private gate of four places a
+	// core. cmd shares one among a process's Servers.
+	BigTransfers *TransferGate
 
 	// AuthThrottle refuses logins from an IP or subnet with too many recent
 	// failures; nil gives the server a private one with guard's defaults.
@@ -297,6 +301,9 @@ func (o *Options) setDefaults() {
 	o.GreetDelay = orDefault(o.GreetDelay, DefaultGreetDelay)
 	if o.AuthThrottle == nil {
 		o.AuthThrottle = &guard.AuthThrottle{}
+	}
+	if o.BigTransfers == nil {
+		o.BigTransfers = NewTransferGate(0)
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -379,10 +379,11 @@ func (ss *session) Data(r io.Reader) (reply error) {
 	}()
 	// The message is in memory until it is stored: it holds its share of
 	// MaxBufferedBytes until then (counted once, though it is copied a
-	// few times on its way to disk).
-	var held int64
-	defer func() { ss.srv.releaseBuffer(held) }()
-	mb, err := ss.readData(r, tx, &held)
+	// few times on its way to disk), and a big one its place in the
+	// TransferGate.
+	var hold dataHold
+	defer hold.release(ss.srv)
+	mb, err := ss.readData(r, tx, &hold)
 	defer ss.srv.bufs.put(mb)
 	if err != nil {
 		return ss.finish(tx, user, 0, err)
@@ -409,15 +410,18 @@ func (ss *session) Data(r io.Reader) (reply error) {
 
 // readData reads the message, renewing the read deadline as data arrives
 // (RFC 5321 4.5.3.2.6) and mapping go-smtp's errors to replies.
-func (ss *session) readData(r io.Reader, tx *transaction, held *int64) (*msgBuf, error) {
+func (ss *session) readData(r io.Reader, tx *transaction, hold *dataHold) (*msgBuf, error) {
+	ss.tc.beginData()
+	defer ss.tc.endData()
+	dr := &deadlineReader{r: r, conn: ss.conn.Conn(), tc: ss.tc, timeout: ss.srv.opts.DataTimeout,
+		rate: ss.srv.opts.MinDataRate, start: time.Now(), srv: ss.srv, hold: hold}
+	if tx.sizeHint >= bigTransfer {
+		dr.enterGate() // before the buffer that SIZE= sizes
+	}
 	// Trust the SIZE= hint only so far: it is the client's word, and a
 	// buffer sized by it before any data arrives would be free to demand.
 	size := int(min(max(tx.sizeHint, 4096), 1<<20)) + 1024
 	mb := ss.srv.bufs.get(size)
-	ss.tc.beginData()
-	defer ss.tc.endData()
-	dr := &deadlineReader{r: r, conn: ss.conn.Conn(), tc: ss.tc, timeout: ss.srv.opts.DataTimeout,
-		rate: ss.srv.opts.MinDataRate, start: time.Now(), srv: ss.srv, held: held}
 	var err error
 	for {
 		var n int
@@ -474,16 +478,46 @@ type deadlineReader struct {
 	n       int64     // bytes read so far
 	until   time.Time // the end of the transfer's allowance, as last set
 	srv     *Server
-	held    *int64 // bytes counted against MaxBufferedBytes
+	hold    *dataHold
+	gated   bool // the TransferGate was entered (or waited for in vain)
+}
+
+// dataHold is what a message transfer holds until its message is stored.
+type dataHold struct {
+	bytes int64  // counted against MaxBufferedBytes
+	leave func() // gives the TransferGate's place back; nil: none held
+}
+
+func (h *dataHold) release(s *Server) {
+	s.releaseBuffer(h.bytes)
+	if h.leave != nil {
+		h.leave()
+	}
 }
 
 var errBufferFull = errors.New("message buffers full")
+
+// enterGate takes a place in the TransferGate, once per transfer. The time
+// waited is the server's, not the client's: the MinDataRate allowance
+// starts again that much later.
+func (d *deadlineReader) enterGate() {
+	if d.gated {
+		return
+	}
+	d.gated = true
+	waited, leave := d.srv.opts.BigTransfers.enter(d.srv.ctx)
+	d.start = d.start.Add(waited)
+	d.hold.leave = leave
+}
 
 const dataReadSize = 4 << 10
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
 	if len(p) > dataReadSize {
 		p = p[:dataReadSize]
+	}
+	if d.n >= bigTransfer {
+		d.enterGate()
 	}
 	if d.rate > 0 {
 		// By the end of this read n+len(p) bytes will have arrived, which
@@ -499,7 +533,7 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 		if !d.srv.holdBuffer(int64(n)) {
 			return n, errBufferFull
 		}
-		*d.held += int64(n)
+		d.hold.bytes += int64(n)
 	}
 	return n, err
 }

@@ -177,6 +177,9 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// Open transactions tell the store's committer that messages are on
 	// their way, so concurrent deliveries share an fsync.
 	opts.Expect = s.st.Expect
+	// The servers share the process's memory, and so one gate for big
+	// messages.
+	opts.BigTransfers = mta.NewTransferGate(0)
 	// `minimail sendmail` hands messages to a submission server of their
 	// own (over the control socket, or listen.sendmail), served on no
 	// TCP listener.
