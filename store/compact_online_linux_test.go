@@ -128,3 +128,44 @@ func TestReleaseFile_LeavesANamedFileWhole(t *testing.T) {
 		t.Errorf("unnamed file released in steps %v, want [2097152 1048576 0]", sizes)
 	}
 }
+
+// An online compaction reads the live data twice, the original and the
+// copy, through bbolt's maps of the two files, and gives the pages back as
+// it goes. Opening the copy must not read all of it again at once (bbolt
+// does, to rebuild a freelist that was not written to the file): the whole
+// live set then came into the process's resident set, 48 MB for a copy of
+// 37 MB, in the middle of serving.
+func TestCompactOnline_CopyIsNotReadWhole(t *testing.T) {
+	s := openInternal(t, Options{NoOnlineCompaction: true})
+	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	recordTrace(t, s, 60_000)
+	bigMailComesAndGoes(t, s, "alice@example.test", 8)
+	live, _ := s.worthCompacting()
+
+	stop := make(chan struct{})
+	peak := make(chan int)
+	go func() {
+		most := 0
+		for {
+			kb := mappedResident(t, s.path) + mappedResident(t, s.path+compactSuffix)
+			most = max(most, kb)
+			select {
+			case <-stop:
+				peak <- most
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	if _, err := s.compactOnline(); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	most := <-peak
+	if limit := live / 4 >> 10; int64(most) > limit {
+		t.Errorf("%d KiB of the files mapped at once while compacting %d KiB of live data; want at most %d", most, live>>10, limit)
+	}
+	t.Logf("peak %d KiB mapped, live %d KiB", most, live>>10)
+}
