@@ -1,7 +1,12 @@
 package store
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"os"
+	"runtime"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -19,17 +24,24 @@ func BenchmarkCompactOnline(b *testing.B) {
 				b.Fatal(err)
 			}
 			recordTrace(b, s, msgs)
-			var live int64
+			var live, rise int64
 			for b.Loop() {
 				b.StopTimer()
 				bigMailComesAndGoes(b, s, "alice@example.test", 40)
 				live, _ = s.worthCompacting()
+				s.retiring.Wait()
+				runtime.GC()
+				peak := watchPSS()
 				b.StartTimer()
 				if _, err := s.compactOnline(); err != nil {
 					b.Fatal(err)
 				}
+				rise = max(rise, peak())
 			}
 			b.ReportMetric(float64(live)/1e6, "live-MB")
+			if rise > 0 {
+				b.ReportMetric(float64(rise)/1e6, "peak-rise-MB")
+			}
 		})
 	}
 }
@@ -55,4 +67,57 @@ func recordTrace(b testing.TB, s *Store, n int) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// watchPSS samples the process's proportional resident set every
+// millisecond until the returned func is called, which reports how far it
+// rose above where it was at the start; 0 where /proc/self/smaps_rollup
+// is not there. The peak of a compaction is what a server adds to the mail
+// in flight while it serves.
+func watchPSS() (peak func() int64) {
+	start, ok := processPSS()
+	if !ok {
+		return func() int64 { return 0 }
+	}
+	top := watchPeak(func() int64 { n, _ := processPSS(); return n })
+	return func() int64 { return top() - start }
+}
+
+// watchPeak calls sample every millisecond until the returned func is
+// called, which reports the largest value sampled.
+func watchPeak(sample func() int64) (peak func() int64) {
+	stop, most := make(chan struct{}), make(chan int64)
+	go func() {
+		var top int64
+		for {
+			top = max(top, sample())
+			select {
+			case <-stop:
+				most <- top
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		return <-most
+	}
+}
+
+// processPSS is the Pss line of /proc/self/smaps_rollup, in octets.
+func processPSS() (int64, bool) {
+	f, err := os.Open("/proc/self/smaps_rollup")
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("Pss:")); ok {
+			kb, err := strconv.ParseInt(string(bytes.Fields(rest)[0]), 10, 64)
+			return kb << 10, err == nil
+		}
+	}
+	return 0, false
 }

@@ -144,27 +144,14 @@ func TestCompactOnline_CopyIsNotReadWhole(t *testing.T) {
 	bigMailComesAndGoes(t, s, "alice@example.test", 8)
 	live, _ := s.worthCompacting()
 
-	stop := make(chan struct{})
-	peak := make(chan int)
-	go func() {
-		most := 0
-		for {
-			kb := mappedResident(t, s.path) + mappedResident(t, s.path+compactSuffix)
-			most = max(most, kb)
-			select {
-			case <-stop:
-				peak <- most
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}()
+	peak := watchPeak(func() int64 {
+		return int64(mappedResident(t, s.path) + mappedResident(t, s.path+compactSuffix))
+	})
 	if _, err := s.compactOnline(); err != nil {
 		t.Fatal(err)
 	}
-	close(stop)
-	most := <-peak
-	if limit := live / 4 >> 10; int64(most) > limit {
+	most := peak()
+	if limit := live / 4 >> 10; most > limit {
 		t.Errorf("%d KiB of the files mapped at once while compacting %d KiB of live data; want at most %d", most, live>>10, limit)
 	}
 	t.Logf("peak %d KiB mapped, live %d KiB", most, live>>10)
