@@ -253,6 +253,8 @@ type Store struct {
 	// disk (not a request's own refusal), nil once one succeeds again:
 	// Writable reports it.
 	commitErr atomic.Pointer[error]
+	// failedCommits counts the commits the disk failed.
+	failedCommits atomic.Int64
 
 	dummyOnce sync.Once
 	dummy     []byte // see dummyHash
@@ -788,6 +790,20 @@ func (s *Store) commitGroup(group []*writeReq) {
 		s.commits.Add(1)
 		for _, req := range group {
 			req.res <- nil
+		}
+		return
+	}
+	if !refused {
+		// The disk failed the commit (full, or failing). Each of the group
+		// gets its error, and none is tried again alone: a commit that
+		// fails on its way to the disk makes bbolt rebuild its freelist by
+		// reading every page in use (the price of NoFreelistSync), and one
+		// more for each write of the group would hold up the store that
+		// many times on a full disk, to take perhaps the smallest of them.
+		// Their senders are told to try again (4xx) and do.
+		s.failedCommits.Add(1)
+		for _, req := range group {
+			req.res <- err
 		}
 		return
 	}

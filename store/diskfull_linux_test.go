@@ -1,0 +1,136 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// diskFullChild names the directory of the store a child process of
+// TestDiskFailure_GroupFailsOnce works on.
+const diskFullChild = "MINIMAIL_TEST_DISKFULL_DIR"
+
+// A group commit that the disk fails (here the file cannot grow: a file
+// size limit gives EFBIG on the same path as a full disk's ENOSPC) answers
+// each of its writes with the error after that one failed commit. Trying
+// each again alone cost a failed commit apiece, and each failed commit
+// makes bbolt rebuild its freelist by reading every page in use. Once the
+// disk takes writes again the store does too, and holds what it
+// acknowledged and nothing of what it did not.
+//
+// The limit is the whole process's, so the store runs in a child process.
+func TestDiskFailure_GroupFailsOnce(t *testing.T) {
+	if dir := os.Getenv(diskFullChild); dir != "" {
+		diskFullGroup(t, dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDiskFailure_GroupFailsOnce$", "-test.v")
+	cmd.Env = append(os.Environ(), diskFullChild+"="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS")) {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func diskFullGroup(t *testing.T, dir string) {
+	const writers = 8
+	open := func() *Store {
+		s, err := Open(dir, Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true,
+			linger: testLinger, straggle: testLinger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	defer func() { s.Close() }()
+	for i := range writers {
+		if err := s.AddUser(fmt.Sprintf("u%d@example.test", i), "password-12345"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Append("u0@example.test", []byte("Subject: kept\r\n\r\nbefore\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var limit syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	full := limit
+	full.Cur = uint64(fi.Size())
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &full); err != nil {
+		t.Fatal(err)
+	}
+
+	// Eight announced writes, each bigger than the file: they make one
+	// group (the linger is long), which cannot fit.
+	body := bytes.Repeat([]byte("x"), int(fi.Size()))
+	dones := make([]func(), writers)
+	for i := range writers {
+		dones[i] = s.Expect()
+	}
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer dones[i]()
+			_, errs[i] = s.Append(fmt.Sprintf("u%d@example.test", i), body)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err == nil {
+			t.Errorf("write %d was acknowledged past the file size limit", i)
+		}
+	}
+	if n := s.failedCommits.Load(); n != 1 {
+		t.Errorf("a group of %d writes took %d failed commits, want 1", writers, n)
+	}
+	if s.Writable() == nil {
+		t.Error("store reports writable after a failed commit")
+	}
+
+	// Room again: the store takes writes, and a reopened one holds the
+	// acknowledged messages only.
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append("u1@example.test", body); err != nil {
+		t.Fatalf("write once the file may grow: %v", err)
+	}
+	if err := s.Writable(); err != nil {
+		t.Errorf("after a good commit: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open()
+	checkBolt(t, s)
+	for i := range writers {
+		msgs, err := s.List(fmt.Sprintf("u%d@example.test", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if i <= 1 {
+			want = 1
+		}
+		if len(msgs) != want {
+			t.Errorf("u%d holds %d messages after the reopen, want %d", i, len(msgs), want)
+		}
+	}
+}
