@@ -281,6 +281,29 @@ func (c *trackedConn) end() {
 	}
 }
 
+// stepAside ends the store's Expect of the open transaction while its
+// message cannot be on its way (the transfer waits for a place in the
+// TransferGate, up to seconds): the committer would otherwise wait for it,
+// up to its linger, at every commit meanwhile. back announces it again,
+// unless the transaction is over by then.
+func (c *trackedConn) stepAside() (back func()) {
+	c.mu.Lock()
+	done := c.expectDone
+	c.expectDone = nil
+	c.mu.Unlock()
+	if done == nil {
+		return func() {}
+	}
+	done()
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.inTxn && !c.closed && c.expectDone == nil {
+			c.expectDone = c.srv.opts.Expect()
+		}
+	}
+}
+
 // countErrors records n refused commands and reports whether the
 // connection is now over its error budget.
 func (c *trackedConn) countErrors(n int) bool {

@@ -1,31 +1,41 @@
 package mta
 
 import (
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
+// announcements stands for the store's Expect (Options.Expect): it counts
+// the transactions announced and not yet done.
+type announcements struct {
+	t    *testing.T
+	open atomic.Int64
+}
+
+func (a *announcements) expect() func() {
+	a.open.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { a.open.Add(-1) }) }
+}
+
+// wait waits until want transactions are announced.
+func (a *announcements) wait(want int64, when string) {
+	a.t.Helper()
+	for end := time.Now().Add(5 * time.Second); a.open.Load() != want; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			a.t.Fatalf("%s: %d transactions announced, want %d", when, a.open.Load(), want)
+		}
+	}
+}
+
 // The store learns of every open transaction, and of its end, whichever way
 // it ends: a message stored, RSET, or a connection that just goes away.
 func TestExpect_FollowsTransactions(t *testing.T) {
-	var open atomic.Int64
-	e := newEnv(t, func(o *Options, _ *Local) {
-		o.Expect = func() func() {
-			open.Add(1)
-			return func() { open.Add(-1) }
-		}
-	})
-	waitOpen := func(want int64, when string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for open.Load() != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d transactions announced, want %d", when, open.Load(), want)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
+	a := &announcements{t: t}
+	e := newEnv(t, func(o *Options, _ *Local) { o.Expect = a.expect })
+	waitOpen := a.wait
 
 	c := dial(t, e.mxAddr)
 	c.cmd("EHLO client.example.net", "250")

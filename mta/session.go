@@ -505,7 +505,7 @@ func (d *deadlineReader) enterGate() {
 		return
 	}
 	d.gated = true
-	waited, leave := d.srv.opts.BigTransfers.enter(d.srv.ctx)
+	waited, leave := d.srv.opts.BigTransfers.enter(d.srv.ctx, d.tc.stepAside)
 	d.start = d.start.Add(waited)
 	d.hold.leave = leave
 }

@@ -46,13 +46,18 @@ func NewTransferGate(n int) *TransferGate {
 
 // enter takes a place, waiting for one at most the gate's wait. It returns
 // how long it waited and the func that gives the place back, nil when it
-// goes on without one (wait over, or ctx done).
-func (g *TransferGate) enter(ctx context.Context) (time.Duration, func()) {
+// goes on without one (wait over, or ctx done). A transfer that has to wait
+// steps aside first (stepAside, when not nil) and calls what that returned
+// once the wait is over.
+func (g *TransferGate) enter(ctx context.Context, stepAside func() (back func())) (time.Duration, func()) {
 	leave := func() { <-g.places }
 	select {
 	case g.places <- struct{}{}:
 		return 0, leave
 	default:
+	}
+	if stepAside != nil {
+		defer stepAside()()
 	}
 	start := time.Now()
 	t := time.NewTimer(g.wait)

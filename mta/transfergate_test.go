@@ -152,29 +152,62 @@ func TestTransferGate_WaitDoesNotCountAgainstMinDataRate(t *testing.T) {
 func TestTransferGate_Enter(t *testing.T) {
 	g := NewTransferGate(1)
 	g.wait = 50 * time.Millisecond
-	waited, leave := g.enter(context.Background())
+	waited, leave := g.enter(context.Background(), nil)
 	if leave == nil || waited != 0 {
 		t.Fatalf("free place: waited %v, leave %v", waited, leave != nil)
 	}
-	if waited, l := g.enter(context.Background()); l != nil || waited < g.wait {
+	if waited, l := g.enter(context.Background(), nil); l != nil || waited < g.wait {
 		t.Fatalf("full gate: waited %v, got a place %v", waited, l != nil)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	g.wait = time.Minute
-	if waited, l := g.enter(ctx); l != nil || waited > 10*time.Second {
+	if waited, l := g.enter(ctx, nil); l != nil || waited > 10*time.Second {
 		t.Fatalf("cancelled: waited %v, got a place %v", waited, l != nil)
 	}
 	go func() {
 		time.Sleep(50 * time.Millisecond)
 		leave()
 	}()
-	if _, l := g.enter(context.Background()); l == nil {
+	if _, l := g.enter(context.Background(), nil); l == nil {
 		t.Fatal("no place after it was given back")
 	} else {
 		l()
 	}
 	if n := NewTransferGate(0); cap(n.places) < 4 {
 		t.Fatalf("default gate has %d places", cap(n.places))
+	}
+}
+
+// TestTransferGate_WaitingTransferIsNotExpected: a transaction whose
+// message waits for a place is not announced to the store while it waits
+// (the committer would wait for it at every commit, up to its linger), and
+// is again once it has its place, until its message is stored.
+func TestTransferGate_WaitingTransferIsNotExpected(t *testing.T) {
+	a := &announcements{t: t}
+	e, gate := gateEnv(t, 1, time.Minute, func(o *Options) { o.Expect = a.expect })
+	waitOpen := a.wait
+	first := dial(t, e.mxAddr)
+	openBig(first, "", 2*bigTransfer)
+	gate.full(t)
+	waitOpen(1, "first message holding the place")
+
+	second := dial(t, e.mxAddr)
+	second.cmd("EHLO client.test", "250 ")
+	second.cmd("MAIL FROM:<bob@other.test>", "250 ")
+	waitOpen(2, "second transaction open")
+	second.cmd("RCPT TO:<alice@example.org>", "250 ")
+	second.cmd("DATA", "354 ")
+	second.write("Subject: big\r\n\r\n" + bodyLines(3*bigTransfer))
+	waitOpen(1, "second message waiting for the place")
+
+	first.write(".\r\n")
+	first.expect("250 2.0.0")
+	waitOpen(1, "second message past the gate")
+	second.write(".\r\n")
+	second.expect("250 2.0.0")
+	waitOpen(0, "both stored")
+	if n := len(e.mailbox("alice@example.org")); n != 2 {
+		t.Fatalf("alice has %d messages, want 2", n)
 	}
 }
