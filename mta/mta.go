@@ -206,6 +206,14 @@ type Options struct {
 	// each cannot exhaust memory. 0 means 8 × MaxMessageBytes; negative
 	// means unlimited.
 	MaxBufferedBytes int64
+	// FreeSpace reports how much more the store can take (store.FreeSpace);
+	// nil: not looked at. A transaction opens only while it reports at
+	// least MinFreeBytes, 0 meaning 1.5 × MaxMessageBytes (Postfix's
+	// rule): below it MAIL gets 452 4.3.1 and the sender tries again later,
+	// rather than sending a message that could not be stored. A failure to
+	// tell refuses nothing.
+	FreeSpace    func() (int64, error)
+	MinFreeBytes int64
 	// BigTransfers bounds how many big messages are received at once (see
 	// TransferGate); nil gives the server a private gate of four places a
 	// core. cmd shares one among a process's Servers.
@@ -292,6 +300,7 @@ func (o *Options) setDefaults() {
 		o.DataTimeout = DefaultDataTimeout
 	}
 	o.MaxBufferedBytes = orDefault(o.MaxBufferedBytes, 8*o.MaxMessageBytes)
+	o.MinFreeBytes = orDefault(o.MinFreeBytes, o.MaxMessageBytes/2*3)
 	o.MinDataRate = orDefault(o.MinDataRate, DefaultMinDataRate)
 	o.MaxSessionTime = orDefault(o.MaxSessionTime, DefaultMaxSessionTime)
 	o.MaxConnections = orDefault(o.MaxConnections, DefaultMaxConnections)
@@ -700,6 +709,17 @@ func (s *Server) closeCommits() {
 	done := s.commitsDone
 	s.mu.Unlock()
 	<-done
+}
+
+// roomForMail reports whether the store's disk has room for another
+// message (Options.FreeSpace and MinFreeBytes). One statfs a transaction:
+// a microsecond, against the two fsyncs of its commit.
+func (s *Server) roomForMail() bool {
+	if s.opts.FreeSpace == nil {
+		return true
+	}
+	free, err := s.opts.FreeSpace()
+	return err != nil || free >= s.opts.MinFreeBytes
 }
 
 // holdBuffer counts n more bytes of message data against MaxBufferedBytes

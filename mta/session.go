@@ -194,6 +194,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			return err
 		}
 	}
+	if !ss.srv.roomForMail() {
+		return ss.refuse(ReasonUnavailable, 452, smtp.EnhancedCode{4, 3, 1}, "insufficient system storage, try again later")
+	}
 	if !ss.tc.begin() {
 		return ss.drop(421, smtp.EnhancedCode{4, 3, 2}, "shutting down")
 	}

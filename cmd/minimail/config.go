@@ -94,6 +94,10 @@ type Config struct {
 		MinDataRate         int      `toml:"min_data_rate"`
 		MaxSessionTime      duration `toml:"max_session_time"`
 		MaxBufferedBytes    int64    `toml:"max_buffered_bytes"`
+		// MinFreeBytes is the free disk space (the data directory's file
+		// system and the free pages of its database) below which SMTP
+		// refuses new mail with 452 4.3.1; 0 = 1.5 × max_message_bytes.
+		MinFreeBytes int64 `toml:"min_free_bytes"`
 		// MaxMailboxBytes is the quota of a mailbox without one of its
 		// own (`user quota`); 0 = none.
 		MaxMailboxBytes int64 `toml:"max_mailbox_bytes"`
@@ -324,6 +328,7 @@ func (c *Config) validateLimits() error {
 		"limits.max_errors":             int64(c.Limits.MaxErrors),
 		"limits.min_data_rate":          int64(c.Limits.MinDataRate),
 		"limits.max_buffered_bytes":     c.Limits.MaxBufferedBytes,
+		"limits.min_free_bytes":         c.Limits.MinFreeBytes,
 		"limits.max_mailbox_bytes":      c.Limits.MaxMailboxBytes,
 		"auth.max_failures":             int64(c.Auth.MaxFailures),
 		"auth.min_password_length":      int64(c.Auth.MinPasswordLength),

@@ -119,6 +119,7 @@ func TestLoadConfigRejectsBadInput(t *testing.T) {
 		{"negative limit", minimalConfig + "[limits]\nmax_recipients = -1\n", "limits.max_recipients"},
 		{"negative data rate", minimalConfig + "[limits]\nmin_data_rate = -5\n", "limits.min_data_rate"},
 		{"negative mailbox quota", minimalConfig + "[limits]\nmax_mailbox_bytes = -1\n", "limits.max_mailbox_bytes"},
+		{"negative free space floor", minimalConfig + "[limits]\nmin_free_bytes = -1\n", "limits.min_free_bytes"},
 		{"negative DSN return limit", minimalConfig + "[relay]\nmax_return_bytes = -1\n", "relay.max_return_bytes"},
 		{"bad session time", minimalConfig + "[limits]\nmax_session_time = \"-1m\"\n", "max_session_time"},
 		{"tiny line length", minimalConfig + "[limits]\nmax_line_length = 100\n", "limits.max_line_length"},

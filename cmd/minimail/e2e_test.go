@@ -815,3 +815,36 @@ func TestRecipientDelimiter(t *testing.T) {
 		t.Fatalf("to alice+news@ with recipient_delimiter = \"\": %v, want 550 5.1.1", err)
 	}
 }
+
+// TestLowDiskRefusesMailAtMAIL: below limits.min_free_bytes of free disk
+// (here more than any disk has) MAIL gets 452 4.3.1 before any message is
+// sent, the server keeps serving, and the refusal has its log line. The
+// free space is the real statfs of the data directory.
+func TestLowDiskRefusesMailAtMAIL(t *testing.T) {
+	cfg := initSite(t)
+	smtpAddr := freePort(t)
+	setListen(t, cfg, map[string]string{"smtp": smtpAddr})
+	dnsSrv := dnstest.Start(t)
+	appendConfig(t, cfg, "", `dns       = ""`, fmt.Sprintf("dns = %q", dnsSrv.Addr))
+	appendConfig(t, cfg, "", "[limits]\n", "[limits]\nmin_free_bytes = 1152921504606846976 # 1 EiB\n")
+	if r := minimail(t, "", "--config", cfg, "user", "add", "--password", "a long passphrase", "alice@example.test"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	_, logs := startServe(t, cfg, 1)
+	c, err := smtp.Dial(smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Mail("x@other.test", nil)
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 1}) {
+		t.Fatalf("MAIL on a disk below min_free_bytes: %v, want 452 4.3.1", err)
+	}
+	if err := c.Noop(); err != nil {
+		t.Fatalf("session after the refusal: %v", err)
+	}
+	waitFor(t, "the refusal's log line", func() bool {
+		return strings.Contains(logs.String(), "msg=rejected") && strings.Contains(logs.String(), "reason=unavailable")
+	})
+}

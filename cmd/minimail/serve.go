@@ -177,6 +177,8 @@ func startServer(cfg *Config, log *slog.Logger, relayTranscript func(host string
 	// Open transactions tell the store's committer that messages are on
 	// their way, so concurrent deliveries share an fsync.
 	opts.Expect = s.st.Expect
+	// A nearly full disk refuses new mail at MAIL, before it is sent.
+	opts.FreeSpace = s.st.FreeSpace
 	// The servers share the process's memory, and so one gate for big
 	// messages.
 	opts.BigTransfers = mta.NewTransferGate(0)
@@ -375,6 +377,7 @@ func smtpOptions(cfg *Config, tlsConf *tls.Config, throttle *guard.AuthThrottle,
 		MinDataRate:         cfg.Limits.MinDataRate,
 		MaxSessionTime:      cfg.Limits.MaxSessionTime.Duration,
 		MaxBufferedBytes:    cfg.Limits.MaxBufferedBytes,
+		MinFreeBytes:        cfg.Limits.MinFreeBytes,
 		MaxConnections:      cfg.Limits.MaxConnections,
 		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
 		MaxErrors:           cfg.Limits.MaxErrors,
