@@ -128,7 +128,7 @@ func (s *Store) worthCompacting() (live int64, worth bool) {
 	if err != nil {
 		return 0, false
 	}
-	free := int64(s.freePages()) * int64(s.db.Info().PageSize)
+	free := int64(s.freePages()) * int64(s.pageSize)
 	// The pages in use end below the file's end: bbolt grows the file
 	// ahead of need.
 	var used int64
@@ -262,7 +262,7 @@ func (s *Store) writeCopy() (tmp string, res CompactResult, err error) {
 		return "", res, fmt.Errorf("compact: %w", err)
 	}
 	res = CompactResult{Before: fi.Size(), After: fi.Size(),
-		Free: int64(s.freePages()) * int64(s.db.Info().PageSize)}
+		Free: int64(s.freePages()) * int64(s.pageSize)}
 	tmp = s.path + compactSuffix
 	if err := removeCompactLeftover(s.path); err != nil {
 		return "", res, fmt.Errorf("compact: %w", err)
@@ -296,7 +296,7 @@ func (s *Store) swapIn(tmp string, res *CompactResult) (old *bolt.DB, err error)
 	}
 	s.step(stepRenamed)
 	// The new file is the database now, whatever follows.
-	old, s.db = s.db, db
+	old, s.db, s.pageSize = s.db, db, db.Info().PageSize
 	res.Compacted = true
 	if fi, err := os.Stat(s.path); err == nil {
 		res.After = fi.Size()

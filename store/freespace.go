@@ -19,5 +19,5 @@ func (s *Store) FreeSpace() (int64, error) {
 // last commit.
 func (s *Store) freeInFile() int64 {
 	defer s.lockShared()()
-	return int64(s.freePages()) * int64(s.db.Info().PageSize)
+	return int64(s.freePages()) * int64(s.pageSize)
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"sync"
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
@@ -48,4 +49,48 @@ func TestFreeSpace_CountsFreePagesInTheFile(t *testing.T) {
 	if d := free - inFile - avail; d > 64<<20 || d < -64<<20 {
 		t.Errorf("FreeSpace = %d, want the file system's %d + the file's %d", free, avail, inFile)
 	}
+}
+
+// FreeSpace is called by every SMTP session while the committer writes:
+// it must not read through bbolt's map, which a commit that grows the
+// file moves (bbolt's Info did: a SIGSEGV under load).
+func TestFreeSpace_WhileTheFileGrows(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const addr = "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.FreeSpace(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	// bbolt doubles its map up to 1 GiB: 64 MiB of mail remaps it a dozen
+	// times.
+	msg := bytes.Repeat([]byte("x"), 256<<10)
+	for range 256 {
+		if _, err := s.Append(addr, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }

@@ -214,7 +214,11 @@ type Store struct {
 	// holds swapMu exclusively; every other use holds it shared
 	// (lockShared), except the committer's own, which cannot overlap a
 	// compaction.
-	db       *bolt.DB
+	db *bolt.DB
+	// pageSize is db's page size. bbolt's Info reads it through the map,
+	// which moves when a commit grows the file: only the committer and
+	// read transactions may call it, so it is kept here for the others.
+	pageSize int
 	swapMu   sync.RWMutex
 	swapGate atomic.Pointer[chan struct{}] // set while a swap waits for swapMu
 	path     string
@@ -327,6 +331,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{
 		db:          db,
+		pageSize:    db.Info().PageSize,
 		path:        path,
 		freelist:    freelist,
 		opts:        opts,
