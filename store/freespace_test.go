@@ -94,3 +94,19 @@ func TestFreeSpace_WhileTheFileGrows(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// BenchmarkFreeSpace is the price of the free space check every mail
+// transaction pays at MAIL (mta.Options.FreeSpace): a statfs and bbolt's
+// stats.
+func BenchmarkFreeSpace(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for b.Loop() {
+		if _, err := s.FreeSpace(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
