@@ -4,19 +4,13 @@ import (
 	"bytes"
 	"sync"
 	"testing"
-
-	"golang.org/x/crypto/bcrypt"
 )
 
 // FreeSpace counts the file system's free space and the free pages inside
 // the database: deleting mail gives room back at once, though the file
 // does not shrink.
 func TestFreeSpace_CountsFreePagesInTheFile(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openInternal(t, Options{NoOnlineCompaction: true})
 	const addr = "alice@example.test"
 	if err := s.AddUser(addr, "password-12345"); err != nil {
 		t.Fatal(err)
@@ -55,11 +49,7 @@ func TestFreeSpace_CountsFreePagesInTheFile(t *testing.T) {
 // it must not read through bbolt's map, which a commit that grows the
 // file moves (bbolt's Info did: a SIGSEGV under load).
 func TestFreeSpace_WhileTheFileGrows(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openInternal(t, Options{NoOnlineCompaction: true})
 	const addr = "alice@example.test"
 	if err := s.AddUser(addr, "password-12345"); err != nil {
 		t.Fatal(err)
@@ -99,11 +89,7 @@ func TestFreeSpace_WhileTheFileGrows(t *testing.T) {
 // transaction pays at MAIL (mta.Options.FreeSpace): a statfs and bbolt's
 // stats.
 func BenchmarkFreeSpace(b *testing.B) {
-	s, err := Open(b.TempDir(), Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := openInternal(b, Options{NoOnlineCompaction: true})
 	for b.Loop() {
 		if _, err := s.FreeSpace(); err != nil {
 			b.Fatal(err)
