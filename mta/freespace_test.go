@@ -35,6 +35,13 @@ func TestFreeSpace_RefusesMailWhenDiskNearlyFull(t *testing.T) {
 			cl := dial(t, e.mxAddr)
 			cl.cmd("EHLO client.test", "250 ")
 			cl.cmd("MAIL FROM:<bob@other.test>", c.want)
+			if c.err != nil {
+				cl.cmd("RSET", "250 ")
+				cl.cmd("MAIL FROM:<bob@other.test>", c.want)
+				if n := strings.Count(e.logs.String(), "free disk space unknown"); n != 1 {
+					t.Errorf("%d warnings that the free space is unknown after two transactions, want 1", n)
+				}
+			}
 			if c.want == "250 " {
 				return
 			}

@@ -394,6 +394,8 @@ type Server struct {
 
 	draining atomic.Bool  // set once by Shutdown; read without mu
 	buffered atomic.Int64 // message bytes held by Data handlers
+	// spaceUnknown is set once FreeSpace failed and that was logged.
+	spaceUnknown atomic.Bool
 
 	mu      sync.Mutex
 	started bool
@@ -719,7 +721,15 @@ func (s *Server) roomForMail() bool {
 		return true
 	}
 	free, err := s.opts.FreeSpace()
-	return err != nil || free >= s.opts.MinFreeBytes
+	if err != nil {
+		// Mail goes on: refusing it for a statfs that fails would be
+		// worse than the full disk the check is there for. Said once.
+		if s.spaceUnknown.CompareAndSwap(false, true) {
+			s.log.Warn("free disk space unknown: limits.min_free_bytes is not enforced", "err", err)
+		}
+		return true
+	}
+	return free >= s.opts.MinFreeBytes
 }
 
 // holdBuffer counts n more bytes of message data against MaxBufferedBytes
