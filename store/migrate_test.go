@@ -134,10 +134,10 @@ func TestOpen_RefusesANewerSchemaNamingBoth(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte("schema"), []byte("4"))
+		return b.Put([]byte("schema"), []byte("5"))
 	})
 	_, err := store.Open(dir, testOptions)
-	if err == nil || !strings.Contains(err.Error(), `unknown schema version "4"`) || !strings.Contains(err.Error(), `"1", "2" and "3"`) {
-		t.Errorf("Open of schema 4 = %v", err)
+	if err == nil || !strings.Contains(err.Error(), `unknown schema version "5"`) || !strings.Contains(err.Error(), `"1", "2", "3" and "4"`) {
+		t.Errorf("Open of schema 5 = %v", err)
 	}
 }

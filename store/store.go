@@ -2,7 +2,7 @@
 // users, their mailboxes and the outbound queue. It is the only package that
 // imports bbolt.
 //
-// On-disk layout (schema version 2):
+// On-disk layout (schema version 4):
 //
 //	meta       "schema" -> "2"
 //	users      lower-cased address -> JSON userRecord
@@ -15,7 +15,9 @@
 //	    body   8-byte big-endian id -> whole message (schema 1 copies only)
 //	bodies     sequence = last body id; 8-byte body id -> message bytes
 //	           (CRLF), stored once for every mailbox that received them
-//	bodyrefs   8-byte body id -> 8-byte count of index entries naming it
+//	bodyrefs   8-byte body id -> 8-byte count of index entries naming it;
+//	           absent for a body stored for one copy, whose bucket's
+//	           sequence is 1 instead (schema 4)
 //	queue      8-byte big-endian id -> JSON QueueEntry (no body)
 //	queuebody  8-byte big-endian id -> raw message bytes
 //	aliases    lower-cased alias (local@domain or @domain) -> JSON
@@ -119,17 +121,22 @@ import (
 )
 
 // SchemaVersion is the on-disk layout this code writes. It also reads
-// schemas 1 and 2, migrating them on Open.
-const SchemaVersion = "3"
+// schemas 1, 2 and 3, migrating them on Open.
+const SchemaVersion = "4"
 
 // schemaV1 is the layout before shared bodies and epochs; schemaV2 the one
-// before a copy's index entry could hold its trace id (records.go), which
-// an older minimail would take for corruption: its files are schema 3 from
-// the first Open of this code on, and that older code refuses them by
-// their version instead.
+// before a copy's index entry could hold its trace id (records.go);
+// schemaV3 the one before a body of one copy kept its reference count in
+// its bucket's sequence instead of bodyrefs (mailbox.go, writeRefs). An
+// older minimail would take either for corruption: files are of the
+// current schema from the first Open of this code on, and older code
+// refuses them by their version instead. A schema 3 file needs no
+// rewriting: its bodies all have their count in bodyrefs, which still
+// counts first.
 const (
 	schemaV1 = "1"
 	schemaV2 = "2"
+	schemaV3 = "3"
 )
 
 // FileName is the database file inside data_dir.
@@ -478,8 +485,8 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	case version == nil && !empty:
 		return fmt.Errorf("open %s: not a minimail database (no schema version)", path)
-	case version != nil && string(version) != SchemaVersion && string(version) != schemaV1 && string(version) != schemaV2:
-		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q, %q and %q)", path, version, schemaV1, schemaV2, SchemaVersion)
+	case version != nil && string(version) != SchemaVersion && string(version) != schemaV1 && string(version) != schemaV2 && string(version) != schemaV3:
+		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q, %q, %q and %q)", path, version, schemaV1, schemaV2, schemaV3, SchemaVersion)
 	}
 	return nil
 }
@@ -487,7 +494,8 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // initSchema creates the buckets a new file needs (and the SRS secret), which is all a schema 1
 // file (already checked by checkExisting) needs to become schema 2, and a
 // schema 2 file to become schema 3 (whose index entries are schema 2's,
-// with a trace id or without); on a
+// with a trace id or without), and a schema 3 file schema 4 (whose
+// reference counts are all in bodyrefs, where schema 4 looks first); on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
