@@ -78,11 +78,7 @@ func TestOpen_Schema2BecomesSchema3(t *testing.T) {
 		t.Fatalf("open a schema 2 file: %v", err)
 	}
 	defer s.Close()
-	var version string
-	s.db.View(func(tx *bolt.Tx) error { version = string(tx.Bucket(bucketMeta).Get(keySchema)); return nil })
-	if version != SchemaVersion {
-		t.Errorf("schema %q after Open, want %q", version, SchemaVersion)
-	}
+	wantCurrentSchema(t, s)
 	if err := s.UpdateMaildrop("a@example.org", MaildropUpdate{Retrieved: ids}); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,16 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// wantCurrentSchema fails unless s's file says it is of SchemaVersion.
+func wantCurrentSchema(t *testing.T, s *Store) {
+	t.Helper()
+	var version string
+	s.db.View(func(tx *bolt.Tx) error { version = string(tx.Bucket(bucketMeta).Get(keySchema)); return nil })
+	if version != SchemaVersion {
+		t.Errorf("schema %q after Open, want %q", version, SchemaVersion)
+	}
+}
+
 // bodyRefs reads how the file counts body id's references: its bodyrefs
 // entry (nil when none) and its bucket's sequence.
 func bodyRefs(t *testing.T, s *Store, id uint64) (entry []byte, seq uint64, stored bool) {
@@ -103,11 +113,7 @@ func TestRefCount_Schema3FileOpens(t *testing.T) {
 		t.Fatalf("open a schema 3 file: %v", err)
 	}
 	defer s.Close()
-	var version string
-	s.db.View(func(tx *bolt.Tx) error { version = string(tx.Bucket(bucketMeta).Get(keySchema)); return nil })
-	if version != SchemaVersion {
-		t.Errorf("schema %q after Open, want %q", version, SchemaVersion)
-	}
+	wantCurrentSchema(t, s)
 	if err := s.Delete("a@example.test", ids); err != nil {
 		t.Fatalf("delete a schema 3 copy: %v", err)
 	}
