@@ -371,11 +371,9 @@ func releaseBody(tx *bolt.Tx, bodyID uint64) error {
 		if err := refs.Delete(k); err != nil {
 			return err
 		}
-		return bodies.DeleteBucket(k)
-	}
-	// A body of one copy (see writeRefs). Anything else without a count
-	// lost it: deleting the body might take it from copies still there.
-	if b := bodies.Bucket(k); b == nil || b.Sequence() != 1 {
+	} else if b := bodies.Bucket(k); b == nil || b.Sequence() != 1 {
+		// Neither count of writeRefs: a body without one lost it, and
+		// deleting it might take it from copies still there.
 		return fmt.Errorf("body %d: no reference count: corrupt", bodyID)
 	}
 	return bodies.DeleteBucket(k)
