@@ -142,7 +142,7 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 				return err
 			}
 			ids[i] = id
-			bodyID, err := bodies.add(d.Message)
+			bodyID, err := bodies.add(d.Message, copyHead{mb, id, d.Header})
 			if err != nil {
 				return err
 			}
@@ -156,15 +156,6 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 			if err := mb.Bucket(bucketIndex).Put(idKey(id), e.encode()); err != nil {
 				return err
 			}
-			if len(d.Header) > 0 {
-				heads, err := mb.CreateBucketIfNotExists(bucketHead)
-				if err != nil {
-					return err
-				}
-				if err := heads.Put(idKey(id), d.Header); err != nil {
-					return err
-				}
-			}
 			if err := putEvents(tx, d.Events); err != nil {
 				return err
 			}
@@ -175,7 +166,7 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 				}
 			}
 		}
-		return bodies.writeRefs()
+		return bodies.finish()
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("append: %w", err)
@@ -280,13 +271,22 @@ func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (used, qu
 	return used, quota, err
 }
 
-// bodyWriter stores each distinct Message of one AppendMany call once and
-// counts the copies that refer to it.
+// bodyWriter stores each distinct Message of one AppendMany call once,
+// counts the copies that refer to it and puts each copy's head where it
+// belongs once the count is known (finish).
 type bodyWriter struct {
 	bodies, refs *bolt.Bucket
 	ids          map[sliceID]uint64
-	order        []uint64          // body ids in the order stored
-	counts       map[uint64]uint64 // body id -> copies referring to it
+	order        []uint64              // body ids in the order stored
+	copies       map[uint64][]copyHead // body id -> the copies referring to it
+}
+
+// copyHead is one copy's own head: its trace header lines, stored apart
+// from the shared body.
+type copyHead struct {
+	mailbox *bolt.Bucket
+	id      uint64 // the copy's id in the mailbox
+	head    []byte
 }
 
 // sliceID identifies a slice by its memory: two slices with the same start
@@ -308,14 +308,15 @@ func newBodyWriter(tx *bolt.Tx) *bodyWriter {
 		bodies: tx.Bucket(bucketBodies),
 		refs:   tx.Bucket(bucketBodyRefs),
 		ids:    map[sliceID]uint64{},
-		counts: map[uint64]uint64{},
+		copies: map[uint64][]copyHead{},
 	}
 }
 
 // add returns the body id for msg, storing msg if this call has not stored
-// it yet. bbolt keeps a reference to msg until the commit copies it into
-// its pages: the caller's slice is written once, however many copies.
-func (w *bodyWriter) add(msg []byte) (uint64, error) {
+// it yet, for copy c. bbolt keeps a reference to msg (and to c's head)
+// until the commit copies it into its pages: the caller's slice is written
+// once, however many copies.
+func (w *bodyWriter) add(msg []byte, c copyHead) (uint64, error) {
 	key := idOf(msg)
 	id, ok := w.ids[key]
 	if !ok {
@@ -330,26 +331,54 @@ func (w *bodyWriter) add(msg []byte) (uint64, error) {
 		w.ids[key] = id
 		w.order = append(w.order, id)
 	}
-	w.counts[id]++
+	w.copies[id] = append(w.copies[id], c)
 	return id, nil
 }
 
-// writeRefs records how many copies refer to each body stored. A body of
-// one copy, most mail, keeps its count in its own bucket's sequence
-// (schema 4): that bucket is written anyway, where an entry in bodyrefs
-// cost the commit that tree's leaf and branches, three of the twenty
-// pages a 4 KiB delivery wrote. A body shared by more copies has its count
-// in bodyrefs, and so has one whose copies went down to one.
-func (w *bodyWriter) writeRefs() error {
+// finish records how many copies refer to each body stored, and stores
+// the copies' heads. A body of one copy, most mail, keeps its count in its
+// own bucket's sequence (schema 4) and its copy's head in that bucket too,
+// beside the body (schema 5): that bucket is written anyway, where an
+// entry in bodyrefs cost the commit that tree's leaf and branches, three
+// of the twenty pages a 4 KiB delivery wrote, and a head in the mailbox's
+// head bucket two more. Both go with the bucket when the copy is deleted.
+// A body shared by more copies has its count in bodyrefs and each copy's
+// head in its mailbox's head bucket, which a copy's deletion changes
+// without rewriting the body; a body whose copies went down to one keeps
+// them there.
+func (w *bodyWriter) finish() error {
 	for _, id := range w.order {
-		var err error
-		if n := w.counts[id]; n == 1 {
-			err = w.bodies.Bucket(idKey(id)).SetSequence(1)
-		} else {
-			err = w.refs.Put(idKey(id), encodeCount(n))
+		if err := w.finishBody(id, w.copies[id]); err != nil {
+			return fmt.Errorf("body %d: %w", id, err)
 		}
+	}
+	return nil
+}
+
+func (w *bodyWriter) finishBody(id uint64, copies []copyHead) error {
+	if len(copies) == 1 {
+		b := w.bodies.Bucket(idKey(id))
+		if err := b.SetSequence(1); err != nil {
+			return err
+		}
+		if head := copies[0].head; len(head) > 0 {
+			return b.Put(bodyHeadKey, head)
+		}
+		return nil
+	}
+	if err := w.refs.Put(idKey(id), encodeCount(uint64(len(copies)))); err != nil {
+		return err
+	}
+	for _, c := range copies {
+		if len(c.head) == 0 {
+			continue
+		}
+		heads, err := c.mailbox.CreateBucketIfNotExists(bucketHead)
 		if err != nil {
-			return fmt.Errorf("body %d references: %w", id, err)
+			return err
+		}
+		if err := heads.Put(idKey(c.id), c.head); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -372,7 +401,7 @@ func releaseBody(tx *bolt.Tx, bodyID uint64) error {
 			return err
 		}
 	} else if b := bodies.Bucket(k); b == nil || b.Sequence() != 1 {
-		// Neither count of writeRefs: a body without one lost it, and
+		// Neither count of finish: a body without one lost it, and
 		// deleting it might take it from copies still there.
 		return fmt.Errorf("body %d: no reference count: corrupt", bodyID)
 	}
@@ -387,20 +416,17 @@ func releaseBody(tx *bolt.Tx, bodyID uint64) error {
 // body stays inline in the parent's leaf, as small values always did.)
 var bodyKey = []byte("m")
 
+// bodyHeadKey holds, in the bucket of a body stored for one copy, that
+// copy's head (schema 5; see finish). Sorting before bodyKey, it shares
+// the body's page.
+var bodyHeadKey = []byte("h")
+
 func putBody(bodies *bolt.Bucket, id uint64, msg []byte) error {
 	b, err := bodies.CreateBucket(idKey(id))
 	if err != nil {
 		return err
 	}
 	return b.Put(bodyKey, msg)
-}
-
-// getBody returns the body stored under id, nil if there is none.
-func getBody(bodies *bolt.Bucket, id uint64) []byte {
-	if b := bodies.Bucket(idKey(id)); b != nil {
-		return b.Get(bodyKey)
-	}
-	return nil
 }
 
 // mailbox returns addr's mailbox bucket, or an error wrapping ErrNoUser.
@@ -474,11 +500,15 @@ func messageParts(tx *bolt.Tx, mb *bolt.Bucket, id uint64, e indexEntry) (head, 
 		if legacy := mb.Bucket(bucketBody); legacy != nil {
 			body = legacy.Get(k)
 		}
-	} else {
-		if heads := mb.Bucket(bucketHead); heads != nil {
-			head = heads.Get(k)
+	} else if b := tx.Bucket(bucketBodies).Bucket(idKey(e.body)); b != nil {
+		body = b.Get(bodyKey)
+		// One of the two places holds the head (see finish); a copy
+		// stored before schema 5 has it in the head bucket.
+		if head = b.Get(bodyHeadKey); head == nil {
+			if heads := mb.Bucket(bucketHead); heads != nil {
+				head = heads.Get(k)
+			}
 		}
-		body = getBody(tx.Bucket(bucketBodies), e.body)
 	}
 	// The size in the index is what LIST promised; bytes that do not add up
 	// to it are a missing or damaged record (an empty body reads as nil).

@@ -2,7 +2,7 @@
 // users, their mailboxes and the outbound queue. It is the only package that
 // imports bbolt.
 //
-// On-disk layout (schema version 4):
+// On-disk layout (schema version 5):
 //
 //	meta       "schema" -> "2"
 //	users      lower-cased address -> JSON userRecord
@@ -11,10 +11,12 @@
 //	    index  8-byte big-endian id -> index entry (no body):
 //	           size, arrival time, epoch, body id (8 bytes each)
 //	    head   8-byte big-endian id -> this copy's own trace header lines
-//	           (absent when empty)
+//	           (absent when empty, or kept with the body, see bodies)
 //	    body   8-byte big-endian id -> whole message (schema 1 copies only)
-//	bodies     sequence = last body id; 8-byte body id -> message bytes
-//	           (CRLF), stored once for every mailbox that received them
+//	bodies     sequence = last body id; 8-byte body id -> a bucket:
+//	           "m" -> message bytes (CRLF), stored once for every
+//	           mailbox that received them; "h" -> the head of the one
+//	           copy, when the body was stored for one (schema 5)
 //	bodyrefs   8-byte body id -> 8-byte count of index entries naming it;
 //	           absent for a body stored for one copy, whose bucket's
 //	           sequence is 1 instead (schema 4)
@@ -112,6 +114,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,22 +124,26 @@ import (
 )
 
 // SchemaVersion is the on-disk layout this code writes. It also reads
-// schemas 1, 2 and 3, migrating them on Open.
-const SchemaVersion = "4"
+// schemas 1, 2, 3 and 4, migrating them on Open.
+const SchemaVersion = "5"
 
 // schemaV1 is the layout before shared bodies and epochs; schemaV2 the one
 // before a copy's index entry could hold its trace id (records.go);
 // schemaV3 the one before a body of one copy kept its reference count in
-// its bucket's sequence instead of bodyrefs (mailbox.go, writeRefs). An
-// older minimail would take either for corruption: files are of the
-// current schema from the first Open of this code on, and older code
-// refuses them by their version instead. A schema 3 file needs no
-// rewriting: its bodies all have their count in bodyrefs, which still
-// counts first.
+// its bucket's sequence instead of bodyrefs; schemaV4 the one before that
+// body's bucket held its copy's head too (mailbox.go, bodyWriter.finish).
+// An older minimail would take either for corruption (or serve messages
+// without their heads): files are of the current schema from the first
+// Open of this code on, and older code refuses them by their version
+// instead. Neither a schema 3 nor a schema 4 file needs rewriting: their
+// bodies all have their count in bodyrefs or their sequence, and their
+// heads in the head buckets, where schema 5 looks when the body's bucket
+// has none.
 const (
 	schemaV1 = "1"
 	schemaV2 = "2"
 	schemaV3 = "3"
+	schemaV4 = "4"
 )
 
 // FileName is the database file inside data_dir.
@@ -485,8 +492,8 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	case version == nil && !empty:
 		return fmt.Errorf("open %s: not a minimail database (no schema version)", path)
-	case version != nil && string(version) != SchemaVersion && string(version) != schemaV1 && string(version) != schemaV2 && string(version) != schemaV3:
-		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q, %q, %q and %q)", path, version, schemaV1, schemaV2, schemaV3, SchemaVersion)
+	case version != nil && !slices.Contains([]string{schemaV1, schemaV2, schemaV3, schemaV4, SchemaVersion}, string(version)):
+		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q, %q, %q, %q and %q)", path, version, schemaV1, schemaV2, schemaV3, schemaV4, SchemaVersion)
 	}
 	return nil
 }
@@ -494,8 +501,10 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // initSchema creates the buckets a new file needs (and the SRS secret), which is all a schema 1
 // file (already checked by checkExisting) needs to become schema 2, and a
 // schema 2 file to become schema 3 (whose index entries are schema 2's,
-// with a trace id or without), and a schema 3 file schema 4 (whose
-// reference counts are all in bodyrefs, where schema 4 looks first); on a
+// with a trace id or without), a schema 3 file schema 4 (whose
+// reference counts are all in bodyrefs, where schema 4 looks first), and a
+// schema 4 file schema 5 (whose heads are all in the head buckets, where
+// schema 5 looks when a body's bucket has none); on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new

@@ -1,0 +1,177 @@
+package store
+
+import (
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// headsOf reads where the file keeps the head of copy id in addr's mailbox,
+// whose body is bodyID: in the body's bucket, in the mailbox's head bucket
+// (nil when absent).
+func headsOf(t *testing.T, s *Store, addr string, id, bodyID uint64) (inBody, inMailbox []byte) {
+	t.Helper()
+	s.view(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketBodies).Bucket(idKey(bodyID)); b != nil {
+			if v := b.Get(bodyHeadKey); v != nil {
+				inBody = append([]byte(nil), v...)
+			}
+		}
+		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(Key(addr)))
+		if heads := mb.Bucket(bucketHead); heads != nil {
+			if v := heads.Get(idKey(id)); v != nil {
+				inMailbox = append([]byte(nil), v...)
+			}
+		}
+		return nil
+	})
+	return inBody, inMailbox
+}
+
+// A body stored for one copy keeps that copy's head in its own bucket (no
+// pages of the mailbox's head tree in the delivery's commit); copies
+// sharing a body keep theirs in their mailboxes' head buckets. Every copy
+// reads back as its own head and the body, before and after the others
+// are deleted, and nothing is left once all are.
+func TestHeads_OneCopyKeepsItsHeadWithItsBody(t *testing.T) {
+	s := openInternal(t, Options{NoOnlineCompaction: true})
+	const a, b = "a@example.test", "b@example.test"
+	for _, u := range []string{a, b} {
+		if err := s.AddUser(u, "password-12345"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := []byte("Subject: x\r\n\r\nbody\r\n")
+	lone, err := s.AppendMany([]Delivery{{Address: a, Header: []byte("Delivered-To: a (lone)\r\n"), Message: body}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := s.AppendMany([]Delivery{
+		{Address: a, Header: []byte("Delivered-To: a\r\n"), Message: body},
+		{Address: b, Header: []byte("Delivered-To: b\r\n"), Message: body},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare, err := s.AppendMany([]Delivery{{Address: b, Message: body}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Body ids are handed out in order: 1 lone, 2 shared, 3 bare.
+	if inBody, inMailbox := headsOf(t, s, a, lone[0], 1); string(inBody) != "Delivered-To: a (lone)\r\n" || inMailbox != nil {
+		t.Errorf("lone copy's head: in its body's bucket %q, in the mailbox %q; want it with the body only", inBody, inMailbox)
+	}
+	for i, u := range []string{a, b} {
+		want := "Delivered-To: " + u[:1] + "\r\n"
+		if inBody, inMailbox := headsOf(t, s, u, shared[i], 2); inBody != nil || string(inMailbox) != want {
+			t.Errorf("shared copy in %s: head in the body's bucket %q, in the mailbox %q; want %q in the mailbox only", u, inBody, inMailbox, want)
+		}
+	}
+	if inBody, inMailbox := headsOf(t, s, b, bare[0], 3); inBody != nil || inMailbox != nil {
+		t.Errorf("copy without a head: %q in the body's bucket, %q in the mailbox", inBody, inMailbox)
+	}
+
+	read := func(addr string, id uint64, want string) {
+		t.Helper()
+		got, err := s.Read(addr, id)
+		if err != nil || string(got) != want {
+			t.Errorf("Read(%s, %d) = %q, %v; want %q", addr, id, got, err, want)
+		}
+	}
+	read(a, lone[0], "Delivered-To: a (lone)\r\n"+string(body))
+	read(a, shared[0], "Delivered-To: a\r\n"+string(body))
+	read(b, shared[1], "Delivered-To: b\r\n"+string(body))
+	read(b, bare[0], string(body))
+	infos, err := s.List(a)
+	if err != nil || len(infos) != 2 || infos[0].Size != int64(len("Delivered-To: a (lone)\r\n")+len(body)) {
+		t.Errorf("List(a) = %+v, %v", infos, err)
+	}
+
+	if err := s.Delete(a, []uint64{lone[0], shared[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, stored := bodyRefs(t, s, 1); stored {
+		t.Error("lone copy's body (and head) left after the copy was deleted")
+	}
+	if _, inMailbox := headsOf(t, s, a, shared[0], 2); inMailbox != nil {
+		t.Errorf("deleted shared copy's head left in its mailbox: %q", inMailbox)
+	}
+	read(b, shared[1], "Delivered-To: b\r\n"+string(body))
+	if err := s.Delete(b, []uint64{shared[1], bare[0]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint64{2, 3} {
+		if _, _, stored := bodyRefs(t, s, id); stored {
+			t.Errorf("body %d left after its last copy went", id)
+		}
+	}
+	if _, inMailbox := headsOf(t, s, b, shared[1], 2); inMailbox != nil {
+		t.Errorf("last shared copy's head left in its mailbox: %q", inMailbox)
+	}
+	checkBolt(t, s)
+}
+
+// A schema 4 file keeps every head in the mailboxes' head buckets: opened
+// by this code it is schema 5 without a rewrite, its copies read with
+// their heads and delete as before, and new mail beside them takes the
+// new layout.
+func TestHeads_Schema4FileOpens(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{BcryptCost: 4, NoOnlineCompaction: true}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const a = "a@example.test"
+	if err := s.AddUser(a, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	head, body := []byte("Delivered-To: a\r\n"), []byte("Subject: x\r\n\r\nold\r\n")
+	old, err := s.AppendMany([]Delivery{{Address: a, Header: head, Message: body}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make it what schema 4 wrote: the head in the mailbox's head bucket.
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketBodies).Bucket(idKey(1)).Delete(bodyHeadKey); err != nil {
+			return err
+		}
+		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(a))
+		if err := mb.Bucket(bucketHead).Put(idKey(old[0]), head); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte(schemaV4))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir, opts)
+	if err != nil {
+		t.Fatalf("open a schema 4 file: %v", err)
+	}
+	defer s.Close()
+	wantCurrentSchema(t, s)
+	if got, err := s.Read(a, old[0]); err != nil || string(got) != string(head)+string(body) {
+		t.Errorf("Read of a schema 4 copy = %q, %v", got, err)
+	}
+	fresh, err := s.AppendMany([]Delivery{{Address: a, Header: []byte("Delivered-To: new\r\n"), Message: body}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inBody, _ := headsOf(t, s, a, fresh[0], 2); string(inBody) != "Delivered-To: new\r\n" {
+		t.Errorf("new copy's head in its body's bucket = %q", inBody)
+	}
+	if err := s.Delete(a, old); err != nil {
+		t.Fatalf("delete a schema 4 copy: %v", err)
+	}
+	if inBody, inMailbox := headsOf(t, s, a, old[0], 1); inBody != nil || inMailbox != nil {
+		t.Errorf("schema 4 copy's head after its deletion: %q, %q", inBody, inMailbox)
+	}
+	if got, err := s.Read(a, fresh[0]); err != nil || string(got) != "Delivered-To: new\r\n"+string(body) {
+		t.Errorf("Read of the new copy = %q, %v", got, err)
+	}
+	checkBolt(t, s)
+}
