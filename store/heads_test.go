@@ -1,20 +1,24 @@
 package store
 
 import (
+	"bytes"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
 )
 
 // headsOf reads where the file keeps the head of copy id in addr's mailbox,
-// whose body is bodyID: in the body's bucket, in the mailbox's head bucket
-// (nil when absent).
+// whose body is bodyID: in the body's bucket (under either key), in the
+// mailbox's head bucket (nil when absent).
 func headsOf(t *testing.T, s *Store, addr string, id, bodyID uint64) (inBody, inMailbox []byte) {
 	t.Helper()
 	s.view(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketBodies).Bucket(idKey(bodyID)); b != nil {
 			if v := b.Get(bodyHeadKey); v != nil {
 				inBody = append([]byte(nil), v...)
+			}
+			if v := b.Get(copyHeadKey(id)); v != nil {
+				inBody = append(inBody, v...)
 			}
 		}
 		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(Key(addr)))
@@ -29,10 +33,11 @@ func headsOf(t *testing.T, s *Store, addr string, id, bodyID uint64) (inBody, in
 }
 
 // A body stored for one copy keeps that copy's head in its own bucket (no
-// pages of the mailbox's head tree in the delivery's commit); copies
-// sharing a body keep theirs in their mailboxes' head buckets. Every copy
-// reads back as its own head and the body, before and after the others
-// are deleted, and nothing is left once all are.
+// pages of the mailbox's head tree in the delivery's commit), and so do
+// copies sharing a small body; copies sharing a big one keep theirs in
+// their mailboxes' head buckets. Every copy reads back as its own head and
+// the body, before and after the others are deleted, and nothing is left
+// once all are.
 func TestHeads_OneCopyKeepsItsHeadWithItsBody(t *testing.T) {
 	s := openInternal(t, Options{NoOnlineCompaction: true})
 	const a, b = "a@example.test", "b@example.test"
@@ -57,14 +62,26 @@ func TestHeads_OneCopyKeepsItsHeadWithItsBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Body ids are handed out in order: 1 lone, 2 shared, 3 bare.
+	big := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("x"), maxHeadsWithBody)...)
+	bigShared, err := s.AppendMany([]Delivery{
+		{Address: a, Header: []byte("Delivered-To: a (big)\r\n"), Message: big},
+		{Address: b, Header: []byte("Delivered-To: b (big)\r\n"), Message: big},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Body ids are handed out in order: 1 lone, 2 shared, 3 bare, 4 big.
 	if inBody, inMailbox := headsOf(t, s, a, lone[0], 1); string(inBody) != "Delivered-To: a (lone)\r\n" || inMailbox != nil {
 		t.Errorf("lone copy's head: in its body's bucket %q, in the mailbox %q; want it with the body only", inBody, inMailbox)
 	}
 	for i, u := range []string{a, b} {
 		want := "Delivered-To: " + u[:1] + "\r\n"
-		if inBody, inMailbox := headsOf(t, s, u, shared[i], 2); inBody != nil || string(inMailbox) != want {
-			t.Errorf("shared copy in %s: head in the body's bucket %q, in the mailbox %q; want %q in the mailbox only", u, inBody, inMailbox, want)
+		if inBody, inMailbox := headsOf(t, s, u, shared[i], 2); string(inBody) != want || inMailbox != nil {
+			t.Errorf("shared copy in %s: head in the body's bucket %q, in the mailbox %q; want %q with the body only", u, inBody, inMailbox, want)
+		}
+		want = "Delivered-To: " + u[:1] + " (big)\r\n"
+		if inBody, inMailbox := headsOf(t, s, u, bigShared[i], 4); inBody != nil || string(inMailbox) != want {
+			t.Errorf("big shared copy in %s: head in the body's bucket %q, in the mailbox %q; want %q in the mailbox only", u, inBody, inMailbox, want)
 		}
 	}
 	if inBody, inMailbox := headsOf(t, s, b, bare[0], 3); inBody != nil || inMailbox != nil {
@@ -82,31 +99,37 @@ func TestHeads_OneCopyKeepsItsHeadWithItsBody(t *testing.T) {
 	read(a, shared[0], "Delivered-To: a\r\n"+string(body))
 	read(b, shared[1], "Delivered-To: b\r\n"+string(body))
 	read(b, bare[0], string(body))
+	read(a, bigShared[0], "Delivered-To: a (big)\r\n"+string(big))
+	read(b, bigShared[1], "Delivered-To: b (big)\r\n"+string(big))
 	infos, err := s.List(a)
-	if err != nil || len(infos) != 2 || infos[0].Size != int64(len("Delivered-To: a (lone)\r\n")+len(body)) {
+	if err != nil || len(infos) != 3 || infos[0].Size != int64(len("Delivered-To: a (lone)\r\n")+len(body)) {
 		t.Errorf("List(a) = %+v, %v", infos, err)
 	}
 
-	if err := s.Delete(a, []uint64{lone[0], shared[0]}); err != nil {
+	if err := s.Delete(a, []uint64{lone[0], shared[0], bigShared[0]}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, stored := bodyRefs(t, s, 1); stored {
 		t.Error("lone copy's body (and head) left after the copy was deleted")
 	}
-	if _, inMailbox := headsOf(t, s, a, shared[0], 2); inMailbox != nil {
-		t.Errorf("deleted shared copy's head left in its mailbox: %q", inMailbox)
+	if inBody, inMailbox := headsOf(t, s, a, shared[0], 2); inBody != nil || inMailbox != nil {
+		t.Errorf("deleted shared copy's head left: %q with the body, %q in its mailbox", inBody, inMailbox)
+	}
+	if _, inMailbox := headsOf(t, s, a, bigShared[0], 4); inMailbox != nil {
+		t.Errorf("deleted big shared copy's head left in its mailbox: %q", inMailbox)
 	}
 	read(b, shared[1], "Delivered-To: b\r\n"+string(body))
-	if err := s.Delete(b, []uint64{shared[1], bare[0]}); err != nil {
+	read(b, bigShared[1], "Delivered-To: b (big)\r\n"+string(big))
+	if err := s.Delete(b, []uint64{shared[1], bare[0], bigShared[1]}); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []uint64{2, 3} {
+	for _, id := range []uint64{2, 3, 4} {
 		if _, _, stored := bodyRefs(t, s, id); stored {
 			t.Errorf("body %d left after its last copy went", id)
 		}
 	}
-	if _, inMailbox := headsOf(t, s, b, shared[1], 2); inMailbox != nil {
-		t.Errorf("last shared copy's head left in its mailbox: %q", inMailbox)
+	if _, inMailbox := headsOf(t, s, b, bigShared[1], 4); inMailbox != nil {
+		t.Errorf("last big shared copy's head left in its mailbox: %q", inMailbox)
 	}
 	checkBolt(t, s)
 }
@@ -172,6 +195,39 @@ func TestHeads_Schema4FileOpens(t *testing.T) {
 	}
 	if got, err := s.Read(a, fresh[0]); err != nil || string(got) != "Delivered-To: new\r\n"+string(body) {
 		t.Errorf("Read of the new copy = %q, %v", got, err)
+	}
+	checkBolt(t, s)
+}
+
+// Deleting a user takes its copies' heads out of the bodies it shared with
+// other mailboxes, which keep theirs.
+func TestHeads_DeleteUserTakesItsHeadsFromSharedBodies(t *testing.T) {
+	s := openInternal(t, Options{NoOnlineCompaction: true})
+	const a, b = "a@example.test", "b@example.test"
+	for _, u := range []string{a, b} {
+		if err := s.AddUser(u, "password-12345"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := []byte("Subject: x\r\n\r\nbody\r\n")
+	ids, err := s.AppendMany([]Delivery{
+		{Address: a, Header: []byte("Delivered-To: a\r\n"), Message: body},
+		{Address: b, Header: []byte("Delivered-To: b\r\n"), Message: body},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteUser(a); err != nil {
+		t.Fatal(err)
+	}
+	s.view(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketBodies).Bucket(idKey(1)).Get(copyHeadKey(ids[0])); v != nil {
+			t.Errorf("deleted user's head left in the shared body: %q", v)
+		}
+		return nil
+	})
+	if got, err := s.Read(b, ids[1]); err != nil || string(got) != "Delivered-To: b\r\n"+string(body) {
+		t.Errorf("Read(b) = %q, %v", got, err)
 	}
 	checkBolt(t, s)
 }

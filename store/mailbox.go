@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -277,8 +278,13 @@ func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (used, qu
 type bodyWriter struct {
 	bodies, refs *bolt.Bucket
 	ids          map[sliceID]uint64
-	order        []uint64              // body ids in the order stored
+	order        []storedBody          // in the order stored
 	copies       map[uint64][]copyHead // body id -> the copies referring to it
+}
+
+type storedBody struct {
+	id   uint64
+	size int
 }
 
 // copyHead is one copy's own head: its trace header lines, stored apart
@@ -329,7 +335,7 @@ func (w *bodyWriter) add(msg []byte, c copyHead) (uint64, error) {
 			return 0, fmt.Errorf("body %d: %w", id, err)
 		}
 		w.ids[key] = id
-		w.order = append(w.order, id)
+		w.order = append(w.order, storedBody{id, len(msg)})
 	}
 	w.copies[id] = append(w.copies[id], c)
 	return id, nil
@@ -342,22 +348,31 @@ func (w *bodyWriter) add(msg []byte, c copyHead) (uint64, error) {
 // entry in bodyrefs cost the commit that tree's leaf and branches, three
 // of the twenty pages a 4 KiB delivery wrote, and a head in the mailbox's
 // head bucket two more. Both go with the bucket when the copy is deleted.
-// A body shared by more copies has its count in bodyrefs and each copy's
-// head in its mailbox's head bucket, which a copy's deletion changes
-// without rewriting the body; a body whose copies went down to one keeps
-// them there.
+// A body shared by more copies has its count in bodyrefs, and so has one
+// whose copies went down to one. Their heads are in the body's bucket
+// too, one key a copy, when the body is small (maxHeadsWithBody): ten
+// recipients of a 4 KiB message cost the commit one bucket of a few
+// pages, not ten head trees' leaves and branches. A big body's copies keep
+// their heads in their mailboxes' head buckets, so that deleting one of
+// them does not rewrite the body.
 func (w *bodyWriter) finish() error {
-	for _, id := range w.order {
-		if err := w.finishBody(id, w.copies[id]); err != nil {
-			return fmt.Errorf("body %d: %w", id, err)
+	for _, b := range w.order {
+		if err := w.finishBody(b, w.copies[b.id]); err != nil {
+			return fmt.Errorf("body %d: %w", b.id, err)
 		}
 	}
 	return nil
 }
 
-func (w *bodyWriter) finishBody(id uint64, copies []copyHead) error {
+// maxHeadsWithBody is the largest shared body whose bucket holds its
+// copies' heads. Deleting a copy rewrites the bucket's page that held its
+// head, which may be the body's: a few pages in one run for mail this
+// small.
+const maxHeadsWithBody = 64 << 10
+
+func (w *bodyWriter) finishBody(sb storedBody, copies []copyHead) error {
+	b := w.bodies.Bucket(idKey(sb.id))
 	if len(copies) == 1 {
-		b := w.bodies.Bucket(idKey(id))
 		if err := b.SetSequence(1); err != nil {
 			return err
 		}
@@ -366,11 +381,21 @@ func (w *bodyWriter) finishBody(id uint64, copies []copyHead) error {
 		}
 		return nil
 	}
-	if err := w.refs.Put(idKey(id), encodeCount(uint64(len(copies)))); err != nil {
+	if err := w.refs.Put(idKey(sb.id), encodeCount(uint64(len(copies)))); err != nil {
 		return err
+	}
+	if sb.size <= maxHeadsWithBody {
+		// Written once, whole: full pages, fewer of them.
+		b.FillPercent = 1.0
 	}
 	for _, c := range copies {
 		if len(c.head) == 0 {
+			continue
+		}
+		if sb.size <= maxHeadsWithBody {
+			if err := b.Put(copyHeadKey(c.id), c.head); err != nil {
+				return err
+			}
 			continue
 		}
 		heads, err := c.mailbox.CreateBucketIfNotExists(bucketHead)
@@ -384,9 +409,9 @@ func (w *bodyWriter) finishBody(id uint64, copies []copyHead) error {
 	return nil
 }
 
-// releaseBody drops one reference to a stored body, and the body with the
-// last one.
-func releaseBody(tx *bolt.Tx, bodyID uint64) error {
+// releaseBody drops copy copyID's reference to a stored body (and its
+// head there, if any), and the body with the last one.
+func releaseBody(tx *bolt.Tx, bodyID, copyID uint64) error {
 	refs, bodies := tx.Bucket(bucketBodyRefs), tx.Bucket(bucketBodies)
 	k := idKey(bodyID)
 	if v := refs.Get(k); v != nil {
@@ -395,6 +420,12 @@ func releaseBody(tx *bolt.Tx, bodyID uint64) error {
 			return err
 		}
 		if n > 1 {
+			if b := bodies.Bucket(k); b != nil {
+				// Deleting a key that is not there writes nothing.
+				if err := b.Delete(copyHeadKey(copyID)); err != nil {
+					return err
+				}
+			}
 			return refs.Put(k, encodeCount(n-1))
 		}
 		if err := refs.Delete(k); err != nil {
@@ -418,8 +449,13 @@ var bodyKey = []byte("m")
 
 // bodyHeadKey holds, in the bucket of a body stored for one copy, that
 // copy's head (schema 5; see finish). Sorting before bodyKey, it shares
-// the body's page.
+// the body's page. In the bucket of a small shared body, copyHeadKey(id)
+// holds copy id's.
 var bodyHeadKey = []byte("h")
+
+func copyHeadKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(make([]byte, 0, 9), bodyHeadKey...), id)
+}
 
 func putBody(bodies *bolt.Bucket, id uint64, msg []byte) error {
 	b, err := bodies.CreateBucket(idKey(id))
@@ -502,9 +538,12 @@ func messageParts(tx *bolt.Tx, mb *bolt.Bucket, id uint64, e indexEntry) (head, 
 		}
 	} else if b := tx.Bucket(bucketBodies).Bucket(idKey(e.body)); b != nil {
 		body = b.Get(bodyKey)
-		// One of the two places holds the head (see finish); a copy
+		// One of three places holds the head (see finish); a copy
 		// stored before schema 5 has it in the head bucket.
 		if head = b.Get(bodyHeadKey); head == nil {
+			head = b.Get(copyHeadKey(id))
+		}
+		if head == nil {
 			if heads := mb.Bucket(bucketHead); heads != nil {
 				head = heads.Get(k)
 			}
@@ -561,28 +600,29 @@ func deleteMessage(tx *bolt.Tx, mb *bolt.Bucket, id uint64) error {
 			return err
 		}
 	}
-	return releaseBody(tx, e.body)
+	return releaseBody(tx, e.body, id)
 }
 
 // releaseMailbox drops the references a mailbox's messages hold on shared
 // bodies, before the mailbox bucket is deleted.
 func releaseMailbox(tx *bolt.Tx, mb *bolt.Bucket) error {
-	var bodies []uint64
+	type ref struct{ body, copy uint64 }
+	var refs []ref
 	err := mb.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
 		e, err := decodeIndexEntry(k, v)
 		if err != nil {
 			return err
 		}
 		if !e.schemaV1() {
-			bodies = append(bodies, e.body)
+			refs = append(refs, ref{e.body, keyID(k)})
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, id := range bodies {
-		if err := releaseBody(tx, id); err != nil {
+	for _, r := range refs {
+		if err := releaseBody(tx, r.body, r.copy); err != nil {
 			return err
 		}
 	}

@@ -11,12 +11,15 @@
 //	    index  8-byte big-endian id -> index entry (no body):
 //	           size, arrival time, epoch, body id (8 bytes each)
 //	    head   8-byte big-endian id -> this copy's own trace header lines
-//	           (absent when empty, or kept with the body, see bodies)
+//	           (absent when empty, or kept with the body, see bodies:
+//	           copies stored before schema 5, and of big shared bodies)
 //	    body   8-byte big-endian id -> whole message (schema 1 copies only)
 //	bodies     sequence = last body id; 8-byte body id -> a bucket:
 //	           "m" -> message bytes (CRLF), stored once for every
 //	           mailbox that received them; "h" -> the head of the one
-//	           copy, when the body was stored for one (schema 5)
+//	           copy, when the body was stored for one; "h" + 8-byte copy
+//	           id -> that copy's head, when the body is shared and at most
+//	           64 KiB (schema 5)
 //	bodyrefs   8-byte body id -> 8-byte count of index entries naming it;
 //	           absent for a body stored for one copy, whose bucket's
 //	           sequence is 1 instead (schema 4)

@@ -97,3 +97,27 @@ func BenchmarkUpdateMaildropUnindexed(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAppendShared is one 4 KiB message for ten mailboxes, each copy
+// with its own head: pages/msg is what one such delivery writes.
+func BenchmarkAppendShared(b *testing.B) {
+	msg := bytes.Repeat([]byte("0123456789abcde\n"), 4096/16)
+	users := make([]string, 10)
+	for i := range users {
+		users[i] = "u" + strconv.Itoa(i) + "@example.org"
+	}
+	s := storeWithUsers(b, users...)
+	b.SetBytes(int64(len(msg)))
+	ds := make([]store.Delivery, len(users))
+	for i, u := range users {
+		ds[i] = store.Delivery{Address: u, Message: msg,
+			Header: []byte("Return-Path: <bob@other.test>\r\nDelivered-To: " + u + "\r\nReceived: from mx.other.test by mx.example.org; Tue, 1 Dec 2026 10:00:00 +0000\r\n")}
+	}
+	pages := s.PagesWritten()
+	for b.Loop() {
+		if _, err := s.AppendMany(ds); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(s.PagesWritten()-pages)/float64(b.N), "pages/msg")
+}
