@@ -7,6 +7,18 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// openWithUsers opens a store of its own for the test, with these users.
+func openWithUsers(t *testing.T, addrs ...string) *Store {
+	t.Helper()
+	s := openInternal(t, Options{NoOnlineCompaction: true})
+	for _, a := range addrs {
+		if err := s.AddUser(a, "password-12345"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
 // headsOf reads where the file keeps the head of copy id in addr's mailbox,
 // whose body is bodyID: in the body's bucket (under either key), in the
 // mailbox's head bucket (nil when absent).
@@ -39,13 +51,8 @@ func headsOf(t *testing.T, s *Store, addr string, id, bodyID uint64) (inBody, in
 // the body, before and after the others are deleted, and nothing is left
 // once all are.
 func TestHeads_OneCopyKeepsItsHeadWithItsBody(t *testing.T) {
-	s := openInternal(t, Options{NoOnlineCompaction: true})
 	const a, b = "a@example.test", "b@example.test"
-	for _, u := range []string{a, b} {
-		if err := s.AddUser(u, "password-12345"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := openWithUsers(t, a, b)
 	body := []byte("Subject: x\r\n\r\nbody\r\n")
 	lone, err := s.AppendMany([]Delivery{{Address: a, Header: []byte("Delivered-To: a (lone)\r\n"), Message: body}})
 	if err != nil {
@@ -202,13 +209,8 @@ func TestHeads_Schema4FileOpens(t *testing.T) {
 // Deleting a user takes its copies' heads out of the bodies it shared with
 // other mailboxes, which keep theirs.
 func TestHeads_DeleteUserTakesItsHeadsFromSharedBodies(t *testing.T) {
-	s := openInternal(t, Options{NoOnlineCompaction: true})
 	const a, b = "a@example.test", "b@example.test"
-	for _, u := range []string{a, b} {
-		if err := s.AddUser(u, "password-12345"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := openWithUsers(t, a, b)
 	body := []byte("Subject: x\r\n\r\nbody\r\n")
 	ids, err := s.AppendMany([]Delivery{
 		{Address: a, Header: []byte("Delivered-To: a\r\n"), Message: body},

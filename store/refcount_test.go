@@ -36,12 +36,7 @@ func bodyRefs(t *testing.T, s *Store, id uint64) (entry []byte, seq uint64, stor
 // in bodyrefs (no pages of that tree in the delivery's commit); one shared
 // by two copies has its count in bodyrefs; each goes with its last copy.
 func TestRefCount_OneCopyInTheBodysSequence(t *testing.T) {
-	s := openInternal(t, Options{NoOnlineCompaction: true})
-	for _, a := range []string{"a@example.test", "b@example.test"} {
-		if err := s.AddUser(a, "password-12345"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := openWithUsers(t, "a@example.test", "b@example.test")
 	msg := []byte("Subject: x\r\n\r\nbody\r\n")
 	one, err := s.AppendMany([]Delivery{{Address: "a@example.test", Message: msg}})
 	if err != nil {

@@ -319,6 +319,47 @@ func TestSMTPInPOP3OutByteExact(t *testing.T) {
 	}
 }
 
+// TestSharedCopiesKeepTheirOwnHeads: one transaction for two mailboxes,
+// with a small message (whose copies' heads the store keeps with the shared
+// body) and a big one (whose copies keep theirs in the mailboxes): each
+// mailbox retrieves the message byte-exact under its own Delivered-To, and
+// the second mailbox still does after the first deleted its copies.
+func TestSharedCopiesKeepTheirOwnHeads(t *testing.T) {
+	s := newSite(t, "example.test", "")
+	rcpts := []string{"alice@example.test", "carol@example.test"}
+	for _, r := range rcpts {
+		s.addUser(t, r)
+	}
+	small := append(testMessage("bob@other.test", "alice@example.test", "small", ""), "a few lines\r\n"...)
+	big := append(testMessage("bob@other.test", "alice@example.test", "big", ""), bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz\r\n"), 4000)...)
+	for _, msg := range [][]byte{small, big} {
+		c, err := smtp.Dial(s.srv.addrs["listen.smtp"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendMail("bob@other.test", rcpts, bytes.NewReader(msg)); err != nil {
+			t.Fatal(err)
+		}
+		c.Quit()
+	}
+	for _, r := range rcpts {
+		got := pop3Fetch(t, s.srv.addrs["listen.pop3s"], r)
+		if len(got) != 2 {
+			t.Fatalf("%s fetched %d messages, want 2", r, len(got))
+		}
+		for i, msg := range [][]byte{small, big} {
+			if !bytes.HasSuffix(got[i], msg) {
+				t.Errorf("%s message %d: RETR did not return the message byte-exact", r, i+1)
+				continue
+			}
+			head := got[i][:len(got[i])-len(msg)]
+			if n := bytes.Count(head, []byte("\r\nDelivered-To: ")); n != 1 || !bytes.Contains(head, []byte("\r\nDelivered-To: "+r+"\r\n")) {
+				t.Errorf("%s message %d: head %q, want one Delivered-To naming %s", r, i+1, head, r)
+			}
+		}
+	}
+}
+
 // TestBackupWhileDelivering: a backup taken while messages arrive opens as a
 // store and holds every message acknowledged before it started.
 func TestBackupWhileDelivering(t *testing.T) {
