@@ -2,6 +2,7 @@ package msgauth
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"net"
 	"slices"
@@ -562,6 +563,91 @@ func TestVerify_TakesTXTAnswersFromTheCache(t *testing.T) {
 		}
 		if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, tc.want) {
 			t.Errorf("MAIL FROM %s: Authentication-Results %q lacks %q", tc.from, ar, tc.want)
+		}
+	}
+}
+
+// A check the cache answers completely is taken from it alone; one that
+// needs an answer it does not hold (an A record for SPF's "a", a DMARC
+// record) is made again on the network, whose answer is the one recorded:
+// never the cache-only attempt's temperror.
+func TestVerify_ChecksTheCacheCannotCompleteGoToTheNetwork(t *testing.T) {
+	srv := world(t)
+	cache := fakeTXT{
+		"evil.test.":        {"v=spf1 -all"}, // the DNS says +all: proof the cache was used
+		"_dmarc.evil.test.": {},
+		"mx.a.test.":        {"v=spf1 a -all"}, // needs mx.a.test's A record
+		"bank.test.":        {"v=spf1 ip4:192.0.2.1 -all"},
+	}
+	v := &Verifier{Resolver: srv.Resolver(), Cache: cache, AuthServID: ourID, Timeout: 10 * time.Second}
+	for _, tc := range []struct{ from, want string }{
+		{"forger@evil.test", "spf=fail smtp.mailfrom=forger@evil.test; dkim=none; dmarc=none"},
+		{"alice@mx.a.test", "spf=pass smtp.mailfrom=alice@mx.a.test"},
+		// SPF from the cache, the DMARC record (p=reject) from the DNS.
+		{"boss@bank.test", "spf=fail smtp.mailfrom=boss@bank.test; dkim=none; dmarc=fail"},
+	} {
+		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", tc.from, plainMessage(tc.from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, tc.want) {
+			t.Errorf("MAIL FROM %s: Authentication-Results %q lacks %q", tc.from, ar, tc.want)
+		}
+	}
+}
+
+// With every answer in the cache, Verify needs no DNS at all: a resolver
+// that cannot reach any server changes nothing.
+func TestVerify_AllAnswersInTheCacheNeedNoDNS(t *testing.T) {
+	unreachable := &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New("no DNS in this test")
+	}}
+	cache := fakeTXT{"evil.test.": {"v=spf1 -all"}, "_dmarc.evil.test.": {}}
+	v := &Verifier{Resolver: unreachable, Cache: cache, AuthServID: ourID, Timeout: 10 * time.Second}
+	verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "forger@evil.test", plainMessage("forger@evil.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, "spf=fail smtp.mailfrom=forger@evil.test; dkim=none; dmarc=none") {
+		t.Errorf("Authentication-Results %q", ar)
+	}
+}
+
+func TestFromCache(t *testing.T) {
+	cache := fakeTXT{"held.test.": {"v=spf1 -all"}}
+	txt := func(name string) func(resolver) error {
+		return func(r resolver) error { _, err := r.LookupTXT(context.Background(), name); return err }
+	}
+	mx := func(r resolver) error { _, err := r.LookupMX(context.Background(), "held.test"); return err }
+	for _, tc := range []struct {
+		name     string
+		cache    TXTCache
+		check    func(resolver) error
+		complete bool
+	}{
+		{"TXT the cache holds", cache, txt("held.test"), true},
+		{"TXT it does not", cache, txt("other.test"), false},
+		{"MX, never cached here", cache, mx, false},
+		{"no cache", nil, txt("held.test"), false},
+	} {
+		_, complete := fromCache(resolver{r: net.DefaultResolver, cache: tc.cache}, tc.check)
+		if complete != tc.complete {
+			t.Errorf("%s: complete = %v, want %v", tc.name, complete, tc.complete)
+		}
+	}
+}
+
+// BenchmarkVerify_FromCache is a message from a sender domain whose SPF
+// and DMARC answers are cached, the usual case for a busy domain.
+func BenchmarkVerify_FromCache(b *testing.B) {
+	cache := fakeTXT{"evil.test.": {"v=spf1 ip4:127.0.0.1 -all"}, "_dmarc.evil.test.": {}}
+	v := &Verifier{Resolver: net.DefaultResolver, Cache: cache, AuthServID: ourID, Timeout: 10 * time.Second}
+	msg := plainMessage("alice@evil.test")
+	ip := net.ParseIP("127.0.0.1")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(context.Background(), ip, "mx.evil.test", "alice@evil.test", msg); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
