@@ -399,13 +399,13 @@ type Server struct {
 
 	mu      sync.Mutex
 	started bool
-	// accepting is cancelled by Shutdown, which closes every listener
-	// Serve was given (so that its Accept returns).
-	accepting     context.Context
-	stopAccepting context.CancelFunc
-	conns         map[*trackedConn]struct{}
-	inData        int           // Data handlers running
-	dataDone      chan struct{} // closed when inData drops to 0, if waited for
+	// listeners are those Serve is accepting on. Shutdown closes them
+	// itself, before it tells idle connections, so that none is accepted
+	// once it has begun.
+	listeners map[net.Listener]struct{}
+	conns     map[*trackedConn]struct{}
+	inData    int           // Data handlers running
+	dataDone  chan struct{} // closed when inData drops to 0, if waited for
 	// The commit gate: once Shutdown has given up waiting, no message is
 	// stored any more, since its client was cut off without a 250 and will
 	// send it again. Commits under way are waited for.
@@ -448,7 +448,7 @@ func newServer(k kind, local Local, queue Queue, users Users, opts Options) *Ser
 		s.domains[mailaddr.NormalDomain(d)] = true
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.accepting, s.stopAccepting = context.WithCancel(context.Background())
+	s.listeners = map[net.Listener]struct{}{}
 	if opts.TLSConfig != nil {
 		s.starttls = ServerTLSConfig(opts.TLSConfig)
 	}
@@ -508,8 +508,13 @@ func (s *Server) Serve(l net.Listener) error {
 		go func() { defer s.engines.Done(); s.plain.Serve(s.plainL) }()
 		go func() { defer s.engines.Done(); s.implicit.Serve(s.implicitL) }()
 	}
+	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
-	defer context.AfterFunc(s.accepting, func() { l.Close() })()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
 
 	for {
 		c, err := l.Accept()
@@ -598,8 +603,12 @@ func (s *Server) isDraining() bool { return s.draining.Load() }
 // connections short.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
-	s.stopAccepting()
 	s.mu.Lock()
+	// Serve registers a listener under mu unless draining is set, so every
+	// listener is closed here or by Serve itself.
+	for l := range s.listeners {
+		l.Close()
+	}
 	for tc := range s.conns {
 		tc.poke()
 	}

@@ -169,12 +169,11 @@ type Server struct {
 
 	mu       sync.Mutex
 	shutdown bool
-	// accepting is cancelled by Shutdown, which closes every listener
-	// Serve was given (so that its Accept returns).
-	accepting     context.Context
-	stopAccepting context.CancelFunc
-	sessions      map[*session]struct{}
-	active        sync.WaitGroup // connection goroutines
+	// listeners are those Serve is accepting on; Shutdown closes them
+	// itself, so that none is accepted once it has returned from that.
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	active    sync.WaitGroup // connection goroutines
 
 	// afterSession, when set (by tests), runs after a session has ended and
 	// released its lock.
@@ -221,16 +220,16 @@ func NewServer(md Maildrop, opts Options) *Server {
 		locks = &MaildropLocks{}
 	}
 	s := &Server{
-		md:       md,
-		opts:     opts,
-		log:      logger,
-		throttle: throttle,
-		limiter:  limiter,
-		locks:    locks,
-		closing:  make(chan struct{}),
-		sessions: map[*session]struct{}{},
+		md:        md,
+		opts:      opts,
+		log:       logger,
+		throttle:  throttle,
+		limiter:   limiter,
+		locks:     locks,
+		closing:   make(chan struct{}),
+		sessions:  map[*session]struct{}{},
+		listeners: map[net.Listener]struct{}{},
 	}
-	s.accepting, s.stopAccepting = context.WithCancel(context.Background())
 	return s
 }
 
@@ -244,8 +243,13 @@ func (s *Server) Serve(l net.Listener) error {
 		l.Close()
 		return nil
 	}
+	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
-	defer context.AfterFunc(s.accepting, func() { l.Close() })()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
 
 	for {
 		conn, err := l.Accept()
@@ -289,8 +293,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.shutdown = true
 		close(s.closing)
 	}
+	for l := range s.listeners {
+		l.Close()
+	}
 	s.mu.Unlock()
-	s.stopAccepting()
 
 	done := make(chan struct{})
 	go func() {
