@@ -2,8 +2,8 @@ package msgauth
 
 import (
 	"bytes"
-	"errors"
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"strings"
