@@ -384,7 +384,8 @@ func (w *bodyWriter) finishBody(sb storedBody, copies []copyHead) error {
 	if err := w.refs.Put(idKey(sb.id), encodeCount(uint64(len(copies)))); err != nil {
 		return err
 	}
-	if sb.size <= maxHeadsWithBody {
+	withBody := sb.size <= maxHeadsWithBody
+	if withBody {
 		// Written once, whole: full pages, fewer of them.
 		b.FillPercent = 1.0
 	}
@@ -392,7 +393,7 @@ func (w *bodyWriter) finishBody(sb storedBody, copies []copyHead) error {
 		if len(c.head) == 0 {
 			continue
 		}
-		if sb.size <= maxHeadsWithBody {
+		if withBody {
 			if err := b.Put(copyHeadKey(c.id), c.head); err != nil {
 				return err
 			}

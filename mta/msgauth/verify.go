@@ -125,35 +125,18 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	// complete runs on the network beside the DKIM check, so that a server
 	// hanging on one lookup does not eat the others' time.
 	sp, spfCached := fromCache(res, func(r resolver) spfOutcome { return checkSPF(ctx, r, ip, helo, mailFrom) })
-	var spfDone chan spfOutcome
+	var spfDone <-chan spfOutcome
 	if !spfCached {
-		spfDone = make(chan spfOutcome, 1)
-		// A panic in a lookup goroutine would kill the whole server (the
-		// SMTP session's recover cannot reach it): it becomes a temporary
-		// error.
-		go func() {
-			defer func() {
-				if r := recover(); r != nil {
-					v.logger().Error("spf check panicked", "panic", r)
-					spfDone <- spfOutcome{value: spf.TempError, mailFrom: mailFrom, helo: helo, dnsTrouble: true}
-				}
-			}()
-			spfDone <- checkSPF(ctx, res, ip, helo, mailFrom)
-		}()
+		spfDone = beside(v.logger(), "spf check", func() spfOutcome { return checkSPF(ctx, res, ip, helo, mailFrom) },
+			func(any) spfOutcome {
+				return spfOutcome{value: spf.TempError, mailFrom: mailFrom, helo: helo, dnsTrouble: true}
+			})
 	}
 	dr, dmarcCached := fromCache(res, func(r resolver) dmarcRecord { return lookupPolicy(ctx, r, from) })
-	var recDone chan dmarcRecord
+	var recDone <-chan dmarcRecord
 	if !dmarcCached {
-		recDone = make(chan dmarcRecord, 1)
-		go func() {
-			defer func() {
-				if r := recover(); r != nil {
-					v.logger().Error("dmarc lookup panicked", "panic", r)
-					recDone <- dmarcRecord{err: fmt.Errorf("dmarc lookup panicked: %v", r)}
-				}
-			}()
-			recDone <- lookupPolicy(ctx, res, from)
-		}()
+		recDone = beside(v.logger(), "dmarc lookup", func() dmarcRecord { return lookupPolicy(ctx, res, from) },
+			func(p any) dmarcRecord { return dmarcRecord{err: fmt.Errorf("dmarc lookup panicked: %v", p)} })
 	}
 	dk := checkDKIM(ctx, res, fields, rest, msg)
 	if spfDone != nil {
@@ -195,6 +178,24 @@ func (v *Verifier) Verify(ctx context.Context, ip net.IP, helo, mailFrom string,
 	}
 	h := formatAuthResults(v.AuthServID, results, lineEnding(msg))
 	return Verdict{Disposition: Deliver, Field: []byte(h), Message: stripAuthResults(msg, v.AuthServID), Summary: summary, Authenticated: authenticated}, nil
+}
+
+// beside runs check in a goroutine of its own and returns where its outcome
+// will be. A panic there becomes onPanic's outcome: the SMTP session's
+// recover cannot reach that goroutine, and the panic would kill the whole
+// server.
+func beside[T any](log *slog.Logger, what string, check func() T, onPanic func(any) T) <-chan T {
+	done := make(chan T, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Error(what+" panicked", "panic", p)
+				done <- onPanic(p)
+			}
+		}()
+		done <- check()
+	}()
+	return done
 }
 
 func (v *Verifier) logger() *slog.Logger {
