@@ -339,51 +339,24 @@ func TestCompactOnline_UnderLoad(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	written := map[uint64]bool{}
-	for range 2 { // writers
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id, err := s.Append("bob@example.test", []byte(fmt.Sprintf("Subject: %d\r\n\r\nx\r\n", i)))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				written[id] = true
-				mu.Unlock()
-			}
-		}()
-	}
-	for range 3 { // readers
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				list, err := s.List("bob@example.test")
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if len(list) > 0 {
-					if _, err := s.Read("bob@example.test", list[len(list)-1].ID); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			}
-		}()
-	}
+	var n atomic.Int64
+	hammer(t, &wg, stop, 2, func() error { // writers
+		id, err := s.Append("bob@example.test", []byte(fmt.Sprintf("Subject: %d\r\n\r\nx\r\n", n.Add(1))))
+		if err == nil {
+			mu.Lock()
+			written[id] = true
+			mu.Unlock()
+		}
+		return err
+	})
+	hammer(t, &wg, stop, 3, func() error { // readers
+		list, err := s.List("bob@example.test")
+		if err != nil || len(list) == 0 {
+			return err
+		}
+		_, err = s.Read("bob@example.test", list[len(list)-1].ID)
+		return err
+	})
 	bigMailComesAndGoes(t, s, "alice@example.test", 80)
 	c.wait()
 	close(stop)

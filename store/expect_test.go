@@ -13,6 +13,28 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
+// hammer runs fn over and over in n goroutines of wg until stop is closed;
+// a goroutine whose fn fails reports the error and stops.
+func hammer(t *testing.T, wg *sync.WaitGroup, stop <-chan struct{}, n int, fn func() error) {
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := fn(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+}
+
 // openInternal opens a store for the tests that look at its insides.
 func openInternal(t testing.TB, opts Options) *Store {
 	t.Helper()

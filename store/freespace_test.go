@@ -56,23 +56,7 @@ func TestFreeSpace_WhileTheFileGrows(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := s.FreeSpace(); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
+	hammer(t, &wg, stop, 4, func() error { _, err := s.FreeSpace(); return err })
 	// bbolt doubles its map up to 1 GiB: 64 MiB of mail remaps it a dozen
 	// times.
 	msg := bytes.Repeat([]byte("x"), 256<<10)

@@ -162,27 +162,12 @@ func TestHeads_Schema4FileOpens(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Make it what schema 4 wrote: the head in the mailbox's head bucket.
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	s = asSchema(t, s, dir, opts, schemaV4, func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketBodies).Bucket(idKey(1)).Delete(bodyHeadKey); err != nil {
 			return err
 		}
-		mb := tx.Bucket(bucketMailboxes).Bucket([]byte(a))
-		if err := mb.Bucket(bucketHead).Put(idKey(old[0]), head); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte(schemaV4))
+		return tx.Bucket(bucketMailboxes).Bucket([]byte(a)).Bucket(bucketHead).Put(idKey(old[0]), head)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err = Open(dir, opts)
-	if err != nil {
-		t.Fatalf("open a schema 4 file: %v", err)
-	}
-	defer s.Close()
 	wantCurrentSchema(t, s)
 	if got, err := s.Read(a, old[0]); err != nil || string(got) != string(head)+string(body) {
 		t.Errorf("Read of a schema 4 copy = %q, %v", got, err)
@@ -232,4 +217,37 @@ func TestHeads_DeleteUserTakesItsHeadsFromSharedBodies(t *testing.T) {
 		t.Errorf("Read(b) = %q, %v", got, err)
 	}
 	checkBolt(t, s)
+}
+
+// Deleting one copy of a big shared body, whose heads are in the mailboxes,
+// leaves the body's pages alone: its bucket keeps the root page it had, so
+// the commit did not copy the body anew.
+func TestHeads_DeletingACopyOfABigSharedBodyKeepsTheBodyUnwritten(t *testing.T) {
+	const a, b = "a@example.test", "b@example.test"
+	s := openWithUsers(t, a, b)
+	big := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("x"), maxHeadsWithBody)...)
+	ids, err := s.AppendMany([]Delivery{
+		{Address: a, Header: []byte("Delivered-To: a\r\n"), Message: big},
+		{Address: b, Header: []byte("Delivered-To: b\r\n"), Message: big},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := func() (pgid uint64) {
+		s.view(func(tx *bolt.Tx) error {
+			pgid = uint64(tx.Bucket(bucketBodies).Bucket(idKey(1)).Root())
+			return nil
+		})
+		return pgid
+	}
+	before := root()
+	if err := s.Delete(a, ids[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if after := root(); after != before {
+		t.Errorf("deleting one copy moved the body's bucket from page %d to %d: the body was written again", before, after)
+	}
+	if got, err := s.Read(b, ids[1]); err != nil || string(got) != "Delivered-To: b\r\n"+string(big) {
+		t.Errorf("Read(b) after a's copy went: %d octets, %v", len(got), err)
+	}
 }

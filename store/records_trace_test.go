@@ -58,26 +58,11 @@ func TestOpen_Schema2BecomesSchema3(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Make the file what schema 2 wrote: version 2, entries of 32 bytes.
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	s = asSchema(t, s, dir, Options{BcryptCost: 4}, schemaV2, func(tx *bolt.Tx) error {
 		idx := tx.Bucket(bucketMailboxes).Bucket([]byte(Key("a@example.org"))).Bucket(bucketIndex)
 		v := idx.Get(idKey(ids[0]))
-		if err := idx.Put(idKey(ids[0]), append([]byte(nil), v[:indexEntryLen]...)); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte(schemaV2))
+		return idx.Put(idKey(ids[0]), append([]byte(nil), v[:indexEntryLen]...))
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s, err = Open(dir, Options{BcryptCost: 4})
-	if err != nil {
-		t.Fatalf("open a schema 2 file: %v", err)
-	}
-	defer s.Close()
 	wantCurrentSchema(t, s)
 	if err := s.UpdateMaildrop("a@example.org", MaildropUpdate{Retrieved: ids}); err != nil {
 		t.Fatal(err)

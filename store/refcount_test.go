@@ -16,6 +16,32 @@ func wantCurrentSchema(t *testing.T, s *Store) {
 	}
 }
 
+// asSchema makes s's file what schema version wrote (rewrite changes the
+// records, the version key is set), closes s and opens the file again with
+// opts, as this code first meets such a file; the store is closed when
+// the test ends.
+func asSchema(t *testing.T, s *Store, dir string, opts Options, version string, rewrite func(*bolt.Tx) error) *Store {
+	t.Helper()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := rewrite(tx); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte(version))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir, opts)
+	if err != nil {
+		t.Fatalf("open a schema %s file: %v", version, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // bodyRefs reads how the file counts body id's references: its bodyrefs
 // entry (nil when none) and its bucket's sequence.
 func bodyRefs(t *testing.T, s *Store, id uint64) (entry []byte, seq uint64, stored bool) {
@@ -88,26 +114,12 @@ func TestRefCount_Schema3FileOpens(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Make it what schema 3 wrote: the count in bodyrefs, the sequence 0.
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	s = asSchema(t, s, dir, Options{BcryptCost: 4, NoOnlineCompaction: true}, schemaV3, func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketBodyRefs).Put(idKey(1), encodeCount(1)); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketBodies).Bucket(idKey(1)).SetSequence(0); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte(schemaV3))
+		return tx.Bucket(bucketBodies).Bucket(idKey(1)).SetSequence(0)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err = Open(dir, Options{BcryptCost: 4, NoOnlineCompaction: true})
-	if err != nil {
-		t.Fatalf("open a schema 3 file: %v", err)
-	}
-	defer s.Close()
 	wantCurrentSchema(t, s)
 	if err := s.Delete("a@example.test", ids); err != nil {
 		t.Fatalf("delete a schema 3 copy: %v", err)

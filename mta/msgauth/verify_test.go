@@ -539,6 +539,20 @@ func TestVerifyAuthenticatedAndCheckSPF(t *testing.T) {
 	}
 }
 
+// wantAuthResults verifies a plain message from 127.0.0.1 (HELO mx.a.test)
+// with MAIL FROM from, and fails t unless our Authentication-Results
+// holds want.
+func wantAuthResults(t *testing.T, v *Verifier, from, want string) {
+	t.Helper()
+	verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", from, plainMessage(from))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, want) {
+		t.Errorf("MAIL FROM %s: Authentication-Results %q lacks %q", from, ar, want)
+	}
+}
+
 // fakeTXT is a TXTCache holding answers for some names.
 type fakeTXT map[string][]string
 
@@ -557,13 +571,7 @@ func TestVerify_TakesTXTAnswersFromTheCache(t *testing.T) {
 		{"forger@evil.test", "spf=fail"},
 		{"alice@mail.strict.test", "spf=pass"},
 	} {
-		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", tc.from, plainMessage(tc.from))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, tc.want) {
-			t.Errorf("MAIL FROM %s: Authentication-Results %q lacks %q", tc.from, ar, tc.want)
-		}
+		wantAuthResults(t, v, tc.from, tc.want)
 	}
 }
 
@@ -586,13 +594,7 @@ func TestVerify_ChecksTheCacheCannotCompleteGoToTheNetwork(t *testing.T) {
 		// SPF from the cache, the DMARC record (p=reject) from the DNS.
 		{"boss@bank.test", "spf=fail smtp.mailfrom=boss@bank.test; dkim=none; dmarc=fail"},
 	} {
-		verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", tc.from, plainMessage(tc.from))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, tc.want) {
-			t.Errorf("MAIL FROM %s: Authentication-Results %q lacks %q", tc.from, ar, tc.want)
-		}
+		wantAuthResults(t, v, tc.from, tc.want)
 	}
 }
 
@@ -604,13 +606,7 @@ func TestVerify_AllAnswersInTheCacheNeedNoDNS(t *testing.T) {
 	}}
 	cache := fakeTXT{"evil.test.": {"v=spf1 -all"}, "_dmarc.evil.test.": {}}
 	v := &Verifier{Resolver: unreachable, Cache: cache, AuthServID: ourID, Timeout: 10 * time.Second}
-	verdict, err := v.Verify(context.Background(), net.ParseIP("127.0.0.1"), "mx.a.test", "forger@evil.test", plainMessage("forger@evil.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ar := authResults(t, verdict.delivered()); !strings.Contains(ar, "spf=fail smtp.mailfrom=forger@evil.test; dkim=none; dmarc=none") {
-		t.Errorf("Authentication-Results %q", ar)
-	}
+	wantAuthResults(t, v, "forger@evil.test", "spf=fail smtp.mailfrom=forger@evil.test; dkim=none; dmarc=none")
 }
 
 func TestFromCache(t *testing.T) {
