@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -249,5 +250,42 @@ func TestHeads_DeletingACopyOfABigSharedBodyKeepsTheBodyUnwritten(t *testing.T) 
 	}
 	if got, err := s.Read(b, ids[1]); err != nil || string(got) != "Delivered-To: b\r\n"+string(big) {
 		t.Errorf("Read(b) after a's copy went: %d octets, %v", len(got), err)
+	}
+}
+
+// Copies sharing a small body write their heads into its bucket in one go,
+// and nothing is added there later (deleting copies only takes heads out):
+// its leaves are filled whole, not split in half as bbolt does for keys
+// that may keep coming, so a delivery to many mailboxes writes fewer
+// pages.
+func TestHeads_SharedBodyBucketIsWrittenInFullPages(t *testing.T) {
+	const copies = 64
+	addrs := make([]string, copies)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("user%02d@example.test", i)
+	}
+	s := openWithUsers(t, addrs...)
+	body := []byte("Subject: to all\r\n\r\nhello\r\n")
+	ds := make([]Delivery, copies)
+	for i, a := range addrs {
+		head := fmt.Sprintf("Delivered-To: %s\r\nReceived: from mx.example.test by mx.example.test with ESMTP id %02d\r\n", a, i)
+		ds[i] = Delivery{Address: a, Header: []byte(head), Message: body}
+	}
+	ids, err := s.AppendMany(ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st bolt.BucketStats
+	s.view(func(tx *bolt.Tx) error {
+		st = tx.Bucket(bucketBodies).Bucket(idKey(1)).Stats()
+		return nil
+	})
+	full := (st.LeafInuse + s.pageSize - 1) / s.pageSize
+	if st.LeafPageN > full || full < 2 {
+		t.Errorf("the shared body's bucket takes %d leaf pages for %d octets in use (%d pages full): written half full",
+			st.LeafPageN, st.LeafInuse, full)
+	}
+	if got, err := s.Read(addrs[copies-1], ids[copies-1]); err != nil || !bytes.HasSuffix(got, body) {
+		t.Errorf("Read = %q, %v", got, err)
 	}
 }
