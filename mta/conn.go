@@ -44,6 +44,10 @@ type trackedConn struct {
 	dot        dotScan   // after a 354: where RFC 5321 says DATA ends
 	errors     int
 	closed     bool
+
+	// held is the start of a multi-line reply, sent with its last line
+	// (see Write). Only the goroutine of go-smtp's session writes.
+	held []byte
 }
 
 func (c *trackedConn) transport() net.Conn {
@@ -154,15 +158,29 @@ func (c *trackedConn) cutOff(code int, ec, text string) {
 // Write passes go-smtp's replies on through the reply shims (shims.go) and
 // counts the refusals among them against MaxErrors, whoever produced them:
 // go-smtp refuses some commands before any session code runs.
+//
+// go-smtp writes and flushes each line of a reply on its own: the reply to
+// EHLO was ten writes, ten TCP segments (TLS records after STARTTLS) and
+// ten wake-ups of the client. The lines before the last ("250-...") are
+// held and sent with it, in one write.
 func (c *trackedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	cut, conn := c.cut, c.conn
 	c.mu.Unlock()
 	if cut {
+		c.held = nil
 		return 0, net.ErrClosed
 	}
 	c.watchData(p)
 	out, refusals := c.srv.shims.rewrite(p)
+	if continuesReply(out) && len(c.held)+len(out) <= maxHeldReply {
+		c.held = append(c.held, out...)
+		return len(p), nil
+	}
+	if len(c.held) > 0 {
+		out = append(c.held, out...)
+		c.held = nil
+	}
 	if _, err := conn.Write(out); err != nil {
 		return 0, err
 	}
@@ -171,6 +189,22 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// maxHeldReply bounds the lines of a reply held for its last one; a longer
+// reply goes out in pieces of about this size.
+const maxHeldReply = 4 << 10
+
+// continuesReply reports whether the last line of p is a reply line that
+// another follows: a hyphen after the code (RFC 5321 4.2.1).
+func continuesReply(p []byte) bool {
+	line := bytes.TrimSuffix(p, []byte("\n"))
+	if i := bytes.LastIndexByte(line, '\n'); i >= 0 {
+		line = line[i+1:]
+	}
+	return len(line) >= 4 && line[3] == '-' && isDigit(line[0]) && isDigit(line[1]) && isDigit(line[2])
+}
+
+func isDigit(b byte) bool { return '0' <= b && b <= '9' }
 
 // beginData and endData bracket a Data handler. They count rather than
 // flag: after RSET in the middle of BDAT, go-smtp may start the next
