@@ -107,6 +107,12 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	if c.dotMismatch() {
 		return 0, errEndOfDataMismatch
 	}
+	// go-smtp has no whole command left: what Write held goes out before
+	// the wait for more (RFC 2920 3.2: never wait for the client with
+	// replies unsent).
+	if err := c.flushHeld(conn); err != nil {
+		return 0, err
+	}
 	n, err := conn.Read(p)
 	c.scanDot(p[:n])
 	var ne net.Error
@@ -159,10 +165,15 @@ func (c *trackedConn) cutOff(code int, ec, text string) {
 // counts the refusals among them against MaxErrors, whoever produced them:
 // go-smtp refuses some commands before any session code runs.
 //
-// go-smtp writes and flushes each line of a reply on its own: the reply to
-// EHLO was ten writes, ten TCP segments (TLS records after STARTTLS) and
-// ten wake-ups of the client. The lines before the last ("250-...") are
-// held and sent with it, in one write.
+// go-smtp writes and flushes each line of a reply on its own, and each
+// reply as soon as it has it: the reply to EHLO was ten writes, ten TCP
+// segments (TLS records after STARTTLS) and ten wake-ups of the client,
+// and a pipelined MAIL, RCPT, DATA three. Replies are held instead, as
+// RFC 2920 3.2 asks (responses to RSET, MAIL and RCPT stored and sent as a
+// unit), and go out together: the lines of a reply before its last, and
+// the 250s, until go-smtp reads again (Read), which it does once it has
+// no whole command left. Any other reply goes at once with what is held,
+// and so does the 250 to a message, which the client waits for.
 func (c *trackedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	cut, conn := c.cut, c.conn
@@ -171,9 +182,9 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		c.held = nil
 		return 0, net.ErrClosed
 	}
-	c.watchData(p)
+	afterData := c.watchData(p)
 	out, refusals := c.srv.shims.rewrite(p)
-	if continuesReply(out) && len(c.held)+len(out) <= maxHeldReply {
+	if len(c.held)+len(out) <= maxHeldReply && (continuesReply(out) || !afterData && accepts(out)) {
 		c.held = append(c.held, out...)
 		return len(p), nil
 	}
@@ -190,9 +201,29 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// maxHeldReply bounds the lines of a reply held for its last one; a longer
-// reply goes out in pieces of about this size.
+// flushHeld sends the replies Write held.
+func (c *trackedConn) flushHeld(conn net.Conn) error {
+	if len(c.held) == 0 {
+		return nil
+	}
+	out := c.held
+	c.held = nil
+	_, err := conn.Write(out)
+	return err
+}
+
+// maxHeldReply bounds the replies held (see Write); more go out in pieces
+// of about this size.
 const maxHeldReply = 4 << 10
+
+// accepts reports whether the last line of p is a 250 reply's.
+func accepts(p []byte) bool {
+	line := bytes.TrimSuffix(p, []byte("\n"))
+	if i := bytes.LastIndexByte(line, '\n'); i >= 0 {
+		line = line[i+1:]
+	}
+	return bytes.HasPrefix(line, []byte("250 "))
+}
 
 // continuesReply reports whether the last line of p is a reply line that
 // another follows: a hyphen after the code (RFC 5321 4.2.1).
@@ -434,15 +465,18 @@ var endOfData = []byte("\r\n.\r\n")
 
 // watchData starts the scan at go-smtp's 354 (the DATA command line ended
 // with CRLF, so the end may come at once: ".\r\n") and stops it at the
-// next reply, whoever sends it.
-func (c *trackedConn) watchData(reply []byte) {
+// next reply, whoever sends it, reporting that it is the reply to the
+// message.
+func (c *trackedConn) watchData(reply []byte) (afterData bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if bytes.HasPrefix(reply, []byte("354 ")) {
 		c.dot = dotScan{on: true, tail: [4]byte{0, 0, '\r', '\n'}}
-		return
+		return false
 	}
+	afterData = c.dot.on
 	c.dot.on = false
+	return afterData
 }
 
 func (c *trackedConn) scanDot(p []byte) {

@@ -44,12 +44,9 @@ func (c *recordedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// Each reply goes out in one write, its lines together: the ten lines of
-// the reply to EHLO were ten writes (go-smtp flushes each line), so ten
-// segments and ten wake-ups of the client. Replies of one line are not
-// held back.
-func TestReplies_OneWriteAReply(t *testing.T) {
-	e := newEnv(t, nil)
+// startRecorded serves e's MX on a listener that records the server's
+// writes.
+func startRecorded(t *testing.T, e *env) *writeRecorder {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +66,33 @@ func TestReplies_OneWriteAReply(t *testing.T) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
+	return l
+}
 
+// checkWrites compares the server's writes, CRLF at the end trimmed, with
+// the prefixes wanted.
+func checkWrites(t *testing.T, l *writeRecorder, want ...string) {
+	t.Helper()
+	var got []string
+	for _, w := range l.recorded() {
+		got = append(got, strings.TrimSuffix(w, "\r\n"))
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d writes, want %d:\n%q", len(got), len(want), got)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("write %d = %q, want %q", i, got[i], want[i])
+		}
+	}
+}
+
+// Each reply goes out in one write, its lines together: the ten lines of
+// the reply to EHLO were ten writes (go-smtp flushes each line), so ten
+// segments and ten wake-ups of the client.
+func TestReplies_OneWriteAReply(t *testing.T) {
+	e := newEnv(t, nil)
+	l := startRecorded(t, e)
 	cl := dial(t, l.Addr().String())
 	ehlo := cl.cmd("EHLO client.test", "250 ")
 	if len(ehlo) < 3 {
@@ -77,20 +100,38 @@ func TestReplies_OneWriteAReply(t *testing.T) {
 	}
 	cl.cmd("MAIL FROM:<bob@example.net>", "250 ")
 	cl.cmd("QUIT", "221 ")
+	checkWrites(t, l, "220 ", strings.Join(ehlo, "\r\n"), "250 ", "221 ")
+}
 
+// The replies to a pipelined group go out together (RFC 2920 3.2), once
+// the server has no command left to read or has a reply that is not a 250
+// (a refusal, the 354): five replies in two writes; the reply to the
+// message at once.
+func TestReplies_PipelinedGroupInOneWrite(t *testing.T) {
+	e := newEnv(t, nil)
+	l := startRecorded(t, e)
+	cl := dial(t, l.Addr().String())
+	cl.cmd("EHLO client.test", "250 ")
+	cl.write("MAIL FROM:<bob@example.net>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<nobody@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+	cl.expect("250 ")
+	cl.expect("250 ")
+	cl.expect("550 ")
+	cl.expect("250 ")
+	cl.expect("354 ")
+	cl.write("Subject: pipelined\r\n\r\nhello\r\n.\r\n")
+	cl.expect("250 ")
+	cl.cmd("QUIT", "221 ")
+	// A refusal is not held: it goes with the replies before it.
+	checkWrites(t, l, "220 ", "250-", "250 ", "250 ", "250 ", "221 ")
 	writes := l.recorded()
-	var got []string
-	for _, w := range writes {
-		got = append(got, strings.TrimSuffix(w, "\r\n"))
+	if w := writes[2]; strings.Count(w, "\r\n") != 3 || !strings.HasSuffix(w, "\r\n550 5.1.1 no such user here\r\n") {
+		t.Errorf("write %q, want the replies to MAIL, RCPT and the refused RCPT", w)
 	}
-	want := []string{"220 ", strings.Join(ehlo, "\r\n"), "250 ", "221 "}
-	if len(got) != len(want) {
-		t.Fatalf("%d writes for 4 replies, want one each:\n%q", len(got), got)
+	if w := writes[3]; strings.Count(w, "\r\n") != 2 || !strings.Contains(w, "\r\n354 ") {
+		t.Errorf("write %q, want the replies to the last RCPT and DATA", w)
 	}
-	for i := range want {
-		if !strings.HasPrefix(got[i], want[i]) {
-			t.Errorf("write %d = %q, want %q", i, got[i], want[i])
-		}
+	if got := e.mailbox("alice@example.org"); len(got) != 1 {
+		t.Errorf("alice has %d messages, want 1", len(got))
 	}
 }
 
@@ -116,7 +157,8 @@ func TestContinuesReply(t *testing.T) {
 }
 
 // A reply longer than maxHeldReply goes out in pieces of at most that
-// size, every line of it, in order.
+// size, every line of it, in order. (Its last line is a 221, which is
+// never held.)
 func TestReplies_LongReplyInPieces(t *testing.T) {
 	inner, outer := net.Pipe()
 	defer inner.Close()
@@ -129,7 +171,7 @@ func TestReplies_LongReplyInPieces(t *testing.T) {
 		for {
 			n, err := outer.Read(buf)
 			b.Write(buf[:n])
-			if err != nil || strings.Contains(b.String(), "250 end\r\n") {
+			if err != nil || strings.Contains(b.String(), "221 end\r\n") {
 				received <- b.String()
 				return
 			}
@@ -143,8 +185,8 @@ func TestReplies_LongReplyInPieces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want.WriteString("250 end\r\n")
-	if _, err := tc.Write([]byte("250 end\r\n")); err != nil {
+	want.WriteString("221 end\r\n")
+	if _, err := tc.Write([]byte("221 end\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	if got := <-received; got != want.String() {
