@@ -239,13 +239,46 @@ func (s *Store) compactOnline() (CompactResult, error) {
 		// collection).
 		runtime.GC()
 		debug.FreeOSMemory()
-		releaseFile(last, cmp.Or(s.opts.releaseStep, releaseStep), s.opts.released)
+		releaseFile(last, cmp.Or(s.opts.releaseStep, releaseStep), s.releasePace, s.opts.released)
 	}()
 	return res, err
 }
 
-// releaseStep is how much of the old file releaseFile frees at a time.
-const releaseStep = 32 << 20
+// releaseStep is how much of the old file releaseFile frees at a time:
+// about 1 ms of trimming on the benchmark machine. Smaller steps hit more
+// of the commits that follow them: with 2 MiB a step, half of a session's
+// messages waited for one, and its p50 rose by 0.1-0.2 ms.
+const releaseStep = 8 << 20
+
+// releaseWait bounds how long a step of the release waits for a commit to
+// follow; a store busy with something else than commits (a long read, a
+// slow sender) still gets its disk space back.
+const releaseWait = 20 * time.Millisecond
+
+// releasePace is releaseFile's pace: a step goes at once while no mail is
+// on its way, and otherwise just after a commit, while the senders are
+// between messages and the disk has nothing to sync. On the benchmark
+// machine, one session of 4 KiB mail sent just as 2 GB of deleted mail
+// was compacted away (2000 messages after 2000 of 1 MiB were deleted, on a
+// new store, twice each in turn) had a p99 of 10.5-13.5 ms with steps of
+// 32 MiB taken back to back, and 5.0-5.6 ms with these; its p50 was
+// 1.23-1.45 and 1.33-1.44 ms.
+func (s *Store) releasePace() {
+	if s.quiet() {
+		return
+	}
+	// A commit signalled before this step was asked for is stale.
+	select {
+	case <-s.committed:
+	default:
+	}
+	t := time.NewTimer(releaseWait)
+	defer t.Stop()
+	select {
+	case <-s.committed:
+	case <-t.C:
+	}
+}
 
 // closeFile closes f, which may be nil.
 func closeFile(f *os.File) {

@@ -107,7 +107,7 @@ func TestReleaseFile_LeavesANamedFileWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	steps := 0
-	releaseFile(f, 1<<20, func(int64) { steps++ })
+	releaseFile(f, 1<<20, nil, func(int64) { steps++ })
 	if fi, err := os.Stat(path); err != nil || fi.Size() != 3<<20 || steps != 0 {
 		t.Fatalf("named file after releaseFile: %v, %v, %d steps; want 3 MiB untouched", fi, err, steps)
 	}
@@ -123,7 +123,7 @@ func TestReleaseFile_LeavesANamedFileWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sizes []int64
-	releaseFile(f, 1<<20, func(size int64) { sizes = append(sizes, size) })
+	releaseFile(f, 1<<20, nil, func(size int64) { sizes = append(sizes, size) })
 	if fmt.Sprint(sizes) != "[2097152 1048576 0]" {
 		t.Errorf("unnamed file released in steps %v, want [2097152 1048576 0]", sizes)
 	}
@@ -155,4 +155,45 @@ func TestCompactOnline_CopyIsNotReadWhole(t *testing.T) {
 		t.Errorf("%d KiB of the files mapped at once while compacting %d KiB of live data; want at most %d", most, live>>10, limit)
 	}
 	t.Logf("peak %d KiB mapped, live %d KiB", most, live>>10)
+}
+
+// A step of an old file's release goes at once while no mail is on its
+// way; with mail on its way, it waits for a commit, or for releaseWait.
+func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
+	s := &Store{writes: make(chan *writeReq), committed: make(chan struct{}, 1)}
+	returned := func(f func()) chan struct{} {
+		done := make(chan struct{})
+		go func() { f(); close(done) }()
+		return done
+	}
+	select {
+	case <-returned(s.releasePace):
+	case <-time.After(10 * time.Second):
+		t.Fatal("a quiet store's release waited")
+	}
+
+	s.expected.Store(1)
+	s.committed <- struct{}{} // stale: signalled before the step asked
+	start := time.Now()
+	<-returned(s.releasePace)
+	if d := time.Since(start); d < releaseWait {
+		t.Errorf("with mail on its way and no commit, the step went after %v, before releaseWait", d)
+	}
+
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // commits, one after another
+		for {
+			select {
+			case s.committed <- struct{}{}:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	select {
+	case <-returned(s.releasePace):
+	case <-time.After(10 * time.Second):
+		t.Fatal("the step did not go after a commit")
+	}
 }

@@ -262,6 +262,9 @@ type Store struct {
 	epoch uint64
 
 	commits atomic.Int64 // committed write transactions, for benchmarks
+	// committed is signalled after each commit, for the pace of an old
+	// file's release (releasePace).
+	committed chan struct{}
 	// releasePending is set while a release of the map's resident pages
 	// is scheduled (see mapped.go).
 	releasePending atomic.Bool
@@ -355,6 +358,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		epoch:       epoch,
 		writes:      make(chan *writeReq, 256),
 		expectEnded: make(chan struct{}, 1),
+		committed:   make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 		hashSlots:   make(chan struct{}, hashes),
@@ -815,6 +819,10 @@ func (s *Store) commitGroup(group []*writeReq) {
 		s.commits.Add(1)
 		for _, req := range group {
 			req.res <- nil
+		}
+		select {
+		case s.committed <- struct{}{}:
+		default:
 		}
 		return
 	}
