@@ -276,6 +276,7 @@ func (s *Store) releasePace() {
 	defer t.Stop()
 	select {
 	case <-s.committed:
+	case <-s.stop: // closing: no commit will come, and Close waits for the release
 	case <-t.C:
 	}
 }
