@@ -45,8 +45,10 @@ type trackedConn struct {
 	errors     int
 	closed     bool
 
-	// held is the start of a multi-line reply, sent with its last line
-	// (see Write). Only the goroutine of go-smtp's session writes.
+	// held is what Write keeps back: the first lines of a multi-line
+	// reply, and 250s to pipelined commands, sent with the next reply that
+	// is not held or before the next read. Only the goroutine of go-smtp's
+	// session reads and writes.
 	held []byte
 }
 
@@ -166,8 +168,8 @@ func (c *trackedConn) cutOff(code int, ec, text string) {
 // go-smtp refuses some commands before any session code runs.
 //
 // go-smtp writes and flushes each line of a reply on its own, and each
-// reply as soon as it has it: the reply to EHLO was ten writes, ten TCP
-// segments (TLS records after STARTTLS) and ten wake-ups of the client,
+// reply as soon as it has it: the reply to EHLO was nine writes, nine TCP
+// segments (TLS records after STARTTLS) and nine wake-ups of the client,
 // and a pipelined MAIL, RCPT, DATA three. Replies are held instead, as
 // RFC 2920 3.2 asks (responses to RSET, MAIL and RCPT stored and sent as a
 // unit), and go out together: the lines of a reply before its last, and
@@ -218,21 +220,23 @@ const maxHeldReply = 4 << 10
 
 // accepts reports whether the last line of p is a 250 reply's.
 func accepts(p []byte) bool {
-	line := bytes.TrimSuffix(p, []byte("\n"))
-	if i := bytes.LastIndexByte(line, '\n'); i >= 0 {
-		line = line[i+1:]
-	}
-	return bytes.HasPrefix(line, []byte("250 "))
+	return bytes.HasPrefix(lastLine(p), []byte("250 "))
 }
 
 // continuesReply reports whether the last line of p is a reply line that
 // another follows: a hyphen after the code (RFC 5321 4.2.1).
 func continuesReply(p []byte) bool {
+	line := lastLine(p)
+	return len(line) >= 4 && line[3] == '-' && isDigit(line[0]) && isDigit(line[1]) && isDigit(line[2])
+}
+
+// lastLine is the last line of p, without its line ending.
+func lastLine(p []byte) []byte {
 	line := bytes.TrimSuffix(p, []byte("\n"))
 	if i := bytes.LastIndexByte(line, '\n'); i >= 0 {
 		line = line[i+1:]
 	}
-	return len(line) >= 4 && line[3] == '-' && isDigit(line[0]) && isDigit(line[1]) && isDigit(line[2])
+	return line
 }
 
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }

@@ -87,9 +87,9 @@ func checkWrites(t *testing.T, l *writeRecorder, want ...string) {
 	}
 }
 
-// Each reply goes out in one write, its lines together: the ten lines of
-// the reply to EHLO were ten writes (go-smtp flushes each line), so ten
-// segments and ten wake-ups of the client.
+// Each reply goes out in one write, its lines together: the nine lines of
+// the reply to EHLO were nine writes (go-smtp flushes each line), so nine
+// segments and nine wake-ups of the client.
 func TestReplies_OneWriteAReply(t *testing.T) {
 	e := newEnv(t, nil)
 	l := startRecorded(t, e)

@@ -15,8 +15,9 @@ import (
 // by 32 MiB a time, each step synced, the longest wait was 5 ms, and the
 // release took about half a second either way. Those waits still fell on
 // the commits of the mail that came meanwhile, so each step waits for its
-// moment first (pace, when set) and is small enough to be over before the
-// next commit needs the disk. A file that still has a name is only
+// moment first (pace, when set): just after a commit, so that its trim
+// has the time the senders take for their next messages before the next
+// commit syncs. A file that still has a name is only
 // closed: what is truncated here is never the open store.
 func releaseFile(f *os.File, step int64, pace func(), stepped func(size int64)) {
 	if f == nil {
