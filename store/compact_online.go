@@ -272,7 +272,7 @@ func (s *Store) releasePace() {
 	case <-s.committed:
 	default:
 	}
-	t := time.NewTimer(releaseWait)
+	t := time.NewTimer(cmp.Or(s.opts.releaseWait, releaseWait))
 	defer t.Stop()
 	select {
 	case <-s.committed:

@@ -197,3 +197,24 @@ func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
 		t.Fatal("the step did not go after a commit")
 	}
 }
+
+// Closing the store ends a step's wait for a commit: Close waits for the
+// release, and no commit comes once the committer has stopped.
+func TestReleasePace_StopsWaitingWhenTheStoreCloses(t *testing.T) {
+	s := &Store{writes: make(chan *writeReq), committed: make(chan struct{}, 1), stop: make(chan struct{}),
+		opts: Options{releaseWait: time.Hour}}
+	s.expected.Store(1) // mail on its way, and no commit to come
+	done := make(chan struct{})
+	go func() { s.releasePace(); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("the step went with mail on its way, before a commit or the close")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(s.stop)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the step still waits after the store closed")
+	}
+}

@@ -201,9 +201,10 @@ type Options struct {
 	// compactEvery replaces onlineCompactEvery, for tests.
 	compactStep  func(compactStep, int)
 	compactEvery time.Duration
-	// releaseStep replaces releaseStep, and released is told of each step
-	// of the old file's release, for tests.
+	// releaseStep and releaseWait replace releaseStep and releaseWait, and
+	// released is told of each step of the old file's release, for tests.
 	releaseStep int64
+	releaseWait time.Duration
 	released    func(size int64)
 }
 
