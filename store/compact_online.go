@@ -21,7 +21,7 @@ import (
 // committer also does it while serving, when that is cheap: the live data
 // is small enough to copy in a moment, and, unless it is tiny, no mail
 // transaction is open. Reads go on while the copy is made; writes wait
-// for it (about 13 ms a megabyte on the benchmark machine). A big mailbox
+// for it (about 8 ms a megabyte on the benchmark machine). A big mailbox
 // store is left to the next start or `minimail compact`.
 //
 // It is the same copy as Compact (writeCompacted: a new file, checked
@@ -31,9 +31,9 @@ import (
 
 const (
 	// onlineCompactMaxLive bounds the live data an online compaction
-	// copies, and so how long writes wait: 0.35 s for the 26 MB that
-	// the trace of 80,000 messages takes (BenchmarkCompactOnline), under a
-	// second at the bound. The benchmark harness's full run ends with
+	// copies, and so how long writes wait: 0.2 s for the 26 MB that
+	// the trace of 80,000 messages takes (BenchmarkCompactOnline), about
+	// half a second at the bound. The benchmark harness's full run ends with
 	// 67 MB live.
 	onlineCompactMaxLive = 64 << 20
 	// onlineCompactEvery is how often the committer looks at the file.
