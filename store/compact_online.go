@@ -21,7 +21,7 @@ import (
 // committer also does it while serving, when that is cheap: the live data
 // is small enough to copy in a moment, and, unless it is tiny, no mail
 // transaction is open. Reads go on while the copy is made; writes wait
-// for it (about 8 ms a megabyte on the benchmark machine). A big mailbox
+// for it (about 7.5 ms a megabyte on the benchmark machine). A big mailbox
 // store is left to the next start or `minimail compact`.
 //
 // It is the same copy as Compact (writeCompacted: a new file, checked

@@ -534,9 +534,7 @@ func TestDigest_FindsAnyDifference(t *testing.T) {
 	}
 	seed := maphash.MakeSeed()
 	sum := func(db *bolt.DB) []byte {
-		var h maphash.Hash
-		h.SetSeed(seed)
-		d, err := digest(db, &h)
+		d, err := digest(db, newDigester(seed))
 		if err != nil {
 			t.Fatal(err)
 		}
