@@ -167,7 +167,7 @@ func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
 		return done
 	}
 	select {
-	case <-returned(s.releasePace):
+	case <-returned(func() { s.releasePace(time.Time{}) }):
 	case <-time.After(10 * time.Second):
 		t.Fatal("a quiet store's release waited")
 	}
@@ -175,7 +175,7 @@ func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
 	s.expected.Store(1)
 	s.committed <- struct{}{} // stale: signalled before the step asked
 	start := time.Now()
-	<-returned(s.releasePace)
+	<-returned(func() { s.releasePace(time.Time{}) })
 	if d := time.Since(start); d < releaseWait {
 		t.Errorf("with mail on its way and no commit, the step went after %v, before releaseWait", d)
 	}
@@ -192,29 +192,74 @@ func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
 		}
 	}()
 	select {
-	case <-returned(s.releasePace):
+	case <-returned(func() { s.releasePace(time.Time{}) }):
 	case <-time.After(10 * time.Second):
 		t.Fatal("the step did not go after a commit")
 	}
 }
 
-// Closing the store ends a step's wait for a commit: Close waits for the
-// release, and no commit comes once the committer has stopped.
-func TestReleasePace_StopsWaitingWhenTheStoreCloses(t *testing.T) {
+// With mail on its way, a step goes no sooner than releaseGap after the
+// one before, however many commits end meanwhile; a quiet store's goes at
+// once.
+func TestReleasePace_StepsAtLeastAGapApartWhileMailIsOnItsWay(t *testing.T) {
 	s := &Store{writes: make(chan *writeReq), committed: make(chan struct{}, 1), stop: make(chan struct{}),
-		opts: Options{releaseWait: time.Hour}}
-	s.expected.Store(1) // mail on its way, and no commit to come
+		opts: Options{releaseGap: time.Hour}}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // commits, one after another
+		for {
+			select {
+			case s.committed <- struct{}{}:
+			case <-stop:
+				return
+			}
+		}
+	}()
 	done := make(chan struct{})
-	go func() { s.releasePace(); close(done) }()
-	select {
-	case <-done:
-		t.Fatal("the step went with mail on its way, before a commit or the close")
-	case <-time.After(50 * time.Millisecond):
-	}
-	close(s.stop)
+	go func() { s.releasePace(time.Now()); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the step still waits after the store closed")
+		t.Fatal("a quiet store's step waited for the gap")
+	}
+
+	s.opts.releaseGap = 0 // releaseGap itself
+	s.expected.Store(1)
+	last := time.Now()
+	s.releasePace(last)
+	if d := time.Since(last); d < releaseGap {
+		t.Errorf("with mail on its way and commits ending, the step went %v after the one before, before releaseGap", d)
+	}
+}
+
+// Closing the store ends a step's wait, for the gap after the step before
+// or for a commit: Close waits for the release, and no commit comes once
+// the committer has stopped.
+func TestReleasePace_StopsWaitingWhenTheStoreCloses(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		last time.Time
+	}{
+		{"for the gap", time.Now()},
+		{"for a commit", time.Time{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &Store{writes: make(chan *writeReq), committed: make(chan struct{}, 1), stop: make(chan struct{}),
+				opts: Options{releaseWait: time.Hour, releaseGap: time.Hour}}
+			s.expected.Store(1) // mail on its way, and no commit to come
+			done := make(chan struct{})
+			go func() { s.releasePace(tt.last); close(done) }()
+			select {
+			case <-done:
+				t.Fatal("the step went with mail on its way, before a commit or the close")
+			case <-time.After(50 * time.Millisecond):
+			}
+			close(s.stop)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the step still waits after the store closed")
+			}
+		})
 	}
 }

@@ -201,10 +201,11 @@ type Options struct {
 	// compactEvery replaces onlineCompactEvery, for tests.
 	compactStep  func(compactStep, int)
 	compactEvery time.Duration
-	// releaseStep and releaseWait replace releaseStep and releaseWait, and
+	// releaseStep, releaseWait and releaseGap replace the constants, and
 	// released is told of each step of the old file's release, for tests.
 	releaseStep int64
 	releaseWait time.Duration
+	releaseGap  time.Duration
 	released    func(size int64)
 }
 
