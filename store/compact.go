@@ -8,6 +8,7 @@ import (
 	"hash/maphash"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -78,6 +79,9 @@ type CompactResult struct {
 	// Duration is the whole call, from waiting for the lock to the last
 	// fsync.
 	Duration time.Duration
+	// WritesWaited is, for a compaction while serving, how long writes
+	// waited: while the copy caught up and was swapped in.
+	WritesWaited time.Duration
 }
 
 // Compact rewrites DIR/minimail.db with only its live data, while no one
@@ -176,34 +180,11 @@ func compact(dir string, opts CompactOptions, worth func(size, free int64) bool)
 // writeCompacted copies src into a new file tmp, checks the copy and
 // leaves tmp synced, its directory entry too.
 func writeCompacted(src *bolt.DB, tmp string, opts CompactOptions) error {
-	// Created here, empty, so that an existing file is never written
-	// over; bbolt initialises an empty file like a new one.
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	f.Close()
-	// No fsync per commit: the file means nothing until it is complete,
-	// and it is synced once below. Mapped at the size of what it copies
-	// from the start: each time bbolt grows its map, it first copies out
-	// every key and value the open transaction holds, which made half
-	// the time of a copy of 26 MB. The copy is about the pages in use,
-	// less the free ones; half as much again leaves room for pages less
-	// full than the original's.
 	var used int64
 	if err := src.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
 		return err
 	}
-	st := src.Stats()
-	live := max(0, used-int64(st.FreePageN+st.PendingPageN)*int64(src.Info().PageSize))
-	// The copy's freelist is written to it, unlike the store's: opening a
-	// file without one rebuilds it by reading every page in use, and an
-	// online compaction opens the copy while serving, so all of the live
-	// data came into the process's resident set at once. A compacted file's freelist is a few pages; the
-	// store's first commit drops it from the file again.
-	copyFreelist := productionFreelist()
-	copyFreelist.noSync = false
-	dst, err := openBolt(tmp, boltOpen{lockTimeout: opts.LockTimeout, freelist: copyFreelist, noSync: true, mapSize: int(live + live/2)})
+	dst, err := createCopy(tmp, liveSize(src, used), opts.LockTimeout)
 	if err != nil {
 		return err
 	}
@@ -228,6 +209,41 @@ func writeCompacted(src *bolt.DB, tmp string, opts CompactOptions) error {
 	return syncDir(filepath.Dir(tmp))
 }
 
+// liveSize is what a copy of db takes: the pages in use (used, a
+// transaction's Size), less the free ones.
+func liveSize(db *bolt.DB, used int64) int64 {
+	st := db.Stats()
+	return max(0, used-int64(st.FreePageN+st.PendingPageN)*int64(db.Info().PageSize))
+}
+
+// createCopy creates the empty file tmp, never one that exists, and opens
+// it for a copy of live octets.
+func createCopy(tmp string, live int64, lockTimeout time.Duration) (*bolt.DB, error) {
+	// Created here, empty, so that an existing file is never written
+	// over; bbolt initialises an empty file like a new one.
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	// No fsync per commit: the file means nothing until it is complete,
+	// and it is synced once it is. Mapped at the size of what it copies
+	// from the start: each time bbolt grows its map, it first copies out
+	// every key and value the open transaction holds, which made half
+	// the time of a copy of 26 MB. Half as much again as the live data
+	// leaves room for pages less full than the original's.
+	//
+	// The copy's freelist is written to it, unlike the store's: opening a
+	// file without one rebuilds it by reading every page in use, and an
+	// online compaction opens the copy while serving, so all of the live
+	// data came into the process's resident set at once. A compacted
+	// file's freelist is a few pages; the store's first commit drops it
+	// from the file again.
+	copyFreelist := productionFreelist()
+	copyFreelist.noSync = false
+	return openBolt(tmp, boltOpen{lockTimeout: lockTimeout, freelist: copyFreelist, noSync: true, mapSize: int(live + live/2)})
+}
+
 // copier writes the entries of one walk into dst, committing every
 // maxCopyTxBytes.
 type copier struct {
@@ -237,26 +253,38 @@ type copier struct {
 	// txEntries counts the entries of the open transaction.
 	txEntries int
 	entries   int
-	sum       *digester
+	sum       *digester // nil: no digest
 	step      func(compactStep, int)
+	stop      *atomic.Bool // set: end the copy (errCopyStopped); nil: never
 }
+
+// errCopyStopped ends a copy whose store is closing.
+var errCopyStopped = errors.New("compact: the store is closing")
 
 // copyLive copies every entry of src into the empty dst and returns the
 // digest (sum) of what it read.
-func copyLive(src, dst *bolt.DB, sum *digester, step func(compactStep, int)) ([]byte, error) {
+func copyLive(src, dst *bolt.DB, sum *digester, step func(compactStep, int)) (digest []byte, err error) {
+	err = src.View(func(stx *bolt.Tx) error {
+		digest, err = copySnapshot(stx, dst, sum, step, nil)
+		return err
+	})
+	return digest, err
+}
+
+// copySnapshot copies every entry that the read transaction stx sees into
+// the empty dst, and returns the digest of what it read when sum is set.
+func copySnapshot(stx *bolt.Tx, dst *bolt.DB, sum *digester, step func(compactStep, int), stop *atomic.Bool) ([]byte, error) {
 	tx, err := dst.Begin(true)
 	if err != nil {
 		return nil, err
 	}
-	c := &copier{dst: dst, tx: tx, sum: sum, step: step}
+	c := &copier{dst: dst, tx: tx, sum: sum, step: step, stop: stop}
 	defer func() { c.tx.Rollback() }() // a no-op once committed
 	err = errCorrupt(func() error {
-		return src.View(func(stx *bolt.Tx) error {
-			rel := mapRelease{db: src, size: stx.Size()}
-			return walk(stx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
-				rel.read(len(k) + len(v))
-				return c.visit(path, k, v, sub)
-			})
+		rel := mapRelease{db: stx.DB(), size: stx.Size()}
+		return walk(stx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
+			rel.read(len(k) + len(v))
+			return c.visit(path, k, v, sub)
 		})
 	})
 	if err != nil {
@@ -265,11 +293,19 @@ func copyLive(src, dst *bolt.DB, sum *digester, step func(compactStep, int)) ([]
 	if err := c.tx.Commit(); err != nil {
 		return nil, err
 	}
-	return c.sum.sum(), nil
+	if sum == nil {
+		return nil, nil
+	}
+	return sum.sum(), nil
 }
 
 func (c *copier) visit(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
-	c.sum.add(path, k, v, sub)
+	if c.stop != nil && c.stop.Load() {
+		return errCopyStopped
+	}
+	if c.sum != nil {
+		c.sum.add(path, k, v, sub)
+	}
 	if c.pending >= maxCopyTxBytes || c.txEntries >= maxCopyTxEntries {
 		size := c.tx.Size()
 		if err := c.tx.Commit(); err != nil {
@@ -406,7 +442,11 @@ func walkBucket(path [][]byte, name []byte, b *bolt.Bucket, fn func(path [][]byt
 	if err := fn(path, name, nil, b); err != nil {
 		return err
 	}
-	path = append(path, name)
+	return walkEntries(append(path, name), b, fn)
+}
+
+// walkEntries visits everything in the bucket b, whose path is path.
+func walkEntries(path [][]byte, b *bolt.Bucket, fn func(path [][]byte, k, v []byte, sub *bolt.Bucket) error) error {
 	return b.ForEach(func(k, v []byte) error {
 		if v == nil {
 			if sub := b.Bucket(k); sub != nil {

@@ -270,9 +270,10 @@ func TestCompactOnline_LongReadPutsItOff(t *testing.T) {
 	}
 }
 
-// While the copy is made, reads are served from the old file; writes wait
-// for the new one.
-func TestCompactOnline_ReadsGoOnWhileItCopies(t *testing.T) {
+// While the copy is made, reads and writes go on, on the old file; what
+// the writes changed meanwhile (mail added, mail deleted) is in the new
+// one.
+func TestCompactOnline_ReadsAndWritesGoOnWhileItCopies(t *testing.T) {
 	var c compactions
 	copying, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
@@ -282,21 +283,26 @@ func TestCompactOnline_ReadsGoOnWhileItCopies(t *testing.T) {
 				once.Do(func() { close(copying); <-release })
 			}
 		}})
-	if err := s.AddUser("alice@example.test", "password-12345"); err != nil {
+	const addr = "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.Append("alice@example.test", []byte("Subject: kept\r\n\r\nkept\r\n"))
-	if err != nil {
-		t.Fatal(err)
+	var ids []uint64
+	for _, body := range []string{"kept", "deleted meanwhile"} {
+		id, err := s.Append(addr, []byte("Subject: "+body+"\r\n\r\n"+body+"\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
 	}
-	bigMailComesAndGoes(t, s, "alice@example.test", 80)
+	bigMailComesAndGoes(t, s, addr, 80)
 	select {
 	case <-copying:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no compaction started")
 	}
 	read := make(chan error, 1)
-	go func() { _, err := s.Read("alice@example.test", id); read <- err }()
+	go func() { _, err := s.Read(addr, ids[0]); read <- err }()
 	select {
 	case err := <-read:
 		if err != nil {
@@ -307,23 +313,42 @@ func TestCompactOnline_ReadsGoOnWhileItCopies(t *testing.T) {
 		t.Fatal("a read waits for the copy")
 	}
 	wrote := make(chan error, 1)
-	go func() { _, err := s.Append("alice@example.test", []byte("Subject: new\r\n\r\nnew\r\n")); wrote <- err }()
+	var added uint64
+	go func() {
+		var err error
+		if added, err = s.Append(addr, []byte("Subject: new\r\n\r\nnew\r\n")); err == nil {
+			err = s.Delete(addr, ids[1:])
+		}
+		wrote <- err
+	}()
 	select {
 	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
 		close(release)
-		t.Fatalf("a write was stored while the copy was made (%v): it would be lost", err)
-	case <-time.After(100 * time.Millisecond):
+		t.Fatal("a write waits for the copy")
+	}
+	if got, errs := c.get(); len(got)+len(errs) > 0 {
+		t.Fatalf("compactions %+v, errors %v before the copy was made", got, errs)
 	}
 	close(release)
-	if err := <-wrote; err != nil {
-		t.Fatal(err)
-	}
-	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 {
+	if got, errs := c.wait(); len(got) != 1 || len(errs) > 0 || !got[0].Compacted {
 		t.Fatalf("compactions %+v, errors %v; want one", got, errs)
 	}
-	if list, err := s.List("alice@example.test"); err != nil || len(list) != 2 {
-		t.Fatalf("after the compaction: %d messages (%v), want the kept one and the new one", len(list), err)
+	list, err := s.List(addr)
+	if err != nil {
+		t.Fatal(err)
 	}
+	var have []uint64
+	for _, m := range list {
+		have = append(have, m.ID)
+	}
+	if want := []uint64{ids[0], added}; !slices.Equal(have, want) {
+		t.Fatalf("after the compaction: messages %v, want the kept one and the new one %v", have, want)
+	}
+	checkBolt(t, s)
 }
 
 func TestCompactOnline_UnderLoad(t *testing.T) {
@@ -513,5 +538,79 @@ func TestCompactOnline_CopyFreelistCarriesOver(t *testing.T) {
 	msgs, err := s.List(addr)
 	if err != nil || len(msgs) != 1 || msgs[0].ID != kept {
 		t.Fatalf("after reopening: %+v, %v; want the kept message %d alone", msgs, err, kept)
+	}
+}
+
+// The snapshot an online compaction copies ends with the copy: while it
+// is open, a commit that has to grow bbolt's map waits for it, and the
+// commits that finish the compaction come after.
+func TestCompactOnline_SnapshotEndsWithTheCopy(t *testing.T) {
+	s := openInternal(t, Options{NoOnlineCompaction: true})
+	const addr = "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, addr, 20)
+	job, _, err := s.startCopy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-job.done
+	if n := s.db.Stats().OpenTxN; n != 0 {
+		t.Errorf("%d read transactions open once the copy is made, want none", n)
+	}
+	if res, err := s.finishCopy(job); err != nil || !res.Compacted {
+		t.Fatalf("compaction %+v: %v", res, err)
+	}
+}
+
+// Closing the store while a copy is being made ends the copy and removes
+// its file; the store is whole.
+func TestCompactOnline_CloseDuringTheCopy(t *testing.T) {
+	dir := t.TempDir()
+	copying, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s, err := Open(dir, Options{BcryptCost: bcrypt.MinCost, compactEvery: time.Nanosecond,
+		compactStep: func(at compactStep, entries int) {
+			if at == stepCopied && entries == 1 {
+				once.Do(func() { close(copying); <-release })
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const addr = "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	want := uidls(t, s, []string{addr})
+	bigMailComesAndGoes(t, s, addr, 80)
+	select {
+	case <-copying:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no compaction started")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	time.Sleep(20 * time.Millisecond) // Close waits for the copy's next entry
+	close(release)
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waits for ever with a copy being made")
+	}
+	if _, err := os.Stat(filepath.Join(dir, FileName+compactSuffix)); !os.IsNotExist(err) {
+		t.Errorf("the copy's file is left: %v", err)
+	}
+	s, err = Open(dir, Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := uidls(t, s, []string{addr}); !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("UIDLs %v, want %v", got, want)
 	}
 }

@@ -248,6 +248,7 @@ type Store struct {
 	lastCompactLook time.Time      // the committer's
 	lastLookFree    int            // the committer's: freePages at the last look
 	lookDue         *time.Timer    // the committer's: a look at the file put off, nil when none
+	copying         *copyJob       // the committer's: an online compaction's copy being made, nil when none
 
 	// closeMu orders writers against Close: a writer holds it shared while
 	// handing its request to the committer, Close holds it exclusively while
@@ -662,10 +663,14 @@ func (s *Store) committer() {
 			s.lookDue = nil
 			s.maybeCompact()
 			continue
+		case <-s.copyingDone():
+			s.finishCopying()
+			continue
 		case <-s.stop:
 			if s.lookDue != nil {
 				s.lookDue.Stop()
 			}
+			s.stopCopying()
 			s.drain()
 			return
 		}

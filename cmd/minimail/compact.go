@@ -87,7 +87,8 @@ func logCompaction(log *slog.Logger, online bool) func(store.CompactResult, erro
 		case err != nil:
 			log.Warn("compaction failed; serving the database as it is", "err", err)
 		case res.Compacted && online:
-			log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond), "online", true)
+			log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond),
+				"writes_waited", res.WritesWaited.Round(time.Millisecond), "online", true)
 		case res.Compacted:
 			log.Info("compacted", "before", res.Before, "after", res.After, "duration", res.Duration.Round(time.Millisecond))
 		}

@@ -1,0 +1,174 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"hash/maphash"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// entries lists everything in tx as walk visits it, one line an entry.
+func entries(t *testing.T, db *bolt.DB) []string {
+	t.Helper()
+	var out []string
+	err := db.View(func(tx *bolt.Tx) error {
+		return walk(tx, func(path [][]byte, k, v []byte, sub *bolt.Bucket) error {
+			p := string(bytes.Join(append(path[:len(path):len(path)], k), []byte("/")))
+			if sub != nil {
+				out = append(out, fmt.Sprintf("%s/ seq=%d", p, sub.Sequence()))
+			} else {
+				out = append(out, fmt.Sprintf("%s = %q", p, v))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// mutate makes n random changes to db, each in a transaction of its own
+// (so that buckets are rewritten, or not, as a store's writes do): values
+// put, changed and deleted, buckets created (big and inline), deleted and
+// given a new sequence, a value turned into a bucket and back.
+func mutate(t *testing.T, db *bolt.DB, r *rand.Rand, n int) {
+	t.Helper()
+	tops := []string{"mailboxes", "trace", "users", "queue"}
+	for i := range n {
+		err := db.Update(func(tx *bolt.Tx) error {
+			top, err := tx.CreateBucketIfNotExists([]byte(tops[r.IntN(len(tops))]))
+			if err != nil {
+				return err
+			}
+			b := top
+			if r.IntN(2) == 0 { // one level down, in one of a few buckets
+				name := []byte(fmt.Sprintf("sub%d", r.IntN(6)))
+				if b = top.Bucket(name); b == nil {
+					if top.Get(name) != nil {
+						return top.Delete(name) // a value where a bucket goes
+					}
+					if b, err = top.CreateBucket(name); err != nil {
+						return err
+					}
+				}
+			}
+			k := []byte(fmt.Sprintf("k%03d", r.IntN(300)))
+			switch op := r.IntN(10); {
+			case op < 5:
+				// Often as long as the value it replaces, never the same.
+				v := fmt.Appendf(nil, "%04d%s", i, bytes.Repeat([]byte{'v'}, r.IntN(3)*200))
+				if b.Bucket(k) != nil {
+					return b.DeleteBucket(k)
+				}
+				return b.Put(k, v)
+			case op < 7:
+				if b.Bucket(k) != nil {
+					return b.DeleteBucket(k)
+				}
+				return b.Delete(k)
+			case op < 8:
+				_, err := b.NextSequence()
+				return err
+			case op < 9:
+				if b.Get(k) != nil && b.Bucket(k) == nil {
+					if err := b.Delete(k); err != nil {
+						return err
+					}
+				}
+				inner, err := b.CreateBucketIfNotExists(k)
+				if err != nil {
+					return err
+				}
+				return inner.Put([]byte(fmt.Sprint(i)), []byte("x"))
+			default: // a whole top bucket goes
+				name := []byte(tops[r.IntN(len(tops))])
+				if tx.Bucket(name) != nil && r.IntN(4) == 0 {
+					return tx.DeleteBucket(name)
+				}
+				return nil
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A copy of a snapshot, caught up with the changes made since, holds what
+// the store holds now, entry for entry; and the digest catchUp feeds is
+// the digest of the store now.
+func TestCatchUp_CopyOfASnapshotEndsEqualToTheStore(t *testing.T) {
+	for seed := range uint64(40) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			r := rand.New(rand.NewPCG(seed, 7))
+			dir := t.TempDir()
+			src, err := bolt.Open(filepath.Join(dir, "src.db"), 0o600, &bolt.Options{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			mutate(t, src, r, 400)
+			snap, err := src.Begin(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer snap.Rollback()
+			dst, err := createCopy(filepath.Join(dir, "dst.db"), 1<<20, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dst.Close()
+			if _, err := copySnapshot(snap, dst, nil, func(compactStep, int) {}, nil); err != nil {
+				t.Fatal(err)
+			}
+			snap.Rollback()               // the store's map may grow now
+			mutate(t, src, r, r.IntN(60)) // some runs: no change at all
+
+			cur, err := src.Begin(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cur.Rollback()
+			hseed := maphash.MakeSeed()
+			want := newDigester(hseed)
+			tx, err := dst.Begin(true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := catchUp(cur, tx, want); err != nil {
+				tx.Rollback()
+				t.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := entries(t, dst), entries(t, src); !slices.Equal(got, want) {
+				t.Fatalf("copy after catching up differs:\n%s", diffLines(got, want))
+			}
+			got, err := digest(dst, newDigester(hseed))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want.sum()) {
+				t.Error("catchUp's digest is not the digest of the store it caught up with")
+			}
+		})
+	}
+}
+
+// diffLines shows the first lines where got and want part.
+func diffLines(got, want []string) string {
+	i := 0
+	for i < len(got) && i < len(want) && got[i] == want[i] {
+		i++
+	}
+	end := func(l []string) []string { return l[i:min(len(l), i+5)] }
+	return fmt.Sprintf("at line %d\ngot:  %s\nwant: %s", i, strings.Join(end(got), " | "), strings.Join(end(want), " | "))
+}
