@@ -108,58 +108,77 @@ func TestCatchUp_CopyOfASnapshotEndsEqualToTheStore(t *testing.T) {
 	for seed := range uint64(40) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 7))
-			dir := t.TempDir()
-			src, err := bolt.Open(filepath.Join(dir, "src.db"), 0o600, &bolt.Options{NoSync: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer src.Close()
-			mutate(t, src, r, 400)
-			snap, err := src.Begin(false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer snap.Rollback()
-			dst, err := createCopy(filepath.Join(dir, "dst.db"), 1<<20, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dst.Close()
-			if _, err := copySnapshot(snap, dst, nil, func(compactStep, int) {}, nil); err != nil {
-				t.Fatal(err)
-			}
-			snap.Rollback()               // the store's map may grow now
-			mutate(t, src, r, r.IntN(60)) // some runs: no change at all
-
-			cur, err := src.Begin(false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cur.Rollback()
-			hseed := maphash.MakeSeed()
-			want := newDigester(hseed)
-			tx, err := dst.Begin(true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := catchUp(cur, tx, want); err != nil {
-				tx.Rollback()
-				t.Fatal(err)
-			}
-			if err := tx.Commit(); err != nil {
-				t.Fatal(err)
-			}
-			if got, want := entries(t, dst), entries(t, src); !slices.Equal(got, want) {
-				t.Fatalf("copy after catching up differs:\n%s", diffLines(got, want))
-			}
-			got, err := digest(dst, newDigester(hseed))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, want.sum()) {
-				t.Error("catchUp's digest is not the digest of the store it caught up with")
-			}
+			checkCatchUp(t, seed, 400, r.IntN(60)) // some runs: no change at all
 		})
+	}
+}
+
+// FuzzCatchUp runs checkCatchUp on other stores and other changes.
+func FuzzCatchUp(f *testing.F) {
+	f.Add(uint64(1), uint16(50), uint16(10))
+	f.Add(uint64(2), uint16(0), uint16(30))
+	f.Add(uint64(3), uint16(200), uint16(0))
+	f.Fuzz(func(t *testing.T, seed uint64, before, after uint16) {
+		checkCatchUp(t, seed, int(before%500), int(after%200))
+	})
+}
+
+// checkCatchUp makes a store of before random changes, copies a snapshot
+// of it, makes after more changes and catches the copy up.
+func checkCatchUp(t *testing.T, seed uint64, before, after int) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 11))
+	dir := t.TempDir()
+	src, err := bolt.Open(filepath.Join(dir, "src.db"), 0o600, &bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	mutate(t, src, r, before)
+	snap, err := src.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := createCopy(filepath.Join(dir, "dst.db"), 1<<20, 0)
+	if err != nil {
+		snap.Rollback()
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	_, err = copySnapshot(snap, dst, nil, func(compactStep, int) {}, nil)
+	snap.Rollback() // the store's map may grow now
+	if err != nil {
+		t.Fatal(err)
+	}
+	mutate(t, src, r, after)
+
+	cur, err := src.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Rollback()
+	hseed := maphash.MakeSeed()
+	want := newDigester(hseed)
+	tx, err := dst.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := catchUp(cur, tx, want); err != nil {
+		tx.Rollback()
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := entries(t, dst), entries(t, src); !slices.Equal(got, want) {
+		t.Fatalf("copy after catching up differs:\n%s", diffLines(got, want))
+	}
+	got, err := digest(dst, newDigester(hseed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.sum()) {
+		t.Error("catchUp's digest is not the digest of the store it caught up with")
 	}
 }
 
