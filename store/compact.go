@@ -41,8 +41,8 @@ const maxCopyTxBytes = 1 << 20
 // Put finds its place by a binary search of the leaf's node, which holds
 // every entry put in the transaction until it commits, and grows it: a
 // megabyte of the trace index's small keys is tens of thousands of
-// entries. The online compaction of 26 MB of live data, which every write
-// waits for, took 249-252 ms without this bound and 204-220 ms with it
+// entries. The compaction of 26 MB of live data (while serving, when every
+// write waited for it) took 249-252 ms without this bound and 204-220 ms with it
 // (BenchmarkCompactOnline, three runs each in turn; 1024 measured the same
 // as 2048). Its more frequent commits read more of the copy back through
 // the map, which copier.visit releases after each.

@@ -65,10 +65,15 @@ func (s *Store) maybeCompact() {
 	if s.opts.NoOnlineCompaction {
 		return
 	}
-	if s.copying != nil {
+	if job := s.copying; job != nil {
 		// One at a time; a copy made is finished at once (see finishCopying).
+		if job.written > maxCatchUpBytes {
+			s.stopCopying()
+			s.compacted(CompactResult{}, errWritesBusy)
+			return
+		}
 		select {
-		case <-s.copying.done:
+		case <-job.done:
 			s.finishCopying()
 		default:
 		}
@@ -131,7 +136,7 @@ func (s *Store) copyingDone() <-chan struct{} {
 }
 
 // stopCopying ends the committer's copy, if one is being made, and throws
-// it away: the store is closing.
+// it away: the store is closing, or too much mail came in meanwhile.
 func (s *Store) stopCopying() {
 	if job := s.copying; job != nil {
 		s.copying = nil
@@ -142,10 +147,20 @@ func (s *Store) stopCopying() {
 	}
 }
 
+// maxCatchUpBytes bounds the mail a copy's catch-up takes, which is one
+// transaction: like a group commit (maxGroupBytes), bbolt holds all of its
+// pages in memory until it commits. A copy that more mail came in during
+// is thrown away and made again later.
+const maxCatchUpBytes = maxGroupBytes
+
+// errWritesBusy: more mail was stored while the copy was made than its
+// catch-up may take.
+var errWritesBusy = errors.New("compact: too much mail stored meanwhile")
+
 // compacted is the end of an online compaction, done or failed.
 func (s *Store) compacted(res CompactResult, err error) {
 	every := cmp.Or(s.opts.compactEvery, onlineCompactEvery)
-	if errors.Is(err, errReadersBusy) {
+	if errors.Is(err, errReadersBusy) || errors.Is(err, errWritesBusy) {
 		// Not at the next commits either.
 		s.lastCompactLook = time.Now().Add((onlineCompactReadersRetry - 1) * every)
 		s.lookAgain(onlineCompactReadersRetry * every)
@@ -270,7 +285,10 @@ type copyJob struct {
 	start time.Time
 	stop  atomic.Bool   // set: end the copy (the store is closing)
 	done  chan struct{} // closed once the copy is made, or failed
-	err   error         // the copy's, once done is closed
+	// written is the message octets committed since the snapshot (the
+	// committer's), which the catch-up will take.
+	written int
+	err     error // the copy's, once done is closed
 }
 
 // startCopy starts copying the store as it is into a new file beside it.

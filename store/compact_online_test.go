@@ -614,3 +614,55 @@ func TestCompactOnline_CloseDuringTheCopy(t *testing.T) {
 		t.Errorf("UIDLs %v, want %v", got, want)
 	}
 }
+
+// A copy during which more mail came in than its catch-up may take (one
+// transaction, held in memory until it commits) is thrown away, and made
+// again later.
+func TestCompactOnline_TooMuchMailMeanwhileMakesTheCopyAgain(t *testing.T) {
+	var c compactions
+	var copies atomic.Int64
+	copying, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: 10 * time.Millisecond,
+		compactStep: func(at compactStep, entries int) {
+			if at == stepCopied && entries == 1 {
+				copies.Add(1)
+				once.Do(func() { close(copying); <-release })
+			}
+		}})
+	const addr = "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	bigMailComesAndGoes(t, s, addr, 80)
+	select {
+	case <-copying:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no compaction started")
+	}
+	big := bytes.Repeat([]byte("0123456789abcde\n"), 1<<16) // 1 MiB
+	var ids []uint64
+	for range maxCatchUpBytes/len(big) + 1 {
+		id, err := s.Append(addr, big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	close(release) // the committer throws the copy away once it stops
+	done, errs := c.wait()
+	if len(done) != 1 || len(errs) > 0 || !done[0].Compacted {
+		t.Fatalf("compactions %+v, errors %v; want one", done, errs)
+	}
+	if n := copies.Load(); n != 2 {
+		t.Errorf("%d copies made, want 2: the one thrown away, and the one swapped in", n)
+	}
+	if _, err := os.Stat(s.path + compactSuffix); !os.IsNotExist(err) {
+		t.Errorf("a copy's file is left: %v", err)
+	}
+	list, err := s.List(addr)
+	if err != nil || len(list) != len(ids) {
+		t.Fatalf("after the compaction %d messages (%v), want %d", len(list), err, len(ids))
+	}
+	checkBolt(t, s)
+}

@@ -638,14 +638,16 @@ const maxGroupBytes = 8 << 20
 
 // groupFull reports whether the group takes no more writes.
 func groupFull(group []*writeReq) bool {
-	if len(group) >= maxGroup {
-		return true
-	}
+	return len(group) >= maxGroup || groupBytes(group) >= maxGroupBytes
+}
+
+// groupBytes is the message octets of the group's writes.
+func groupBytes(group []*writeReq) int {
 	n := 0
 	for _, req := range group {
 		n += req.size
 	}
-	return n >= maxGroupBytes
+	return n
 }
 
 // committer is the single writer. It takes whatever requests are waiting,
@@ -677,6 +679,9 @@ func (s *Store) committer() {
 		s.fill(&group)
 		s.awaitExpected(&group)
 		s.commitGroup(group)
+		if s.copying != nil {
+			s.copying.written += groupBytes(group)
+		}
 		// The array is reused: without this its old entries would keep
 		// the last group's writes, and the messages they captured, alive
 		// until as many writes came again (megabytes for each big
