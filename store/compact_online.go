@@ -40,17 +40,19 @@ import (
 
 const (
 	// onlineCompactMaxLive bounds the live data an online compaction
-	// copies, and so how long writes wait while it catches up: 41 ms for
-	// the 26 MB that the trace of 80,000 messages takes
-	// (BenchmarkCompactOnline), about a tenth of a second at the bound. The benchmark harness's full run ends with
-	// 67 MB live.
+	// copies, and so how long writes wait while it catches up (it walks
+	// all of the live data): 41 ms for the 26 MB that the trace of 80,000
+	// messages takes (BenchmarkCompactOnline), about a tenth of a second
+	// at the bound. The benchmark harness's full run ends with 67 MB live.
 	onlineCompactMaxLive = 64 << 20
 	// onlineCompactEvery is how often the committer looks at the file.
 	onlineCompactEvery = time.Second
 	// onlineCompactBusyMaxLive is the live data a compaction copies with
 	// mail transactions open: a few milliseconds' wait, like one slow
-	// fsync (600 MiB of deleted mail and little left took 1.1 ms).
-	// Above it, the compaction waits for a moment without transactions.
+	// fsync (600 MiB of deleted mail and little left took 1.1 ms when
+	// writes waited for the whole copy; they wait for less now, the
+	// catch-up's walk, and the bound was not measured again). Above it,
+	// the compaction waits for a moment without transactions.
 	onlineCompactBusyMaxLive = 4 << 20
 	// onlineCompactReadersRetry is how many looks a compaction that a
 	// long read put off waits: its copy was made in vain, and a backup

@@ -128,7 +128,7 @@ func TestCompactOnline_GivesBackTheSpaceOfDeletedMail(t *testing.T) {
 }
 
 // Mail deleted while a transaction is open is not compacted then, when the
-// copy would take more than a moment (every write waits for it),
+// copy would take more than a moment (writes wait for its catch-up),
 // but once the transaction is over, though no commit follows: the
 // committer looks again on its own.
 func TestCompactOnline_LooksAgainWhenTheTransactionsAreOver(t *testing.T) {
