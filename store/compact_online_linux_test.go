@@ -180,22 +180,28 @@ func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
 		t.Errorf("with mail on its way and no commit, the step went after %v, before releaseWait", d)
 	}
 
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // commits, one after another
-		for {
-			select {
-			case s.committed <- struct{}{}:
-			case <-stop:
-				return
-			}
-		}
-	}()
+	defer commitsFlow(s)()
 	select {
 	case <-returned(func() { s.releasePace(time.Time{}) }):
 	case <-time.After(10 * time.Second):
 		t.Fatal("the step did not go after a commit")
 	}
+}
+
+// commitsFlow signals commits on s, one after another, until the returned
+// func is called.
+func commitsFlow(s *Store) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s.committed <- struct{}{}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // With mail on its way, a step goes no sooner than releaseGap after the
@@ -204,17 +210,7 @@ func TestReleasePace_WaitsForACommitWhileMailIsOnItsWay(t *testing.T) {
 func TestReleasePace_StepsAtLeastAGapApartWhileMailIsOnItsWay(t *testing.T) {
 	s := &Store{writes: make(chan *writeReq), committed: make(chan struct{}, 1), stop: make(chan struct{}),
 		opts: Options{releaseGap: time.Hour}}
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // commits, one after another
-		for {
-			select {
-			case s.committed <- struct{}{}:
-			case <-stop:
-				return
-			}
-		}
-	}()
+	defer commitsFlow(s)()
 	done := make(chan struct{})
 	go func() { s.releasePace(time.Now()); close(done) }()
 	select {

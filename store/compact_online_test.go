@@ -275,14 +275,9 @@ func TestCompactOnline_LongReadPutsItOff(t *testing.T) {
 // one.
 func TestCompactOnline_ReadsAndWritesGoOnWhileItCopies(t *testing.T) {
 	var c compactions
-	copying, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond,
-		compactStep: func(at compactStep, entries int) {
-			if at == stepCopied && entries == 1 {
-				once.Do(func() { close(copying); <-release })
-			}
-		}})
+	hold := holdFirstCopy()
+	copying, release := hold.copying, hold.release
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: time.Nanosecond, compactStep: hold.step})
 	const addr = "alice@example.test"
 	if err := s.AddUser(addr, "password-12345"); err != nil {
 		t.Fatal(err)
@@ -564,18 +559,34 @@ func TestCompactOnline_SnapshotEndsWithTheCopy(t *testing.T) {
 	}
 }
 
+// copyHold holds the first copy a store makes at its first entry, until
+// release is closed; copying is closed once it is held. copies counts the
+// copies begun.
+type copyHold struct {
+	copying, release chan struct{}
+	copies           atomic.Int64
+	once             sync.Once
+}
+
+func holdFirstCopy() *copyHold {
+	return &copyHold{copying: make(chan struct{}), release: make(chan struct{})}
+}
+
+// step is the hold as Options.compactStep.
+func (h *copyHold) step(at compactStep, entries int) {
+	if at == stepCopied && entries == 1 {
+		h.copies.Add(1)
+		h.once.Do(func() { close(h.copying); <-h.release })
+	}
+}
+
 // Closing the store while a copy is being made ends the copy and removes
 // its file; the store is whole.
 func TestCompactOnline_CloseDuringTheCopy(t *testing.T) {
 	dir := t.TempDir()
-	copying, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	s, err := Open(dir, Options{BcryptCost: bcrypt.MinCost, compactEvery: time.Nanosecond,
-		compactStep: func(at compactStep, entries int) {
-			if at == stepCopied && entries == 1 {
-				once.Do(func() { close(copying); <-release })
-			}
-		}})
+	hold := holdFirstCopy()
+	copying, release := hold.copying, hold.release
+	s, err := Open(dir, Options{BcryptCost: bcrypt.MinCost, compactEvery: time.Nanosecond, compactStep: hold.step})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,16 +631,9 @@ func TestCompactOnline_CloseDuringTheCopy(t *testing.T) {
 // again later.
 func TestCompactOnline_TooMuchMailMeanwhileMakesTheCopyAgain(t *testing.T) {
 	var c compactions
-	var copies atomic.Int64
-	copying, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	s := openInternal(t, Options{Compacted: c.record, compactEvery: 10 * time.Millisecond,
-		compactStep: func(at compactStep, entries int) {
-			if at == stepCopied && entries == 1 {
-				copies.Add(1)
-				once.Do(func() { close(copying); <-release })
-			}
-		}})
+	hold := holdFirstCopy()
+	copying, release, copies := hold.copying, hold.release, &hold.copies
+	s := openInternal(t, Options{Compacted: c.record, compactEvery: 10 * time.Millisecond, compactStep: hold.step})
 	const addr = "alice@example.test"
 	if err := s.AddUser(addr, "password-12345"); err != nil {
 		t.Fatal(err)
