@@ -190,12 +190,20 @@ func writeCompacted(src *bolt.DB, tmp string, opts CompactOptions) error {
 	}
 	seed := maphash.MakeSeed()
 	want, err := copyLive(src, dst, newDigester(seed), opts.step)
-	if err == nil {
-		var got []byte
-		got, err = digest(dst, newDigester(seed))
-		if err == nil && !bytes.Equal(got, want) {
-			err = errors.New("the copy differs from the original")
-		}
+	if err != nil {
+		dst.Close()
+		return err
+	}
+	return checkCopy(dst, tmp, seed, want)
+}
+
+// checkCopy compares the digest of the copy dst, in the file tmp, with
+// want, the digest of what it was copied from (with seed), closes it and
+// leaves it synced, its directory entry too.
+func checkCopy(dst *bolt.DB, tmp string, seed maphash.Seed, want []byte) error {
+	got, err := digest(dst, newDigester(seed))
+	if err == nil && !bytes.Equal(got, want) {
+		err = errors.New("the copy differs from the original")
 	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -475,38 +474,32 @@ func closeFile(f *os.File) {
 // against the store entry by entry (their digests), and leaves it synced,
 // closed.
 func (s *Store) catchUpCopy(job *copyJob) error {
+	seed := maphash.MakeSeed()
+	want := newDigester(seed)
+	if err := s.catchUpTx(job.dst, want); err != nil {
+		return err
+	}
+	return checkCopy(job.dst, job.tmp, seed, want.sum())
+}
+
+// catchUpTx runs catchUp in one transaction of the copy dst, committed
+// while the store's read transaction, whose keys and values it holds, is
+// still open.
+func (s *Store) catchUpTx(dst *bolt.DB, sum *digester) error {
 	cur, err := s.db.Begin(false)
 	if err != nil {
 		return err
 	}
-	defer cur.Rollback() // after the copy's commit: it holds cur's keys and values
-	seed := maphash.MakeSeed()
-	want := newDigester(seed)
-	tx, err := job.dst.Begin(true)
+	defer cur.Rollback()
+	tx, err := dst.Begin(true)
 	if err != nil {
 		return err
 	}
-	if err := catchUp(cur, tx, want); err != nil {
+	if err := catchUp(cur, tx, sum); err != nil {
 		tx.Rollback()
 		return err
 	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	got, err := digest(job.dst, newDigester(seed))
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(got, want.sum()) {
-		return errors.New("the copy differs from the original")
-	}
-	if err := job.dst.Close(); err != nil {
-		return err
-	}
-	if err := syncFile(job.tmp); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(job.tmp))
+	return tx.Commit()
 }
 
 // swapIn puts the copy tmp in the old file's place, with swapMu held. It
