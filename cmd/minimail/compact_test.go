@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -144,5 +145,36 @@ func TestFormatSize(t *testing.T) {
 		if got := formatSize(n); got != want {
 			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// The compaction's log line: at start, and while serving with how long
+// writes waited; a failure is a warning that names the error.
+func TestLogCompaction_Lines(t *testing.T) {
+	res := store.CompactResult{Compacted: true, Before: 2 << 30, After: 4 << 20,
+		Duration: 420 * time.Millisecond, WritesWaited: 41 * time.Millisecond}
+	for _, tt := range []struct {
+		name   string
+		online bool
+		err    error
+		want   string
+	}{
+		{"at start", false, nil, `level=INFO msg=compacted before=2147483648 after=4194304 duration=420ms` + "\n"},
+		{"while serving", true, nil, `level=INFO msg=compacted before=2147483648 after=4194304 duration=420ms writes_waited=41ms online=true` + "\n"},
+		{"failed", true, os.ErrPermission, `level=WARN msg="compaction failed; serving the database as it is" err="permission denied"` + "\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+				if a.Key == slog.TimeKey {
+					return slog.Attr{}
+				}
+				return a
+			}}))
+			logCompaction(log, tt.online)(res, tt.err)
+			if got := buf.String(); got != tt.want {
+				t.Errorf("logged %q\nwant     %q", got, tt.want)
+			}
+		})
 	}
 }
