@@ -55,7 +55,8 @@ const (
 	onlineCompactBusyMaxLive = 4 << 20
 	// onlineCompactReadersRetry is how many looks a compaction that a
 	// long read put off waits: its copy was made in vain, and a backup
-	// may read for minutes.
+	// may read for minutes. So does one that too much mail came in
+	// during (errWritesBusy): a burst of big mail lasts a while.
 	onlineCompactReadersRetry = 30
 )
 
