@@ -58,9 +58,10 @@ type Delivery struct {
 	DefaultQuota int64
 	IgnoreQuota  bool
 
-	// Events are trace events written with this copy, in the same
-	// transaction, before its own delivered event (the received event of
-	// the message that is being delivered, for instance).
+	// Events are trace events recorded with this copy, before its own
+	// delivered event (the received event of the message that is being
+	// delivered, for instance): written once the copy is, and only then
+	// (trace_pending.go).
 	Events []Event
 	// TraceID, when set, records a delivered event under that message id
 	// for this copy, naming the mailbox and the copy's number, so that a
@@ -122,7 +123,7 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 	now := time.Now().UTC()
 	err := s.updateSized(writeSize(ds, out), func(tx *bolt.Tx) error {
 		for i, o := range out {
-			e, err := enqueueTx(tx, o.Entry, o.Body)
+			e, err := s.enqueueTx(tx, o.Entry, o.Body)
 			if err != nil {
 				return err
 			}
@@ -157,14 +158,10 @@ func (s *Store) AppendAndEnqueue(ds []Delivery, out []Outgoing) ([]uint64, []Que
 			if err := mb.Bucket(bucketIndex).Put(idKey(id), e.encode()); err != nil {
 				return err
 			}
-			if err := putEvents(tx, d.Events); err != nil {
-				return err
-			}
+			s.putEvents(d.Events)
 			if d.TraceID != "" {
 				facts := append([]Fact{{FactMailbox, Key(d.Address)}, {FactMsg, strconv.FormatUint(id, 10)}}, d.TraceFacts...)
-				if err := putEvents(tx, []Event{{Time: now, Kind: EventDelivered, ID: d.TraceID, Facts: facts}}); err != nil {
-					return err
-				}
+				s.putEvents([]Event{{Time: now, Kind: EventDelivered, ID: d.TraceID, Facts: facts}})
 			}
 		}
 		return bodies.finish()

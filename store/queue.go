@@ -96,7 +96,7 @@ type QueueEntry struct {
 func (s *Store) EnqueueMessage(e QueueEntry, body []byte) (uint64, error) {
 	var id uint64
 	err := s.updateSized(len(body), func(tx *bolt.Tx) error {
-		stored, err := enqueueTx(tx, e, body)
+		stored, err := s.enqueueTx(tx, e, body)
 		id = stored.ID
 		return err
 	})
@@ -125,10 +125,8 @@ func (s *Store) EnqueueNotice(e QueueEntry, n QueueEntry, body []byte) (uint64, 
 		if err := q.Put(idKey(e.ID), v); err != nil {
 			return err
 		}
-		if err := putEvents(tx, e.Events); err != nil {
-			return err
-		}
-		stored, err := enqueueTx(tx, n, body)
+		s.putEvents(e.Events)
+		stored, err := s.enqueueTx(tx, n, body)
 		id = stored.ID
 		return err
 	})
@@ -138,9 +136,9 @@ func (s *Store) EnqueueNotice(e QueueEntry, n QueueEntry, body []byte) (uint64, 
 	return id, nil
 }
 
-// enqueueTx puts e under the queue's next id, and its body, in tx; it
-// returns e with that id.
-func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
+// enqueueTx puts e under the queue's next id, and its body, in tx, and
+// records e's events; it returns e with that id.
+func (s *Store) enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
 	q := tx.Bucket(bucketQueue)
 	n, err := q.NextSequence()
 	if err != nil {
@@ -154,9 +152,7 @@ func enqueueTx(tx *bolt.Tx, e QueueEntry, body []byte) (QueueEntry, error) {
 	if err := q.Put(idKey(n), v); err != nil {
 		return QueueEntry{}, err
 	}
-	if err := putEvents(tx, e.Events); err != nil {
-		return QueueEntry{}, err
-	}
+	s.putEvents(e.Events)
 	return e, tx.Bucket(bucketQueueBody).Put(idKey(n), body)
 }
 
@@ -237,9 +233,7 @@ func (s *Store) UpdateQueueEntry(e QueueEntry) error {
 		if q.Get(idKey(e.ID)) == nil {
 			return fmt.Errorf("queue entry %d: %w", e.ID, ErrNoQueueEntry)
 		}
-		if err := putEvents(tx, e.Events); err != nil {
-			return err
-		}
+		s.putEvents(e.Events)
 		return q.Put(idKey(e.ID), v)
 	})
 }
@@ -253,9 +247,7 @@ func (s *Store) DeleteQueueEntry(id uint64, events ...Event) error {
 		if q.Get(idKey(id)) == nil {
 			return fmt.Errorf("queue entry %d: %w", id, ErrNoQueueEntry)
 		}
-		if err := putEvents(tx, events); err != nil {
-			return err
-		}
+		s.putEvents(events)
 		if err := q.Delete(idKey(id)); err != nil {
 			return err
 		}

@@ -91,6 +91,10 @@ func TestUpdateMaildrop_FindsTheMessageInTheCopysEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The delivered event goes from memory to the file, and then from it.
+	if err := s.flushTrace(); err != nil {
+		t.Fatal(err)
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketTrace)
 		if err := root.DeleteBucket(bucketTraceEvents); err != nil {

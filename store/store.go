@@ -189,8 +189,10 @@ type Options struct {
 	compareHash func(hash, password []byte) error
 	// now is the clock of the verified-password cache, for tests.
 	now func() time.Time
-	// linger and straggle replace groupLinger and groupStraggle, for tests.
-	linger, straggle time.Duration
+	// linger and straggle replace groupLinger and groupStraggle, and
+	// traceDelay and traceAlone the constants, for tests.
+	linger, straggle       time.Duration
+	traceDelay, traceAlone time.Duration
 
 	// NoOnlineCompaction keeps the store from compacting its file while
 	// open (see compact_online.go); Compacted, when set, is told of each
@@ -249,6 +251,9 @@ type Store struct {
 	lastLookFree    int            // the committer's: freePages at the last look
 	lookDue         *time.Timer    // the committer's: a look at the file put off, nil when none
 	copying         *copyJob       // the committer's: an online compaction's copy being made, nil when none
+	trace           tracePending   // the committer's: trace events not written yet (trace_pending.go)
+	// tracePendingN is len(trace.events), for readers (flushTrace).
+	tracePendingN atomic.Int64
 
 	// closeMu orders writers against Close: a writer holds it shared while
 	// handing its request to the committer, Close holds it exclusively while
@@ -296,6 +301,8 @@ type writeReq struct {
 	// size is about what fn writes: a message's octets, 0 for small
 	// records. It bounds the bytes of a group (maxGroupBytes).
 	size int
+	// flushTrace makes the commit write the trace events waiting.
+	flushTrace bool
 }
 
 // defaultHashSlots is half the cores, rounded up: logins can take half the
@@ -612,7 +619,12 @@ func (s *Store) update(fn func(*bolt.Tx) error) error { return s.updateSized(0, 
 
 // updateSized is update for a write of about size octets (a message).
 func (s *Store) updateSized(size int, fn func(*bolt.Tx) error) error {
-	req := &writeReq{fn: fn, res: make(chan error, 1), size: size}
+	return s.submit(&writeReq{fn: fn, size: size})
+}
+
+// submit hands req to the committer and waits for its commit.
+func (s *Store) submit(req *writeReq) error {
+	req.res = make(chan error, 1)
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
@@ -668,12 +680,18 @@ func (s *Store) committer() {
 		case <-s.copyingDone():
 			s.finishCopying()
 			continue
+		case <-s.traceAloneC():
+			s.writeTraceAlone()
+			continue
 		case <-s.stop:
 			if s.lookDue != nil {
 				s.lookDue.Stop()
 			}
 			s.stopCopying()
 			s.drain()
+			if len(s.trace.events) > 0 {
+				s.commitGroup(nil)
+			}
 			return
 		}
 		s.fill(&group)
@@ -808,14 +826,21 @@ func (s *Store) drain() {
 	}
 }
 
-func (s *Store) commitGroup(group []*writeReq) {
+// commitGroup runs group's writes in one transaction and commits it, with
+// the trace events waiting when they are due (trace_pending.go); a group
+// of none writes them alone. It reports whether that commit succeeded.
+func (s *Store) commitGroup(group []*writeReq) bool {
 	refused := false // a request's own error, not the disk's
+	traced := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, req := range group {
 			if err := req.fn(tx); err != nil {
 				refused = true
 				return err
 			}
+		}
+		if traced = s.traceDue(group); traced {
+			return s.writeTrace(tx)
 		}
 		return nil
 	})
@@ -828,6 +853,9 @@ func (s *Store) commitGroup(group []*writeReq) {
 		s.commitErr.Store(&err)
 	}
 	if err == nil {
+		// Before the callers hear of their commit: a caller that reads
+		// the trace next finds its events waiting (flushTrace).
+		s.traceCommitted(traced)
 		s.commits.Add(1)
 		for _, req := range group {
 			req.res <- nil
@@ -836,8 +864,11 @@ func (s *Store) commitGroup(group []*writeReq) {
 		case s.committed <- struct{}{}:
 		default:
 		}
-		return
+		return true
 	}
+	// The events of a transaction rolled back describe nothing.
+	clear(s.trace.tx)
+	s.trace.tx = s.trace.tx[:0]
 	if !refused {
 		// The disk failed the commit (full, or failing). Each of the group
 		// gets its error, and none is tried again alone: a commit that
@@ -850,22 +881,27 @@ func (s *Store) commitGroup(group []*writeReq) {
 		for _, req := range group {
 			req.res <- err
 		}
-		return
+		return false
 	}
 	if len(group) == 1 {
 		group[0].res <- err
-		return
+		return false
 	}
 	// One request failed and rolled back the whole group: retry each alone so
 	// only the failing one sees its error.
 	for _, req := range group {
 		s.commitGroup([]*writeReq{req})
 	}
+	return false
 }
 
 // Backup writes a consistent copy of the whole database to path, while the
-// store stays in use. The copy is fsync'd before Backup returns.
+// store stays in use, with the trace events waiting (trace_pending.go).
+// The copy is fsync'd before Backup returns.
 func (s *Store) Backup(path string) error {
+	if err := s.flushTrace(); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)

@@ -29,9 +29,10 @@ import (
 // the order the events happened and the 'i' keys list one message's
 // events oldest first.
 //
-// An event is written in the transaction of the change it describes, and
-// only appended to the events bucket: its pages are shared by every
-// message of a group commit. The index keys are random (ids, addresses),
+// An event is recorded by the write of the change it describes and written
+// by a commit soon after (trace_pending.go), only ever appended to the
+// events bucket: its pages are shared by every message of about a tenth
+// of a second. The index keys are random (ids, addresses),
 // and each one written next to a delivery would cost that commit pages of
 // its own; BenchmarkMXDelivery with 32 clients lost half its throughput to
 // them. So the index is derived data, brought up to date in batches by
@@ -132,9 +133,10 @@ func NormalMessageID(s string) string {
 	return strings.ToLower(strings.TrimSpace(s))
 }
 
-// putEvents writes events inside tx: the caller's transaction, which is
-// the point: the event commits with the change it describes.
-func putEvents(tx *bolt.Tx, events []Event) error {
+// writeEvents appends events to the trace's events bucket in tx, each
+// under the trace's next number. The writes record their events with
+// putEvents; the committer writes them here (trace_pending.go).
+func writeEvents(tx *bolt.Tx, events []Event) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -144,14 +146,10 @@ func putEvents(tx *bolt.Tx, events []Event) error {
 	// splitting them in half.
 	evs.FillPercent = 1.0
 	for _, e := range events {
-		if e.ID == "" || e.Kind == "" {
-			continue // nothing could ever find it
-		}
 		n, err := root.NextSequence()
 		if err != nil {
 			return err
 		}
-		e.Time = e.Time.UTC()
 		if err := evs.Put(idKey(n), encodeEvent(e)); err != nil {
 			return err
 		}
@@ -218,11 +216,14 @@ func (s *Store) IndexTrace(limit int) (int, error) {
 	return done, nil
 }
 
-// RecordEvents writes events on their own, in one commit. The paths that
-// change state pass their events with the change instead; this is for
-// events that describe no stored change.
+// RecordEvents writes events, and those waiting, in one commit. The paths
+// that change state pass their events with the change instead; this is
+// for events that describe no stored change.
 func (s *Store) RecordEvents(events []Event) error {
-	return s.update(func(tx *bolt.Tx) error { return putEvents(tx, events) })
+	return s.submit(&writeReq{fn: func(*bolt.Tx) error {
+		s.putEvents(events)
+		return nil
+	}, flushTrace: true})
 }
 
 // mailboxTraceIDs maps copies in addr's mailbox to the message ids their
@@ -278,6 +279,9 @@ func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 // Nothing found is an error wrapping ErrNoTrace.
 func (s *Store) Trace(query string) ([]Event, error) {
 	query = strings.TrimSpace(query)
+	if err := s.flushTrace(); err != nil {
+		return nil, fmt.Errorf("trace: %w", err)
+	}
 	var out []Event
 	err := s.view(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketTrace)
@@ -453,6 +457,9 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 // TraceCount reports events recorded since `since` by kind, for status:
 // it walks the events bucket from the newest back until an older one.
 func (s *Store) TraceCount(since time.Time) (map[string]int, error) {
+	if err := s.flushTrace(); err != nil {
+		return nil, fmt.Errorf("trace count: %w", err)
+	}
 	out := map[string]int{}
 	err := s.view(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketTrace)
@@ -517,6 +524,7 @@ func (s *Store) UpdateMaildrop(addr string, u MaildropUpdate) error {
 			}
 		}
 		add(EventDeleted, u.Deleted)
-		return putEvents(tx, events)
+		s.putEvents(events)
+		return nil
 	})
 }

@@ -13,8 +13,9 @@ import (
 // (the index is built later, in batches: IndexTrace):
 // the same 4 KiB copy stored alone and with the events a delivery from
 // the MX carries (received, then delivered). Commits per message must stay
-// 1: the events ride in the copy's own transaction; pages/msg is what
-// they add to it.
+// 1: the events wait for a later commit, which writes those of about a
+// tenth of a second at once (trace_pending.go); pages/msg is what they
+// add, 9.06 against 8.95 untraced (12.0 when each commit wrote its own).
 func BenchmarkAppendTraced(b *testing.B) {
 	msg := bytes.Repeat([]byte("0123456789abcde\n"), 4096/16)
 	// A local delivery's own lines, as mda writes them.
