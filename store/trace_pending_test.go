@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -182,5 +183,25 @@ func TestTracePending_ManyAreWrittenAtOnce(t *testing.T) {
 	}
 	if n := eventsInFile(t, s); n != maxPendingEvents {
 		t.Fatalf("a commit of %d events left %d in the file; want all of them", maxPendingEvents, n)
+	}
+}
+
+// A backup holds the events waiting when it was taken.
+func TestTracePending_BackupHoldsThem(t *testing.T) {
+	s := traceStore(t, time.Hour, time.Hour)
+	if _, err := s.AppendMany([]Delivery{traced("m1")}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := s.Backup(filepath.Join(dir, FileName)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(dir, Options{BcryptCost: 4, NoOnlineCompaction: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if n := eventsInFile(t, b); n != 2 {
+		t.Fatalf("the backup holds %d events; want 2", n)
 	}
 }
