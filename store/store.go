@@ -828,7 +828,8 @@ func (s *Store) drain() {
 
 // commitGroup runs group's writes in one transaction and commits it, with
 // the trace events waiting when they are due (trace_pending.go); a group
-// of none writes them alone. It reports whether that commit succeeded.
+// of none writes them alone. It reports whether that commit succeeded (not
+// when a refused write made it commit the others one by one instead).
 func (s *Store) commitGroup(group []*writeReq) bool {
 	refused := false // a request's own error, not the disk's
 	traced := false

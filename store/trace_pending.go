@@ -19,7 +19,11 @@ import (
 // after the oldest of them writes them all, in order, with its own
 // writes. When no write comes, a timer writes them on their own. A
 // session's delivery then writes the trace's pages once in about 100 ms
-// instead of once a message.
+// instead of once a message: 9.06 pages a delivery instead of 12.0
+// (BenchmarkAppendTraced). Side by side with the code before (README,
+// Performance) that made 10-recipient mail 7-24% faster and one session's
+// p50 3% lower, and its p99 about 0.5 ms higher: the commit that carries
+// a tenth of a second's events is the slowest of its sixty or so.
 //
 // The price: a crash (kill -9, a power cut) loses the events of the last
 // tenth of a second or so, never the change they describe; the mail is in
@@ -44,7 +48,7 @@ const (
 type tracePending struct {
 	events []Event
 	since  time.Time   // when the oldest of events was committed
-	timer  *time.Timer // writes them alone; nil when events is empty
+	timer  *time.Timer // writes them alone; nil when events is empty, or after failed
 	tx     []Event     // recorded by the writes of the transaction being run
 	failed bool        // the last commit of the events alone failed
 }
