@@ -2,13 +2,16 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -132,5 +135,78 @@ func diskFullGroup(t *testing.T, dir string) {
 		if len(msgs) != want {
 			t.Errorf("u%d holds %d messages after the reopen, want %d", i, len(msgs), want)
 		}
+	}
+}
+
+// diskFullTraceChild names the directory of the store a child process of
+// TestDiskFailure_TraceReadsWhatTheFileHolds works on.
+const diskFullTraceChild = "MINIMAIL_TEST_DISKFULL_TRACE_DIR"
+
+// A reader of the trace whose flush of the events waiting the disk fails
+// is not failed with it: it reads what the file holds, and the events go
+// on waiting, to be written once the disk has room.
+func TestDiskFailure_TraceReadsWhatTheFileHolds(t *testing.T) {
+	if dir := os.Getenv(diskFullTraceChild); dir != "" {
+		diskFullTrace(t, dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDiskFailure_TraceReadsWhatTheFileHolds$", "-test.v")
+	cmd.Env = append(os.Environ(), diskFullTraceChild+"="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS")) {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func diskFullTrace(t *testing.T, dir string) {
+	s, err := Open(dir, Options{BcryptCost: bcrypt.MinCost, NoOnlineCompaction: true,
+		traceDelay: time.Hour, traceAlone: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.AddUser("a@example.org", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	// Events of a few megabytes wait (each fact is cut at 1 KiB): their
+	// write must grow the file, which the limit below forbids.
+	big := strings.Repeat("f", maxEventString)
+	var facts []Fact
+	for range 16 {
+		facts = append(facts, Fact{Key: "k", Value: big})
+	}
+	for i := range 200 {
+		d := traced(fmt.Sprint("m", i))
+		d.Events[0].Facts = facts
+		if _, err := s.AppendMany([]Delivery{d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var limit syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	full := limit
+	full.Cur = uint64(fi.Size())
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &full); err != nil {
+		t.Fatal(err)
+	}
+	failed := s.failedCommits.Load()
+	if evs, err := s.Trace("m0"); !errors.Is(err, ErrNoTrace) {
+		t.Fatalf("Trace(m0) on a full disk = %v, %v; want what the file holds: no events (ErrNoTrace)", evs, err)
+	}
+	if s.failedCommits.Load() == failed {
+		t.Fatal("the flush of the events waiting did not fail: the test proves nothing")
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := s.Trace("m0"); err != nil || len(evs) != 2 {
+		t.Fatalf("Trace(m0) once the disk has room = %v, %v; want its 2 events, which waited", evs, err)
 	}
 }

@@ -867,9 +867,7 @@ func (s *Store) commitGroup(group []*writeReq) bool {
 		}
 		return true
 	}
-	// The events of a transaction rolled back describe nothing.
-	clear(s.trace.tx)
-	s.trace.tx = s.trace.tx[:0]
+	s.trace.dropTx()
 	if !refused {
 		// The disk failed the commit (full, or failing). Each of the group
 		// gets its error, and none is tried again alone: a commit that

@@ -117,9 +117,15 @@ func (s *Store) traceCommitted(written bool) {
 			t.timer = time.NewTimer(cmp.Or(s.opts.traceAlone, traceAlone))
 		}
 	}
-	clear(t.tx)
-	t.tx = t.tx[:0]
+	t.dropTx()
 	s.tracePendingN.Store(int64(len(t.events)))
+}
+
+// dropTx forgets the events the transaction recorded: kept or written by
+// traceCommitted, or describing nothing once it rolled back.
+func (t *tracePending) dropTx() {
+	clear(t.tx) // the strings they hold
+	t.tx = t.tx[:0]
 }
 
 // traceAloneC is the timer's channel, nil (never ready) when none is set.
