@@ -30,13 +30,20 @@ const diskFullChild = "MINIMAIL_TEST_DISKFULL_DIR"
 //
 // The limit is the whole process's, so the store runs in a child process.
 func TestDiskFailure_GroupFailsOnce(t *testing.T) {
-	if dir := os.Getenv(diskFullChild); dir != "" {
-		diskFullGroup(t, dir)
+	inChild(t, diskFullChild, diskFullGroup)
+}
+
+// inChild runs t's body, given the directory of its store, in a child
+// process of the test binary (a file size limit is the whole process's),
+// and fails t unless the child passes. env names the variable that tells
+// the child which directory it works on.
+func inChild(t *testing.T, env string, body func(t *testing.T, dir string)) {
+	if dir := os.Getenv(env); dir != "" {
+		body(t, dir)
 		return
 	}
-	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDiskFailure_GroupFailsOnce$", "-test.v")
-	cmd.Env = append(os.Environ(), diskFullChild+"="+dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env+"="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	if err != nil || !bytes.Contains(out, []byte("--- PASS")) {
 		t.Fatalf("child: %v\n%s", err, out)
@@ -146,17 +153,7 @@ const diskFullTraceChild = "MINIMAIL_TEST_DISKFULL_TRACE_DIR"
 // is not failed with it: it reads what the file holds, and the events go
 // on waiting, to be written once the disk has room.
 func TestDiskFailure_TraceReadsWhatTheFileHolds(t *testing.T) {
-	if dir := os.Getenv(diskFullTraceChild); dir != "" {
-		diskFullTrace(t, dir)
-		return
-	}
-	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDiskFailure_TraceReadsWhatTheFileHolds$", "-test.v")
-	cmd.Env = append(os.Environ(), diskFullTraceChild+"="+dir)
-	out, err := cmd.CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("--- PASS")) {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
+	inChild(t, diskFullTraceChild, diskFullTrace)
 }
 
 func diskFullTrace(t *testing.T, dir string) {
