@@ -154,3 +154,79 @@ func TestOpenedPagesAreReleased(t *testing.T) {
 	}
 	waitFor(t, "the copy's pages to be released", func() bool { return mappedResident(t, file) < 1<<10 })
 }
+
+// A release that is due goes at once when the map grew by releaseGrowth,
+// and waits otherwise, up to releaseMaxDelay after the last one.
+func TestReleaseDue(t *testing.T) {
+	for _, c := range []struct {
+		grown int64
+		since time.Duration
+		want  bool
+	}{
+		{0, 0, false},
+		{releaseGrowth - 1, releaseMaxDelay - time.Millisecond, false},
+		{releaseGrowth, 0, true},
+		{64 << 20, time.Millisecond, true},
+		{0, releaseMaxDelay, true},
+		{-8 << 20, time.Second, true}, // shrank (the kernel reclaimed), long ago
+		{-8 << 20, 0, false},
+	} {
+		if got := releaseDue(c.grown, c.since); got != c.want {
+			t.Errorf("releaseDue(%d, %v) = %v, want %v", c.grown, c.since, got, c.want)
+		}
+	}
+}
+
+// Pages stay mapped while little was read since the last release (the
+// tree's hot pages that every delivery reads again), and go once much was.
+func TestReleaseWaitsUntilTheMapGrows(t *testing.T) {
+	s := openInternal(t, Options{})
+	addr := "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("0123456789abcdef"), 256<<10/16)
+	var ids []uint64
+	for range 64 { // 16 MiB
+		id, err := s.Append(addr, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	file, err := filepath.EvalSymlinks(s.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the appends' release", func() bool { return !s.releasePending.Load() })
+	read := func(ids []uint64) {
+		t.Helper()
+		for _, id := range ids {
+			if _, err := s.Read(addr, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The last release was "just now", for as long as the test takes: only
+	// the map's growth can make the next one due.
+	s.releaseMu.Lock()
+	s.releasedAt = time.Now().Add(time.Hour)
+	s.releasedResident = fileResident()
+	s.releaseMu.Unlock()
+
+	read(ids[:1]) // 256 KiB: less than releaseGrowth
+	before := mappedResident(t, file)
+	if before < 200 {
+		t.Fatalf("after a read of 256 KiB %d KiB are resident: the test measures nothing", before)
+	}
+	time.Sleep(5 * releaseDelay)
+	if kb := mappedResident(t, file); kb < before {
+		t.Fatalf("the map went from %d to %d KiB resident after a small read: released", before, kb)
+	}
+	if !s.releasePending.Load() {
+		t.Fatal("no release pending after a read")
+	}
+
+	read(ids[1:]) // 16 MiB more
+	waitFor(t, "the read pages to be released", func() bool { return mappedResident(t, file) < 2<<10 })
+}
