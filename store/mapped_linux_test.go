@@ -40,18 +40,17 @@ func mappedResident(t *testing.T, file string) int {
 	return kb
 }
 
-// Retrieving mail reads it through bbolt's map of the file; those pages
-// stop counting as the process's memory shortly after, instead of piling
-// up until the file is remapped.
-func TestReadPagesAreReleased(t *testing.T) {
-	s := openInternal(t, Options{})
-	addr := "alice@example.test"
+// mailboxOf16MiB opens a store with one user and 64 messages of 256 KiB,
+// and returns the user, the messages' ids and the path of the store's file.
+func mailboxOf16MiB(t *testing.T) (s *Store, addr string, ids []uint64, file string) {
+	t.Helper()
+	s = openInternal(t, Options{})
+	addr = "alice@example.test"
 	if err := s.AddUser(addr, "password-12345"); err != nil {
 		t.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("0123456789abcdef"), 256<<10/16)
-	var ids []uint64
-	for range 64 { // 16 MiB
+	for range 64 {
 		id, err := s.Append(addr, body)
 		if err != nil {
 			t.Fatal(err)
@@ -62,12 +61,20 @@ func TestReadPagesAreReleased(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, addr, ids, file
+}
+
+// Retrieving mail reads it through bbolt's map of the file; those pages
+// stop counting as the process's memory shortly after, instead of piling
+// up until the file is remapped.
+func TestReadPagesAreReleased(t *testing.T) {
+	s, addr, ids, file := mailboxOf16MiB(t)
 	// Let the release the appends scheduled run first, then fault every
 	// body in behind the store's back, so nothing schedules another.
 	waitFor(t, "the appends' release", func() bool { return !s.releasePending.Load() })
 	s.releaseMu.Lock() // and is over
 	s.releaseMu.Unlock()
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
 		mb, err := mailbox(tx, addr)
 		if err != nil {
 			return err
@@ -82,8 +89,8 @@ func TestReadPagesAreReleased(t *testing.T) {
 				sum += int(b[i])
 			}
 		}
-		if sum != len(ids)*len(body)/4096*'0' {
-			t.Errorf("read back %d, want %d", sum, len(ids)*len(body)/4096*'0')
+		if sum != len(ids)*(256<<10)/4096*'0' {
+			t.Errorf("read back %d, want %d", sum, len(ids)*(256<<10)/4096*'0')
 		}
 		return nil
 	})
@@ -180,24 +187,7 @@ func TestReleaseDue(t *testing.T) {
 // Pages stay mapped while little was read since the last release (the
 // tree's hot pages that every delivery reads again), and go once much was.
 func TestReleaseWaitsUntilTheMapGrows(t *testing.T) {
-	s := openInternal(t, Options{})
-	addr := "alice@example.test"
-	if err := s.AddUser(addr, "password-12345"); err != nil {
-		t.Fatal(err)
-	}
-	body := bytes.Repeat([]byte("0123456789abcdef"), 256<<10/16)
-	var ids []uint64
-	for range 64 { // 16 MiB
-		id, err := s.Append(addr, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	file, err := filepath.EvalSymlinks(s.db.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, addr, ids, file := mailboxOf16MiB(t)
 	waitFor(t, "the appends' release", func() bool { return !s.releasePending.Load() })
 	read := func(ids []uint64) {
 		t.Helper()
