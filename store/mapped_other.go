@@ -5,6 +5,3 @@ package store
 // releaseMapped is Linux-only; elsewhere the map's pages stay resident
 // until the kernel reclaims them.
 func releaseMapped(addr uintptr, length int64) error { return nil }
-
-// fileResident is not measured where nothing is released.
-func fileResident() int64 { return 0 }

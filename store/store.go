@@ -275,10 +275,8 @@ type Store struct {
 	committed chan struct{}
 	// releasePending is set while a release of the map's resident pages
 	// is scheduled (see mapped.go).
-	releasePending   atomic.Bool
-	releaseMu        sync.Mutex // held by a running release, and guards:
-	releasedAt       time.Time  // when the last release ran
-	releasedResident int64      // fileResident then
+	releasePending atomic.Bool
+	releaseMu      sync.Mutex // held by a running release
 	// expected counts writes announced by Expect and not yet done;
 	// expectEnded wakes a waiting committer when one is done.
 	expected    atomic.Int64
