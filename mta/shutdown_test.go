@@ -112,3 +112,31 @@ func TestShutdown_DeadlineHoldsWhileAHandlerIsBusy(t *testing.T) {
 		t.Fatalf("stored after shutdown: %q", m)
 	}
 }
+
+// A listener handed to Serve once Shutdown began is closed at once and
+// never accepts: Shutdown closed the listeners it knew of before telling
+// the idle connections, and Serve registers none after that.
+func TestShutdown_ServeAfterItClosesTheListener(t *testing.T) {
+	e := newEnv(t, nil)
+	if err := e.mx.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- e.mx.Serve(l) }()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve after Shutdown = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve after Shutdown did not return")
+	}
+	if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
+		c.Close()
+		t.Fatal("the listener given to Serve after Shutdown still accepts")
+	}
+}

@@ -481,6 +481,10 @@ func TestShutdown(t *testing.T) {
 		if err := srv.Serve(l); err != nil {
 			t.Fatalf("Serve = %v", err)
 		}
+		if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
+			c.Close()
+			t.Fatal("the listener given to Serve after Shutdown still accepts")
+		}
 	})
 }
 
