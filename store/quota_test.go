@@ -188,7 +188,35 @@ func hashOf(t *testing.T, tx *bolt.Tx) string {
 	return v[i : i+strings.IndexByte(v[i:], '"')]
 }
 
+// BenchmarkUsage is the check at RCPT of a 10,000-message mailbox with a
+// quota; BenchmarkAppendUnderQuota the delivery's write into it, which
+// checks the quota again in the single writer.
 func BenchmarkUsage(b *testing.B) {
+	s, _ := mailboxOf10000(b)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, _, err := s.Usage("a@example.org"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAppendUnderQuota(b *testing.B) {
+	s, ds := mailboxOf10000(b)
+	if err := s.SetQuota("a@example.org", 1<<40); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.AppendMany(ds[:1]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// mailboxOf10000 is a store whose a@example.org holds 10,000 small
+// messages, and the deliveries that put them there.
+func mailboxOf10000(b *testing.B) (*store.Store, []store.Delivery) {
 	s := storeWithUsers(b, "a@example.org")
 	msg := []byte("Subject: x\r\n\r\nbody\r\n")
 	ds := make([]store.Delivery, 10000)
@@ -198,12 +226,7 @@ func BenchmarkUsage(b *testing.B) {
 	if _, err := s.AppendMany(ds); err != nil {
 		b.Fatal(err)
 	}
-	b.ResetTimer()
-	for b.Loop() {
-		if _, _, err := s.Usage("a@example.org"); err != nil {
-			b.Fatal(err)
-		}
-	}
+	return s, ds
 }
 
 // Room: the quota that applies (the user's own over the default) and the

@@ -2,12 +2,15 @@
 // users, their mailboxes and the outbound queue. It is the only package that
 // imports bbolt.
 //
-// On-disk layout (schema version 5):
+// On-disk layout (schema version 6):
 //
-//	meta       "schema" -> "2"
+//	meta       "schema" -> SchemaVersion
 //	users      lower-cased address -> JSON userRecord
 //	mailboxes  sequence = last message id handed out (global, never reused)
 //	  <addr>   one bucket per user
+//	    "used" 8-byte big-endian sum of the sizes in index, kept with
+//	           every change of it (schema 6; absent in a mailbox not
+//	           changed since an older schema: summed from index instead)
 //	    index  8-byte big-endian id -> index entry (no body):
 //	           size, arrival time, epoch, body id (8 bytes each)
 //	    head   8-byte big-endian id -> this copy's own trace header lines
@@ -127,26 +130,29 @@ import (
 )
 
 // SchemaVersion is the on-disk layout this code writes. It also reads
-// schemas 1, 2, 3 and 4, migrating them on Open.
-const SchemaVersion = "5"
+// schemas 1 to 5, migrating them on Open.
+const SchemaVersion = "6"
 
 // schemaV1 is the layout before shared bodies and epochs; schemaV2 the one
 // before a copy's index entry could hold its trace id (records.go);
 // schemaV3 the one before a body of one copy kept its reference count in
 // its bucket's sequence instead of bodyrefs; schemaV4 the one before that
-// body's bucket held its copy's head too (mailbox.go, bodyWriter.finish).
-// An older minimail would take either for corruption (or serve messages
-// without their heads): files are of the current schema from the first
-// Open of this code on, and older code refuses them by their version
-// instead. Neither a schema 3 nor a schema 4 file needs rewriting: their
-// bodies all have their count in bodyrefs or their sequence, and their
-// heads in the head buckets, where schema 5 looks when the body's bucket
-// has none.
+// body's bucket held its copy's head too (mailbox.go, bodyWriter.finish);
+// schemaV5 the one before a mailbox kept the running total of its sizes
+// (usage). An older minimail would take either for corruption (or serve
+// messages without their heads, or change a mailbox and leave its total
+// wrong): files are of the current schema from the first Open of this code
+// on, and older code refuses them by their version instead. None of
+// schemas 3, 4 and 5 needs rewriting: their bodies all have their count in
+// bodyrefs or their sequence, their heads are in the head buckets, where
+// schema 5 looks when the body's bucket has none, and a mailbox without a
+// total is summed from its index until its next change writes one.
 const (
 	schemaV1 = "1"
 	schemaV2 = "2"
 	schemaV3 = "3"
 	schemaV4 = "4"
+	schemaV5 = "5"
 )
 
 // FileName is the database file inside data_dir.
@@ -509,8 +515,8 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	case version == nil && !empty:
 		return fmt.Errorf("open %s: not a minimail database (no schema version)", path)
-	case version != nil && !slices.Contains([]string{schemaV1, schemaV2, schemaV3, schemaV4, SchemaVersion}, string(version)):
-		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q, %q, %q, %q and %q)", path, version, schemaV1, schemaV2, schemaV3, schemaV4, SchemaVersion)
+	case version != nil && !slices.Contains([]string{schemaV1, schemaV2, schemaV3, schemaV4, schemaV5, SchemaVersion}, string(version)):
+		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q to %q)", path, version, schemaV1, SchemaVersion)
 	}
 	return nil
 }
@@ -521,7 +527,9 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // with a trace id or without), a schema 3 file schema 4 (whose
 // reference counts are all in bodyrefs, where schema 4 looks first), and a
 // schema 4 file schema 5 (whose heads are all in the head buckets, where
-// schema 5 looks when a body's bucket has none); on a
+// schema 5 looks when a body's bucket has none), and a schema 5 file
+// schema 6 (whose mailboxes are summed from their index until a change
+// writes their total, see usage); on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new
