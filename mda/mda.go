@@ -45,9 +45,10 @@ import (
 type Mailboxes interface {
 	LookupUser(addr string) (string, error)
 	AppendMany(ds []store.Delivery) ([]uint64, error)
-	// Room returns the quota that applies to a mailbox (its own, else
-	// defaultQuota; 0 = none) and, when there is one, the octets it holds.
-	Room(addr string, defaultQuota int64) (used, quota int64, err error)
+	// LookupRecipient is LookupUser that also returns the quota that
+	// applies to the user's mailbox (its own, else defaultQuota; 0 = none)
+	// and, when there is one, the octets the mailbox holds: in one read.
+	LookupRecipient(addr string, defaultQuota int64) (store.Recipient, error)
 	// Expand returns the mailboxes and remote addresses an alias
 	// (local@domain, or @domain for a catch-all) reaches, or
 	// store.ErrNoAlias.
@@ -142,13 +143,15 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 		return t.remote[0], nil // forwarded only: no quota here
 	}
 	var full error
-	for _, addr := range t.mailboxes {
-		used, quota, err := a.Mailboxes.Room(addr, a.DefaultQuota)
-		if err != nil {
+	for i, addr := range t.mailboxes {
+		var r store.Recipient
+		if i < len(t.rooms) {
+			r = t.rooms[i]
+		} else if r, err = a.Mailboxes.LookupRecipient(addr, a.DefaultQuota); err != nil {
 			return "", appendError(rcpt, err)
 		}
-		if quota > 0 && used >= quota {
-			full = &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %s: %d of %d octets used", ErrMailboxFull, addr, used, quota), temporary: true, status: "4.2.2"}
+		if r.Quota > 0 && r.Used >= r.Quota {
+			full = &Error{Rcpt: rcpt, Err: fmt.Errorf("%w: %s: %d of %d octets used", ErrMailboxFull, addr, r.Used, r.Quota), temporary: true, status: "4.2.2"}
 			continue
 		}
 		return addr, nil
@@ -160,7 +163,11 @@ func (a *Agent) Resolve(rcpt string) (string, error) {
 // addresses it forwards to, and the address its copies' Delivered-To
 // names.
 type target struct {
-	mailboxes   []string
+	mailboxes []string
+	// rooms are the first mailboxes' quotas and use, where lookup read
+	// them already (a user found by its address): Resolve looks up the
+	// others.
+	rooms       []store.Recipient
 	remote      []string
 	deliveredTo string
 }
@@ -194,10 +201,10 @@ func (a *Agent) lookup(rcpt string) (target, error) {
 	}
 	for _, st := range steps {
 		if !st.alias {
-			addr, err := a.Mailboxes.LookupUser(st.addr)
+			r, err := a.Mailboxes.LookupRecipient(st.addr, a.DefaultQuota)
 			switch {
 			case err == nil:
-				return target{mailboxes: []string{addr}, deliveredTo: a.deliveredTo(rcpt, addr)}, nil
+				return target{mailboxes: []string{r.Address}, rooms: []store.Recipient{r}, deliveredTo: a.deliveredTo(rcpt, r.Address)}, nil
 			case !errors.Is(err, store.ErrNoUser):
 				return target{}, &Error{Rcpt: rcpt, Err: err, temporary: true}
 			}

@@ -56,8 +56,11 @@ func (f *fakeMailboxes) AppendAndEnqueue(ds []store.Delivery, out []store.Outgoi
 	return ids, nil, err
 }
 
-// Usage reports every mailbox empty, without a quota.
-func (f *fakeMailboxes) Room(string, int64) (int64, int64, error) { return 0, 0, f.lookupErr }
+// LookupRecipient is LookupUser: every mailbox empty, without a quota.
+func (f *fakeMailboxes) LookupRecipient(addr string, _ int64) (store.Recipient, error) {
+	u, err := f.LookupUser(addr)
+	return store.Recipient{Address: u}, err
+}
 
 // AppendMany is all-or-nothing, like the real store.
 func (f *fakeMailboxes) AppendMany(ds []store.Delivery) ([]uint64, error) {

@@ -97,6 +97,33 @@ func TestResolve_MailboxAtQuotaIsTemporarilyFull(t *testing.T) {
 	}
 }
 
+// TestResolve_AliasTakesItsFirstMailboxWithRoom: RCPT to an alias names
+// the first of its mailboxes that is not at its quota, and is temporarily
+// refused only when all are: the mailboxes an alias reaches are looked up
+// by Resolve itself, those of a user by lookup.
+func TestResolve_AliasTakesItsFirstMailboxWithRoom(t *testing.T) {
+	s := quotaStore(t, "alice@example.org", "bob@example.org")
+	if _, err := s.AddAlias("team@example.org", []string{"alice@example.org", "bob@example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	a := &mda.Agent{Mailboxes: s, DefaultQuota: 10}
+	if got, err := a.Resolve("team@example.org"); err != nil || got != "alice@example.org" {
+		t.Fatalf("Resolve(team) with room everywhere = %q, %v; want alice", got, err)
+	}
+	if _, err := s.Append("alice@example.org", []byte("0123456789")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.Resolve("team@example.org"); err != nil || got != "bob@example.org" {
+		t.Fatalf("Resolve(team) with alice full = %q, %v; want bob", got, err)
+	}
+	if _, err := s.Append("bob@example.org", []byte("0123456789")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Resolve("team@example.org"); !errors.Is(err, mda.ErrMailboxFull) || !delivery.Temporary(err) || status(err) != "4.2.2" {
+		t.Fatalf("Resolve(team) with both full: %v (status %q), want temporary ErrMailboxFull 4.2.2", err, status(err))
+	}
+}
+
 // TestDeliverTraced_NoticeStoredPastQuota: a bounce to a full mailbox is not
 // lost; it exceeds the quota by its size.
 func TestDeliverTraced_NoticeStoredPastQuota(t *testing.T) {

@@ -267,23 +267,33 @@ func sumIndex(mb *bolt.Bucket) (int64, error) {
 // Usage returns the octets addr's messages take and the user's own quota (0:
 // none of its own, the server's default applies).
 func (s *Store) Usage(addr string) (used, quota int64, err error) {
-	return s.quotaUse(addr, 0, true)
+	r, err := s.quotaUse(addr, 0, true)
+	return r.Used, r.Quota, err
 }
 
-// Room returns the quota that applies to addr (its own, else defaultQuota;
-// 0 = none) and, only when there is one, the octets its messages take: the
-// check at RCPT then costs no walk of the mailbox's index where no quota
-// applies, which is the usual case.
-func (s *Store) Room(addr string, defaultQuota int64) (used, quota int64, err error) {
+// Recipient is what a check at RCPT needs to know of a user, read at once.
+type Recipient struct {
+	Address string // the user's own spelling, as LookupUser returns it
+	// Quota is the quota that applies to its mailbox: its own, else the
+	// default; 0 = none.
+	Quota int64
+	// Used is the octets its mailbox holds, only when there is a quota.
+	Used int64
+}
+
+// LookupRecipient returns the user addr as a recipient (or an error
+// wrapping ErrNoUser): its address, and the quota that applies to it (its
+// own, else defaultQuota) with what its mailbox holds, in one read. The
+// mailbox's use is read only where a quota applies: the check at RCPT of
+// a mailbox of an older schema, whose total is summed, costs no walk of
+// its index where none does, which is the usual case.
+func (s *Store) LookupRecipient(addr string, defaultQuota int64) (Recipient, error) {
 	return s.quotaUse(addr, defaultQuota, false)
 }
 
-func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (used, quota int64, err error) {
-	err = s.view(func(tx *bolt.Tx) error {
-		mb, err := mailbox(tx, addr)
-		if err != nil {
-			return err
-		}
+func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (Recipient, error) {
+	var r Recipient
+	err := s.view(func(tx *bolt.Tx) error {
 		k := []byte(Key(addr))
 		v := tx.Bucket(bucketUsers).Get(k)
 		if v == nil {
@@ -293,19 +303,24 @@ func (s *Store) quotaUse(addr string, defaultQuota int64, always bool) (used, qu
 		if err != nil {
 			return err
 		}
-		quota = rec.Quota
+		mb, err := mailbox(tx, addr)
+		if err != nil {
+			return err
+		}
+		r = Recipient{Address: rec.Address, Quota: rec.Quota}
 		if !always {
-			if quota <= 0 {
-				quota = defaultQuota
+			if r.Quota <= 0 {
+				r.Quota = defaultQuota
 			}
-			if quota <= 0 {
-				return nil // no quota: nothing to sum
+			if r.Quota <= 0 {
+				r.Quota = 0
+				return nil // no quota: nothing to read
 			}
 		}
-		used, err = usage(mb)
+		r.Used, err = usage(mb)
 		return err
 	})
-	return used, quota, err
+	return r, err
 }
 
 // bodyWriter stores each distinct Message of one AppendMany call once,

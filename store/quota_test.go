@@ -229,10 +229,9 @@ func mailboxOf10000(b *testing.B) (*store.Store, []store.Delivery) {
 	return s, ds
 }
 
-// Room: the quota that applies (the user's own over the default) and the
-// use, summed only when there is a quota: with none, RCPT pays no walk of
-// the mailbox's index.
-func TestRoom_SumsOnlyWhereAQuotaApplies(t *testing.T) {
+// LookupRecipient: the user's address, the quota that applies (the user's
+// own over the default) and the use, read only when there is a quota.
+func TestLookupRecipient_ReadsUseOnlyWhereAQuotaApplies(t *testing.T) {
 	s := storeWithUsers(t, "a@example.org")
 	msg := []byte("Subject: x\r\n\r\nbody\r\n")
 	if _, err := s.AppendMany([]store.Delivery{{Address: "a@example.org", Message: msg}}); err != nil {
@@ -242,7 +241,7 @@ func TestRoom_SumsOnlyWhereAQuotaApplies(t *testing.T) {
 	for _, tc := range []struct {
 		own, def, wantUsed, wantQuota int64
 	}{
-		{0, 0, 0, 0},           // no quota at all: not summed
+		{0, 0, 0, 0},           // no quota at all: not read
 		{0, 1000, size, 1000},  // the default
 		{500, 1000, size, 500}, // the user's own wins
 		{500, 0, size, 500},
@@ -250,12 +249,13 @@ func TestRoom_SumsOnlyWhereAQuotaApplies(t *testing.T) {
 		if err := s.SetQuota("a@example.org", tc.own); err != nil {
 			t.Fatal(err)
 		}
-		used, quota, err := s.Room("a@example.org", tc.def)
-		if err != nil || used != tc.wantUsed || quota != tc.wantQuota {
-			t.Errorf("own %d, default %d: Room = %d, %d, %v; want %d, %d", tc.own, tc.def, used, quota, err, tc.wantUsed, tc.wantQuota)
+		r, err := s.LookupRecipient("A@Example.org", tc.def)
+		want := store.Recipient{Address: "a@example.org", Used: tc.wantUsed, Quota: tc.wantQuota}
+		if err != nil || r != want {
+			t.Errorf("own %d, default %d: LookupRecipient = %+v, %v; want %+v", tc.own, tc.def, r, err, want)
 		}
 	}
-	if _, _, err := s.Room("nobody@example.org", 0); !errors.Is(err, store.ErrNoUser) {
-		t.Errorf("Room of an unknown user: %v", err)
+	if _, err := s.LookupRecipient("nobody@example.org", 0); !errors.Is(err, store.ErrNoUser) {
+		t.Errorf("LookupRecipient of an unknown user: %v", err)
 	}
 }
