@@ -70,23 +70,11 @@ func diskFullGroup(t *testing.T, dir string) {
 	if _, err := s.Append("u0@example.test", []byte("Subject: kept\r\n\r\nbefore\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(filepath.Join(dir, FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var limit syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
-		t.Fatal(err)
-	}
-	full := limit
-	full.Cur = uint64(fi.Size())
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &full); err != nil {
-		t.Fatal(err)
-	}
+	size, room := fileMayNotGrow(t, filepath.Join(dir, FileName))
 
 	// Eight announced writes, each bigger than the file: they make one
 	// group (the linger is long), which cannot fit.
-	body := bytes.Repeat([]byte("x"), int(fi.Size()))
+	body := bytes.Repeat([]byte("x"), int(size))
 	dones := make([]func(), writers)
 	for i := range writers {
 		dones[i] = s.Expect()
@@ -116,9 +104,7 @@ func diskFullGroup(t *testing.T, dir string) {
 
 	// Room again: the store takes writes, and a reopened one holds the
 	// acknowledged messages only.
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
-		t.Fatal(err)
-	}
+	room()
 	if _, err := s.Append("u1@example.test", body); err != nil {
 		t.Fatalf("write once the file may grow: %v", err)
 	}
@@ -180,7 +166,25 @@ func diskFullTrace(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 	}
-	fi, err := os.Stat(filepath.Join(dir, FileName))
+	_, room := fileMayNotGrow(t, filepath.Join(dir, FileName))
+	failed := s.failedCommits.Load()
+	if evs, err := s.Trace("m0"); !errors.Is(err, ErrNoTrace) {
+		t.Fatalf("Trace(m0) on a full disk = %v, %v; want what the file holds: no events (ErrNoTrace)", evs, err)
+	}
+	if s.failedCommits.Load() == failed {
+		t.Fatal("the flush of the events waiting did not fail: the test proves nothing")
+	}
+	room()
+	if evs, err := s.Trace("m0"); err != nil || len(evs) != 2 {
+		t.Fatalf("Trace(m0) once the disk has room = %v, %v; want its 2 events, which waited", evs, err)
+	}
+}
+
+// fileMayNotGrow sets the process's file size limit to the size of the file
+// at path, which it returns, and the function that lifts the limit again.
+func fileMayNotGrow(t *testing.T, path string) (size int64, room func()) {
+	t.Helper()
+	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,17 +197,10 @@ func diskFullTrace(t *testing.T, dir string) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &full); err != nil {
 		t.Fatal(err)
 	}
-	failed := s.failedCommits.Load()
-	if evs, err := s.Trace("m0"); !errors.Is(err, ErrNoTrace) {
-		t.Fatalf("Trace(m0) on a full disk = %v, %v; want what the file holds: no events (ErrNoTrace)", evs, err)
-	}
-	if s.failedCommits.Load() == failed {
-		t.Fatal("the flush of the events waiting did not fail: the test proves nothing")
-	}
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
-		t.Fatal(err)
-	}
-	if evs, err := s.Trace("m0"); err != nil || len(evs) != 2 {
-		t.Fatalf("Trace(m0) once the disk has room = %v, %v; want its 2 events, which waited", evs, err)
+	return fi.Size(), func() {
+		t.Helper()
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
