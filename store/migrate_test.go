@@ -134,10 +134,10 @@ func TestOpen_RefusesANewerSchemaNamingBoth(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte("schema"), []byte("7"))
+		return b.Put([]byte("schema"), []byte("8"))
 	})
 	_, err := store.Open(dir, testOptions)
-	if err == nil || !strings.Contains(err.Error(), `unknown schema version "7"`) || !strings.Contains(err.Error(), `reads "1" to "6"`) {
-		t.Errorf("Open of schema 7 = %v", err)
+	if err == nil || !strings.Contains(err.Error(), `unknown schema version "8"`) || !strings.Contains(err.Error(), `reads "1" to "7"`) {
+		t.Errorf("Open of schema 8 = %v", err)
 	}
 }

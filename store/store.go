@@ -2,7 +2,7 @@
 // users, their mailboxes and the outbound queue. It is the only package that
 // imports bbolt.
 //
-// On-disk layout (schema version 6):
+// On-disk layout (schema version 7):
 //
 //	meta       "schema" -> SchemaVersion
 //	users      lower-cased address -> JSON userRecord
@@ -130,8 +130,8 @@ import (
 )
 
 // SchemaVersion is the on-disk layout this code writes. It also reads
-// schemas 1 to 5, migrating them on Open.
-const SchemaVersion = "6"
+// schemas 1 to 6, migrating them on Open.
+const SchemaVersion = "7"
 
 // schemaV1 is the layout before shared bodies and epochs; schemaV2 the one
 // before a copy's index entry could hold its trace id (records.go);
@@ -139,20 +139,24 @@ const SchemaVersion = "6"
 // its bucket's sequence instead of bodyrefs; schemaV4 the one before that
 // body's bucket held its copy's head too (mailbox.go, bodyWriter.finish);
 // schemaV5 the one before a mailbox kept the running total of its sizes
-// (usage). An older minimail would take either for corruption (or serve
-// messages without their heads, or change a mailbox and leave its total
-// wrong): files are of the current schema from the first Open of this code
-// on, and older code refuses them by their version instead. None of
-// schemas 3, 4 and 5 needs rewriting: their bodies all have their count in
-// bodyrefs or their sequence, their heads are in the head buckets, where
-// schema 5 looks when the body's bucket has none, and a mailbox without a
-// total is summed from its index until its next change writes one.
+// (usage); schemaV6 the one before the trace index was written in runs
+// (trace_runs.go). An older minimail would take either for corruption (or
+// serve messages without their heads, change a mailbox and leave its total
+// wrong, or miss the events its index holds in runs): files are of the
+// current schema from the first Open of this code on, and older code
+// refuses them by their version instead. None of schemas 3 to 6 needs
+// rewriting: their bodies all have their count in bodyrefs or their
+// sequence, their heads are in the head buckets, where schema 5 looks when
+// the body's bucket has none, a mailbox without a total is summed from its
+// index until its next change writes one, and the flat trace index is
+// read as the run before the first.
 const (
 	schemaV1 = "1"
 	schemaV2 = "2"
 	schemaV3 = "3"
 	schemaV4 = "4"
 	schemaV5 = "5"
+	schemaV6 = "6"
 )
 
 // FileName is the database file inside data_dir.
@@ -515,7 +519,7 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	case version == nil && !empty:
 		return fmt.Errorf("open %s: not a minimail database (no schema version)", path)
-	case version != nil && !slices.Contains([]string{schemaV1, schemaV2, schemaV3, schemaV4, schemaV5, SchemaVersion}, string(version)):
+	case version != nil && !slices.Contains([]string{schemaV1, schemaV2, schemaV3, schemaV4, schemaV5, schemaV6, SchemaVersion}, string(version)):
 		return fmt.Errorf("open %s: unknown schema version %q (this minimail reads %q to %q)", path, version, schemaV1, SchemaVersion)
 	}
 	return nil
@@ -529,7 +533,9 @@ func checkExisting(path string, lockTimeout time.Duration) error {
 // schema 4 file schema 5 (whose heads are all in the head buckets, where
 // schema 5 looks when a body's bucket has none), and a schema 5 file
 // schema 6 (whose mailboxes are summed from their index until a change
-// writes their total, see usage); on a
+// writes their total, see usage), and a schema 6 file schema 7 (whose
+// flat trace index is read as the run before the first, see
+// trace_runs.go); on a
 // current file it changes nothing but the version key, which it rewrites
 // with the same value. The aliases bucket, added after schema 2, is created
 // here when missing like the others: it needs no migration and no new

@@ -13,21 +13,25 @@ import (
 )
 
 // Trace events live in the trace bucket, created when missing at Open like
-// the aliases bucket (no migration, no new schema version):
+// the aliases bucket (no migration; the runs bucket came with schema 7):
 //
 //	trace       sequence = last event number
 //	  events    8-byte event number -> event record (events.go)
-//	  index     one bucket for every index, told apart by a first byte:
+//	  runs      8-byte number of a run's first event -> a bucket of index
+//	            keys (trace_runs.go), sequence = how many were put in it;
+//	            every index in one run, told apart by a first byte:
 //	            'i' id 0x00 8-byte number -> empty
 //	            'm' lower-cased Message-ID without <> 0x00 number -> id
 //	            'r' lower-cased recipient 0x00 number -> id
 //	            'b' lower-cased mailbox 0x00 8-byte mailbox message id -> id
+//	  index     the keys of the events before the first run, as schema 6
+//	            and before wrote them (read and pruned, never written)
 //
 //	  "indexed" 8-byte number of the last event the index holds
 //
 // Event numbers grow with every event written, so the events bucket is in
-// the order the events happened and the 'i' keys list one message's
-// events oldest first.
+// the order the events happened, and the 'i' keys of the runs, oldest run
+// first, list one message's events oldest first.
 //
 // An event is recorded by the write of the change it describes and written
 // by a commit soon after (trace_pending.go), only ever appended to the
@@ -68,7 +72,7 @@ func initTrace(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range [][]byte{bucketTraceEvents, bucketTraceIndex} {
+	for _, name := range [][]byte{bucketTraceEvents, bucketTraceIndex, bucketTraceRuns} {
 		if _, err := root.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -192,21 +196,21 @@ func (s *Store) IndexTrace(limit int) (int, error) {
 	err := s.update(func(tx *bolt.Tx) error {
 		done = 0
 		root := tx.Bucket(bucketTrace)
-		idx := root.Bucket(bucketTraceIndex)
 		last := indexed(root)
+		first := last + 1
+		var keys []traceKey
 		c := root.Bucket(bucketTraceEvents).Cursor()
-		for k, v := c.Seek(idKey(last + 1)); k != nil && done < limit; k, v = c.Next() {
+		for k, v := c.Seek(idKey(first)); k != nil && done < limit; k, v = c.Next() {
 			last = keyID(k)
 			done++
 			e, err := decodeEvent(v)
 			if err != nil {
 				continue // unreadable: nothing to index, pruned in its time
 			}
-			for _, ik := range indexKeys(last, e) {
-				if err := idx.Put(ik.key, ik.value); err != nil {
-					return err
-				}
-			}
+			keys = append(keys, indexKeys(last, e)...)
+		}
+		if err := addRun(root, first, keys); err != nil {
+			return err
 		}
 		return root.Put(keyTraceIndexed, idKey(last))
 	})
@@ -230,7 +234,7 @@ func (s *Store) RecordEvents(events []Event) error {
 // delivered events gave them; copies without one are left out.
 func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 	root := tx.Bucket(bucketTrace)
-	idx := root.Bucket(bucketTraceIndex)
+	runs := indexRuns(root)
 	out := make(map[uint64]string, len(ids))
 	// The copy's own index entry names it (schema 3); a copy stored by an
 	// older minimail is found in the trace's index, or among the events
@@ -249,7 +253,7 @@ func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 				}
 			}
 		}
-		if v := idx.Get(mboxKey(addr, n)); v != nil {
+		if v := getIndexed(runs, mboxKey(addr, n)); v != nil {
 			out[n] = string(v)
 			continue
 		}
@@ -320,17 +324,19 @@ func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
 	}
 	first := map[string]uint64{} // id -> its first event's number
 	p := indexPrefix(index, key)
-	c := root.Bucket(bucketTraceIndex).Cursor()
-	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-		if len(k) != len(p)+8 {
-			continue // a longer key that merely starts the same
-		}
-		id := string(v)
-		if index == indexID {
-			id = key
-		}
-		if _, ok := first[id]; !ok {
-			first[id] = keyID(k[len(p):])
+	for _, run := range indexRuns(root) {
+		c := run.Cursor()
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			if len(k) != len(p)+8 {
+				continue // a longer key that merely starts the same
+			}
+			id := string(v)
+			if index == indexID {
+				id = key
+			}
+			if _, ok := first[id]; !ok {
+				first[id] = keyID(k[len(p):])
+			}
 		}
 	}
 	tail(root, func(n uint64, e Event) bool {
@@ -367,20 +373,22 @@ func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
 	p := indexPrefix(indexID, id)
 	evs := root.Bucket(bucketTraceEvents)
 	var out []Event
-	c := root.Bucket(bucketTraceIndex).Cursor()
-	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
-		if len(k) != len(p)+8 {
-			continue
+	for _, run := range indexRuns(root) {
+		c := run.Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			if len(k) != len(p)+8 {
+				continue
+			}
+			v := evs.Get(k[len(p):])
+			if v == nil {
+				continue
+			}
+			e, err := decodeEvent(v)
+			if err != nil {
+				return nil, fmt.Errorf("event %d: %w", keyID(k[len(p):]), err)
+			}
+			out = append(out, e)
 		}
-		v := evs.Get(k[len(p):])
-		if v == nil {
-			continue
-		}
-		e, err := decodeEvent(v)
-		if err != nil {
-			return nil, fmt.Errorf("event %d: %w", keyID(k[len(p):]), err)
-		}
-		out = append(out, e)
 	}
 	tail(root, func(_ uint64, e Event) bool {
 		if e.ID == id {
@@ -419,6 +427,28 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 		evs := root.Bucket(bucketTraceEvents)
 		var doomed [][]byte
 		last := indexed(root)
+		// The run of the events being pruned, and where the next begins:
+		// pruning goes oldest first, through one run after another.
+		var run *bolt.Bucket
+		var runName []byte
+		runEnd := uint64(0)
+		nextRun := func(n uint64) error {
+			if run != nil {
+				if err := dropEmptyRun(root, run, runName); err != nil {
+					return err
+				}
+			}
+			run, runName = runOf(root, n)
+			runEnd = ^uint64(0)
+			if runs := root.Bucket(bucketTraceRuns); runs != nil {
+				c := runs.Cursor()
+				k, _ := c.Seek(idKey(n + 1))
+				if k != nil {
+					runEnd = keyID(k)
+				}
+			}
+			return nil
+		}
 		c := evs.Cursor()
 		for k, v := c.First(); k != nil && len(doomed) < limit && keyID(k) <= last; k, v = c.Next() {
 			e, err := decodeEvent(v)
@@ -432,10 +462,20 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 			if err != nil {
 				continue // unreadable: no index keys to find, drop it
 			}
-			for _, ik := range indexKeys(keyID(k), e) {
-				if err := root.Bucket(bucketTraceIndex).Delete(ik.key); err != nil {
+			if n := keyID(k); run == nil || n >= runEnd {
+				if err := nextRun(n); err != nil {
 					return err
 				}
+			}
+			for _, ik := range indexKeys(keyID(k), e) {
+				if err := run.Delete(ik.key); err != nil {
+					return err
+				}
+			}
+		}
+		if run != nil {
+			if err := dropEmptyRun(root, run, runName); err != nil {
+				return err
 			}
 		}
 		for _, k := range doomed {
