@@ -427,28 +427,7 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 		evs := root.Bucket(bucketTraceEvents)
 		var doomed [][]byte
 		last := indexed(root)
-		// The run of the events being pruned, and where the next begins:
-		// pruning goes oldest first, through one run after another.
-		var run *bolt.Bucket
-		var runName []byte
-		runEnd := uint64(0)
-		nextRun := func(n uint64) error {
-			if run != nil {
-				if err := dropEmptyRun(root, run, runName); err != nil {
-					return err
-				}
-			}
-			run, runName = runOf(root, n)
-			runEnd = ^uint64(0)
-			if runs := root.Bucket(bucketTraceRuns); runs != nil {
-				c := runs.Cursor()
-				k, _ := c.Seek(idKey(n + 1))
-				if k != nil {
-					runEnd = keyID(k)
-				}
-			}
-			return nil
-		}
+		runs := runWalk{root: root}
 		c := evs.Cursor()
 		for k, v := c.First(); k != nil && len(doomed) < limit && keyID(k) <= last; k, v = c.Next() {
 			e, err := decodeEvent(v)
@@ -462,10 +441,9 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 			if err != nil {
 				continue // unreadable: no index keys to find, drop it
 			}
-			if n := keyID(k); run == nil || n >= runEnd {
-				if err := nextRun(n); err != nil {
-					return err
-				}
+			run, err := runs.at(keyID(k))
+			if err != nil {
+				return err
 			}
 			for _, ik := range indexKeys(keyID(k), e) {
 				if err := run.Delete(ik.key); err != nil {
@@ -473,10 +451,8 @@ func (s *Store) PruneTrace(before time.Time, limit int) (int, error) {
 				}
 			}
 		}
-		if run != nil {
-			if err := dropEmptyRun(root, run, runName); err != nil {
-				return err
-			}
+		if err := runs.done(); err != nil {
+			return err
 		}
 		for _, k := range doomed {
 			if err := evs.Delete(k); err != nil {

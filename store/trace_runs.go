@@ -51,20 +51,28 @@ func indexRuns(root *bolt.Bucket) []*bolt.Bucket {
 	return out
 }
 
-// runOf returns the bucket that holds the index keys of event n, and its
-// name in the runs bucket (nil for the flat index of older schemas).
-func runOf(root *bolt.Bucket, n uint64) (*bolt.Bucket, []byte) {
-	if runs := root.Bucket(bucketTraceRuns); runs != nil {
-		c := runs.Cursor()
-		k, v := c.Seek(idKey(n))
-		if k == nil || !bytes.Equal(k, idKey(n)) {
-			k, v = c.Prev()
-		}
-		if k != nil && v == nil {
-			return runs.Bucket(k), k
-		}
+// runOf returns the bucket that holds the index keys of event n, its
+// name in the runs bucket (nil for the flat index of older schemas), and
+// the first event of the next run (none: the largest number).
+func runOf(root *bolt.Bucket, n uint64) (run *bolt.Bucket, name []byte, end uint64) {
+	run, end = root.Bucket(bucketTraceIndex), ^uint64(0)
+	runs := root.Bucket(bucketTraceRuns)
+	if runs == nil {
+		return run, nil, end
 	}
-	return root.Bucket(bucketTraceIndex), nil
+	c := runs.Cursor()
+	var k, v []byte
+	if next, _ := c.Seek(idKey(n + 1)); next != nil {
+		end = keyID(next)
+		k, v = c.Prev()
+	} else {
+		k, v = c.Last()
+	}
+	// The last run that begins at n or before, if any.
+	if k != nil && v == nil {
+		return runs.Bucket(k), k, end
+	}
+	return run, nil, end
 }
 
 // addRun puts keys, those of the events from number first on, into the
@@ -98,15 +106,38 @@ func addRun(root *bolt.Bucket, first uint64, keys []traceKey) error {
 	return run.SetSequence(run.Sequence() + uint64(len(keys)))
 }
 
-// dropEmptyRun deletes the run named name once pruning has emptied it.
-func dropEmptyRun(root *bolt.Bucket, run *bolt.Bucket, name []byte) error {
-	if name == nil {
-		return nil // the flat index stays, empty or not
+// runWalk finds the runs of the events pruning deletes, oldest first, and
+// drops each run it leaves empty.
+type runWalk struct {
+	root *bolt.Bucket
+	run  *bolt.Bucket // the run of the last event asked for
+	name []byte       // its name; nil for the flat index of older schemas
+	end  uint64       // the first event of the next run
+}
+
+// at returns the bucket that holds the keys of event n, which is never
+// below the number asked for before.
+func (w *runWalk) at(n uint64) (*bolt.Bucket, error) {
+	if w.run != nil && n < w.end {
+		return w.run, nil
 	}
-	if k, _ := run.Cursor().First(); k != nil {
+	if err := w.done(); err != nil {
+		return nil, err
+	}
+	w.run, w.name, w.end = runOf(w.root, n)
+	return w.run, nil
+}
+
+// done drops the run of the last event asked for if it is empty now; the
+// flat index stays, empty or not.
+func (w *runWalk) done() error {
+	if w.run == nil || w.name == nil {
 		return nil
 	}
-	return root.Bucket(bucketTraceRuns).DeleteBucket(name)
+	if k, _ := w.run.Cursor().First(); k != nil {
+		return nil
+	}
+	return w.root.Bucket(bucketTraceRuns).DeleteBucket(w.name)
 }
 
 // getIndexed is the value of the index key k, in whichever run holds it.
