@@ -74,14 +74,14 @@ func catchUpLevel(path [][]byte, dst, cur level, dstB *bolt.Bucket, f *feed) err
 		case order > 0: // new since
 			var add func() error
 			if add, err = addEntry(path, cur, dst, dstB, ck, cv, f); err != nil {
-				return fmt.Errorf("catch up %s: %w", entryName(path, ck), err)
+				return catchUpFailed(path, ck, err)
 			}
 			changes = append(changes, add)
 			ck, cv = cc.Next()
 		default:
 			var change func() error
 			if change, err = updateEntry(path, dst, cur, dstB, ck, dv, cv, f); err != nil {
-				return fmt.Errorf("catch up %s: %w", entryName(path, ck), err)
+				return catchUpFailed(path, ck, err)
 			}
 			if change != nil {
 				changes = append(changes, change)
@@ -92,14 +92,38 @@ func catchUpLevel(path [][]byte, dst, cur level, dstB *bolt.Bucket, f *feed) err
 	}
 	for _, change := range changes {
 		if err := change(); err != nil {
-			return fmt.Errorf("catch up %s: %w", entryName(path, nil), err)
+			return catchUpFailed(path, nil, err)
 		}
 	}
 	return nil
 }
 
+// catchUpError names the entry a catch-up failed at.
+type catchUpError struct {
+	entry string
+	err   error
+}
+
+func (e *catchUpError) Error() string { return "catch up " + e.entry + ": " + e.err.Error() }
+func (e *catchUpError) Unwrap() error { return e.err }
+
+// catchUpFailed names the entry k at path in err, unless a level below
+// named its own already: the error names the deepest entry once, not
+// every bucket on the way to it.
+func catchUpFailed(path [][]byte, k []byte, err error) error {
+	if _, named := errors.AsType[*catchUpError](err); named {
+		return err
+	}
+	return &catchUpError{entry: entryName(path, k), err: err}
+}
+
+// entryName is the entry k at path, quoted; the bucket at path itself
+// when k is nil.
 func entryName(path [][]byte, k []byte) string {
-	return fmt.Sprintf("%q", bytes.Join(append(path[:len(path):len(path)], k), []byte("/")))
+	if k != nil {
+		path = append(path[:len(path):len(path)], k)
+	}
+	return fmt.Sprintf("%q", bytes.Join(path, []byte("/")))
 }
 
 // subBucket returns the bucket under k at l, whose cursor gave v; nil for

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
@@ -190,4 +191,51 @@ func diffLines(got, want []string) string {
 	}
 	end := func(l []string) []string { return l[i:min(len(l), i+5)] }
 	return fmt.Sprintf("at line %d\ngot:  %s\nwant: %s", i, strings.Join(end(got), " | "), strings.Join(end(want), " | "))
+}
+
+// A catch-up that fails deep in the tree names the entry it failed at
+// once, not again for every bucket on the way to it.
+func TestCatchUp_FailureNamesTheEntryOnce(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *bolt.DB {
+		db, err := bolt.Open(filepath.Join(dir, name), 0o600, &bolt.Options{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	src, dst := open("src.db"), open("dst.db")
+	for _, db := range []*bolt.DB{src, dst} {
+		if err := db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucket([]byte("trace"))
+			if err == nil {
+				_, err = b.CreateBucket([]byte("runs"))
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// New in the store since the copy: a value two buckets down.
+	if err := src.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("trace")).Bucket([]byte("runs")).Put([]byte("k"), []byte("v"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := src.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Rollback()
+	// A copy that takes no writes fails at the first change.
+	tx, err := dst.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	err = catchUp(cur, tx, newDigester(maphash.MakeSeed()))
+	if want := `catch up "trace/runs": ` + bolt.ErrTxNotWritable.Error(); err == nil || err.Error() != want || !errors.Is(err, bolt.ErrTxNotWritable) {
+		t.Errorf("catchUp = %v, want %s", err, want)
+	}
 }
