@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -217,8 +218,21 @@ func (s *Store) IndexTrace(limit int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("index trace: %w", err)
 	}
+	if done >= indexGiveBackEvents {
+		// The pass's nodes and pages are garbage now, megabytes of them,
+		// and the collector's goal is twice what was live at its commit:
+		// idle, the server stayed at 12 MB of anonymous memory for the 12 s
+		// of slow allocation it took to reach that goal after a pass of
+		// 5,000 events, against 7.6 before and after. Give them back now.
+		debug.FreeOSMemory()
+	}
 	return done, nil
 }
+
+// indexGiveBackEvents is the pass after which IndexTrace returns its
+// garbage to the system at once: a small domain's passes of a few events
+// are not worth a collection.
+const indexGiveBackEvents = 1000
 
 // RecordEvents writes events, and those waiting, in one commit. The paths
 // that change state pass their events with the change instead; this is

@@ -14,7 +14,9 @@ import (
 // that put them among the old ones rewrote most of the index's pages:
 // 115 ms, 4,254 pages/pass and 68 alloc-MB/pass, most of it held until
 // its commit. Written in runs (trace_runs.go), 20 ms, 401 and 13: what a
-// pass costs must grow with the pass, not with the trace.
+// pass costs must grow with the pass, not with the trace. heap-after-MB is
+// the heap in use once the pass returns: its garbage given back, what is
+// live (a trace's worth of collector goal otherwise).
 func BenchmarkIndexTrace(b *testing.B) {
 	const passEvents = 5000 // the queue runner's indexPerPass
 	s := openInternal(b, Options{NoOnlineCompaction: true})
@@ -53,7 +55,7 @@ func BenchmarkIndexTrace(b *testing.B) {
 		record(1000)
 	}
 	index()
-	var pages, alloc uint64
+	var pages, alloc, heapAfter uint64
 	var ms runtime.MemStats
 	for b.Loop() {
 		b.StopTimer()
@@ -67,9 +69,11 @@ func BenchmarkIndexTrace(b *testing.B) {
 		b.StopTimer()
 		runtime.ReadMemStats(&ms)
 		alloc += ms.TotalAlloc - allocBefore
+		heapAfter += ms.HeapInuse
 		pages += uint64(s.PagesWritten() - pagesBefore)
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(pages)/float64(b.N), "pages/pass")
 	b.ReportMetric(float64(alloc)/1e6/float64(b.N), "alloc-MB/pass")
+	b.ReportMetric(float64(heapAfter)/1e6/float64(b.N), "heap-after-MB")
 }
