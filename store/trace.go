@@ -248,7 +248,7 @@ func (s *Store) RecordEvents(events []Event) error {
 // delivered events gave them; copies without one are left out.
 func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 	root := tx.Bucket(bucketTrace)
-	runs := indexRuns(root)
+	var runs []*bolt.Bucket // listed for the first copy without its id
 	out := make(map[uint64]string, len(ids))
 	// The copy's own index entry names it (schema 3); a copy stored by an
 	// older minimail is found in the trace's index, or among the events
@@ -266,6 +266,9 @@ func mailboxTraceIDs(tx *bolt.Tx, addr string, ids []uint64) map[uint64]string {
 					continue
 				}
 			}
+		}
+		if runs == nil {
+			runs = indexRuns(root)
 		}
 		if v := getIndexed(runs, mboxKey(addr, n)); v != nil {
 			out[n] = string(v)
@@ -338,21 +341,16 @@ func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
 	}
 	first := map[string]uint64{} // id -> its first event's number
 	p := indexPrefix(index, key)
-	for _, run := range indexRuns(root) {
-		c := run.Cursor()
-		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-			if len(k) != len(p)+8 {
-				continue // a longer key that merely starts the same
-			}
-			id := string(v)
-			if index == indexID {
-				id = key
-			}
-			if _, ok := first[id]; !ok {
-				first[id] = keyID(k[len(p):])
-			}
+	_ = eachIndexed(root, p, func(n uint64, v []byte) error {
+		id := string(v)
+		if index == indexID {
+			id = key
 		}
-	}
+		if _, ok := first[id]; !ok {
+			first[id] = n
+		}
+		return nil
+	})
 	tail(root, func(n uint64, e Event) bool {
 		for _, ik := range indexKeys(n, e) {
 			if bytes.HasPrefix(ik.key, p) && len(ik.key) == len(p)+8 {
@@ -387,22 +385,20 @@ func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
 	p := indexPrefix(indexID, id)
 	evs := root.Bucket(bucketTraceEvents)
 	var out []Event
-	for _, run := range indexRuns(root) {
-		c := run.Cursor()
-		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
-			if len(k) != len(p)+8 {
-				continue
-			}
-			v := evs.Get(k[len(p):])
-			if v == nil {
-				continue
-			}
-			e, err := decodeEvent(v)
-			if err != nil {
-				return nil, fmt.Errorf("event %d: %w", keyID(k[len(p):]), err)
-			}
-			out = append(out, e)
+	err := eachIndexed(root, p, func(n uint64, _ []byte) error {
+		v := evs.Get(idKey(n))
+		if v == nil {
+			return nil
 		}
+		e, err := decodeEvent(v)
+		if err != nil {
+			return fmt.Errorf("event %d: %w", n, err)
+		}
+		out = append(out, e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	tail(root, func(_ uint64, e Event) bool {
 		if e.ID == id {

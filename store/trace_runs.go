@@ -140,6 +140,24 @@ func (w *runWalk) done() error {
 	return w.root.Bucket(bucketTraceRuns).DeleteBucket(w.name)
 }
 
+// eachIndexed calls fn with the event number and value of every index
+// key that is p and an event number, run by run, oldest first (a longer
+// key that merely starts with p is not one), until fn fails.
+func eachIndexed(root *bolt.Bucket, p []byte, fn func(n uint64, v []byte) error) error {
+	for _, run := range indexRuns(root) {
+		c := run.Cursor()
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			if len(k) != len(p)+8 {
+				continue
+			}
+			if err := fn(keyID(k[len(p):]), v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // getIndexed is the value of the index key k, in whichever run holds it.
 func getIndexed(runs []*bolt.Bucket, k []byte) []byte {
 	for _, run := range runs {
