@@ -219,6 +219,9 @@ type Options struct {
 	releaseWait time.Duration
 	releaseGap  time.Duration
 	released    func(size int64)
+	// giveBack replaces debug.FreeOSMemory after a big index pass, for
+	// tests.
+	giveBack func()
 }
 
 // freelistSettings are bbolt's two freelist knobs.

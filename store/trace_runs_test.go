@@ -210,3 +210,22 @@ func TestTraceRuns_SchemaSixFlatIndexIsReadAndPruned(t *testing.T) {
 		t.Errorf("after pruning: %s", got)
 	}
 }
+
+// A pass of indexGiveBackEvents events or more gives its garbage back to
+// the system at once; a small domain's passes of a few events do not.
+func TestIndexTrace_ABigPassGivesItsGarbageBack(t *testing.T) {
+	gave := 0
+	s := openInternal(t, Options{NoOnlineCompaction: true, giveBack: func() { gave++ }})
+	recordAll(t, s, traceMessage(time.Now(), "small", "a@x.test", 1))
+	if n, err := s.IndexTrace(indexGiveBackEvents); err != nil || n != 2 || gave != 0 {
+		t.Fatalf("a pass of %d events (%v): gave back %d times, want 0", n, err, gave)
+	}
+	var events []Event
+	for i := range indexGiveBackEvents / 2 {
+		events = append(events, traceMessage(time.Now(), fmt.Sprintf("m%d", i), "a@x.test", 2+i)...)
+	}
+	recordAll(t, s, events)
+	if n, err := s.IndexTrace(indexGiveBackEvents); err != nil || n != indexGiveBackEvents || gave != 1 {
+		t.Fatalf("a pass of %d events (%v): gave back %d times, want 1", n, err, gave)
+	}
+}
