@@ -311,15 +311,17 @@ func (s *Store) Trace(query string) ([]Event, error) {
 		if root == nil {
 			return nil // a file opened read-only before it had events
 		}
-		ids := lookupIDs(root, indexID, query, 1)
+		// The runs are listed once for every lookup of the query.
+		runs := indexRuns(root)
+		ids := lookupIDs(root, runs, indexID, query, 1)
 		if len(ids) == 0 {
-			ids = lookupIDs(root, indexMsgID, NormalMessageID(query), 0)
+			ids = lookupIDs(root, runs, indexMsgID, NormalMessageID(query), 0)
 		}
 		if len(ids) == 0 {
-			ids = lookupIDs(root, indexRcpt, Key(query), TraceRecipientMessages)
+			ids = lookupIDs(root, runs, indexRcpt, Key(query), TraceRecipientMessages)
 		}
 		for _, id := range ids {
-			evs, err := eventsOf(root, id)
+			evs, err := eventsOf(root, runs, id)
 			if err != nil {
 				return err
 			}
@@ -337,15 +339,15 @@ func (s *Store) Trace(query string) ([]Event, error) {
 }
 
 // lookupIDs returns the distinct ids that index lists under key, oldest
-// first, the index's entries and the events past it alike; limit > 0 keeps
-// only the most recent limit of them.
-func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
+// first, the entries of the index's runs (indexRuns) and the events past
+// it alike; limit > 0 keeps only the most recent limit of them.
+func lookupIDs(root *bolt.Bucket, runs []*bolt.Bucket, index byte, key string, limit int) []string {
 	if key == "" {
 		return nil
 	}
 	first := map[string]uint64{} // id -> its first event's number
 	p := indexPrefix(index, key)
-	_ = eachIndexed(root, p, func(n uint64, v []byte) error {
+	_ = eachIndexed(runs, p, func(n uint64, v []byte) error {
 		id := string(v)
 		if index == indexID {
 			id = key
@@ -385,11 +387,11 @@ func lookupIDs(root *bolt.Bucket, index byte, key string, limit int) []string {
 }
 
 // eventsOf reads one message's events, oldest first.
-func eventsOf(root *bolt.Bucket, id string) ([]Event, error) {
+func eventsOf(root *bolt.Bucket, runs []*bolt.Bucket, id string) ([]Event, error) {
 	p := indexPrefix(indexID, id)
 	evs := root.Bucket(bucketTraceEvents)
 	var out []Event
-	err := eachIndexed(root, p, func(n uint64, _ []byte) error {
+	err := eachIndexed(runs, p, func(n uint64, _ []byte) error {
 		v := evs.Get(idKey(n))
 		if v == nil {
 			return nil

@@ -141,10 +141,10 @@ func (w *runWalk) done() error {
 }
 
 // eachIndexed calls fn with the event number and value of every index
-// key that is p and an event number, run by run, oldest first (a longer
-// key that merely starts with p is not one), until fn fails.
-func eachIndexed(root *bolt.Bucket, p []byte, fn func(n uint64, v []byte) error) error {
-	for _, run := range indexRuns(root) {
+// key that is p and an event number, in runs (indexRuns) oldest first (a
+// longer key that merely starts with p is not one), until fn fails.
+func eachIndexed(runs []*bolt.Bucket, p []byte, fn func(n uint64, v []byte) error) error {
+	for _, run := range runs {
 		c := run.Cursor()
 		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 			if len(k) != len(p)+8 {
