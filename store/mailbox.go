@@ -618,13 +618,21 @@ func (s *Store) Delete(addr string, ids []uint64) error {
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
-			if err := deleteMessage(tx, mb, id); err != nil {
-				return err
-			}
-		}
-		return nil
+		return deleteMessages(tx, mb, ids)
 	})
+}
+
+// deleteMessages deletes ids from mailbox mb in tx; ids already gone are
+// ignored.
+func deleteMessages(tx *bolt.Tx, mb *bolt.Bucket, ids []uint64) error {
+	f := freeing{tx: tx}
+	for _, id := range ids {
+		if err := deleteMessage(tx, mb, id); err != nil {
+			return err
+		}
+		f.freedBody()
+	}
+	return nil
 }
 
 func deleteMessage(tx *bolt.Tx, mb *bolt.Bucket, id uint64) error {
@@ -676,10 +684,12 @@ func releaseMailbox(tx *bolt.Tx, mb *bolt.Bucket) error {
 	if err != nil {
 		return err
 	}
+	f := freeing{tx: tx}
 	for _, r := range refs {
 		if err := releaseBody(tx, r.body, r.copy); err != nil {
 			return err
 		}
+		f.freedBody()
 	}
 	return nil
 }

@@ -55,6 +55,35 @@ func (s *Store) releaseMap() {
 	})
 }
 
+// releaseEveryFreed is how many bodies a write transaction frees between
+// releases of the map (freeing).
+const releaseEveryFreed = 16
+
+// freeing releases the map inside one write transaction every
+// releaseEveryFreed bodies it frees. bbolt reads the first page of every
+// bucket it deletes (the page's header says what follows), and the fault
+// maps the 64 KiB around it; a mailbox's bodies lie among everyone else's,
+// so each body freed maps a window of its own, and the release after a
+// commit comes only when the commit is over. Eight POP3 QUITs of 250 4 KiB
+// messages each, grouped into one commit, mapped 76-240 MB of the file for
+// its length (sampled every 20 ms); released every 16 bodies, the deletions
+// never showed more than the retrievals before them, a few MB. The release
+// is safe mid-transaction: the map is shared and read-only, so a dropped
+// page that bbolt reads again faults back in as it was, and only this
+// transaction's own commit could remap it.
+type freeing struct {
+	tx    *bolt.Tx
+	freed int
+}
+
+// freedBody notes one more body freed.
+func (f *freeing) freedBody() {
+	f.freed++
+	if f.freed%releaseEveryFreed == 0 {
+		_ = releaseMapped(f.tx.DB().Info().Data, f.tx.Size())
+	}
+}
+
 // view runs fn in a read transaction, and schedules the release of what it
 // read. Every read of the store goes through it.
 func (s *Store) view(fn func(*bolt.Tx) error) error {

@@ -3,6 +3,7 @@ package store
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -153,4 +154,94 @@ func TestOpenedPagesAreReleased(t *testing.T) {
 		t.Fatalf("compactions %+v, errors %v; want one", done, errs)
 	}
 	waitFor(t, "the copy's pages to be released", func() bool { return mappedResident(t, file) < 1<<10 })
+}
+
+// Freeing a body reads its first page through the map, and a mailbox's
+// bodies lie apart, so one transaction that frees many (a QUIT, a user's
+// removal) would map a window for each until its commit is over: the
+// transaction releases the map as it goes (freeing).
+func TestFreedBodiesAreReleasedWithinTheTransaction(t *testing.T) {
+	s := openInternal(t, Options{})
+	addr := "alice@example.test"
+	if err := s.AddUser(addr, "password-12345"); err != nil {
+		t.Fatal(err)
+	}
+	// 1024 bodies of 16 KiB: freeing them reads 4 MiB (a page each) even
+	// where the kernel maps no page around the one read.
+	body := bytes.Repeat([]byte("0123456789abcdef"), 16<<10/16)
+	var ids []uint64
+	for range 8 {
+		ds := make([]Delivery, 128)
+		for i := range ds {
+			// a body of its own (one shared by a batch is stored once)
+			ds[i] = Delivery{Address: addr, Message: append(append([]byte(nil), body...), byte(i))}
+		}
+		got, err := s.AppendMany(ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, got...)
+	}
+	file, err := filepath.EvalSymlinks(s.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the appends' release", func() bool { return !s.releasePending.Load() })
+	s.releaseMu.Lock()
+	s.releaseMu.Unlock()
+
+	errRollBack := errors.New("roll back")
+	// residentAfter frees every body in a transaction it rolls back, and
+	// measures the map at the end of it, before any commit's release.
+	residentAfter := func(free func(tx *bolt.Tx, mb *bolt.Bucket) error) int {
+		t.Helper()
+		kb := 0
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			if err := releaseMapped(tx.DB().Info().Data, tx.Size()); err != nil {
+				return err
+			}
+			mb, err := mailbox(tx, addr)
+			if err != nil {
+				return err
+			}
+			if err := free(tx, mb); err != nil {
+				return err
+			}
+			kb = mappedResident(t, file)
+			return errRollBack
+		})
+		if !errors.Is(err, errRollBack) {
+			t.Fatal(err)
+		}
+		return kb
+	}
+
+	unreleased := residentAfter(func(tx *bolt.Tx, mb *bolt.Bucket) error {
+		for _, id := range ids {
+			if err := deleteMessage(tx, mb, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if unreleased < 4<<10 {
+		t.Fatalf("freeing %d bodies without releasing left only %d KiB resident: the test measures nothing", len(ids), unreleased)
+	}
+	for _, tc := range []struct {
+		name string
+		free func(tx *bolt.Tx, mb *bolt.Bucket) error
+	}{
+		{"deleteMessages (DELE, QUIT)", func(tx *bolt.Tx, mb *bolt.Bucket) error { return deleteMessages(tx, mb, ids) }},
+		{"releaseMailbox (user del)", releaseMailbox},
+	} {
+		kb := residentAfter(tc.free)
+		t.Logf("%s: %d KiB (unreleased %d)", tc.name, kb, unreleased)
+		if kb > 1<<10 {
+			t.Errorf("%s: %d KiB of the map resident after freeing %d bodies (%d KiB unreleased); want at most 1024", tc.name, kb, len(ids), unreleased)
+		}
+	}
+	// The deletions were rolled back: every message is still there.
+	if list, err := s.List(addr); err != nil || len(list) != len(ids) {
+		t.Fatalf("List: %d messages, %v; want %d", len(list), err, len(ids))
+	}
 }

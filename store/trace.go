@@ -546,10 +546,8 @@ func (s *Store) UpdateMaildrop(addr string, u MaildropUpdate) error {
 			}
 		}
 		add(EventRetrieved, u.Retrieved)
-		for _, n := range u.Deleted {
-			if err := deleteMessage(tx, mb, n); err != nil {
-				return err
-			}
+		if err := deleteMessages(tx, mb, u.Deleted); err != nil {
+			return err
 		}
 		add(EventDeleted, u.Deleted)
 		s.putEvents(events)
