@@ -311,23 +311,26 @@ func (s *Store) Trace(query string) ([]Event, error) {
 		if root == nil {
 			return nil // a file opened read-only before it had events
 		}
-		// The runs are listed once for every lookup of the query.
+		// The runs are listed once for every lookup of the query, and
+		// the events past the index, hundreds of thousands on a server
+		// busier than the runner's pace, are read twice: once for the
+		// three lookups together, once for the messages found.
 		runs := indexRuns(root)
-		ids := lookupIDs(root, runs, indexID, query, 1)
-		if len(ids) == 0 {
-			ids = lookupIDs(root, runs, indexMsgID, NormalMessageID(query), 0)
+		lookups := []*traceLookup{
+			newTraceLookup(indexID, query, 1),
+			newTraceLookup(indexMsgID, NormalMessageID(query), 0),
+			newTraceLookup(indexRcpt, Key(query), TraceRecipientMessages),
 		}
-		if len(ids) == 0 {
-			ids = lookupIDs(root, runs, indexRcpt, Key(query), TraceRecipientMessages)
-		}
-		for _, id := range ids {
-			evs, err := eventsOf(root, runs, id)
-			if err != nil {
-				return err
+		lookInTail(root, lookups)
+		var ids []string
+		for _, l := range lookups {
+			if ids = l.ids(runs); len(ids) > 0 {
+				break
 			}
-			out = append(out, evs...)
 		}
-		return nil
+		evs, err := eventsOf(root, runs, ids)
+		out = evs
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trace %q: %w", query, err)
@@ -338,35 +341,67 @@ func (s *Store) Trace(query string) ([]Event, error) {
 	return out, nil
 }
 
-// lookupIDs returns the distinct ids that index lists under key, oldest
+// traceLookup is one way Trace reads its query: a key of one of the
+// index's kinds.
+type traceLookup struct {
+	index  byte
+	key    string
+	prefix []byte // nil for an empty key: nothing to look up
+	limit  int    // > 0: only the most recent limit messages
+	// inTail maps the ids found among the events past the index to the
+	// number of the first event that has the key (lookInTail).
+	inTail map[string]uint64
+}
+
+func newTraceLookup(index byte, key string, limit int) *traceLookup {
+	l := &traceLookup{index: index, key: key, limit: limit, inTail: map[string]uint64{}}
+	if key != "" {
+		l.prefix = indexPrefix(index, key)
+	}
+	return l
+}
+
+// lookInTail finds the lookups' keys among the events past the index, in
+// one walk of them.
+func lookInTail(root *bolt.Bucket, lookups []*traceLookup) {
+	tail(root, func(n uint64, e Event) bool {
+		for _, ik := range indexKeys(n, e) {
+			for _, l := range lookups {
+				if l.prefix != nil && bytes.HasPrefix(ik.key, l.prefix) && len(ik.key) == len(l.prefix)+8 {
+					if _, ok := l.inTail[e.ID]; !ok {
+						l.inTail[e.ID] = n
+					}
+				}
+			}
+		}
+		return true
+	})
+}
+
+// ids returns the distinct ids listed under the lookup's key, oldest
 // first, the entries of the index's runs (indexRuns) and the events past
-// it alike; limit > 0 keeps only the most recent limit of them.
-func lookupIDs(root *bolt.Bucket, runs []*bolt.Bucket, index byte, key string, limit int) []string {
-	if key == "" {
+// it (lookInTail) alike.
+func (l *traceLookup) ids(runs []*bolt.Bucket) []string {
+	if l.prefix == nil {
 		return nil
 	}
 	first := map[string]uint64{} // id -> its first event's number
-	p := indexPrefix(index, key)
-	_ = eachIndexed(runs, p, func(n uint64, v []byte) error {
+	_ = eachIndexed(runs, l.prefix, func(n uint64, v []byte) error {
 		id := string(v)
-		if index == indexID {
-			id = key
+		if l.index == indexID {
+			id = l.key
 		}
 		if _, ok := first[id]; !ok {
 			first[id] = n
 		}
 		return nil
 	})
-	tail(root, func(n uint64, e Event) bool {
-		for _, ik := range indexKeys(n, e) {
-			if bytes.HasPrefix(ik.key, p) && len(ik.key) == len(p)+8 {
-				if _, ok := first[e.ID]; !ok {
-					first[e.ID] = n
-				}
-			}
+	// Every event past the index is newer than every event in it.
+	for id, n := range l.inTail {
+		if _, ok := first[id]; !ok {
+			first[id] = n
 		}
-		return true
-	})
+	}
 	type hit struct {
 		id  string
 		num uint64
@@ -376,8 +411,8 @@ func lookupIDs(root *bolt.Bucket, runs []*bolt.Bucket, index byte, key string, l
 		hits = append(hits, hit{id, n})
 	}
 	sort.Slice(hits, func(i, j int) bool { return hits[i].num < hits[j].num })
-	if limit > 0 && len(hits) > limit {
-		hits = hits[len(hits)-limit:]
+	if l.limit > 0 && len(hits) > l.limit {
+		hits = hits[len(hits)-l.limit:]
 	}
 	out := make([]string, len(hits))
 	for i, h := range hits {
@@ -386,32 +421,44 @@ func lookupIDs(root *bolt.Bucket, runs []*bolt.Bucket, index byte, key string, l
 	return out
 }
 
-// eventsOf reads one message's events, oldest first.
-func eventsOf(root *bolt.Bucket, runs []*bolt.Bucket, id string) ([]Event, error) {
-	p := indexPrefix(indexID, id)
+// eventsOf reads the events of messages ids, each message's oldest first,
+// the messages in the order of ids; the events past the index are read
+// once for all of them.
+func eventsOf(root *bolt.Bucket, runs []*bolt.Bucket, ids []string) ([]Event, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
 	evs := root.Bucket(bucketTraceEvents)
-	var out []Event
-	err := eachIndexed(runs, p, func(n uint64, _ []byte) error {
-		v := evs.Get(idKey(n))
-		if v == nil {
+	of := make(map[string][]Event, len(ids))
+	for _, id := range ids {
+		var got []Event
+		err := eachIndexed(runs, indexPrefix(indexID, id), func(n uint64, _ []byte) error {
+			v := evs.Get(idKey(n))
+			if v == nil {
+				return nil
+			}
+			e, err := decodeEvent(v)
+			if err != nil {
+				return fmt.Errorf("event %d: %w", n, err)
+			}
+			got = append(got, e)
 			return nil
-		}
-		e, err := decodeEvent(v)
+		})
 		if err != nil {
-			return fmt.Errorf("event %d: %w", n, err)
+			return nil, err
 		}
-		out = append(out, e)
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		of[id] = got
 	}
 	tail(root, func(_ uint64, e Event) bool {
-		if e.ID == id {
-			out = append(out, e)
+		if got, ok := of[e.ID]; ok {
+			of[e.ID] = append(got, e)
 		}
 		return true
 	})
+	var out []Event
+	for _, id := range ids {
+		out = append(out, of[id]...)
+	}
 	return out, nil
 }
 
