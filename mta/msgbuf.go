@@ -207,13 +207,16 @@ func (bp *bufPool) reliefDue(delay time.Duration) {
 // is live before a collection, and with 32 sessions receiving 1 MiB
 // messages, 60 MB live made the process 180 MB. During a burst GOGC is set
 // so that the heap grows by burstHeadroom at most (but never by less than
-// a quarter of it, nor more than the operator's GOGC allows). A fixed low
-// GOGC would cost too much: at 8 sessions of 1 MiB mail, with 15 MB live,
-// GOGC=25 collected four times as often and cut throughput by a fifth;
-// with the headroom it is left as it was there.
+// a quarter of it, nor with GOGC above Go's default, burstMaxGOGC). A
+// fixed low GOGC would cost too much: at 8 sessions of 1 MiB mail, with 15
+// MB live, GOGC=25 collected four times as often and cut throughput by a
+// fifth; with the headroom it is left at 100 there. Outside bursts the
+// process runs at the GOGC it had before the first (the server's is lower
+// than Go's default: small mail keeps little live).
 const (
 	burstHeadroom  = 16 << 20
 	burstMinGOGC   = 25
+	burstMaxGOGC   = 100
 	burstPaceEvery = 50 * time.Millisecond
 )
 
@@ -223,7 +226,7 @@ const (
 type burstGC struct {
 	mu       sync.Mutex
 	bursts   int
-	prev     int // GOGC before the first burst
+	prev     int // GOGC before the first burst, put back after the last
 	cur      int
 	lastPace time.Time
 	// keep: GOGC is set in the environment, the operator's choice.
@@ -240,7 +243,7 @@ func (g *burstGC) begin() {
 	defer g.mu.Unlock()
 	if g.bursts++; g.bursts == 1 && !g.keep {
 		// GOGC is read by setting it; the pace sets it at once.
-		g.prev, g.cur = g.setPercent(100), 100
+		g.prev, g.cur = g.setPercent(burstMaxGOGC), burstMaxGOGC
 		g.paceLocked()
 	}
 }
@@ -257,9 +260,9 @@ func (g *burstGC) pace() {
 
 func (g *burstGC) paceLocked() {
 	g.lastPace = time.Now()
-	p := g.prev
+	p := burstMaxGOGC
 	if live := g.heapLive(); live > 0 {
-		p = int(min(uint64(g.prev), max(burstMinGOGC, 100*burstHeadroom/live)))
+		p = int(min(burstMaxGOGC, max(burstMinGOGC, 100*burstHeadroom/live)))
 	}
 	if p != g.cur {
 		g.setPercent(p)

@@ -53,6 +53,7 @@ func serveCommand() *cli.Command {
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			paceCollector()
 			srv, err := startServer(cfg, log, nil)
 			if err != nil {
 				return err
