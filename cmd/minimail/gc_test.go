@@ -1,13 +1,10 @@
 package main
 
 import (
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 )
 
 // serve runs the collector at serveGOGC, and at the operator's GOGC when
@@ -34,17 +31,8 @@ func TestServe_PacesTheCollectorUnlessGOGCIsSet(t *testing.T) {
 				serve.Env = append(serve.Env, tc.env)
 			}
 			startServing(t, serve, 2)
-			c := &http.Client{Timeout: 10 * time.Second}
-			resp, err := c.Get("http://" + metrics + "/metrics")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, ok := samples(t, string(b))["go_gc_gogc_percent"]; !ok || got != tc.want {
+			_, body := scrapeAddr(t, metrics, "/metrics")
+			if got, ok := samples(t, body)["go_gc_gogc_percent"]; !ok || got != tc.want {
 				t.Fatalf("go_gc_gogc_percent %v (listed: %v), want %v", got, ok, tc.want)
 			}
 		})

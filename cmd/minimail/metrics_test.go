@@ -21,8 +21,14 @@ import (
 // scrape GETs path from the site's metrics listener.
 func scrape(t *testing.T, s *site, path string) (int, string) {
 	t.Helper()
+	return scrapeAddr(t, s.srv.addrs["listen.metrics"], path)
+}
+
+// scrapeAddr GETs path from the metrics listener at addr.
+func scrapeAddr(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get("http://" + s.srv.addrs["listen.metrics"] + path)
+	resp, err := c.Get("http://" + addr + path)
 	if err != nil {
 		t.Fatal(err)
 	}
