@@ -462,8 +462,8 @@ func (w *bodyWriter) finishBody(sb storedBody, copies []copyHead) error {
 }
 
 // releaseBody drops copy copyID's reference to a stored body (and its
-// head there, if any), and the body with the last one.
-func releaseBody(tx *bolt.Tx, bodyID, copyID uint64) error {
+// head there, if any), and the body with the last one, which it tells f.
+func releaseBody(tx *bolt.Tx, bodyID, copyID uint64, f *freeing) error {
 	refs, bodies := tx.Bucket(bucketBodyRefs), tx.Bucket(bucketBodies)
 	k := idKey(bodyID)
 	if v := refs.Get(k); v != nil {
@@ -488,7 +488,11 @@ func releaseBody(tx *bolt.Tx, bodyID, copyID uint64) error {
 		// deleting it might take it from copies still there.
 		return fmt.Errorf("body %d: no reference count: corrupt", bodyID)
 	}
-	return bodies.DeleteBucket(k)
+	if err := bodies.DeleteBucket(k); err != nil {
+		return err
+	}
+	f.freedBody()
+	return nil
 }
 
 // Each body is the one value of a bucket of its own, under the body's id:
@@ -625,17 +629,18 @@ func (s *Store) Delete(addr string, ids []uint64) error {
 // deleteMessages deletes ids from mailbox mb in tx; ids already gone are
 // ignored.
 func deleteMessages(tx *bolt.Tx, mb *bolt.Bucket, ids []uint64) error {
-	f := freeing{tx: tx}
+	f := &freeing{tx: tx}
 	for _, id := range ids {
-		if err := deleteMessage(tx, mb, id); err != nil {
+		if err := deleteMessage(tx, mb, id, f); err != nil {
 			return err
 		}
-		f.freedBody()
 	}
 	return nil
 }
 
-func deleteMessage(tx *bolt.Tx, mb *bolt.Bucket, id uint64) error {
+// deleteMessage deletes message id from mailbox mb, telling f of the body
+// it frees, if any.
+func deleteMessage(tx *bolt.Tx, mb *bolt.Bucket, id uint64, f *freeing) error {
 	k := idKey(id)
 	idx := mb.Bucket(bucketIndex)
 	v := idx.Get(k)
@@ -663,7 +668,7 @@ func deleteMessage(tx *bolt.Tx, mb *bolt.Bucket, id uint64) error {
 			return err
 		}
 	}
-	return releaseBody(tx, e.body, id)
+	return releaseBody(tx, e.body, id, f)
 }
 
 // releaseMailbox drops the references a mailbox's messages hold on shared
@@ -684,12 +689,11 @@ func releaseMailbox(tx *bolt.Tx, mb *bolt.Bucket) error {
 	if err != nil {
 		return err
 	}
-	f := freeing{tx: tx}
+	f := &freeing{tx: tx}
 	for _, r := range refs {
-		if err := releaseBody(tx, r.body, r.copy); err != nil {
+		if err := releaseBody(tx, r.body, r.copy, f); err != nil {
 			return err
 		}
-		f.freedBody()
 	}
 	return nil
 }

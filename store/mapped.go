@@ -60,20 +60,21 @@ func (s *Store) releaseMap() {
 const releaseEveryFreed = 16
 
 // freeing releases the map inside one write transaction every
-// releaseEveryFreed bodies it frees. bbolt reads the first page of every
-// bucket it deletes (the page's header says what follows), and the fault
-// maps the 64 KiB around it; a mailbox's bodies lie among everyone else's,
-// so each body freed maps a window of its own, and the release after a
-// commit comes only when the commit is over. Eight POP3 QUITs of 250 4 KiB
-// messages each, grouped into one commit, mapped 76-240 MB of the file for
-// its length (sampled every 20 ms); released every 16 bodies, the deletions
-// never showed more than the retrievals before them, a few MB. It costs
-// faults: the windows dropped hold other mailboxes' bodies, which their
-// own QUITs fault in again (BenchmarkDeleteInterleaved: 30-39 ms for 2000
-// deletions against 14-18; every 64 bodies, 22-32 and up to 4 MB). The release
-// is safe mid-transaction: the map is shared and read-only, so a dropped
-// page that bbolt reads again faults back in as it was, and only this
-// transaction's own commit could remap it.
+// releaseEveryFreed bodies it frees (releaseBody tells it). bbolt reads the
+// first page of every bucket it deletes (the page's header says what
+// follows), and the fault maps the 64 KiB around it; a mailbox's bodies
+// lie among everyone else's, so each body freed maps a window of its own,
+// and the release after a commit comes only when the commit is over.
+// Eight POP3 QUITs of 250 4 KiB messages each, grouped into one commit,
+// mapped 76-240 MB of the file for its length (sampled every 20 ms);
+// released every 16 bodies, the deletions never showed more than the
+// retrievals before them, a few MB. It costs faults: the windows dropped
+// hold other mailboxes' bodies, which their own QUITs fault in again
+// (BenchmarkDeleteInterleaved: 30-39 ms for 2000 deletions against 14-18;
+// every 64 bodies, 22-32 and up to 4 MB). The release is safe
+// mid-transaction: the map is shared and read-only, so a dropped page that
+// bbolt reads again faults back in as it was, and only this transaction's
+// own commit could remap it. A nil freeing releases nothing.
 type freeing struct {
 	tx    *bolt.Tx
 	freed int
@@ -81,6 +82,9 @@ type freeing struct {
 
 // freedBody notes one more body freed.
 func (f *freeing) freedBody() {
+	if f == nil {
+		return
+	}
 	f.freed++
 	if f.freed%releaseEveryFreed == 0 {
 		_ = releaseMapped(f.tx.DB().Info().Data, f.tx.Size())

@@ -218,7 +218,7 @@ func TestFreedBodiesAreReleasedWithinTheTransaction(t *testing.T) {
 
 	unreleased := residentAfter(func(tx *bolt.Tx, mb *bolt.Bucket) error {
 		for _, id := range ids {
-			if err := deleteMessage(tx, mb, id); err != nil {
+			if err := deleteMessage(tx, mb, id, nil); err != nil {
 				return err
 			}
 		}
